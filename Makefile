@@ -1,0 +1,32 @@
+# buddylab: `make qemu-test` runs the main job, `make test` the test suite.
+# Each installs what is missing first (Debian packages, then the venv).
+
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: qemu-test test bench host-deps venv clean
+
+qemu-test: venv
+	$(VENV)/bin/buddylab qemu-test
+
+test: venv
+	$(VPY) -m pytest -q -ra
+
+bench: venv
+	$(VPY) bench/run_bench.py
+
+host-deps:
+	@bash images/install-host-deps.sh
+
+venv: host-deps $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) results
+	$(MAKE) -C kmod clean
