@@ -1,0 +1,97 @@
+"""The count-level model against hand-worked cases of mm/page_alloc.c (5.10)."""
+
+from harness.model import (MAX_ORDER, MOVABLE, UNMOVABLE, PcpList, ZoneState, aligned_blocks,
+                           get_order, predict_alloc, predict_textbook)
+
+
+def counts(**orders: int) -> list[int]:
+    c = [0] * MAX_ORDER
+    for key, n in orders.items():
+        c[int(key[1:])] = n
+    return c
+
+
+def zone(unmovable: list[int], movable: list[int], pcp_count: int = 0) -> ZoneState:
+    return ZoneState({UNMOVABLE: unmovable, MOVABLE: movable, "Reclaimable": [0] * MAX_ORDER},
+                     PcpList(pcp_count, 186, 31, {UNMOVABLE: 0, MOVABLE: pcp_count}))
+
+
+def test_get_order_matches_the_kernel():
+    assert get_order(1) == 0
+    assert get_order(4096) == 0
+    assert get_order(4097) == 1
+    assert get_order(132 * 1024) == 6
+    assert get_order(33 * 1024) == 4
+    assert get_order(4 << 20) == 10
+
+
+def test_downfall_case_splits_order_10():
+    before = zone(counts(o10=2), counts(o10=700))
+    p = predict_alloc(before, UNMOVABLE, 6)
+    assert p.state is not None and p.taken_order == 10
+    assert p.state.free[UNMOVABLE] == counts(o6=1, o7=1, o8=1, o9=1, o10=1)
+    assert p.state.free[MOVABLE] == before.free[MOVABLE]
+
+
+def test_smallest_block_of_the_requested_type_not_of_any_type():
+    """Measured here: order 7 taken while five order-6 blocks (Movable) were free."""
+    before = zone(counts(o7=1), counts(o6=5, o10=700))
+    p = predict_alloc(before, UNMOVABLE, 6)
+    assert p.taken_order == 7
+    textbook, note = predict_textbook(before, 6)
+    assert "order-6" in note
+    assert textbook is not None and textbook[6] == 4
+    assert p.state is not None and p.state.totals()[6] == 6
+
+
+def test_alloc_pages_exact_parks_tail_on_pcp():
+    before = zone(counts(o10=1), counts(o10=700), pcp_count=10)
+    p = predict_alloc(before, UNMOVABLE, 6, exact_pages=33)
+    assert p.state is not None and p.state.pcp is not None
+    assert p.state.free[UNMOVABLE] == counts(o6=1, o7=1, o8=1, o9=1)
+    assert p.state.pcp.count == 41 and p.state.pcp.lists[UNMOVABLE] == 31
+
+
+def test_alloc_pages_exact_tail_reaching_high_is_flagged():
+    before = zone(counts(o10=1), counts(o10=700), pcp_count=170)
+    p = predict_alloc(before, UNMOVABLE, 6, exact_pages=33)
+    assert p.state is None and "high=186" in (p.uncertain or "")
+
+
+def test_textbook_returns_exact_tail_as_aligned_blocks():
+    before = zone(counts(o10=1), counts())
+    totals, _ = predict_textbook(before, 6, exact_pages=33)
+    assert totals == counts(o0=1, o1=1, o2=1, o3=1, o4=1, o6=1, o7=1, o8=1, o9=1)
+    assert aligned_blocks(33, 64) == [(33, 0), (34, 1), (36, 2), (40, 3), (48, 4)]
+    assert aligned_blocks(9, 16) == [(9, 0), (10, 1), (12, 2)]
+
+
+def test_fallback_takes_the_largest_foreign_block_at_pageblock_order():
+    before = zone(counts(), counts(o3=4, o10=3))
+    p = predict_alloc(before, UNMOVABLE, 2)
+    assert p.taken_order == 10 and p.taken_from == MOVABLE
+    assert p.state is not None
+    assert p.state.free[MOVABLE] == counts(o3=4, o10=2)
+    assert p.state.free[UNMOVABLE] == counts(o2=1, o3=1, o4=1, o5=1, o6=1, o7=1, o8=1, o9=1)
+
+
+def test_fallback_below_pageblock_order_is_not_guessed():
+    before = zone(counts(), counts(o5=1))
+    p = predict_alloc(before, UNMOVABLE, 2)
+    assert p.state is None and "steals" in (p.uncertain or "")
+
+
+def test_order0_from_pcp_leaves_buddy_lists_alone():
+    before = zone(counts(o10=1), counts(o10=700), pcp_count=5)
+    p = predict_alloc(before, MOVABLE, 0)
+    assert p.state is not None and p.state.free == before.free
+    assert p.state.pcp is not None and p.state.pcp.count == 4
+
+
+def test_order0_refill_takes_a_batch():
+    before = zone(counts(o10=1), counts(o10=700))
+    p = predict_alloc(before, UNMOVABLE, 0)
+    assert p.state is not None and p.state.pcp is not None
+    # 31 single pages out of one order-10 block: 1024 - 31 = 993 = 0b1111100001
+    assert p.state.free[UNMOVABLE] == counts(o0=1, o5=1, o6=1, o7=1, o8=1, o9=1)
+    assert p.state.pcp.count == 30
