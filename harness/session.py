@@ -48,6 +48,7 @@ class Prepared:
     image: GuestImage
     accel: str
     accel_why: str
+    vmlinuz: Path
 
 
 def prepare(pins: KernelPins | None = None, ko: Path | None = None,
@@ -64,7 +65,7 @@ def prepare(pins: KernelPins | None = None, ko: Path | None = None,
         image = build_image(kernel, module)
     with timings.stage("accel probe"):
         kvm, why = probe_kvm(kernel.vmlinuz)
-    return Prepared(kernel, module, image, "kvm" if kvm else "tcg", why)
+    return Prepared(kernel, module, image, "kvm" if kvm else "tcg", why, kernel.vmlinuz)
 
 
 class Session:
@@ -103,7 +104,7 @@ def boot(prepared: Prepared, memory_mib: int = 512, cpus: int = 1,
     with tempfile.TemporaryDirectory(prefix="buddylab-") as tmp:
         workdir = Path(tmp)
         client_key = make_client_key(workdir)
-        config = QemuConfig(prepared.kernel.vmlinuz, prepared.image.initramfs,
+        config = QemuConfig(prepared.vmlinuz, prepared.image.initramfs,
                             memory_mib=memory_mib, cpus=cpus, accel=prepared.accel,
                             ssh_port=free_port(),
                             extra_append=[client_key.cmdline_word, *(extra_append or [])])
@@ -117,13 +118,17 @@ def boot(prepared: Prepared, memory_mib: int = 512, cpus: int = 1,
             yield Session(qemu, shell, workdir, timings)
         finally:
             with timings.stage("power-off"):
+                grace = 0.0
                 if shell is not None and qemu.proc is not None and qemu.proc.poll() is None:
+                    # The orderly way out: the guest powers itself off and
+                    # QEMU exits; QMP quit and SIGKILL only if it does not.
                     try:
                         shell.start("poweroff -f")
+                        grace = 3.0
                     except Exception:
                         pass
                     shell.close()
-                qemu.stop(grace=3.0)
+                qemu.stop(grace=grace)
             if keep_dir is not None and qemu.serial_path.exists():
                 keep_dir.mkdir(parents=True, exist_ok=True)
                 (keep_dir / "serial.log").write_bytes(qemu.serial_path.read_bytes())

@@ -1,0 +1,117 @@
+"""The `buddylab` command.
+
+Exit codes (README.md): 0 every check held, 1 a check failed, 2 usage,
+3 set-up error, 4 guest timed out, 5 guest kernel crashed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+from harness import errors
+from harness.config import DEFAULT_KERNEL, load_kernel_pins
+from harness.results import new_run_dir, write_json, write_text
+from harness.session import Timings, boot, prepare
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="buddylab", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    q = sub.add_parser("qemu-test", help="boot the real kernel and run the downfall-case experiment")
+    q.add_argument("--kernel", default=DEFAULT_KERNEL, help="kernel recipe in images/ (%(default)s)")
+    q.add_argument("--memory", type=int, default=512, metavar="MIB", help="guest memory (%(default)s)")
+    q.add_argument("--cpus", type=int, default=1, help="guest CPUs (%(default)s)")
+    q.add_argument("--boot-timeout", type=float, default=60.0, metavar="S",
+                   help="deadline for boot to SSH (%(default)s s)")
+    r = sub.add_parser("run", help="boot the guest, load nothing, run one shell command in it")
+    r.add_argument("shell_command", help="command for the guest's /bin/sh")
+    r.add_argument("--kernel", default=DEFAULT_KERNEL, help="kernel recipe in images/ (%(default)s)")
+    r.add_argument("--vmlinuz", type=Path, help="boot this kernel image instead of the recipe's")
+    r.add_argument("--memory", type=int, default=512, metavar="MIB")
+    r.add_argument("--cpus", type=int, default=1)
+    r.add_argument("--boot-timeout", type=float, default=60.0, metavar="S")
+    r.add_argument("--timeout", type=float, default=60.0, metavar="S", help="deadline for the command")
+    return p
+
+
+def _check_size(args: argparse.Namespace) -> None:
+    if not 64 <= args.memory <= 65536:
+        raise errors.SetupError("--memory must be between 64 and 65536 MiB")
+    if not 1 <= args.cpus <= 64:
+        raise errors.SetupError("--cpus must be between 1 and 64")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Boot, run one command, print its output; exit with its status (or 3/4/5)."""
+    _check_size(args)
+    prepared = prepare(pins=load_kernel_pins(args.kernel))
+    if args.vmlinuz is not None:
+        if not args.vmlinuz.is_file():
+            raise errors.SetupError(f"--vmlinuz {args.vmlinuz}: no such file")
+        prepared = dataclasses.replace(prepared, vmlinuz=args.vmlinuz.resolve())
+    with boot(prepared, memory_mib=args.memory, cpus=args.cpus,
+              ready_timeout=args.boot_timeout) as session:
+        result = session.run(args.shell_command, timeout=args.timeout)
+    sys.stdout.write(result.stdout)
+    sys.stderr.write(result.stderr)
+    return result.rc
+
+
+def _print_timings(timings: Timings, total: float) -> None:
+    parts = ", ".join(f"{name} {secs:.2f}s" for name, secs in timings.stages.items())
+    print(f"stages: {parts}; total {total:.2f}s")
+
+
+def qemu_test(args: argparse.Namespace) -> int:
+    from harness import downfall
+
+    _check_size(args)
+    start = time.monotonic()
+    timings = Timings()
+    prepared = prepare(pins=load_kernel_pins(args.kernel), timings=timings)
+    print(f"buddylab: kernel {prepared.kernel.release}, accelerator {prepared.accel} "
+          f"({prepared.accel_why})", flush=True)
+    run_dir = new_run_dir("qemu-test")
+    with boot(prepared, memory_mib=args.memory, cpus=args.cpus, ready_timeout=args.boot_timeout,
+              timings=timings, keep_dir=run_dir) as session:
+        with timings.stage("experiment"):
+            report = downfall.run(session)
+    total = time.monotonic() - start
+    text = downfall.format_report(report)
+    result = {"experiment": "downfall", "kernel": prepared.kernel.release, "accel": prepared.accel,
+              "memory_mib": args.memory, "cpus": args.cpus, "passed": report.passed,
+              "timings": {**timings.stages, "total": total}, **downfall.report_json(report)}
+    write_json(run_dir / "result.json", result)
+    write_text(run_dir / "report.txt", text)
+    print(text)
+    _print_timings(timings, total)
+    print(f"results: {run_dir}")
+    print("verdict: PASS" if report.passed else "verdict: FAIL")
+    return errors.EXIT_OK if report.passed else errors.EXIT_CHECKS_FAILED
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "qemu-test":
+            return qemu_test(args)
+        if args.command == "run":
+            return run_command(args)
+    except errors.GuestCrashed as e:
+        print(f"buddylab: {e}\n--- serial log tail ---\n{e.log_tail}", file=sys.stderr)
+        return e.exit_code
+    except errors.BuddylabError as e:
+        print(f"buddylab: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("buddylab: interrupted", file=sys.stderr)
+        return 130
+    return errors.EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

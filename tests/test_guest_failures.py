@@ -1,0 +1,83 @@
+"""A guest that never answers and a guest that panics: deadlines, exit codes, no QEMU left."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import errors
+
+pytestmark = pytest.mark.qemu
+
+
+def _buddylab(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _qemu_processes_using(path: Path) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if str(path).encode() in cmdline and b"qemu-system" in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def _spinning_kernel(real: Path, dest: Path) -> Path:
+    """A file with a real bzImage boot header whose kernel is one `jmp $`.
+
+    QEMU loads it and the guest spins forever, printing nothing: a guest
+    that never answers.
+    """
+    data = bytearray(real.read_bytes())
+    protected_mode_start = (data[0x1F1] + 1) * 512  # setup_sects, boot protocol
+    data[protected_mode_start:] = b"\xeb\xfe" + bytes(len(data) - protected_mode_start - 2)
+    dest.write_bytes(bytes(data))
+    return dest
+
+
+def test_guest_that_never_answers_ends_by_its_deadline(prepared, tmp_path: Path):
+    fake = _spinning_kernel(prepared.vmlinuz, tmp_path / "vmlinuz-spin")
+    proc = _buddylab("run", "true", "--vmlinuz", str(fake), "--boot-timeout", "4")
+    assert proc.returncode == errors.EXIT_GUEST_TIMEOUT, proc.stderr
+    assert "not ready within 4 s" in proc.stderr
+    assert "(nothing on the serial console)" in proc.stderr
+    assert _qemu_processes_using(fake) == []
+
+
+def test_garbage_kernel_is_refused_or_crashes(prepared, tmp_path: Path):
+    """Random bytes: QEMU refuses them (no boot header) - a set-up error, no process left."""
+    fake = tmp_path / "vmlinuz-random"
+    fake.write_bytes(os.urandom(3 << 20))
+    proc = _buddylab("run", "true", "--vmlinuz", str(fake), "--boot-timeout", "4")
+    assert proc.returncode in (errors.EXIT_SETUP, errors.EXIT_GUEST_CRASHED), proc.stderr
+    assert _qemu_processes_using(fake) == []
+
+
+def test_missing_kernel_image_is_a_setup_error(prepared, tmp_path: Path):
+    proc = _buddylab("run", "true", "--vmlinuz", str(tmp_path / "absent"))
+    assert proc.returncode == errors.EXIT_SETUP
+    assert "no such file" in proc.stderr
+
+
+def test_panic_is_caught_from_the_serial_log(prepared):
+    proc = _buddylab("run", "echo c > /proc/sysrq-trigger")
+    assert proc.returncode == errors.EXIT_GUEST_CRASHED, proc.stderr
+    assert "guest kernel crashed" in proc.stderr
+    assert "sysrq triggered crash" in proc.stderr  # the serial log's tail is quoted
+
+
+def test_command_status_is_passed_through(prepared):
+    proc = _buddylab("run", "cat /proc/buddyinfo; exit 7")
+    assert proc.returncode == 7
+    assert "zone    DMA32" in proc.stdout
