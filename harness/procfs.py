@@ -32,7 +32,7 @@ new kernel fails loudly instead of yielding wrong numbers.
   Free-list lengths per (zone, migratetype, order).  The kernel stops walking a
   list at 100000 entries and prints ``>100000``; such a count is kept as the
   printed int (100000, a lower bound) and its (node, zone, type, order) is put
-  in ``PageTypeInfo.saturated``.  Migratype names (vary with config: CMA,
+  in ``PageTypeInfo.saturated``.  Migratetype names (vary with config: CMA,
   HighAtomic, Isolate...) are taken from the "Number of blocks type" header and
   must match the types of the free-list rows.  The block table counts
   pageblocks by the migratetype of their first page, stepping from
@@ -76,6 +76,7 @@ import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = [
     "ProcParseError", "BuddyInfoZone", "PageTypeInfo", "PageSet", "ZoneInfo",
@@ -206,6 +207,10 @@ def parse_pagetypeinfo(text: str) -> PageTypeInfo:
             table = None
         elif s.startswith("Pages per block:"):
             per_block = _set(per_block, _after_colon(lineno, line), "pages per block", lineno, line)
+            if order_ is None:
+                raise ProcParseError("'Pages per block' before 'Page block order'", lineno, line)
+            if per_block != 1 << order_:
+                raise ProcParseError(f"pages per block is not 2**{order_}", lineno, line)
         elif s.startswith(_FREE_HEADER):
             if order_ is None or per_block is None:
                 raise ProcParseError("free-list header before 'Page block order'", lineno, line)
@@ -215,8 +220,11 @@ def parse_pagetypeinfo(text: str) -> PageTypeInfo:
             orders = _set(orders, len(cols), "order count", lineno, line)
             table = None
         elif m := _FREE_ROW.fullmatch(s):
-            if orders is None or table is not None:
-                raise ProcParseError("free-list row outside its table", lineno, line)
+            if orders is None:
+                raise ProcParseError(f"free-list row before the '{_FREE_HEADER}' header",
+                                     lineno, line)
+            if table is not None:
+                raise ProcParseError("free-list row inside a block table", lineno, line)
             key = (int(m[1]), m[2], m[3])
             counts = []
             for k, tok in enumerate(m[4].split()):
@@ -257,9 +265,10 @@ def parse_pagetypeinfo(text: str) -> PageTypeInfo:
 
     lineno, line = last
     if order_ is None or per_block is None or orders is None or types is None:
-        raise ProcParseError("truncated: missing a header", lineno, line)
-    if per_block != 1 << order_:
-        raise ProcParseError(f"pages per block {per_block} != 2**{order_}", lineno, line)
+        raise ProcParseError("truncated: no 'Number of blocks type' table", lineno, line)
+    missing = {(n, z) for n, z, _ in free} - set(blocks)
+    if missing:
+        raise ProcParseError(f"truncated: block table lacks {sorted(missing)}", lineno, line)
     row_types = {t for _, _, t in free}
     if not row_types <= set(types):
         raise ProcParseError(f"free-list types {sorted(row_types)} not in header {types}",
@@ -318,39 +327,35 @@ _PCP_FIELDS = ("count", "high", "batch", "high_min", "high_max")
 
 def parse_zoneinfo(text: str) -> list[ZoneInfo]:
     zones: list[ZoneInfo] = []
-    cur: dict | None = None            # fields of the zone being read
-    section = ""                       # "node", "zone", "pcp"
+    cur: dict[str, Any] = {}           # ZoneInfo fields of the zone being read
+    pcps: list[tuple[tuple[int, str], dict[str, int]]] = []   # ('cpu:' line, fields)
+    section = ""                       # head, node (stats), zone, pcp, tail
     start = (0, "")                    # header line of `cur`, for errors
-    pcp: dict | None = None
-
-    def flush_pcp() -> None:
-        nonlocal pcp
-        if pcp is not None:
-            missing = {"cpu", "count", "high", "batch"} - pcp.keys()
-            if missing:
-                raise ProcParseError(f"pageset lacks {sorted(missing)}", *pcp.pop("_at"))
-            pcp.pop("_at")
-            cur["pagesets"].append(PageSet(**pcp))
-            pcp = None
 
     def flush() -> None:
-        if cur is None:
-            return
-        flush_pcp()
-        missing = [k for k in ("pages_free", *_WATERMARKS, "protection") if k not in cur]
-        if missing:
-            raise ProcParseError(f"zone lacks {missing}", *start)
-        cur["pagesets"] = tuple(cur["pagesets"])
-        zones.append(ZoneInfo(**cur))
+        pagesets = []
+        for at, fields in pcps:
+            missing = {"cpu", "count", "high", "batch"} - fields.keys()
+            if missing:
+                raise ProcParseError(f"pageset lacks {sorted(missing)}", *at)
+            pagesets.append(PageSet(**fields))
+        missing_z = [k for k in ("pages_free", *_WATERMARKS, "protection") if k not in cur]
+        if (cur["stats"] or pcps) and "start_pfn" not in cur:
+            missing_z.append("start_pfn")      # populated zones always end with it
+        if missing_z:
+            raise ProcParseError(f"zone lacks {missing_z}", *start)
+        zones.append(ZoneInfo(**cur, pagesets=tuple(pagesets)))
+        pcps.clear()
 
     for lineno, line in _lines(text):
         s = line.strip()
         if m := _ZONE_HEADER.fullmatch(s):
-            flush()
-            cur = {"node": int(m[1]), "zone": m[2], "stats": {}, "pagesets": [], "extra": {}}
+            if cur:
+                flush()
+            cur = {"node": int(m[1]), "zone": m[2], "stats": {}, "extra": {}}
             section, start = "head", (lineno, line)
             continue
-        if cur is None:
+        if not cur:
             raise ProcParseError("expected 'Node N, zone NAME' header", lineno, line)
         if s == "per-node stats":
             if section != "head":
@@ -385,14 +390,12 @@ def parse_zoneinfo(text: str) -> list[ZoneInfo]:
         elif section == "zone" and not colon and " " not in key:
             cur["stats"][key] = value
         elif section == "pcp" and colon and key == "cpu":
-            flush_pcp()
-            pcp = {"cpu": value, "_at": (lineno, line)}
-        elif section == "pcp" and colon and key in _PCP_FIELDS and pcp is not None:
-            pcp[key] = value
-        elif section == "pcp" and colon and key == "vm stats threshold" and pcp is not None:
-            pcp["stat_threshold"] = value
+            pcps.append(((lineno, line), {"cpu": value}))
+        elif section == "pcp" and colon and key in _PCP_FIELDS and pcps:
+            pcps[-1][1][key] = value
+        elif section == "pcp" and colon and key == "vm stats threshold" and pcps:
+            pcps[-1][1]["stat_threshold"] = value
         elif section in ("zone", "pcp", "tail") and colon:
-            flush_pcp()
             section = "tail"
             if key in ("start_pfn", "node_unreclaimable"):
                 cur[key] = value
@@ -400,8 +403,6 @@ def parse_zoneinfo(text: str) -> list[ZoneInfo]:
                 cur["extra"][key] = value
         else:
             raise ProcParseError(f"unexpected {key!r} here", lineno, line)
-    if cur is None:
-        raise ProcParseError("no zones", 1, text)
     flush()
     return zones
 
