@@ -1,0 +1,176 @@
+"""The page-for-page 5.10 model: worked cases from the reference, and properties."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from harness.buddy import (MAX_ORDER, MOVABLE, PAGEBLOCK_PAGES, PCP_TYPES, RECLAIMABLE,
+                           UNMOVABLE, Allocation, Pcp, Zone, alloc_pages_exact,
+                           free_pages_exact, pfn_ranges_overlap)
+
+ZONE_PAGES = 8192  # eight order-10 blocks, sixteen pageblocks
+
+
+def fresh_zone(pcp_high: int = 186, pcp_batch: int = 31, unmovable_blocks: int = 1) -> Zone:
+    """A zone of order-10 blocks: the first `unmovable_blocks` Unmovable, the rest Movable."""
+    zone = Zone("DMA32", 0, ZONE_PAGES)
+    zone.managed = ZONE_PAGES
+    for pfn in range(0, ZONE_PAGES, 1 << 10):
+        mt = UNMOVABLE if pfn < unmovable_blocks << 10 else MOVABLE
+        for pb in range(pfn, pfn + (1 << 10), PAGEBLOCK_PAGES):
+            zone.set_pageblock_type(pb, mt)
+        zone.add_free(pfn, 10, mt, tail=True)
+    zone.pcp[0] = Pcp(pcp_high, pcp_batch)
+    return zone
+
+
+def test_downfall_case_with_alloc_pages_exact_matches_the_reference():
+    zone = fresh_zone()
+    a = alloc_pages_exact(zone, 132 * 1024, UNMOVABLE)
+    assert a is not None and (a.pfn, a.order, a.pages) == (0, 6, 33)
+    # B+512, B+256, B+128, B+64 pushed at the Unmovable heads
+    assert [zone.list_pfns(o, UNMOVABLE) for o in (9, 8, 7, 6)] == [[512], [256], [128], [64]]
+    lst = zone.pcp[0].lists[UNMOVABLE]
+    assert len(lst) == 31 and lst[0][0] == 63 and lst[-1][0] == 33  # B+63 at the head
+    zone.drain_pcp(0)
+    # After a drain: order 0 at B+33, 1 at B+34, 2 at B+36, 3 at B+40, 4 at B+48.
+    for pfn, order in ((33, 0), (34, 1), (36, 2), (40, 3), (48, 4)):
+        assert zone.free[pfn] == (order, UNMOVABLE)
+    free_pages_exact(a)
+    zone.drain_pcp(0)
+    assert zone.free[0] == (10, UNMOVABLE) and len(zone.free) == ZONE_PAGES >> 10
+
+
+def test_order0_refill_takes_a_batch_and_hands_out_the_lowest_pfn():
+    zone = fresh_zone()
+    pfn = zone.alloc(0, UNMOVABLE)
+    assert pfn == 0
+    assert [p for p, _ in zone.pcp[0].lists[UNMOVABLE]] == list(range(1, 31))
+    assert zone.nr_free_pages() == ZONE_PAGES - 31
+
+
+def test_pcp_drain_is_round_robin_from_the_tails():
+    zone = Zone("DMA32", 0, 4096)
+    for pb in range(0, 4096, PAGEBLOCK_PAGES):
+        zone.set_pageblock_type(pb, MOVABLE if pb >= 2048 else UNMOVABLE)
+    zone.pcp[0] = Pcp(10_000, 7)
+    for pfn in (2048, 2050, 2052):       # three Movable pages, no two buddies
+        zone.free_unref_page(pfn, 0)
+    for pfn in range(10, 30, 2):         # ten Unmovable pages
+        zone.free_unref_page(pfn, 0)
+    zone.free_pcppages_bulk(0, 7)
+    drained = [e.pfn for e in zone.events if e.kind == "pcpu_drain"]
+    # M first (one page), R is empty, so U gets two, then M one, U two, ...
+    assert drained == [2048, 10, 12, 2050, 14, 16, 2052]
+
+
+def test_fallback_steals_the_largest_movable_block_and_converts_it():
+    zone = fresh_zone(unmovable_blocks=0)
+    pfn = zone.alloc(3, UNMOVABLE)
+    assert pfn is not None
+    steal = [e for e in zone.events if e.kind == "extfrag"]
+    assert len(steal) == 1 and steal[0].order == 10 and "change_ownership=1" in steal[0].detail
+    assert zone.pageblock_type(pfn) == UNMOVABLE
+    assert zone.pageblock_type(pfn + 512) == UNMOVABLE  # an order-10 block spans two
+
+
+def test_merge_files_at_the_tail_when_the_parents_buddy_is_free():
+    zone = Zone("DMA32", 0, 1024)
+    zone.set_pageblock_type(0, MOVABLE)
+    zone.set_pageblock_type(512, MOVABLE)
+    zone.add_free(0, 1, MOVABLE)      # 0-1 free (order 1)
+    zone.add_free(4, 0, MOVABLE)      # an order-0 block elsewhere on the list
+    zone.free_one(3, 0, MOVABLE)      # 3's buddy 2 is allocated; parent 2-3's buddy 0-1 is free
+    assert zone.list_pfns(0, MOVABLE) == [4, 3]  # 3 went to the tail
+
+
+# -- properties ------------------------------------------------------------
+
+ops = st.lists(st.one_of(
+    st.tuples(st.just("alloc"), st.integers(0, 10), st.sampled_from(PCP_TYPES)),
+    st.tuples(st.just("exact"), st.integers(1, 600 * 1024), st.sampled_from(PCP_TYPES)),
+    st.tuples(st.just("free"), st.integers(0, 1000), st.just("")),
+    st.tuples(st.just("drain"), st.just(0), st.just("")),
+), max_size=60)
+
+
+def run_ops(zone: Zone, sequence) -> list[Allocation]:
+    live: list[Allocation] = []
+    for kind, arg, mt in sequence:
+        if kind == "alloc":
+            pfn = zone.alloc(arg, mt)
+            if pfn is not None:
+                live.append(Allocation(zone, pfn, arg, 1 << arg))
+        elif kind == "exact":
+            a = alloc_pages_exact(zone, arg, mt)
+            if a is not None:
+                live.append(a)
+        elif kind == "free" and live:
+            a = live.pop(arg % len(live))
+            if a.pages == 1 << a.order:
+                zone.free_block(a.pfn, a.order)
+            else:
+                free_pages_exact(a)
+        elif kind == "drain":
+            zone.drain_pcp(0)
+    return live
+
+
+def _all_blocks(zone: Zone, live: list[Allocation]) -> list[tuple[int, int]]:
+    blocks = [(pfn, order) for pfn, (order, _) in zone.free.items()]
+    blocks += [(pfn, 0) for q in zone.pcp[0].lists.values() for pfn, _ in q]
+    for a in live:
+        if a.pages == 1 << a.order:
+            blocks.append((a.pfn, a.order))
+        else:
+            blocks += [(p, 0) for p in range(a.pfn, a.pfn + a.pages)]
+    return blocks
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops)
+def test_pages_are_conserved_and_never_overlap(sequence):
+    zone = fresh_zone(pcp_high=40, pcp_batch=7, unmovable_blocks=2)
+    live = run_ops(zone, sequence)
+    blocks = _all_blocks(zone, live)
+    assert sum(1 << o for _, o in blocks) == ZONE_PAGES
+    assert pfn_ranges_overlap(blocks) is None
+    for pfn, (order, mt) in zone.free.items():
+        assert pfn % (1 << order) == 0
+        assert pfn in zone.lists[(order, mt)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops)
+def test_no_two_free_buddies_stay_unmerged(sequence):
+    zone = fresh_zone(pcp_high=40, pcp_batch=7, unmovable_blocks=2)
+    run_ops(zone, sequence)
+    for pfn, (order, _) in zone.free.items():
+        if order < MAX_ORDER - 1:
+            buddy = pfn ^ (1 << order)
+            assert zone.free.get(buddy, (-1, ""))[0] != order, (pfn, order)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops, st.integers(1, 10), st.sampled_from(PCP_TYPES))
+def test_alloc_then_free_restores_the_state(sequence, order, mt):
+    zone = fresh_zone(pcp_high=40, pcp_batch=7, unmovable_blocks=2)
+    run_ops(zone, sequence)
+    zone.drain_pcp(0)
+    before = {pfn: om for pfn, om in zone.free.items()}
+    pageblocks = dict(zone.pageblocks)
+    zone.events.clear()
+    pfn = zone.alloc(order, mt)
+    if pfn is None or any(e.kind == "extfrag" for e in zone.events):
+        return  # a fallback changes pageblock ownership: nothing to restore
+    zone.free_block(pfn, order)
+    assert zone.free == before
+    assert zone.pageblocks == pageblocks
+
+
+def test_reclaimable_request_falls_back_to_unmovable_first():
+    zone = fresh_zone(unmovable_blocks=1)
+    zone.alloc(2, RECLAIMABLE)
+    steal = [e for e in zone.events if e.kind == "extfrag"]
+    assert steal and steal[0].migratetype == UNMOVABLE
