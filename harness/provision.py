@@ -117,12 +117,13 @@ class LocalApt:
         self._run(["download", *(f"{d.name}={d.version}" for d in debs)], cwd=dest)
 
 
-def fetch_debs(pins: KernelPins, downloads: Path) -> dict[PinnedDeb, Path]:
+def fetch_debs(debs: tuple[PinnedDeb, ...], suites: tuple[str, ...],
+               downloads: Path) -> dict[PinnedDeb, Path]:
     """Every pinned .deb in `downloads`, fetched if missing, SHA256 verified."""
     downloads.mkdir(parents=True, exist_ok=True)
-    missing = [d for d in pins.debs if not (downloads / d.filename).is_file()]
+    missing = [d for d in debs if not (downloads / d.filename).is_file()]
     if missing:
-        apt = LocalApt(cache_dir() / "apt", pins.suites)
+        apt = LocalApt(cache_dir() / "apt", suites)
         apt.update()
         with tempfile.TemporaryDirectory(dir=downloads) as tmp:
             apt.download(missing, Path(tmp))
@@ -133,7 +134,7 @@ def fetch_debs(pins: KernelPins, downloads: Path) -> dict[PinnedDeb, Path]:
                 _verify(d, got)
                 got.rename(downloads / d.filename)
     paths = {}
-    for d in pins.debs:
+    for d in debs:
         path = downloads / d.filename
         _verify(d, path)
         paths[d] = path
@@ -175,7 +176,7 @@ def provision_kernel(pins: KernelPins) -> Kernel:
         return kernel
     if shutil.which("dpkg-deb") is None:
         raise SetupError("dpkg-deb not found")
-    debs = fetch_debs(pins, cache_dir() / "debs")
+    debs = fetch_debs(pins.debs, pins.suites, cache_dir() / "debs")
     base.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix="root.", dir=base))
     try:
