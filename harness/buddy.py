@@ -474,6 +474,14 @@ class Allocation:
     pages: int  # pages kept (alloc_pages_exact keeps fewer than 2^order)
 
 
+def make_alloc_exact(zone: Zone, pfn: int, order: int, size: int, cpu: int = 0) -> int:
+    """make_alloc_exact(): split the block, free the pages past `size`; returns pages kept."""
+    kept = -(-size // 4096)
+    for tail in range(pfn + kept, pfn + (1 << order)):
+        zone.free_unref_page(tail, cpu)
+    return kept
+
+
 def alloc_pages_exact(zone: Zone, size: int, mt: str, cpu: int = 0,
                       harder: bool = False) -> Allocation | None:
     """alloc_pages_exact(): an order-k block, split, tail pages freed one by one."""
@@ -481,10 +489,7 @@ def alloc_pages_exact(zone: Zone, size: int, mt: str, cpu: int = 0,
     pfn = zone.alloc(order, mt, cpu, harder)
     if pfn is None:
         return None
-    kept = -(-size // 4096)
-    for tail in range(pfn + kept, pfn + (1 << order)):
-        zone.free_unref_page(tail, cpu)
-    return Allocation(zone, pfn, order, kept)
+    return Allocation(zone, pfn, order, make_alloc_exact(zone, pfn, order, size, cpu))
 
 
 def free_pages_exact(alloc: Allocation, cpu: int = 0) -> None:

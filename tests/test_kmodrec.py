@@ -1,0 +1,404 @@
+"""buddylab.ko's records: the parser on real captured output, the parser against the
+README (the interface contract), the README against the module's own format strings,
+and (qemu) the module in the real guest kernel."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from harness import kmodrec as k
+from harness.kmodrec import RecordError
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "kmod" / "README.md"
+SOURCE = ROOT / "kmod" / "buddylab.c"
+FIXTURES = Path(__file__).parent / "fixtures" / "kmod"
+SCENARIO = FIXTURES / "scenario.sh"
+GUESTS = ("1cpu", "2cpu")
+
+
+def fixture(guest: str, name: str) -> str:
+    return (FIXTURES / guest / f"{name}.txt").read_text()
+
+
+# The README's machine-readable tables
+
+
+def readme_table(marker: str) -> list[list[str]]:
+    text = README.read_text()
+    m = re.search(rf"<!-- {marker}:begin -->\n(.*?)<!-- {marker}:end -->", text, re.S)
+    assert m, f"README has no {marker} table"
+    rows = []
+    for line in m.group(1).splitlines()[2:]:          # skip the header and |---|
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+        rows.append([c.replace("\\|", "|") for c in cells])
+    return rows
+
+
+def unquote(cell: str) -> str:
+    return " ".join(re.findall(r"`([^`]*)`", cell)) if "`" in cell else cell
+
+
+def test_readme_record_table_equals_the_parser():
+    doc = {(unquote(f), unquote(r)): unquote(keys) for f, r, keys in readme_table("records")}
+    assert doc == k.RECORD_KEYS
+
+
+def test_readme_op_table_equals_the_parser():
+    rows = readme_table("opkeys")
+    assert {unquote(v): unquote(keys) for v, keys, _ in rows} == k.OP_KEYS
+    assert {unquote(v): tuple(int(r) for r in unquote(rets).split()) for v, _, rets in rows} \
+        == k.OP_RETS
+    assert set(k.OP_KEYS) == set(k.VERBS)
+
+
+def test_each_verbs_op_keys_follow_the_op_record_order():
+    union = k.spec_keys(k.RECORD_KEYS[("log", "op")])
+    for verb, spec in k.OP_KEYS.items():
+        keys = k.spec_keys(spec)
+        assert [key for key in union if key in keys] == list(keys), verb
+
+
+def test_readme_values_table_equals_the_parser():
+    doc = {}
+    for key, values in readme_table("values"):
+        names = re.findall(r"`([^`]*)`", values)[0].split()
+        doc[unquote(key)] = tuple(names)
+    assert doc == k.VALUE_NAMES
+    assert "`|__GFP_ZERO`" in README.read_text().replace("\\|", "|")
+
+
+def sample_value(key: str) -> str:
+    samples = {"verb": "free_all", "ret": "0", "gfp": "GFP_KERNEL", "free": ",".join(["1"] * 11),
+               "lists": "1,2,3", "when": "before", "order": "3", "seq": "1", "id": "1",
+               "gen": "1", "mt": "Movable", "list": "Movable"}
+    if key in samples:
+        return samples[key]
+    if key in k.VALUE_NAMES:
+        return k.VALUE_NAMES[key][0]
+    return "7"
+
+
+def documented_line(record: str, spec: str) -> str:
+    return " ".join([record] + [f"{key}={sample_value(key)}" for key in k.spec_keys(spec)])
+
+
+@pytest.mark.parametrize("file,record", sorted(k.RECORD_KEYS))
+def test_every_documented_record_parses_and_an_undocumented_key_is_rejected(file, record):
+    spec = k.OP_KEYS["free_all"] if record == "op" else k.RECORD_KEYS[(file, record)]
+    line = documented_line(record, spec)
+    parsed = k._parse_line(file, line, 1)
+    assert list(parsed.fields) == list(k.spec_keys(spec))
+    with pytest.raises(RecordError, match="unexpected key"):
+        k._parse_line(file, line + " extra=1", 1)
+    with pytest.raises(RecordError):
+        k._parse_line(file, line.replace(f" {k.spec_keys(spec)[-1]}=", " undocumented="), 1)
+
+
+# The README against the module's source
+
+
+def c_string_array(name: str) -> tuple[str, ...]:
+    m = re.search(rf"{name}\[[^\]]*\] = \{{(.*?)\}};", SOURCE.read_text(), re.S)
+    assert m, name
+    body = re.sub(r"#ifdef CONFIG_CMA\s*\"CMA\",\s*#endif", "", m.group(1))
+    return tuple(re.findall(r'"([^"]*)"', body))
+
+
+def test_module_names_equal_the_documented_values():
+    assert c_string_array("bl_verb_names") == k.VERBS
+    assert c_string_array("bl_api_names") == k.APIS
+    assert c_string_array("bl_gfp_names") == k.GFPS
+    assert c_string_array("bl_mt_names") == k.MIGRATETYPES
+    assert c_string_array("bl_stop_names") == k.STOPS
+
+
+def module_record_formats() -> list[tuple[str, tuple[str, ...]]]:
+    """(record, keys) for each record the module prints, from its seq_printf formats."""
+    out: list[tuple[str, list[str]]] = []
+    for literal in re.findall(r'"((?:[^"\\]|\\.)*)"', SOURCE.read_text()):
+        start = re.match(r"([a-z]+) ([a-z_]+=.*)", literal)
+        if start:
+            out.append((start.group(1), re.findall(r"([a-z_]+)=", start.group(2))))
+        elif re.match(r" [a-z_]+=", literal) and out:
+            out[-1][1].extend(re.findall(r"([a-z_]+)=", literal))
+    return [(r, tuple(keys)) for r, keys in out]
+
+
+def test_module_prints_exactly_the_documented_records():
+    printed = sorted(module_record_formats())
+    documented = sorted((r, k.spec_keys(spec)) for (_, r), spec in k.RECORD_KEYS.items())
+    assert printed == documented
+
+
+# Real output captured from the guest (tests/fixtures/kmod/scenario.sh)
+
+
+@pytest.mark.parametrize("guest", GUESTS)
+def test_log_fixture(guest):
+    log = k.parse_log(fixture(guest, "log"))
+    assert (log.capacity, log.records, log.dropped) == (1024, 24, 0)
+    assert [op.seq for op in log.ops] == list(range(1, 25))
+    assert log.ops[0].verb == "clear_log"
+    rcs = [line.split(" ", 1) for line in fixture(guest, "rc").splitlines()]
+    assert [c.split()[0] for _, c in rcs] == [op.verb for op in log.ops]
+    assert [int(rc) != 0 for rc, _ in rcs] == [op.ret != 0 for op in log.ops]
+    verbs = {(op.verb, op.ret) for op in log.ops}
+    assert {("leak", -22), ("leak", -2), ("free", -2), ("fill", -12), ("free_all", 0)} <= verbs
+    assert {op.stop for op in log.ops if op.verb in ("alloc", "fill")} == set(k.STOPS)
+    cpus = {p.cpu for op in log.ops for p in op.before.pcp}
+    assert cpus == set(range(int(guest[0])))
+
+
+@pytest.mark.parametrize("guest", GUESTS)
+def test_single_block_ops_account_for_every_page(guest):
+    """Buddy + per-CPU pages change by exactly the pages an op took or gave back."""
+    for op in k.parse_log(fixture(guest, "log")).ops:
+        if op.verb == "clear_log" or (op.n or 0) > 1:
+            continue
+        sign = -1 if op.verb in ("alloc", "fill") else 1
+        assert op.after.free_pages() - op.before.free_pages() == sign * (op.pages or 0), op
+
+
+def taken_order(before: tuple[int, ...], after: tuple[int, ...], order: int) -> int:
+    """The order of the block split by an allocation of `order` (expand() adds one
+    block at each order from `order` up to the split block's order - 1)."""
+    delta = [a - b for a, b in zip(after, before)]
+    split = [o for o, d in enumerate(delta) if d == -1]
+    assert len(split) == 1, delta
+    j = split[0]
+    assert delta == [0] * order + [1] * (j - order) + [-1] + [0] * (10 - j), delta
+    return j
+
+
+@pytest.mark.parametrize("guest", GUESTS)
+def test_downfall_alloc_pages_exact_takes_one_block_and_frees_31_pages_to_the_pcp_list(guest):
+    op = k.parse_log(fixture(guest, "log")).ops[1]
+    assert (op.api, op.bytes, op.order, op.pages) == ("alloc_pages_exact", 135168, 6, 33)
+    before = op.before.free_counts(0, "DMA32", "Unmovable")
+    after = op.after.free_counts(0, "DMA32", "Unmovable")
+    assert taken_order(before, after, 6) >= 6
+    pb, pa = op.before.pcp_of(0, "DMA32", op.cpu), op.after.pcp_of(0, "DMA32", op.cpu)
+    assert pa.count - pb.count == 31 and pa.lists[0] - pb.lists[0] == 31
+    assert (pa.high, pa.batch) == (186, 31)
+
+
+@pytest.mark.parametrize("guest", GUESTS)
+def test_allocs_fixture(guest):
+    allocs = k.parse_allocs(fixture(guest, "allocs"))
+    by_id = {a.id: a for a in allocs}
+    leaked = by_id[2]                      # alloc_pages order 6, leaked with order 3
+    assert (leaked.state, leaked.order, leaked.pages) == ("leaked", 6, 64 - 8)
+    log = k.parse_log(fixture(guest, "log"))
+    assert leaked.pfn == log.ops[2].pfn + 8
+    assert by_id[7].pages == 32 - 1        # order 5, leaked with order 0
+    assert by_id[4].gfp == "GFP_HIGHUSER_MOVABLE" and by_id[4].zero
+    assert by_id[4].pageblock_mt == "Movable"
+    assert by_id[6].api == "get_zeroed_page" and by_id[6].zero
+    assert 1 not in by_id and 3 in by_id   # freed; the failed leak kept it
+
+
+@pytest.mark.parametrize("guest", GUESTS)
+def test_freelists_fixture(guest):
+    dump = k.parse_freelists(fixture(guest, "freelists"))
+    assert dump.gen == 1 and dump.zones == 2
+    zones = {z.zone: z for z in k.parse_zones(fixture(guest, "zones"))}
+    for (nid, zone), counts in dump.buddyinfo().items():
+        pages = sum(c << o for o, c in enumerate(counts))
+        assert abs(pages - zones[zone].free_pages) < 256, zone   # read a moment apart
+    assert {p.cpu for p in dump.pcp_pages} == set(range(int(guest[0])))
+    assert all(b.pfn % (1 << b.order) == 0 for b in dump.blocks)
+    assert len({b.pfn for b in dump.blocks} | {p.pfn for p in dump.pcp_pages}) == \
+        len(dump.blocks) + len(dump.pcp_pages)
+
+
+@pytest.mark.parametrize("guest", GUESTS)
+def test_pageblocks_and_zones_fixtures(guest):
+    zones = k.parse_zones(fixture(guest, "zones"))
+    assert [(z.zone, z.start_pfn, z.spanned) for z in zones] == \
+        [("DMA", 1, 4095), ("DMA32", 4096, 126944)]
+    blocks = k.parse_pageblocks(fixture(guest, "pageblocks"))
+    per_zone = {z.zone: [b for b in blocks if b.zone == z.zone] for z in zones}
+    assert [b.pfn for b in per_zone["DMA"]] == list(range(0, 4096, 512))
+    assert len(per_zone["DMA32"]) == 126944 // 512 + 1        # 4096 .. 131039
+
+
+# Rejections
+
+LOG_HEADER = "log capacity=1024 records=1 dropped=0\n"
+
+
+def minimal_log(op: str = "op seq=1 verb=clear_log ret=0 cpu=0") -> str:
+    snap = ""
+    for when in k.WHENS:
+        for mt in k.MIGRATETYPES:
+            snap += f"zone seq=1 when={when} nid=0 zone=DMA32 mt={mt} free=0,0,0,0,0,0,0,0,0,0,1\n"
+        snap += f"pcp seq=1 when={when} nid=0 zone=DMA32 cpu=0 count=3 high=186 batch=31 " \
+                "lists=1,2,0\n"
+    return LOG_HEADER + op + "\n" + snap
+
+
+def test_minimal_log_parses():
+    log = k.parse_log(minimal_log())
+    assert log.ops[0].after.free_counts(0, "DMA32", "Isolate")[10] == 1
+    assert log.ops[0].before.free_pages() == 5 * 1024 + 3
+
+
+@pytest.mark.parametrize("bad", [
+    "op seq=1 verb=clear_log ret=0 cpu=0 n=0 pages=0",            # keys clear_log lacks
+    "op seq=1 verb=clear_log ret=-12 cpu=0",                      # undocumented ret
+    "op seq=1 verb=reset ret=0 cpu=0",                            # unknown verb
+    "op seq=1 ret=0 verb=clear_log cpu=0",                        # key order
+    "op seq=1 verb=clear_log ret=0 cpu=0 ",                       # trailing space
+    "op seq=1  verb=clear_log ret=0 cpu=0",                       # double space
+    "op seq=01 verb=clear_log ret=0 cpu=0",                       # leading zero
+    "op seq=0 verb=clear_log ret=0 cpu=0",                        # seq starts at 1
+    "op seq=1 verb=clear_log ret=+0 cpu=0",
+    "op seq=1 verb=clear_log ret=0 cpu=0x0",
+    "op seq=1 verb=clear_log ret=0 cpu",
+    "op seq=1 verb=free_all ret=0 cpu=0 n=1 pages=8",             # id missing though n >= 1
+    "op seq=1 verb=free_all ret=0 cpu=0 id=3 n=0 pages=0",        # id though n = 0
+    "op seq=1 verb=free ret=-2 cpu=0 id=3 n=0 pages=0 api=alloc_page gfp=GFP_KERNEL order=0 "
+    "bytes=4096 nid=0 zone=DMA32 pfn=5",                          # details of an unknown id
+    "op seq=1 verb=alloc ret=0 cpu=0 n=0 pages=0 api=alloc_page gfp=GFP_KERNEL order=0 "
+    "bytes=4096 stop=nomem",                                      # ret 0 but stopped early
+    "op seq=1 verb=alloc ret=-12 cpu=0 n=0 pages=0 api=alloc_page gfp=GFP_KERNEL order=0 "
+    "bytes=4096 stop=oom",                                        # unknown stop
+    "op seq=1 verb=alloc ret=-12 cpu=0 n=0 pages=0 api=alloc_page gfp=GFP_KERNEL|__GFP_COMP "
+    "order=0 bytes=4096 stop=nomem",                              # unknown gfp modifier
+    "op seq=1 verb=alloc ret=-12 cpu=0 n=0 pages=0 api=alloc_page gfp=GFP_KERNEL order=11 "
+    "bytes=4096 stop=nomem",                                      # order out of range
+    "op seq=1 verb=fill ret=-12 cpu=0 n=0 pages=0 api=alloc_page gfp=GFP_KERNEL order=0 "
+    "bytes=4096 stop=nomem",                                      # fill is alloc_pages only
+])
+def test_bad_op_lines_are_rejected(bad):
+    with pytest.raises(RecordError):
+        k.parse_log(minimal_log(bad))
+
+
+@pytest.mark.parametrize("edit", [
+    lambda t: t.replace("records=1", "records=2"),
+    lambda t: t.replace("log capacity=1024 records=1 dropped=0\n", ""),
+    lambda t: t.replace("mt=Movable", "mt=CMA", 1),
+    lambda t: t.replace("mt=Reclaimable free", "mt=Movable free", 1),
+    lambda t: t.replace("free=0,0,0,0,0,0,0,0,0,0,1", "free=0,0,0,0,0,0,0,0,0,1", 1),
+    lambda t: t.replace("lists=1,2,0", "lists=1,2", 1),
+    lambda t: t.replace("when=after", "when=before", 1),
+    lambda t: t.replace("zone seq=1 when=after", "zone seq=2 when=after", 1),
+    lambda t: t.replace("zone=DMA32 cpu=0", "zone=DMA cpu=0", 1),
+    lambda t: t.replace("count=3", "count=3 extra=1", 1),
+    lambda t: t + "zone seq=1 when=after nid=0 zone=DMA32 mt=Unmovable free=0,0,0,0,0,0,0,0,0,0,1\n",
+    lambda t: t + "\n",
+    lambda t: t.rstrip("\n"),
+    lambda t: t.replace("\n", "\r\n"),
+    lambda t: t + "unknown record=1\n",
+])
+def test_malformed_logs_are_rejected(edit):
+    with pytest.raises(RecordError):
+        k.parse_log(edit(minimal_log()))
+
+
+def test_fixture_lines_with_one_token_damaged_are_rejected():
+    """Every record kind of the real fixtures, with a field removed or renamed."""
+    parsers = {"log": k.parse_log, "allocs": k.parse_allocs, "freelists": k.parse_freelists,
+               "pageblocks": k.parse_pageblocks, "zones": k.parse_zones}
+    for name, parse in parsers.items():
+        text = fixture("2cpu", name)
+        seen: set[str] = set()
+        for i, line in enumerate(text.splitlines()):
+            record = line.split(" ", 1)[0]
+            if record in seen:
+                continue
+            seen.add(record)
+            lines = text.splitlines(keepends=True)
+            fields = line.split(" ")
+            for j in range(1, len(fields)):
+                key = fields[j].split("=")[0]
+                dropped = " ".join(fields[:j] + fields[j + 1:])
+                renamed = " ".join(fields[:j] + [fields[j].replace(key, "x" + key, 1)]
+                                   + fields[j + 1:])
+                for damaged in (dropped, renamed):
+                    with pytest.raises(RecordError):
+                        parse("".join(lines[:i] + [damaged + "\n"] + lines[i + 1:]))
+
+
+@pytest.mark.parametrize("edit", [
+    lambda t: t.replace("blocks=", "blocks=1", 1),                 # count mismatch
+    lambda t: t.replace("pos=0 pfn", "pos=1 pfn", 1),              # list position
+    lambda t: "\n".join(t.splitlines()[:1] + t.splitlines()[2:] + t.splitlines()[1:2]) + "\n",
+    lambda t: t.replace("list=Movable", "list=HighAtomic", 1),
+    lambda t: t.replace("order=0", "order=11", 1),
+])
+def test_malformed_freelists_are_rejected(edit):
+    with pytest.raises(RecordError):
+        k.parse_freelists(edit(fixture("1cpu", "freelists")))
+
+
+def test_malformed_pageblocks_allocs_zones_are_rejected():
+    pb = fixture("1cpu", "pageblocks")
+    with pytest.raises(RecordError):
+        k.parse_pageblocks(pb.replace("pfn=512 ", "pfn=513 ", 1))
+    with pytest.raises(RecordError):
+        k.parse_pageblocks(pb.replace("mt=Movable", "mt=movable", 1))
+    allocs = fixture("1cpu", "allocs")
+    with pytest.raises(RecordError):
+        k.parse_allocs(allocs.replace("state=live", "state=freed", 1))
+    with pytest.raises(RecordError):
+        k.parse_allocs(allocs.replace("api=alloc_page ", "api=alloc_page state=live ", 1))
+    zones = fixture("1cpu", "zones")
+    with pytest.raises(RecordError):
+        k.parse_zones(zones + zones.splitlines(keepends=True)[0])
+    with pytest.raises(RecordError):
+        k.parse_zones(zones.replace("free_pages=", "free_pages=-", 1))
+
+
+# The module in the real guest
+
+
+@pytest.mark.qemu
+def test_module_in_the_guest(prepared):
+    """The scenario in a fresh guest: every record parses, malformed commands get
+    EINVAL and leave no record, nothing warns, and unloading gives every page back."""
+    from harness.session import boot
+
+    base = "/sys/kernel/debug/buddylab"
+    with boot(prepared) as g:
+        g.run(f"insmod {g.module_path}").check()
+        before = k.parse_freelists(g.run(f"cat {base}/freelists").stdout).free_pages()
+        assert g.run("OUT=/tmp/kmod sh -s", stdin=SCENARIO.read_bytes(), timeout=300).rc == 0
+        texts = {n: g.run(f"cat /tmp/kmod/{n}.txt").stdout
+                 for n in ("log", "allocs", "freelists", "pageblocks", "zones", "rc")}
+        log = k.parse_log(texts["log"])
+        k.parse_allocs(texts["allocs"])
+        k.parse_freelists(texts["freelists"])
+        k.parse_pageblocks(texts["pageblocks"])
+        k.parse_zones(texts["zones"])
+        assert [int(line.split()[0]) != 0 for line in texts["rc"].splitlines()] == \
+            [op.ret != 0 for op in log.ops]
+
+        bad = ["", "bogus", "alloc", "alloc api=alloc_pages gfp=GFP_KERNEL",
+               "alloc api=alloc_page gfp=GFP_KERNEL order=0", "free id=0", "free id=+1",
+               "free id=18446744073709551616", "alloc api=alloc_page gfp=GFP_KERNEL ",
+               "free_ids first=5 last=4", "fill api=alloc_page gfp=GFP_KERNEL order=0",
+               "alloc  api=alloc_page gfp=GFP_KERNEL", "free id=1\\n\\n", "free id=1\\0001",
+               "x" * 257]
+        script = "".join(f"echo -ne '{b}' > {base}/control; echo $?\n" for b in bad)
+        result = g.run(script)
+        assert result.stdout.split() == ["0"] + ["1"] * (len(bad) - 1)  # '' writes nothing
+        assert result.stderr.count("write error: Invalid argument") == len(bad) - 1
+        assert k.parse_log(g.run(f"cat {base}/log").stdout).records == log.records
+
+        g.run(f"echo free_all > {base}/control").check()
+        assert k.parse_allocs(g.run(f"cat {base}/allocs").stdout) == []
+        assert g.run(f"exec 3<{base}/log; rmmod buddylab").rc != 0   # open file: EBUSY
+        g.run("rmmod buddylab").check()
+        g.run(f"insmod {g.module_path}").check()
+        after = k.parse_freelists(g.run(f"cat {base}/freelists").stdout).free_pages()
+        assert abs(after - before) < 512, (before, after)
+        dmesg = g.run("dmesg").stdout
+        for word in ("WARNING", "BUG", "Oops", "Call Trace", "page allocation failure",
+                     "Out of memory", "Bad page"):
+            assert word not in dmesg, word
