@@ -294,7 +294,8 @@ static const char *bl_zone_name(int nid, int zidx)
 	return NODE_DATA(nid)->node_zones[zidx].name;
 }
 
-static unsigned int bl_count_zones(struct zone **out)
+/* Count the populated zones, storing the first @cap of them in @out. */
+static unsigned int bl_collect_zones(struct zone **out, unsigned int cap)
 {
 	unsigned int n = 0;
 	int nid, z;
@@ -305,7 +306,7 @@ static unsigned int bl_count_zones(struct zone **out)
 
 			if (!populated_zone(zone))
 				continue;
-			if (out)
+			if (n < cap)
 				out[n] = zone;
 			n++;
 		}
@@ -1622,11 +1623,13 @@ static const struct file_operations bl_zones_fops = {
 
 static int bl_zones_init(void)
 {
-	bl_nr_zones = bl_count_zones(NULL);
-	bl_zones = kcalloc(bl_nr_zones, sizeof(*bl_zones), GFP_KERNEL);
+	unsigned int n = bl_collect_zones(NULL, 0);
+
+	bl_zones = kcalloc(n, sizeof(*bl_zones), GFP_KERNEL);
 	if (!bl_zones)
 		return -ENOMEM;
-	bl_count_zones(bl_zones);
+	/* A zone populated meanwhile by memory hotplug is left out. */
+	bl_nr_zones = min(n, bl_collect_zones(bl_zones, n));
 	return 0;
 }
 
