@@ -19,11 +19,11 @@ from typing import Iterator
 from harness import elfcheck
 from harness.config import KernelPins, load_kernel_pins
 from harness.errors import BuddylabError, GuestCrashed, SetupError
-from harness.image import GUEST_MODULE_PATH, GuestImage, build_image
+from harness.image import GUEST_MODULE_PATH, GuestImage, HostKey, build_image
 from harness.kbuild import build_module
 from harness.provision import Kernel, provision_kernel
 from harness.qemu import Qemu, QemuConfig, free_port, probe_kvm
-from harness.ssh import CommandResult, GuestShell, make_client_key
+from harness.ssh import ClientKey, CommandResult, GuestShell, make_client_key
 
 
 @dataclass
@@ -71,12 +71,19 @@ def prepare(pins: KernelPins | None = None, ko: Path | None = None,
 class Session:
     """A running guest: QEMU, its serial log, and one SSH connection."""
 
-    def __init__(self, qemu: Qemu, shell: GuestShell, workdir: Path, timings: Timings) -> None:
+    def __init__(self, qemu: Qemu, shell: GuestShell, workdir: Path, timings: Timings,
+                 host_key: HostKey, client_key: ClientKey) -> None:
         self.qemu = qemu
         self.shell = shell
         self.workdir = workdir
         self.timings = timings
         self.module_path = GUEST_MODULE_PATH
+        self._host_key = host_key
+        self._client_key = client_key
+
+    def open_shell(self) -> GuestShell:
+        """A second, independent SSH connection (the caller closes it)."""
+        return GuestShell(self.qemu.config.ssh_port, self._host_key, self._client_key)
 
     def run(self, command: str, timeout: float = 60.0, stdin: bytes | None = None) -> CommandResult:
         """Run a guest command; a guest crash during it is raised as GuestCrashed."""
@@ -115,7 +122,7 @@ def boot(prepared: Prepared, memory_mib: int = 512, cpus: int = 1,
                 qemu.start()
                 qemu.wait_ready(ready_timeout)
                 shell = GuestShell(config.ssh_port, prepared.image.host_key, client_key)
-            yield Session(qemu, shell, workdir, timings)
+            yield Session(qemu, shell, workdir, timings, prepared.image.host_key, client_key)
         finally:
             with timings.stage("power-off"):
                 grace = 0.0
