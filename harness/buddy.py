@@ -149,6 +149,9 @@ class Zone:
         self.managed = 0
         self.events: list[Event] = []
         self.ownership: Ownership | None = None
+        # A trace replay drains when the trace says so, not on its own.
+        self.auto_drain = True
+        self.record_events = True
 
     # -- the state -------------------------------------------------------
     def add_free(self, pfn: int, order: int, mt: str, tail: bool = False) -> None:
@@ -209,9 +212,61 @@ class Zone:
             pfn = lst.head
             self.del_free(pfn)
             self._expand(pfn, order, current, mt)
-            self.events.append(Event("zone_locked", pfn, order, mt, f"from order {current}"))
+            if self.record_events:
+                self.events.append(Event("zone_locked", pfn, order, mt, f"from order {current}"))
             return pfn
         return None
+
+    def peek_smallest(self, order: int, mt: str) -> int | None:
+        """The pfn __rmqueue_smallest() would take, without taking it."""
+        for current in range(order, MAX_ORDER):
+            head = self.lists[(current, mt)].head
+            if head is not None:
+                return head
+        return None
+
+    def take_specific(self, pfn: int, order: int, mt: str) -> bool:
+        """Take the order-`order` block at `pfn` out of whichever free block holds it.
+
+        Used to follow the kernel where it took another block than the model
+        would have; the rest of the enclosing block is split as expand() does.
+        """
+        for current in range(order, MAX_ORDER):
+            head = pfn & ~((1 << current) - 1)
+            if self.free.get(head, (-1, ""))[0] == current:
+                break
+        else:
+            return False
+        self.del_free(head)
+        while current > order:
+            current -= 1
+            half = 1 << current
+            other = head + half if pfn < head + half else head
+            self.add_free(other, current, mt)
+            head = head if pfn < head + half else head + half
+        return True
+
+    def remove_from_pcp(self, pfn: int, prefer_cpu: int | None = None) -> bool:
+        """Take `pfn` off whichever per-CPU list holds it."""
+        cpus = sorted(self.pcp, key=lambda c: c != prefer_cpu)
+        for cpu in cpus:
+            for lst in self.pcp[cpu].lists.values():
+                for entry in lst:
+                    if entry[0] == pfn:
+                        lst.remove(entry)
+                        return True
+        return False
+
+    def steal_for_trace(self, pfn: int, start_type: str, alloc_order: int,
+                        change_ownership: bool) -> None:
+        """Replay a traced steal (mm_page_alloc_extfrag) of the block at `pfn`."""
+        order, _ = self.free[pfn]
+        can_steal = (order >= PAGEBLOCK_ORDER // 2 or start_type in (UNMOVABLE, RECLAIMABLE))
+        self.ownership = lambda *_: change_ownership
+        try:
+            self._steal_suitable_fallback(pfn, start_type, can_steal)
+        finally:
+            self.ownership = None
 
     def _find_suitable_fallback(self, order: int, mt: str) -> tuple[str | None, bool]:
         """find_suitable_fallback() with only_stealable false."""
@@ -250,7 +305,8 @@ class Zone:
         pfn = self.lists[(current, fallback)].head
         assert pfn is not None
         changed = self._steal_suitable_fallback(pfn, mt, can_steal)
-        self.events.append(Event("extfrag", pfn, current, fallback,
+        if self.record_events:
+            self.events.append(Event("extfrag", pfn, current, fallback,
                                  f"alloc type {mt}, change_ownership={int(changed)}"))
         return True
 
@@ -397,20 +453,22 @@ class Zone:
     def free_pages_ok(self, pfn: int, order: int) -> None:
         """__free_pages_ok(): an order > 0 free goes straight to the buddy lists."""
         mt = self.pageblock_type(pfn)
-        self.events.append(Event("free", pfn, order, mt))
+        if self.record_events:
+            self.events.append(Event("free", pfn, order, mt))
         self.free_one(pfn, order, mt)
 
     def free_unref_page(self, pfn: int, cpu: int) -> None:
         """free_unref_page(): an order-0 free onto this CPU's list."""
         mt = self.pageblock_type(pfn)
-        self.events.append(Event("free", pfn, 0, mt))
+        if self.record_events:
+            self.events.append(Event("free", pfn, 0, mt))
         if mt == ISOLATE:
             self.free_one(pfn, 0, mt)
             return
         filed = MOVABLE if mt not in PCP_TYPES else mt
         pcp = self.pcp[cpu]
         pcp.lists[filed].appendleft((pfn, mt))
-        if pcp.count >= pcp.high:
+        if self.auto_drain and pcp.count >= pcp.high:
             self.free_pcppages_bulk(cpu, pcp.batch)
 
     def free_pcppages_bulk(self, cpu: int, count: int) -> None:
@@ -441,7 +499,8 @@ class Zone:
         for pfn, index in taken:
             mt = self.pageblock_type(pfn) if isolated else index
             merged = self.free_one(pfn, 0, mt)
-            self.events.append(Event("pcpu_drain", pfn, 0, mt, f"merged at {merged}"))
+            if self.record_events:
+                self.events.append(Event("pcpu_drain", pfn, 0, mt, f"merged at {merged}"))
 
     def free_block(self, pfn: int, order: int, cpu: int = 0) -> None:
         """__free_pages() of a block this zone handed out."""

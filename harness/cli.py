@@ -27,6 +27,18 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--cpus", type=int, default=1, help="guest CPUs (%(default)s)")
     q.add_argument("--boot-timeout", type=float, default=60.0, metavar="S",
                    help="deadline for boot to SSH (%(default)s s)")
+    a = sub.add_parser("accuracy", help="share of generated operations each model predicts exactly")
+    a.add_argument("--seed", type=int, default=1)
+    a.add_argument("--ops", type=int, default=5000, help="operations to generate (%(default)s)")
+    a.add_argument("--chunk", type=int, default=250,
+                   help="operations between two exact dumps (%(default)s, at most 1000)")
+    t = sub.add_parser("trace-replay",
+                       help="replay an ordinary workload's kmem trace from an exact dump")
+    for sp in (a, t):
+        sp.add_argument("--kernel", default=DEFAULT_KERNEL, help="kernel recipe (%(default)s)")
+        sp.add_argument("--memory", type=int, default=512, metavar="MIB")
+        sp.add_argument("--cpus", type=int, default=1)
+        sp.add_argument("--boot-timeout", type=float, default=60.0, metavar="S")
     r = sub.add_parser("run", help="boot the guest, load nothing, run one shell command in it")
     r.add_argument("shell_command", help="command for the guest's /bin/sh")
     r.add_argument("--kernel", default=DEFAULT_KERNEL, help="kernel recipe in images/ (%(default)s)")
@@ -94,6 +106,43 @@ def qemu_test(args: argparse.Namespace) -> int:
     return errors.EXIT_OK if report.passed else errors.EXIT_CHECKS_FAILED
 
 
+def accuracy_command(args: argparse.Namespace) -> int:
+    from harness import accuracy
+
+    _check_size(args)
+    if not 1 <= args.ops <= 1_000_000 or not 1 <= args.chunk <= 1000:
+        raise errors.SetupError("--ops must be 1..1000000 and --chunk 1..1000")
+    prepared = prepare(pins=load_kernel_pins(args.kernel))
+    run_dir = new_run_dir("accuracy")
+    with boot(prepared, memory_mib=args.memory, cpus=args.cpus, ready_timeout=args.boot_timeout,
+              keep_dir=run_dir) as session:
+        result = accuracy.measure(session, args.seed, args.ops, args.chunk)
+    table = accuracy.format_table(result, args.seed)
+    write_json(run_dir / "result.json", accuracy.result_json(result, args))
+    write_text(run_dir / "report.txt", table + "\n")
+    print(table)
+    print(f"results: {run_dir}")
+    return errors.EXIT_OK
+
+
+def trace_replay_command(args: argparse.Namespace) -> int:
+    from harness import tracerun
+
+    _check_size(args)
+    prepared = prepare(pins=load_kernel_pins(args.kernel))
+    run_dir = new_run_dir("trace-replay")
+    with boot(prepared, memory_mib=args.memory, cpus=args.cpus, ready_timeout=args.boot_timeout,
+              keep_dir=run_dir) as session:
+        cap = tracerun.capture(session)
+    result = tracerun.replay_capture(cap)
+    text = tracerun.format_result(result)
+    write_json(run_dir / "result.json", tracerun.result_json(result))
+    write_text(run_dir / "report.txt", text + "\n")
+    print(text)
+    print(f"results: {run_dir}")
+    return errors.EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -101,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
             return qemu_test(args)
         if args.command == "run":
             return run_command(args)
+        if args.command == "accuracy":
+            return accuracy_command(args)
+        if args.command == "trace-replay":
+            return trace_replay_command(args)
     except errors.GuestCrashed as e:
         print(f"buddylab: {e}\n--- serial log tail ---\n{e.log_tail}", file=sys.stderr)
         return e.exit_code

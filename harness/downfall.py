@@ -178,7 +178,8 @@ def run(session: Session) -> Report:
     records = [r for r in log.ops if r.verb == "alloc"]
     kept = {a.id: a.pages for a in allocs}
     if records:
-        zones = exact.zones_from_dump(dump, pageblocks, infos, records[0].before.pcp)
+        zones = exact.zones_from_dump(dump, pageblocks, infos,
+                                       exact.pcp_limits(records[0].before.pcp))
         replayer = exact.Replayer(zones)
     for op, record in zip(OPERATIONS, records):
         if record.ret == 0 and record.id in kept:

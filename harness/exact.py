@@ -29,8 +29,16 @@ ORDER0_APIS = ("alloc_page", "__get_free_page", "get_zeroed_page")
 ZoneKey = tuple[int, str]
 
 
+PcpLimits = dict[tuple[int, str, int], tuple[int, int]]  # (nid, zone, cpu) -> (high, batch)
+
+
+def pcp_limits(pcps: list[kmodrec.PcpCounts]) -> PcpLimits:
+    """Per-CPU `high` and `batch` from a module snapshot."""
+    return {(p.nid, p.zone, p.cpu): (p.high, p.batch) for p in pcps}
+
+
 def zones_from_dump(dump: kmodrec.FreeListDump, pageblocks: list[kmodrec.Pageblock],
-                    infos: list[kmodrec.ZoneInfo], pcps: list[kmodrec.PcpCounts],
+                    infos: list[kmodrec.ZoneInfo], limits: PcpLimits,
                     ) -> dict[ZoneKey, Zone]:
     """Model zones holding exactly the dumped state."""
     zones: dict[ZoneKey, Zone] = {}
@@ -45,8 +53,9 @@ def zones_from_dump(dump: kmodrec.FreeListDump, pageblocks: list[kmodrec.Pageblo
             1 for mt in z.pageblocks.values() if mt == HIGHATOMIC)
     for block in sorted(dump.blocks, key=lambda b: (b.nid, b.zone, b.order, b.mt, b.pos)):
         zones[(block.nid, block.zone)].add_free(block.pfn, block.order, block.mt, tail=True)
-    for p in pcps:
-        zones[(p.nid, p.zone)].pcp[p.cpu] = buddy.Pcp(p.high, p.batch)
+    for (nid, name, cpu), (high, batch) in limits.items():
+        if (nid, name) in zones:
+            zones[(nid, name)].pcp[cpu] = buddy.Pcp(high, batch)
     for page in sorted(dump.pcp_pages, key=lambda p: (p.nid, p.zone, p.cpu, p.list, p.pos)):
         z = zones[(page.nid, page.zone)]
         if page.cpu not in z.pcp:
@@ -178,7 +187,11 @@ class Replayer:
     def alloc_one(self, api: str, gfp: str, order: int, size: int | None, cpu: int,
                   ) -> ModelAllocation | None:
         mt = GFP_TYPES[gfp]
-        harder = gfp == "GFP_ATOMIC"
+        # ALLOC_HARDER (HighAtomic lists, reserving a HighAtomic pageblock)
+        # is set by gfp_to_alloc_flags() in the slow path only; the first,
+        # fast attempt of __alloc_pages_nodemask() runs without it, and the
+        # module's watermark guard keeps every request on the fast path.
+        harder = False
         zonelist = self.zonelist(gfp)
         # ALLOC_NOFRAGMENT: only when the preferred zone is Normal (and DMA32
         # exists below it); retried without once every zone failed.
@@ -199,6 +212,15 @@ class Replayer:
                 return ModelAllocation(z, api, pfn, order, kept)
         return None
 
+    def adopt(self, allocs: list[kmodrec.AllocRecord]) -> None:
+        """Take over the allocations the module already holds (from its `allocs` file)."""
+        for a in allocs:
+            if a.state != "live":
+                raise ValueError(f"allocation {a.id} is {a.state}: the replay handles live ones")
+            self.allocations[a.id] = ModelAllocation(self.zones[(a.nid, a.zone)], a.api, a.pfn,
+                                                     a.order, a.pages)
+            self.next_id = max(self.next_id, a.id + 1)
+
     def free(self, alloc_id: int, cpu: int) -> None:
         a = self.allocations.pop(alloc_id)
         if a.api == "alloc_pages_exact":
@@ -207,14 +229,19 @@ class Replayer:
         else:
             a.zone.free_block(a.pfn, a.order, cpu)
 
-    def apply(self, op: kmodrec.OpRecord) -> tuple[int | None, str | None]:
-        """Replay one operation; returns (first pfn allocated, why unknowable)."""
+    def apply(self, op: kmodrec.OpRecord, args: dict[str, str] | None = None,
+              ) -> tuple[int | None, str | None]:
+        """Replay one operation; returns (first pfn allocated, why unknowable).
+
+        `args` are the command's own key=value arguments, which `free_ids`
+        needs (its record does not repeat first, last and step).
+        """
         try:
-            return self._apply(op), None
+            return self._apply(op, args or {}), None
         except buddy.Unknowable as e:
             return None, str(e)
 
-    def _apply(self, op: kmodrec.OpRecord) -> int | None:
+    def _apply(self, op: kmodrec.OpRecord, args: dict[str, str]) -> int | None:
         if op.verb == "alloc" and op.api is not None and op.gfp is not None:
             order = op.order if op.order is not None else 0
             size = op.bytes if op.api == "alloc_pages_exact" else None
@@ -234,13 +261,18 @@ class Replayer:
         elif op.verb == "free_all":
             for alloc_id in sorted(self.allocations):
                 self.free(alloc_id, op.cpu)
-        elif op.verb == "free_ids" and op.ret == 0:
-            raise buddy.Unknowable("free_ids replay needs first/last/step, not in the op record")
+        elif op.verb == "free_ids":
+            if "first" not in args or "last" not in args:
+                raise buddy.Unknowable("free_ids replay needs the command's first/last/step")
+            step = int(args.get("step", "1"))
+            for alloc_id in range(int(args["first"]), int(args["last"]) + 1, step):
+                if alloc_id in self.allocations:
+                    self.free(alloc_id, op.cpu)
         return None
 
-    def replay(self, op: kmodrec.OpRecord) -> OpOutcome:
+    def replay(self, op: kmodrec.OpRecord, args: dict[str, str] | None = None) -> OpOutcome:
         before = compare_snapshot(self.zones, op.before)
-        pfn, why = self.apply(op)
+        pfn, why = self.apply(op, args)
         after = compare_snapshot(self.zones, op.after)
         observed = op.pfn if op.verb == "alloc" else None
         return OpOutcome(op.seq, op.verb, before, after,

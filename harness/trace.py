@@ -45,6 +45,7 @@ class TraceEvent:
     name: str
     fields: dict[str, int]
     gfp: str = ""
+    text: str = ""   # a trace_marker's message (name "marker")
 
     def __getitem__(self, key: str) -> int:
         return self.fields[key]
@@ -60,6 +61,10 @@ def parse_trace(text: str) -> list[TraceEvent]:
         if m is None:
             raise TraceParseError(lineno, line, "not a trace line")
         name = m["event"]
+        if name == "tracing_mark_write":
+            events.append(TraceEvent(int(m["cpu"]), float(m["ts"]), m["task"].strip(),
+                                     int(m["pid"]), "marker", {}, text=m["rest"].strip()))
+            continue
         if name not in _REQUIRED:
             continue
         fields: dict[str, int] = {}

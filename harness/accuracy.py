@@ -1,0 +1,316 @@
+"""How often does each model predict the real kernel exactly?
+
+A seeded generator makes a sequence of module commands (every API, orders
+and sizes, the three GFP types, frees in random order, batch frees).  It
+runs on the real kernel in chunks; each chunk starts from an exact dump
+(captured by open(2) in the shell that then writes the commands, so no
+process runs in between) and the module records every operation's
+before/after counts in the kernel.  Three models predict each operation:
+
+* the 5.10 model, page for page (harness.buddy via harness.exact), chained
+  from the chunk's dump: exact means the after-counts of every list, the
+  per-CPU lists and the allocated PFN all match;
+* the 5.10 model on counts only (harness.model), from the kernel's own
+  before-counts: allocations only, it cannot place a free;
+* the textbook model: one list per order, no per-CPU lists, frees merge at
+  once: exact means /proc/buddyinfo's per-order totals match.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from harness import buddy, exact, kmodrec
+from harness.model import MAX_ORDER, PcpList, ZoneState, predict_alloc, predict_textbook
+from harness.session import Session
+
+DEBUGFS = "/sys/kernel/debug/buddylab"
+APIS = ("alloc_pages", "alloc_page", "__get_free_pages", "__get_free_page", "get_zeroed_page",
+        "alloc_pages_exact")
+GFPS = ("GFP_KERNEL", "GFP_ATOMIC", "GFP_HIGHUSER_MOVABLE")
+MAX_LIVE_PAGES = 16384  # 64 MiB: far from the 512 MiB guest's watermarks
+
+
+def _order_weighted(rng: random.Random) -> int:
+    # Small orders dominate real traffic; keep every order present.
+    return min(int(rng.expovariate(0.6)), MAX_ORDER - 1)
+
+
+def generate(seed: int, count: int) -> list[str]:
+    """`count` module commands, the same for the same seed."""
+    rng = random.Random(seed)
+    commands: list[str] = []
+    live: dict[int, int] = {}   # expected id -> pages
+    next_id = 1
+    live_pages = 0
+    while len(commands) < count:
+        roll = rng.random()
+        if live and (roll < 0.40 or live_pages > MAX_LIVE_PAGES):
+            victim = rng.choice(sorted(live))
+            live_pages -= live.pop(victim)
+            commands.append(f"free id={victim}")
+            continue
+        if live and roll < 0.43:
+            ids = sorted(live)
+            first, last = ids[0], ids[-1]
+            step = rng.choice((1, 2, 3))
+            for i in range(first, last + 1, step):
+                live_pages -= live.pop(i, 0)
+            commands.append(f"free_ids first={first} last={last} step={step}")
+            continue
+        api = rng.choice(APIS)
+        gfp = rng.choice(GFPS)
+        words = [f"alloc api={api} gfp={gfp}"]
+        if api in ("alloc_pages", "__get_free_pages"):
+            order = _order_weighted(rng)
+            words.append(f"order={order}")
+            pages = 1 << order
+        elif api == "alloc_pages_exact":
+            size = rng.randint(1, 4096 << _order_weighted(rng))
+            words.append(f"size={size}")
+            pages = -(-size // 4096)
+        else:
+            pages = 1
+        n = rng.choice((1, 1, 1, 2, 4)) if pages <= 16 else 1
+        if n > 1:
+            words.append(f"count={n}")
+        if rng.random() < 0.1:
+            words.append("zero=1")
+        commands.append(" ".join(words))
+        for _ in range(n):
+            live[next_id] = pages
+            live_pages += pages
+            next_id += 1
+    return commands
+
+
+def command_args(command: str) -> dict[str, str]:
+    return dict(w.split("=", 1) for w in command.split()[1:])
+
+
+@dataclass
+class Chunk:
+    zones: list[kmodrec.ZoneInfo]
+    pageblocks: list[kmodrec.Pageblock]
+    dump: kmodrec.FreeListDump
+    dump_after: kmodrec.FreeListDump
+    log: kmodrec.OpLog
+    allocs: list[kmodrec.AllocRecord]
+    commands: list[str]
+
+
+def run_chunk(session: Session, commands: list[str]) -> Chunk:
+    """Run `commands` in one shell, between two exact dumps, and read everything back."""
+    session.run("cat > /tmp/chunk", stdin=("\n".join(commands) + "\n").encode()).check()
+    script = (
+        f"cd {DEBUGFS} && exec 7> control && echo clear_log >&7 "
+        "&& cat allocs > /tmp/allocs && exec 3< zones 4< pageblocks && exec 5< freelists "
+        "&& while read -r line; do echo \"$line\" >&7; done < /tmp/chunk; "
+        "exec 6< freelists 7>&- && cat <&3 && echo @@ && cat <&4 && echo @@ && cat <&5 "
+        "&& echo @@ && cat <&6 && echo @@ && cat log && echo @@ && cat /tmp/allocs; "
+        "exec 3<&- 4<&- 5<&- 6<&-")
+    out = session.run(script, timeout=600).check().stdout
+    parts = out.split("@@\n")
+    if len(parts) != 6:
+        raise ValueError(f"unexpected chunk output:\n{out[-2000:]}")
+    return Chunk(kmodrec.parse_zones(parts[0]), kmodrec.parse_pageblocks(parts[1]),
+                 kmodrec.parse_freelists(parts[2]), kmodrec.parse_freelists(parts[3]),
+                 kmodrec.parse_log(parts[4]), kmodrec.parse_allocs(parts[5]), commands)
+
+
+@dataclass
+class Tally:
+    ops: int = 0
+    exact: int = 0
+
+    @property
+    def share(self) -> float:
+        return self.exact / self.ops if self.ops else 0.0
+
+
+@dataclass
+class Divergence:
+    seq: int
+    command: str
+    model: str
+    what: list[str]
+    cause: str
+
+
+@dataclass
+class Accuracy:
+    page: Tally = field(default_factory=Tally)
+    counts: Tally = field(default_factory=Tally)
+    textbook: Tally = field(default_factory=Tally)
+    divergences: list[Divergence] = field(default_factory=list)
+    final_dump_diffs: list[str] = field(default_factory=list)
+
+
+def _counts_state(snap: kmodrec.Snapshot, zone: str, cpu: int) -> ZoneState:
+    free = {z.mt: list(z.free) for z in snap.zones if z.zone == zone}
+    pcp = next((p for p in snap.pcp if p.zone == zone and p.cpu == cpu), None)
+    lists = PcpList(pcp.count, pcp.high, pcp.batch,
+                    dict(zip(buddy.PCP_TYPES, pcp.lists))) if pcp else None
+    return ZoneState(free, lists)
+
+
+def _zone_totals(snap: kmodrec.Snapshot) -> dict[str, list[int]]:
+    totals: dict[str, list[int]] = {}
+    for z in snap.zones:
+        t = totals.setdefault(z.zone, [0] * MAX_ORDER)
+        for o, c in enumerate(z.free):
+            t[o] += c
+    return totals
+
+
+def _counts_exact(op: kmodrec.OpRecord) -> bool:
+    """The count-level 5.10 model from the kernel's before-counts."""
+    if op.verb != "alloc" or op.ret != 0 or op.n != 1 or op.zone is None or op.order is None:
+        return False
+    assert op.gfp is not None and op.api is not None
+    before = _counts_state(op.before, op.zone, op.cpu)
+    after = _counts_state(op.after, op.zone, op.cpu)
+    kept = op.pages if op.api == "alloc_pages_exact" else None
+    p = predict_alloc(before, exact.GFP_TYPES[op.gfp], op.order, exact_pages=kept)
+    if p.state is None:
+        return False
+    same_lists = all(p.state.free.get(mt, [0] * MAX_ORDER) == after.free.get(mt, [0] * MAX_ORDER)
+                     for mt in set(p.state.free) | set(after.free))
+    return same_lists and (p.state.pcp is None or after.pcp is None
+                           or p.state.pcp.count == after.pcp.count)
+
+
+FreeSnapshot = dict[str, tuple[int, int, dict[int, int]]]  # zone -> (start, end, pfn -> order)
+
+
+def _free_snapshot(zones: dict[exact.ZoneKey, buddy.Zone]) -> FreeSnapshot:
+    return {z.name: (z.start_pfn, z.end_pfn, {pfn: o for pfn, (o, _) in z.free.items()})
+            for z in zones.values()}
+
+
+def _textbook_exact(op: kmodrec.OpRecord, free_before: FreeSnapshot,
+                    freed: list[tuple[int, int]]) -> bool:
+    """The textbook's per-order totals after the op, against the kernel's."""
+    before, after = _zone_totals(op.before), _zone_totals(op.after)
+    if op.verb == "alloc":
+        if op.ret != 0 or op.zone is None or op.order is None or op.n != 1:
+            return False
+        state = ZoneState({"all": before[op.zone]})
+        kept = op.pages if op.api == "alloc_pages_exact" else None
+        predicted, _ = predict_textbook(state, op.order, exact_pages=kept)
+        return predicted == after[op.zone] and all(
+            before[z] == after[z] for z in before if z != op.zone)
+    # A free: each freed block merges at once with every free buddy, of any type.
+    predicted = {z: list(t) for z, t in before.items()}
+    for name, (start, end, free) in free_before.items():
+        free = dict(free)
+        for pfn, order in (f for f in freed if start <= f[0] < end):
+            while order < MAX_ORDER - 1 and free.get(pfn ^ (1 << order)) == order:
+                buddy_pfn = pfn ^ (1 << order)
+                del free[buddy_pfn]
+                predicted[name][order] -= 1
+                pfn &= buddy_pfn
+                order += 1
+            free[pfn] = order
+            predicted[name][order] += 1
+    return predicted == after
+
+
+def evaluate(chunk: Chunk, result: Accuracy) -> None:
+    ops = [op for op in chunk.log.ops if op.verb != "clear_log"]
+    if len(ops) != len(chunk.commands):
+        raise ValueError(f"{len(chunk.commands)} commands but {len(ops)} op records "
+                         f"(log dropped {chunk.log.dropped})")
+    zones = exact.zones_from_dump(chunk.dump, chunk.pageblocks, chunk.zones,
+                                   exact.pcp_limits(ops[0].before.pcp))
+    replayer = exact.Replayer(zones)
+    replayer.adopt(chunk.allocs)
+    for op, command in zip(ops, chunk.commands):
+        freed = _blocks_freed(replayer, op, command_args(command))
+        free_before = _free_snapshot(replayer.zones) if freed else {}
+        outcome = replayer.replay(op, command_args(command))
+        for tally, ok in ((result.page, outcome.exact and not outcome.before),
+                          (result.counts, _counts_exact(op)),
+                          (result.textbook, _textbook_exact(op, free_before, freed))):
+            tally.ops += 1
+            tally.exact += ok
+        if not (outcome.exact and not outcome.before):
+            result.divergences.append(_divergence(op, command, outcome))
+    result.final_dump_diffs += exact.compare_dump(replayer.zones, chunk.dump_after)
+
+
+def _blocks_freed(replayer: exact.Replayer, op: kmodrec.OpRecord,
+                  args: dict[str, str]) -> list[tuple[int, int]]:
+    """(pfn, order) of the frees a free command makes, in the order it makes them."""
+    ids: list[int] = []
+    if op.verb == "free" and op.id is not None:
+        ids = [op.id]
+    elif op.verb == "free_all":
+        ids = sorted(replayer.allocations)
+    elif op.verb == "free_ids" and "first" in args:
+        ids = list(range(int(args["first"]), int(args["last"]) + 1, int(args.get("step", "1"))))
+    blocks: list[tuple[int, int]] = []
+    for i in ids:
+        a = replayer.allocations.get(i)
+        if a is None:
+            continue
+        if a.api == "alloc_pages_exact":
+            blocks += [(pfn, 0) for pfn in range(a.pfn, a.pfn + a.pages)]  # free_pages_exact
+        else:
+            blocks.append((a.pfn, a.order))
+    return blocks
+
+
+def _divergence(op: kmodrec.OpRecord, command: str, outcome: exact.OpOutcome) -> Divergence:
+    if outcome.unknowable:
+        cause = "unknowable: " + outcome.unknowable
+        what: list[str] = []
+    elif outcome.before:
+        cause = ("the kernel's state changed between the previous operation and this one: "
+                 "an event the model could not see (no module operation ran)")
+        what = outcome.before
+    else:
+        cause = "the model's replay differs from the kernel"
+        what = outcome.after
+        if outcome.pfn_predicted != outcome.pfn_observed:
+            what = [f"pfn: model {outcome.pfn_predicted}, kernel {outcome.pfn_observed}", *what]
+    return Divergence(op.seq, command, "5.10 page for page", what[:6], cause)
+
+
+def measure(session: Session, seed: int, count: int, chunk_size: int = 250) -> Accuracy:
+    """Load the module, run `count` generated operations in chunks, evaluate each chunk."""
+    session.run(f"insmod {session.module_path}").check()
+    commands = generate(seed, count)
+    result = Accuracy()
+    for start in range(0, len(commands), chunk_size):
+        evaluate(run_chunk(session, commands[start:start + chunk_size]), result)
+    session.run("echo free_all > /sys/kernel/debug/buddylab/control && rmmod buddylab").check()
+    return result
+
+
+def result_json(result: Accuracy, args: object) -> dict[str, object]:
+    def tally(t: Tally) -> dict[str, object]:
+        return {"operations": t.ops, "exact": t.exact, "share": t.share}
+    return {"seed": getattr(args, "seed", None), "operations": getattr(args, "ops", None),
+            "chunk": getattr(args, "chunk", None),
+            "models": {"5.10 page for page": tally(result.page),
+                       "5.10 counts only": tally(result.counts),
+                       "textbook": tally(result.textbook)},
+            "divergences": [vars(d) for d in result.divergences],
+            "final_dump_differences": result.final_dump_diffs}
+
+
+def format_table(result: Accuracy, seed: int) -> str:
+    rows = [("5.10 model, page for page", result.page),
+            ("5.10 model, counts only", result.counts),
+            ("textbook (one list per order)", result.textbook)]
+    lines = [f"Operations predicted exactly (seed {seed}):", "",
+             "| model | operations | exact | share |", "|---|---|---|---|"]
+    lines += [f"| {name} | {t.ops} | {t.exact} | {100 * t.share:.1f}% |" for name, t in rows]
+    if result.divergences:
+        lines += ["", "Divergences of the 5.10 page model:"]
+        for d in result.divergences[:20]:
+            lines.append(f"  op {d.seq} `{d.command}`: {d.cause}")
+            lines += [f"      {w}" for w in d.what]
+    return "\n".join(lines)

@@ -1,0 +1,136 @@
+"""Capture real kernel traffic between two exact dumps, then replay and compare.
+
+In the guest: the kmem tracepoints go on, an exact dump is taken, an
+ordinary workload runs (processes forking and exiting, files written to
+tmpfs and removed), a second dump is taken, tracing stops.  trace_marker
+lines bracket each dump's capture: the dump's own buffer is allocated
+before its stop_machine() capture, so every event up to the marker that
+follows a capture is already in that dump.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from harness import exact, kmodrec, procfs
+from harness.replay import ReplayReport, TraceReplayer, block_share
+from harness.session import Session
+from harness.trace import KMEM_EVENTS, TraceEvent, parse_trace
+
+DEBUGFS = "/sys/kernel/debug/buddylab"
+TRACING = "/sys/kernel/debug/tracing"
+TAKEN_FIRST = "BUDDYLAB-FIRST-DUMP-TAKEN"
+TAKEN_LAST = "BUDDYLAB-LAST-DUMP-TAKEN"
+
+# Processes forking and exiting, files written to tmpfs and removed.
+DEFAULT_WORKLOAD = (
+    "i=0; while [ $i -lt 40 ]; do i=$((i+1)); "
+    "( echo $i > /tmp/w$i; cat /proc/meminfo > /dev/null; ls / > /dev/null ) & "
+    "done; wait; "
+    "dd if=/dev/zero of=/tmp/big bs=64k count=48 2> /dev/null; "
+    "cat /tmp/big > /dev/null; rm -f /tmp/big /tmp/w*"
+)
+
+
+@dataclass
+class TraceCapture:
+    zones: list[kmodrec.ZoneInfo]
+    pageblocks: list[kmodrec.Pageblock]
+    first: kmodrec.FreeListDump
+    last: kmodrec.FreeListDump
+    zoneinfo: list[procfs.ZoneInfo]
+    events: list[TraceEvent]
+
+
+@dataclass
+class TraceResult:
+    events_replayed: int
+    report: ReplayReport
+    blocks_right: int
+    blocks_kernel: int
+    list_differences: list[str] = field(default_factory=list)
+
+    @property
+    def share(self) -> float:
+        return self.blocks_right / self.blocks_kernel if self.blocks_kernel else 0.0
+
+
+def _script(workload: str, buffer_kb: int) -> str:
+    enable = " && ".join(f"echo 1 > {TRACING}/events/kmem/{e}/enable" for e in KMEM_EVENTS)
+    return (
+        f"cd {DEBUGFS} && echo 0 > {TRACING}/tracing_on && echo {buffer_kb} > "
+        f"{TRACING}/buffer_size_kb && echo > {TRACING}/trace && {enable} "
+        f"&& cat /proc/zoneinfo > /tmp/zoneinfo && exec 3< zones 4< pageblocks "
+        f"&& echo 1 > {TRACING}/tracing_on && exec 5< freelists "
+        f"&& echo {TAKEN_FIRST} > {TRACING}/trace_marker "
+        f"&& ( {workload} ) "
+        f"&& exec 6< freelists && echo {TAKEN_LAST} > {TRACING}/trace_marker "
+        f"&& echo 0 > {TRACING}/tracing_on "
+        f"&& cat <&3 && echo @@ && cat <&4 && echo @@ && cat <&5 && echo @@ && cat <&6 "
+        f"&& echo @@ && cat /tmp/zoneinfo && echo @@ && cat {TRACING}/trace "
+        f"; exec 3<&- 4<&- 5<&- 6<&-; echo 0 > {TRACING}/events/kmem/enable"
+    )
+
+
+def capture(session: Session, workload: str = DEFAULT_WORKLOAD,
+            buffer_kb: int = 16384) -> TraceCapture:
+    session.run(f"insmod {session.module_path}").check()
+    out = session.run(_script(workload, buffer_kb), timeout=600).check().stdout
+    session.run("rmmod buddylab").check()
+    parts = out.split("@@\n")
+    if len(parts) != 6:
+        raise ValueError(f"unexpected trace run output:\n{out[-2000:]}")
+    return TraceCapture(kmodrec.parse_zones(parts[0]), kmodrec.parse_pageblocks(parts[1]),
+                        kmodrec.parse_freelists(parts[2]), kmodrec.parse_freelists(parts[3]),
+                        procfs.parse_zoneinfo(parts[4]), parse_trace(parts[5]))
+
+
+def between_dumps(events: list[TraceEvent]) -> list[TraceEvent]:
+    """The events after the first dump's capture, up to the second's."""
+    start = next((i for i, e in enumerate(events)
+                  if e.name == "marker" and e.text == TAKEN_FIRST), None)
+    end = next((i for i, e in enumerate(events)
+                if e.name == "marker" and e.text == TAKEN_LAST), None)
+    if start is None or end is None:
+        raise ValueError("the trace lacks its dump markers (was the buffer too small?)")
+    return [e for e in events[start + 1:end] if e.name != "marker"]
+
+
+def limits_from_zoneinfo(zoneinfo: list[procfs.ZoneInfo]) -> exact.PcpLimits:
+    return {(z.node, z.zone, p.cpu): (p.high, p.batch) for z in zoneinfo for p in z.pagesets}
+
+
+def replay_capture(cap: TraceCapture) -> TraceResult:
+    zones = exact.zones_from_dump(cap.first, cap.pageblocks, cap.zones,
+                                  limits_from_zoneinfo(cap.zoneinfo))
+    for z in zones.values():
+        z.record_events = False
+    events = between_dumps(cap.events)
+    report = TraceReplayer(list(zones.values())).replay(events)
+    kernel = {(b.zone, b.order, b.mt, b.pfn) for b in cap.last.blocks}
+    right, total = block_share(list(zones.values()), kernel)
+    return TraceResult(len(events), report, right, total,
+                       exact.compare_dump(zones, cap.last, limit=20))
+
+
+def result_json(result: TraceResult) -> dict[str, object]:
+    return {"events_replayed": result.events_replayed, "blocks_right": result.blocks_right,
+            "blocks_kernel": result.blocks_kernel, "share": result.share,
+            "mismatch_count": result.report.mismatch_count,
+            "mismatches": result.report.mismatches, "skipped": result.report.skipped[:50],
+            "final_dump_differences": result.list_differences}
+
+
+def format_result(result: TraceResult) -> str:
+    r = result.report
+    lines = [f"Trace replay: {result.events_replayed} kmem events between two exact dumps",
+             f"  free blocks right at the end: {result.blocks_right} of {result.blocks_kernel} "
+             f"({100 * result.share:.1f}%)",
+             f"  events where the kernel took another block than the model: {r.mismatch_count}"]
+    lines += [f"    {m}" for m in r.mismatches[:10]]
+    if result.list_differences:
+        lines.append("  first differences from the final dump (list order included):")
+        lines += [f"    {d}" for d in result.list_differences[:10]]
+    else:
+        lines.append("  the final dump is identical, list order included")
+    return "\n".join(lines)
