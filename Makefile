@@ -15,6 +15,7 @@ test: venv
 	$(VPY) -m pytest -q -ra
 
 bench: venv
+	$(VPY) bench/model_bench.py
 	$(VPY) bench/run_bench.py
 
 host-deps:

@@ -15,6 +15,7 @@ while remembering HighAtomic.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from harness import buddy, kmodrec
 from harness.buddy import HIGHATOMIC, MIGRATETYPES, MOVABLE, PCP_TYPES, UNMOVABLE, Zone
@@ -67,8 +68,17 @@ def zones_from_dump(dump: kmodrec.FreeListDump, pageblocks: list[kmodrec.Pageblo
     return zones
 
 
-def zone_counts(zone: Zone) -> dict[str, list[int]]:
-    return zone.counts()
+def zones_from_dir(directory: Path) -> dict[ZoneKey, Zone]:
+    """Model zones from a directory of captured module files.
+
+    It holds `freelists.txt`, `pageblocks.txt`, `zones.txt` and a `log.txt`
+    whose first op's snapshot gives the per-CPU high and batch.
+    """
+    log = kmodrec.parse_log((directory / "log.txt").read_text())
+    return zones_from_dump(kmodrec.parse_freelists((directory / "freelists.txt").read_text()),
+                           kmodrec.parse_pageblocks((directory / "pageblocks.txt").read_text()),
+                           kmodrec.parse_zones((directory / "zones.txt").read_text()),
+                           pcp_limits(log.ops[0].before.pcp))
 
 
 def compare_snapshot(zones: dict[ZoneKey, Zone], snap: kmodrec.Snapshot, limit: int = 12,

@@ -1,0 +1,76 @@
+"""Trace replay: parser on a real trace, and replay of synthetic traces on a real dump."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from harness import exact, synthtrace
+from harness.replay import TraceReplayer
+from harness.trace import TraceParseError, parse_trace
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def real_zones() -> dict[exact.ZoneKey, exact.Zone]:
+    """The model of a real 512 MiB guest's state, from the module's captured dumps."""
+    return exact.zones_from_dir(FIXTURES / "kmod" / "1cpu")
+
+
+def test_parse_real_trace_counts_every_kmem_event():
+    text = (FIXTURES / "trace" / "kmem-workload-5.10-2cpu.txt").read_text()
+    events = parse_trace(text)
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    assert len(events) == len(lines)
+    assert {e.cpu for e in events} == {0, 1}
+    alloc = next(e for e in events if e.name == "mm_page_alloc")
+    assert alloc.gfp and alloc["order"] >= 0 and alloc["pfn"] > 0
+    assert all(e["order"] == 0 for e in events if e.name == "mm_page_free_batched")
+
+
+def test_parse_rejects_a_malformed_line():
+    bad = "  sh-1 [000] .... 1.000000: mm_page_alloc: pfn=12 order=x migratetype=0\n"
+    with pytest.raises(TraceParseError, match="line 1"):
+        parse_trace(bad)
+    with pytest.raises(TraceParseError, match="lacks"):
+        parse_trace("  sh-1 [000] .... 1.000000: mm_page_free: pfn=12\n")
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_replay_of_a_synthetic_trace_ends_in_the_exact_state(seed: int):
+    zones = real_zones()
+    dma32 = zones[(0, "DMA32")]
+    events, twin = synthtrace.generate(dma32, 20_000, seed=seed)
+    assert any(e.name == "mm_page_pcpu_drain" for e in events)
+    assert any(e.name == "mm_page_alloc_zone_locked" and e["order"] == 0 for e in events)
+    start = copy.deepcopy(dma32)
+    start.record_events = False
+    report = TraceReplayer([start]).replay(events)
+    assert report.mismatch_count == 0, report.mismatches[:5]
+    assert start.free == twin.free
+    for order, mt in start.lists:
+        assert start.list_pfns(order, mt) == twin.list_pfns(order, mt)
+    assert {m: list(q) for m, q in start.pcp[0].lists.items()} == \
+        {m: list(q) for m, q in twin.pcp[0].lists.items()}
+    assert start.pageblocks == twin.pageblocks
+
+
+def test_replay_follows_the_kernel_and_reports_when_it_disagrees():
+    zones = real_zones()
+    dma32 = zones[(0, "DMA32")]
+    events, _ = synthtrace.generate(dma32, 2_000, seed=5)
+    first_take = next(i for i, e in enumerate(events)
+                      if e.name == "mm_page_alloc_zone_locked" and e["order"] > 0)
+    ev = events[first_take]
+    # Claim the kernel took some other free block of the same order and type.
+    other = next(pfn for pfn, (o, mt) in dma32.free.items()
+                 if o == ev["order"] and pfn != ev["pfn"])
+    events[first_take] = synthtrace._event(ev.name, ev.cpu, ev.timestamp, pfn=other,
+                                           order=ev["order"], migratetype=ev["migratetype"],
+                                           percpu_refill=0)
+    start = copy.deepcopy(dma32)
+    report = TraceReplayer([start]).replay(events[: first_take + 1])
+    assert report.mismatch_count == 1 and f"kernel took pfn {other}" in report.mismatches[0]
+    assert other not in start.free  # the model followed the kernel
