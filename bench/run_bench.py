@@ -46,7 +46,8 @@ def main() -> None:
         cold = run_once(cache, results)
         warm = [run_once(cache, results) for _ in range(args.warm_runs)]
     names = list(cold)
-    print(f"{'stage':<16} {'cold s':>8} {'warm s (median of ' + str(len(warm)) + ')':>22} {'warm min':>9} {'warm max':>9}")
+    warm_head = f"warm s (median of {len(warm)})"
+    print(f"{'stage':<16} {'cold s':>8} {warm_head:>22} {'warm min':>9} {'warm max':>9}")
     for name in names:
         values = [w.get(name, 0.0) for w in warm]
         print(f"{name:<16} {cold[name]:>8.2f} {statistics.median(values):>22.2f} "

@@ -202,19 +202,19 @@ def _textbook_exact(op: kmodrec.OpRecord, free_before: FreeSnapshot,
         return predicted == after[op.zone] and all(
             before[z] == after[z] for z in before if z != op.zone)
     # A free: each freed block merges at once with every free buddy, of any type.
-    predicted = {z: list(t) for z, t in before.items()}
+    merged = {z: list(t) for z, t in before.items()}
     for name, (start, end, free) in free_before.items():
         free = dict(free)
         for pfn, order in (f for f in freed if start <= f[0] < end):
             while order < MAX_ORDER - 1 and free.get(pfn ^ (1 << order)) == order:
                 buddy_pfn = pfn ^ (1 << order)
                 del free[buddy_pfn]
-                predicted[name][order] -= 1
+                merged[name][order] -= 1
                 pfn &= buddy_pfn
                 order += 1
             free[pfn] = order
-            predicted[name][order] += 1
-    return predicted == after
+            merged[name][order] += 1
+    return merged == after
 
 
 def evaluate(chunk: Chunk, result: Accuracy) -> None:

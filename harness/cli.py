@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 import time
 from pathlib import Path
@@ -143,8 +144,14 @@ def trace_replay_command(args: argparse.Namespace) -> int:
     return errors.EXIT_OK
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    # Unwind through every `finally`, so QEMU is stopped and temporary files go.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         if args.command == "qemu-test":
             return qemu_test(args)

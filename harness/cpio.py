@@ -59,7 +59,7 @@ class CpioWriter:
 
 def read_cpio_names(data: bytes) -> list[tuple[str, int, bytes]]:
     """(name, mode, contents) of each entry: the reader the tests check the writer with."""
-    entries = []
+    entries: list[tuple[str, int, bytes]] = []
     pos = 0
     while True:
         if data[pos:pos + 6] != b"070701":

@@ -45,7 +45,7 @@ def build_module(kernel: Kernel, src_dir: Path = KMOD_DIR, force: bool = False) 
         raise SetupError(
             f"module build failed (exit {proc.returncode}):\n{proc.stdout[-1500:]}{proc.stderr[-3000:]}"
         )
-    warnings = [l for l in proc.stderr.splitlines() if "warning:" in l]
+    warnings = [line for line in proc.stderr.splitlines() if "warning:" in line]
     if warnings:
         raise SetupError("module build warned (the module must build clean):\n" + "\n".join(warnings))
     return ko

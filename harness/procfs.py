@@ -252,14 +252,14 @@ def parse_pagetypeinfo(text: str) -> PageTypeInfo:
         elif m := _ZONE_ROW.fullmatch(s):
             if table is None or types is None:
                 raise ProcParseError("zone row without a 'Number of ...' header", lineno, line)
-            counts = _ints(m[3].split(), lineno, line)
-            if len(counts) != len(types):
-                raise ProcParseError(f"{len(counts)} counts for {len(types)} migratetypes",
+            block_counts = _ints(m[3].split(), lineno, line)
+            if len(block_counts) != len(types):
+                raise ProcParseError(f"{len(block_counts)} counts for {len(types)} migratetypes",
                                      lineno, line)
             zkey = (int(m[1]), m[2])
             if zkey in table:
                 raise ProcParseError("duplicate row", lineno, line)
-            table[zkey] = dict(zip(types, counts))
+            table[zkey] = dict(zip(types, block_counts))
         else:
             raise ProcParseError("unrecognised line", lineno, line)
 
@@ -453,14 +453,14 @@ def check_consistency(buddy: list[BuddyInfoZone] | None = None,
         if len({z.orders for z in buddy}) > 1:
             problems.append("buddyinfo: rows disagree on the number of orders")
     if pti is not None:
-        zkeys = {(n, z) for n, z, _ in pti.free}
+        zkeys = {(node, zone_name) for node, zone_name, _ in pti.free}
         if zkeys != set(pti.blocks):
             problems.append(f"pagetypeinfo: free-list zones {sorted(zkeys)} "
                             f"!= block-table zones {sorted(pti.blocks)}")
-        for n, z in sorted(zkeys):
-            have = tuple(t for (n2, z2, t) in pti.free if (n2, z2) == (n, z))
+        for node, zone_name in sorted(zkeys):
+            have = tuple(t for (n2, z2, t) in pti.free if (n2, z2) == (node, zone_name))
             if set(have) != set(pti.migratetypes):
-                problems.append(f"pagetypeinfo: {n}/{z} has types {have}")
+                problems.append(f"pagetypeinfo: {node}/{zone_name} has types {have}")
     if buddy is not None and pti is not None:
         totals = pagetypeinfo_totals(pti)
         if set(totals) != {(z.node, z.zone) for z in buddy}:
@@ -478,32 +478,32 @@ def check_consistency(buddy: list[BuddyInfoZone] | None = None,
                 problems.append(f"{z.node}/{z.zone}: buddyinfo {z.pages} pages, "
                                 f"pagetypeinfo {pti_pages}")
     if zones is not None:
-        populated = {(z.node, z.zone): z for z in zones if z.populated}
-        for z in zones:
-            if z.populated and (z.start_pfn is None or not z.pagesets):
-                problems.append(f"zoneinfo: populated {z.node}/{z.zone} lacks pagesets")
-            if z.present > z.spanned or z.managed > z.present:
-                problems.append(f"zoneinfo: {z.node}/{z.zone} managed <= present <= "
+        populated = {(zi.node, zi.zone): zi for zi in zones if zi.populated}
+        for zi in zones:
+            if zi.populated and (zi.start_pfn is None or not zi.pagesets):
+                problems.append(f"zoneinfo: populated {zi.node}/{zi.zone} lacks pagesets")
+            if zi.present > zi.spanned or zi.managed > zi.present:
+                problems.append(f"zoneinfo: {zi.node}/{zi.zone} managed <= present <= "
                                 f"spanned violated")
         if buddy is not None:
             if {(z.node, z.zone) for z in buddy} != set(populated):
                 problems.append("buddyinfo zones != populated zoneinfo zones")
             for b in buddy:
-                zi = populated.get((b.node, b.zone))
-                if zi is None or "nr_free_pages" not in zi.stats:
+                info = populated.get((b.node, b.zone))
+                if info is None or "nr_free_pages" not in info.stats:
                     continue
-                slack = sum(p.stat_threshold or 0 for p in zi.pagesets)
-                if not close(b.pages, zi.stats["nr_free_pages"], slack):
+                slack = sum(p.stat_threshold or 0 for p in info.pagesets)
+                if not close(b.pages, info.stats["nr_free_pages"], slack):
                     problems.append(f"{b.node}/{b.zone}: buddyinfo {b.pages} pages, "
-                                    f"nr_free_pages {zi.stats['nr_free_pages']}")
+                                    f"nr_free_pages {info.stats['nr_free_pages']}")
         if pti is not None:
             if set(pti.blocks) != set(populated):
                 problems.append("pagetypeinfo zones != populated zoneinfo zones")
             for key, counts in pti.blocks.items():
-                zi = populated.get(key)
-                if zi is None:
+                block_zone = populated.get(key)
+                if block_zone is None:
                     continue
-                limit = math.ceil(zi.spanned / pti.pages_per_block)
+                limit = math.ceil(block_zone.spanned / pti.pages_per_block)
                 if sum(counts.values()) > limit:
                     problems.append(f"{key[0]}/{key[1]}: {sum(counts.values())} pageblocks "
                                     f"> ceil(spanned/{pti.pages_per_block}) = {limit}")

@@ -181,7 +181,9 @@ class Qemu:
 
     def status(self) -> str:
         assert self.qmp is not None
-        return str(self.qmp.cmd("query-status")["status"])
+        reply = self.qmp.cmd("query-status")
+        assert isinstance(reply, dict)
+        return str(reply["status"])
 
     def wait_ready(self, timeout: float) -> None:
         """Wait for the guest's SSH-ready marker; raise on crash, exit or deadline."""

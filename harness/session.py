@@ -9,7 +9,6 @@ Stages and their timings are recorded in `Session.timings`.
 from __future__ import annotations
 
 import contextlib
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from typing import Iterator
 
 from harness import elfcheck
 from harness.config import KernelPins, load_kernel_pins
-from harness.errors import BuddylabError, GuestCrashed, SetupError
+from harness.errors import BuddylabError, GuestTimeout
 from harness.image import GUEST_MODULE_PATH, GuestImage, HostKey, build_image
 from harness.kbuild import build_module
 from harness.provision import Kernel, provision_kernel
@@ -121,6 +120,9 @@ def boot(prepared: Prepared, memory_mib: int = 512, cpus: int = 1,
             with timings.stage("boot to ssh"):
                 qemu.start()
                 qemu.wait_ready(ready_timeout)
+                status = qemu.status()
+                if status != "running":
+                    raise GuestTimeout(f"guest signalled ready but QMP says {status!r}")
                 shell = GuestShell(config.ssh_port, prepared.image.host_key, client_key)
             yield Session(qemu, shell, workdir, timings, prepared.image.host_key, client_key)
         finally:

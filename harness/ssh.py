@@ -116,7 +116,7 @@ class GuestShell:
 
 
 def _read_all(chan: paramiko.Channel, stderr: bool) -> bytes:
-    parts = []
+    parts: list[bytes] = []
     read = chan.recv_stderr if stderr else chan.recv
     while True:
         data = read(65536)

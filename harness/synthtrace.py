@@ -70,13 +70,13 @@ def generate(zone: Zone, events: int, seed: int = 1, cpu: int = 0,
             continue
         order = min(int(rng.expovariate(0.7)), buddy.MAX_ORDER - 1)
         mt = rng.choice(PCP_TYPES)
-        pfn = twin.alloc(order, mt, cpu)
+        got = twin.alloc(order, mt, cpu)
         out += [_convert(e, cpu, t, order, mt) for e in twin.events]
         twin.events.clear()
-        if pfn is None:
+        if got is None:
             continue
-        out.append(_event("mm_page_alloc", cpu, t, pfn=pfn, order=order,
+        out.append(_event("mm_page_alloc", cpu, t, pfn=got, order=order,
                           migratetype=_MT[mt]))
-        live.append((pfn, order))
+        live.append((got, order))
         live_pages += 1 << order
     return out, twin
