@@ -1,0 +1,28 @@
+"""The page-for-page model against the real kernel: generated operations and real traffic."""
+
+import pytest
+
+from harness import accuracy, tracerun
+from harness.session import boot
+
+pytestmark = pytest.mark.qemu
+
+
+def test_generated_operations_are_predicted_page_for_page(prepared):
+    with boot(prepared) as session:
+        result = accuracy.measure(session, seed=7, count=600, chunk_size=300)
+    assert result.page.ops == 600
+    unexplained = [d for d in result.divergences if not d.cause.startswith("the kernel's state")]
+    assert not unexplained, accuracy.format_table(result, 7)
+    assert result.page.share >= 0.99, accuracy.format_table(result, 7)
+    # The textbook cannot see per-CPU lists or migratetypes: it must do worse.
+    assert result.textbook.share < result.page.share
+
+
+def test_trace_replay_predicts_the_final_dump(prepared):
+    with boot(prepared) as session:
+        cap = tracerun.capture(session)
+    result = tracerun.replay_capture(cap)
+    assert result.events_replayed > 1000
+    assert result.report.mismatch_count == 0, tracerun.format_result(result)
+    assert result.blocks_right == result.blocks_kernel, tracerun.format_result(result)
