@@ -7,7 +7,8 @@ runs on the real kernel in chunks; each chunk starts from an exact dump
 process runs in between) and the module records every operation's
 before/after counts in the kernel.  The module allocates nothing between
 two operations (its tracking entries come from a pool made at load), so a
-difference found before an operation is an event the model could not see.  Three models predict each operation:
+difference found before an operation is an event the model could not see.
+Three models predict each operation:
 
 * the 5.10 model, page for page (harness.buddy via harness.exact), chained
   from the chunk's dump: exact means the after-counts of every list, the
