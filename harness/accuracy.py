@@ -25,10 +25,13 @@ import random
 from dataclasses import dataclass, field
 
 from harness import buddy, exact, kmodrec
+from harness.replay import TraceReplayer
+from harness.trace import KMEM_EVENTS, TraceEvent, parse_trace
 from harness.model import MAX_ORDER, PcpList, ZoneState, predict_alloc, predict_textbook
 from harness.session import Session
 
 DEBUGFS = "/sys/kernel/debug/buddylab"
+TRACING = "/sys/kernel/debug/tracing"
 APIS = ("alloc_pages", "alloc_page", "__get_free_pages", "__get_free_page", "get_zeroed_page",
         "alloc_pages_exact")
 GFPS = ("GFP_KERNEL", "GFP_ATOMIC", "GFP_HIGHUSER_MOVABLE")
@@ -100,24 +103,79 @@ class Chunk:
     log: kmodrec.OpLog
     allocs: list[kmodrec.AllocRecord]
     commands: list[str]
+    events: list[TraceEvent] | None = None
 
 
-def run_chunk(session: Session, commands: list[str]) -> Chunk:
+def enable_tracing(session: Session, buffer_kb: int = 8192) -> None:
+    """The kmem events and the module's own, into a buffer large enough for a chunk."""
+    names = [f"kmem/{e}" for e in KMEM_EVENTS] + ["buddylab/buddylab_dump",
+                                                  "buddylab/buddylab_snapshot"]
+    enable = " && ".join(f"echo 1 > {TRACING}/events/{n}/enable" for n in names)
+    session.run(f"echo 0 > {TRACING}/tracing_on && echo {buffer_kb} > {TRACING}/buffer_size_kb "
+                f"&& {enable}").check()
+
+
+def run_chunk(session: Session, commands: list[str], traced: bool = False) -> Chunk:
     """Run `commands` in one shell after an exact dump, and read everything back."""
     session.run("cat > /tmp/chunk", stdin=("\n".join(commands) + "\n").encode()).check()
+    trace_on = f"echo > {TRACING}/trace && echo 1 > {TRACING}/tracing_on && " if traced else ""
+    trace_off = f"echo 0 > {TRACING}/tracing_on; " if traced else ""
     script = (
         f"cd {DEBUGFS} && exec 7> control && echo clear_log >&7 "
-        "&& cat allocs > /tmp/allocs && exec 3< zones 4< pageblocks && exec 5< freelists "
+        f"&& cat allocs > /tmp/allocs && exec 3< zones 4< pageblocks && {trace_on}"
+        "exec 5< freelists "
         "&& while read -r line; do echo \"$line\" >&7; done < /tmp/chunk; "
-        "exec 7>&- && cat <&3 && echo @@ && cat <&4 && echo @@ && cat <&5 "
-        "&& echo @@ && cat log && echo @@ && cat /tmp/allocs; exec 3<&- 4<&- 5<&-")
+        f"{trace_off}exec 7>&- && cat <&3 && echo @@ && cat <&4 && echo @@ && cat <&5 "
+        "&& echo @@ && cat log && echo @@ && cat /tmp/allocs"
+        + (f" && echo @@ && cat {TRACING}/trace" if traced else "")
+        + "; exec 3<&- 4<&- 5<&-")
     out = session.run(script, timeout=600).check().stdout
     parts = out.split("@@\n")
-    if len(parts) != 5:
+    if len(parts) != (6 if traced else 5):
         raise ValueError(f"unexpected chunk output:\n{out[-2000:]}")
     return Chunk(kmodrec.parse_zones(parts[0]), kmodrec.parse_pageblocks(parts[1]),
                  kmodrec.parse_freelists(parts[2]), kmodrec.parse_log(parts[3]),
-                 kmodrec.parse_allocs(parts[4]), commands)
+                 kmodrec.parse_allocs(parts[4]), commands,
+                 parse_trace(parts[5]) if traced else None)
+
+
+@dataclass
+class OpWindow:
+    """Trace events around one operation: before it (since the last one) and during it."""
+
+    before: list[TraceEvent] = field(default_factory=list)
+    during: list[TraceEvent] = field(default_factory=list)
+
+
+def op_windows(events: list[TraceEvent], dump_gen: int) -> dict[int, OpWindow]:
+    """Cut a chunk's trace at its dump's capture and at every snapshot of the module."""
+    windows: dict[int, OpWindow] = {}
+    current: list[TraceEvent] | None = None
+    pending: list[TraceEvent] = []
+    for ev in events:
+        if ev.name == "buddylab_dump":
+            if ev["gen"] == dump_gen:
+                current = pending = []
+            continue
+        if current is None:
+            continue  # already in the dump
+        if ev.name == "buddylab_snapshot":
+            window = windows.setdefault(ev["seq"], OpWindow())
+            if ev["after"]:
+                window.during = current
+                current = pending = []
+            else:
+                window.before = pending
+                current = []
+            continue
+        current.append(ev)
+    return windows
+
+
+def _not_the_op(events: list[TraceEvent], op: kmodrec.OpRecord) -> list[TraceEvent]:
+    """Events in an operation's window that its own kworker did not cause."""
+    return [e for e in events
+            if e.cpu != op.cpu or e.in_interrupt or not e.task.startswith("kworker")]
 
 
 @dataclass
@@ -226,7 +284,17 @@ def evaluate(chunk: Chunk, result: Accuracy) -> None:
                                    exact.pcp_limits(ops[0].before.pcp))
     replayer = exact.Replayer(zones)
     replayer.adopt(chunk.allocs)
+    tracer = TraceReplayer(list(zones.values())) if chunk.events is not None else None
+    windows = op_windows(chunk.events, chunk.dump.gen) if chunk.events is not None else {}
     for op, command in zip(ops, chunk.commands):
+        seen: list[TraceEvent] = []
+        concurrent: list[TraceEvent] = []
+        if tracer is not None:
+            # What else the kernel did is in the trace: apply it first.
+            window = windows.get(op.seq, OpWindow())
+            concurrent = _not_the_op(window.during, op)
+            seen = window.before + concurrent
+            tracer.replay(seen)
         freed = _blocks_freed(replayer, op, command_args(command))
         free_before = _free_snapshot(replayer.zones) if freed else {}
         outcome = replayer.replay(op, command_args(command))
@@ -236,7 +304,7 @@ def evaluate(chunk: Chunk, result: Accuracy) -> None:
             tally.ops += 1
             tally.exact += ok
         if not (outcome.exact and not outcome.before):
-            result.divergences.append(_divergence(op, command, outcome))
+            result.divergences.append(_divergence(op, command, outcome, seen, concurrent))
 
 
 def _blocks_freed(replayer: exact.Replayer, op: kmodrec.OpRecord,
@@ -261,10 +329,19 @@ def _blocks_freed(replayer: exact.Replayer, op: kmodrec.OpRecord,
     return blocks
 
 
-def _divergence(op: kmodrec.OpRecord, command: str, outcome: exact.OpOutcome) -> Divergence:
+def _divergence(op: kmodrec.OpRecord, command: str, outcome: exact.OpOutcome,
+                seen: list[TraceEvent], concurrent: list[TraceEvent]) -> Divergence:
+    what: list[str] = []
+    if seen and not outcome.unknowable:
+        what = [f"{e.name} pfn={e.fields.get('pfn')} order={e.fields.get('order')} "
+                f"cpu={e.cpu} task={e.task}" for e in seen[:4]]
+        return Divergence(op.seq, command, "5.10 page for page", what,
+                          f"the trace shows {len(seen) - len(concurrent)} other kernel events "
+                          f"since the previous operation and {len(concurrent)} during this one "
+                          f"(on op cpu {op.cpu}); applied first, in trace order, they did not "
+                          f"reproduce the kernel's state: their interleaving is not known")
     if outcome.unknowable:
         cause = "unknowable: " + outcome.unknowable
-        what: list[str] = []
     elif outcome.before:
         cause = ("the kernel's state changed between the previous operation and this one: "
                  "an event the model could not see (no module operation ran)")
@@ -277,13 +354,20 @@ def _divergence(op: kmodrec.OpRecord, command: str, outcome: exact.OpOutcome) ->
     return Divergence(op.seq, command, "5.10 page for page", what[:6], cause)
 
 
-def measure(session: Session, seed: int, count: int, chunk_size: int = 250) -> Accuracy:
-    """Load the module, run `count` generated operations in chunks, evaluate each chunk."""
+def measure(session: Session, seed: int, count: int, chunk_size: int = 250,
+            traced: bool = False) -> Accuracy:
+    """Load the module, run `count` generated operations in chunks, evaluate each chunk.
+
+    `traced` records the kmem tracepoints too: what else the kernel did
+    between and during the operations is then applied to the model.
+    """
     session.run(f"insmod {session.module_path}").check()
+    if traced:
+        enable_tracing(session)
     commands = generate(seed, count)
     result = Accuracy()
     for start in range(0, len(commands), chunk_size):
-        evaluate(run_chunk(session, commands[start:start + chunk_size]), result)
+        evaluate(run_chunk(session, commands[start:start + chunk_size], traced), result)
     session.run("echo free_all > /sys/kernel/debug/buddylab/control && rmmod buddylab").check()
     return result
 

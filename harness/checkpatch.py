@@ -59,9 +59,9 @@ def _extract(deb: Path, dest: Path) -> None:
 
 
 def run_checkpatch(pins: KernelPins, sources: list[Path] | None = None) -> subprocess.CompletedProcess[str]:
-    """checkpatch.pl --strict --no-tree on the module's C files."""
+    """checkpatch.pl --strict --no-tree on the module's C files and headers."""
     script = ensure_checkpatch(pins)
-    files = sources or sorted(KMOD_DIR.glob("*.c"))
+    files = sources or sorted([*KMOD_DIR.glob("*.c"), *KMOD_DIR.glob("*.h")])
     return subprocess.run(["perl", str(script), "--strict", "--no-tree",
                            "--show-types", "-f", *map(str, files)],
                           capture_output=True, text=True)

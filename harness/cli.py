@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--ops", type=int, default=5000, help="operations to generate (%(default)s)")
     a.add_argument("--chunk", type=int, default=250,
                    help="operations between two exact dumps (%(default)s, at most 1000)")
+    a.add_argument("--trace", action="store_true",
+                   help="record the kmem tracepoints too and apply what else the kernel did")
     t = sub.add_parser("trace-replay",
                        help="replay an ordinary workload's kmem trace from an exact dump")
     for sp in (a, t):
@@ -117,7 +119,7 @@ def accuracy_command(args: argparse.Namespace) -> int:
     run_dir = new_run_dir("accuracy")
     with boot(prepared, memory_mib=args.memory, cpus=args.cpus, ready_timeout=args.boot_timeout,
               keep_dir=run_dir) as session:
-        result = accuracy.measure(session, args.seed, args.ops, args.chunk)
+        result = accuracy.measure(session, args.seed, args.ops, args.chunk, traced=args.trace)
     table = accuracy.format_table(result, args.seed)
     write_json(run_dir / "result.json", accuracy.result_json(result, args))
     write_text(run_dir / "report.txt", table + "\n")

@@ -11,14 +11,17 @@ from harness.errors import SetupError
 from harness.provision import Kernel
 
 MODULE_NAME = "buddylab"
-_SOURCES = ("buddylab.c", "Kbuild")
+
+
+def _sources(src_dir: Path) -> list[Path]:
+    return sorted([*src_dir.glob("*.c"), *src_dir.glob("*.h"), src_dir / "Kbuild"])
 
 
 def _inputs_newer(src_dir: Path, ko: Path) -> bool:
     if not ko.is_file():
         return True
     built = ko.stat().st_mtime
-    return any((src_dir / s).stat().st_mtime > built for s in _SOURCES)
+    return any(s.stat().st_mtime > built for s in _sources(src_dir))
 
 
 def build_module(kernel: Kernel, src_dir: Path = KMOD_DIR, force: bool = False) -> Path:
@@ -35,8 +38,8 @@ def build_module(kernel: Kernel, src_dir: Path = KMOD_DIR, force: bool = False) 
     if not force and not _inputs_newer(src_dir, ko):
         return ko
     build_dir.mkdir(parents=True, exist_ok=True)
-    for s in _SOURCES:
-        shutil.copy2(src_dir / s, build_dir / s)
+    for s in _sources(src_dir):
+        shutil.copy2(s, build_dir / s.name)
     # The headers name gcc-10 (bullseye's compiler); the host's gcc builds a
     # module that loads.  W=1 is left out: the kernel headers themselves warn.
     cmd = ["make", "-C", str(kernel.headers), f"M={build_dir}", "CC=gcc", "modules"]

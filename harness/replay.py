@@ -56,9 +56,6 @@ class TraceReplayer:
         self.zones = sorted(zones, key=lambda z: z.start_pfn)
         self.report = ReplayReport()
         self._pending_steal: dict[int, TraceEvent] = {}   # cpu -> extfrag event
-        for z in self.zones:
-            # Drains come from the trace, not from the model's own high check.
-            z.auto_drain = False
 
     def zone_of(self, pfn: int) -> Zone | None:
         for z in self.zones:
@@ -67,6 +64,18 @@ class TraceReplayer:
         return None
 
     def replay(self, events: list[TraceEvent]) -> ReplayReport:
+        # Drains come from the trace, not from the model's own high check.
+        saved = [(z, z.auto_drain) for z in self.zones]
+        for z in self.zones:
+            z.auto_drain = False
+        try:
+            self._replay(events)
+        finally:
+            for z, auto in saved:
+                z.auto_drain = auto
+        return self.report
+
+    def _replay(self, events: list[TraceEvent]) -> None:
         batched = _batched_frees(events)
         for index, ev in enumerate(events):
             self.report.events += 1
@@ -81,7 +90,6 @@ class TraceReplayer:
                 continue  # filed at its mm_page_free_batched
             handler(zone, ev)
             self.report.applied += 1
-        return self.report
 
     # -- allocation ------------------------------------------------------
     def _mm_page_alloc_extfrag(self, zone: Zone, ev: TraceEvent) -> None:

@@ -25,6 +25,10 @@ _REQUIRED = {
     "mm_page_pcpu_drain": ("pfn", "order", "migratetype"),
     "mm_page_alloc_extfrag": ("pfn", "alloc_order", "fallback_order", "alloc_migratetype",
                               "fallback_migratetype", "change_ownership"),
+    # buddylab.ko's own events (kmod/README.md): where its captures and
+    # snapshots fall among the kernel's events.
+    "buddylab_dump": ("gen",),
+    "buddylab_snapshot": ("seq", "after"),
 }
 
 
@@ -45,7 +49,12 @@ class TraceEvent:
     name: str
     fields: dict[str, int]
     gfp: str = ""
-    text: str = ""   # a trace_marker's message (name "marker")
+    flags: str = ""  # irqs-off, need-resched, hardirq/softirq, preempt depth
+
+    @property
+    def in_interrupt(self) -> bool:
+        """Raised in hard or soft interrupt context (the flags' third column)."""
+        return len(self.flags) >= 3 and self.flags[2] in "hsH"
 
     def __getitem__(self, key: str) -> int:
         return self.fields[key]
@@ -61,10 +70,6 @@ def parse_trace(text: str) -> list[TraceEvent]:
         if m is None:
             raise TraceParseError(lineno, line, "not a trace line")
         name = m["event"]
-        if name == "tracing_mark_write":
-            events.append(TraceEvent(int(m["cpu"]), float(m["ts"]), m["task"].strip(),
-                                     int(m["pid"]), "marker", {}, text=m["rest"].strip()))
-            continue
         if name not in _REQUIRED:
             continue
         fields: dict[str, int] = {}
@@ -88,5 +93,5 @@ def parse_trace(text: str) -> list[TraceEvent]:
         if name == "mm_page_free_batched":
             fields.setdefault("order", 0)
         events.append(TraceEvent(int(m["cpu"]), float(m["ts"]), m["task"].strip(),
-                                 int(m["pid"]), name, fields, gfp))
+                                 int(m["pid"]), name, fields, gfp, m["flags"] or ""))
     return events

@@ -2,10 +2,9 @@
 
 In the guest: the kmem tracepoints go on, an exact dump is taken, an
 ordinary workload runs (processes forking and exiting, files written to
-tmpfs and removed), a second dump is taken, tracing stops.  trace_marker
-lines bracket each dump's capture: the dump's own buffer is allocated
-before its stop_machine() capture, so every event up to the marker that
-follows a capture is already in that dump.
+tmpfs and removed), a second dump is taken, tracing stops.  The module
+emits its own `buddylab_dump` event inside each capture's stop_machine(),
+so the trace says exactly which events each dump already holds.
 """
 
 from __future__ import annotations
@@ -19,8 +18,6 @@ from harness.trace import KMEM_EVENTS, TraceEvent, parse_trace
 
 DEBUGFS = "/sys/kernel/debug/buddylab"
 TRACING = "/sys/kernel/debug/tracing"
-TAKEN_FIRST = "BUDDYLAB-FIRST-DUMP-TAKEN"
-TAKEN_LAST = "BUDDYLAB-LAST-DUMP-TAKEN"
 
 # Processes forking and exiting, files written to tmpfs and removed.
 DEFAULT_WORKLOAD = (
@@ -57,18 +54,18 @@ class TraceResult:
 
 def _script(workload: str, buffer_kb: int) -> str:
     enable = " && ".join(f"echo 1 > {TRACING}/events/kmem/{e}/enable" for e in KMEM_EVENTS)
+    enable += f" && echo 1 > {TRACING}/events/buddylab/buddylab_dump/enable"
     return (
         f"cd {DEBUGFS} && echo 0 > {TRACING}/tracing_on && echo {buffer_kb} > "
         f"{TRACING}/buffer_size_kb && echo > {TRACING}/trace && {enable} "
         f"&& cat /proc/zoneinfo > /tmp/zoneinfo && exec 3< zones 4< pageblocks "
         f"&& echo 1 > {TRACING}/tracing_on && exec 5< freelists "
-        f"&& echo {TAKEN_FIRST} > {TRACING}/trace_marker "
         f"&& ( {workload} ) "
-        f"&& exec 6< freelists && echo {TAKEN_LAST} > {TRACING}/trace_marker "
-        f"&& echo 0 > {TRACING}/tracing_on "
+        f"&& exec 6< freelists && echo 0 > {TRACING}/tracing_on "
         f"&& cat <&3 && echo @@ && cat <&4 && echo @@ && cat <&5 && echo @@ && cat <&6 "
         f"&& echo @@ && cat /tmp/zoneinfo && echo @@ && cat {TRACING}/trace "
-        f"; exec 3<&- 4<&- 5<&- 6<&-; echo 0 > {TRACING}/events/kmem/enable"
+        f"; exec 3<&- 4<&- 5<&- 6<&-; echo 0 > {TRACING}/events/kmem/enable; "
+        f"echo 0 > {TRACING}/events/buddylab/enable"
     )
 
 
@@ -85,15 +82,14 @@ def capture(session: Session, workload: str = DEFAULT_WORKLOAD,
                         procfs.parse_zoneinfo(parts[4]), parse_trace(parts[5]))
 
 
-def between_dumps(events: list[TraceEvent]) -> list[TraceEvent]:
-    """The events after the first dump's capture, up to the second's."""
-    start = next((i for i, e in enumerate(events)
-                  if e.name == "marker" and e.text == TAKEN_FIRST), None)
-    end = next((i for i, e in enumerate(events)
-                if e.name == "marker" and e.text == TAKEN_LAST), None)
-    if start is None or end is None:
-        raise ValueError("the trace lacks its dump markers (was the buffer too small?)")
-    return [e for e in events[start + 1:end] if e.name != "marker"]
+def between_dumps(events: list[TraceEvent], first_gen: int, last_gen: int) -> list[TraceEvent]:
+    """The kmem events after dump `first_gen`'s capture, up to dump `last_gen`'s."""
+    marks = {e["gen"]: i for i, e in enumerate(events) if e.name == "buddylab_dump"}
+    if first_gen not in marks or last_gen not in marks:
+        raise ValueError(f"the trace lacks the buddylab_dump events of dumps {first_gen} and "
+                         f"{last_gen} (was the trace buffer too small?)")
+    return [e for e in events[marks[first_gen] + 1:marks[last_gen]]
+            if e.name.startswith("mm_page")]
 
 
 def limits_from_zoneinfo(zoneinfo: list[procfs.ZoneInfo]) -> exact.PcpLimits:
@@ -105,7 +101,7 @@ def replay_capture(cap: TraceCapture) -> TraceResult:
                                   limits_from_zoneinfo(cap.zoneinfo))
     for z in zones.values():
         z.record_events = False
-    events = between_dumps(cap.events)
+    events = between_dumps(cap.events, cap.first.gen, cap.last.gen)
     report = TraceReplayer(list(zones.values())).replay(events)
     kernel = {(b.zone, b.order, b.mt, b.pfn) for b in cap.last.blocks}
     right, total = block_share(list(zones.values()), kernel)

@@ -38,12 +38,22 @@
 #include <linux/vmstat.h>
 #include <linux/workqueue.h>
 
+#define CREATE_TRACE_POINTS
+#include "buddylab_trace.h"
+
 #define BL_CMD_MAX	256		/* bytes of one command */
 #define BL_MAX_COUNT	65536		/* blocks of one alloc command */
+#define BL_POOL_SIZE	65536		/* tracking entries allocated at load */
 #define BL_MAX_FILL	BIT(20)		/* blocks of one fill command */
 #define BL_LOG_CAP	1024		/* op records kept */
 #define BL_LOG_BUDGET	(64 << 20)	/* bytes the log may take at most */
 #define BL_DUMP_TRIES	4
+
+/*
+ * The module's own memory (zones, log, pool, tracking blocks, images):
+ * failing with -ENOMEM is always better than waking the OOM killer.
+ */
+#define BL_GFP_OWN	(GFP_KERNEL | __GFP_NOWARN | __GFP_RETRY_MAYFAIL)
 
 /* Names, as the interface prints and parses them. */
 
@@ -189,8 +199,11 @@ enum bl_state { BL_LIVE, BL_LEAKED };
 struct bl_chunk;
 
 struct bl_alloc {
-	struct rb_node node;
-	struct bl_chunk *chunk;
+	union {
+		struct rb_node node;		/* held: in bl_allocs */
+		struct bl_alloc *next_free;	/* in the pool's free list */
+	};
+	struct bl_chunk *chunk;	/* NULL for an entry of the pool */
 	u64 id;
 	unsigned long pfn;	/* first pfn still held */
 	u32 bytes;		/* bytes requested */
@@ -206,7 +219,12 @@ struct bl_alloc {
 	u8 state;
 };
 
-/* One chunk of tracking entries per command, allocated before it runs. */
+/*
+ * Tracking entries come from the pool allocated at load.  A command that
+ * may need more entries than the pool has left gets a chunk of its own,
+ * allocated before its first snapshot and freed after the last snapshot
+ * of the command that frees its last entry.
+ */
 struct bl_chunk {
 	struct list_head gc;
 	unsigned long live;
@@ -270,6 +288,9 @@ static DEFINE_MUTEX(bl_lock);		/* serialises every command and read */
 static struct rb_root bl_allocs = RB_ROOT;
 static u64 bl_next_id = 1;
 static LIST_HEAD(bl_gc);		/* chunks with no live entry left */
+static struct bl_alloc *bl_pool;	/* BL_POOL_SIZE entries */
+static struct bl_alloc *bl_pool_free;	/* the pool's free entries */
+static unsigned long bl_pool_nfree;
 
 static struct zone **bl_zones;		/* populated zones at load time */
 static unsigned int bl_nr_zones;
@@ -405,7 +426,7 @@ static void bl_snap_pcp(void *arg)
  * The local CPU's lists and every zone are read in one interrupts-off
  * section; other CPUs read their own lists in an IPI right after.
  */
-static void bl_snap_take(unsigned int slot, int when)
+static void bl_snap_take(unsigned int slot, int when, u64 seq)
 {
 	struct bl_psnap *ps = bl_psnap_at(slot, when);
 	unsigned long flags;
@@ -416,6 +437,7 @@ static void bl_snap_take(unsigned int slot, int when)
 	self = smp_processor_id();
 	bl_snap_zones(bl_zsnap_at(slot, when));
 	bl_snap_pcp(ps);
+	trace_buddylab_snapshot(seq, when == BL_AFTER);
 	local_irq_restore(flags);
 
 	for_each_online_cpu(cpu) {
@@ -470,11 +492,11 @@ static int bl_log_alloc(void)
 	size_t cap = min_t(size_t, BL_LOG_CAP, BL_LOG_BUDGET / per_op);
 
 	bl_log_cap = max_t(size_t, cap, 1);
-	bl_ops = kvcalloc(bl_log_cap, sizeof(*bl_ops), GFP_KERNEL);
+	bl_ops = kvcalloc(bl_log_cap, sizeof(*bl_ops), BL_GFP_OWN);
 	bl_zsnaps = kvcalloc(bl_log_cap * BL_NR_WHEN * bl_nr_zones,
-			     sizeof(*bl_zsnaps), GFP_KERNEL);
+			     sizeof(*bl_zsnaps), BL_GFP_OWN);
 	bl_psnaps = kvcalloc(bl_log_cap * BL_NR_WHEN * bl_nr_zones,
-			     nr_cpu_ids * sizeof(*bl_psnaps), GFP_KERNEL);
+			     nr_cpu_ids * sizeof(*bl_psnaps), BL_GFP_OWN);
 	if (!bl_ops || !bl_zsnaps || !bl_psnaps)
 		return -ENOMEM;
 	return 0;
@@ -489,11 +511,44 @@ static void bl_log_free(void)
 
 /* Tracking entries */
 
+static int bl_pool_init(void)
+{
+	unsigned long i;
+
+	bl_pool = kvcalloc(BL_POOL_SIZE, sizeof(*bl_pool), BL_GFP_OWN);
+	if (!bl_pool)
+		return -ENOMEM;
+	for (i = BL_POOL_SIZE; i > 0; i--) {
+		bl_pool[i - 1].next_free = bl_pool_free;
+		bl_pool_free = &bl_pool[i - 1];
+	}
+	bl_pool_nfree = BL_POOL_SIZE;
+	return 0;
+}
+
+/* Only while bl_pool_nfree says an entry is left. */
+static struct bl_alloc *bl_pool_get(void)
+{
+	struct bl_alloc *a = bl_pool_free;
+
+	bl_pool_free = a->next_free;
+	bl_pool_nfree--;
+	memset(a, 0, sizeof(*a));
+	return a;
+}
+
+static void bl_pool_put(struct bl_alloc *a)
+{
+	a->next_free = bl_pool_free;
+	bl_pool_free = a;
+	bl_pool_nfree++;
+}
+
 static struct bl_chunk *bl_chunk_new(unsigned long cap)
 {
 	struct bl_chunk *c;
 
-	c = kvzalloc(struct_size(c, ent, cap), GFP_KERNEL | __GFP_NOWARN);
+	c = kvzalloc(struct_size(c, ent, cap), BL_GFP_OWN);
 	if (c)
 		c->cap = cap;
 	return c;
@@ -573,44 +628,48 @@ static gfp_t bl_gfp(const struct bl_cmd *cmd, bool fill)
 }
 
 /*
- * Whether the module may allocate 2^order pages now.  The zone the
+ * Whether the module may take @pages more pages now.  The zone the
  * allocator would take them from is the first one of the local node's
- * zonelist that has pages above its lowmem reserve for the request;
- * that zone must keep more than its high watermark free afterwards, not
- * counting its HighAtomic reserve nor one per-CPU refill of batch pages,
- * nor the pageblock a GFP_ATOMIC order > 0 success may add to that
- * reserve.
+ * zonelist for @gfp that has pages above its lowmem reserve for the
+ * request; that zone must keep more than its high watermark free
+ * afterwards, not counting its HighAtomic reserve nor one per-CPU refill
+ * of batch pages, nor @extra (the pageblock a GFP_ATOMIC order > 0
+ * success may add to that reserve).
  * The allocator then stays on its fast path, and nothing the module
  * does can drive a zone down to its min watermark and have the OOM
  * killer woken by someone else's allocation.
  */
-static bool bl_headroom(unsigned int api, gfp_t gfp, unsigned int order)
+static bool bl_headroom(gfp_t gfp, unsigned long pages, unsigned long extra)
 {
 	int cpu = raw_smp_processor_id();
-	enum zone_type high;
+	enum zone_type high = gfp_zone(gfp);
 	struct zoneref *zr;
 	long free, keep;
 
-	if (api != BL_ALLOC_PAGES && api != BL_ALLOC_PAGE)
-		gfp &= ~__GFP_HIGHMEM;	/* as __get_free_pages() does */
-	high = gfp_zone(gfp);
 	zr = node_zonelist(cpu_to_node(cpu), gfp)->_zonerefs;
 	for (; zr->zone; zr++) {
 		struct zone *z = zr->zone;
 
 		if (zonelist_zone_idx(zr) > high)
 			continue;
-		free = zone_page_state_snapshot(z, NR_FREE_PAGES) - (1L << order);
+		free = zone_page_state_snapshot(z, NR_FREE_PAGES) - (long)pages;
 		if (free <= (long)z->lowmem_reserve[high])
 			continue;
 		keep = high_wmark_pages(z) + z->lowmem_reserve[high] +
 		       READ_ONCE(z->nr_reserved_highatomic) +
-		       READ_ONCE(per_cpu_ptr(z->pageset, cpu)->pcp.batch);
-		if (order && (gfp & __GFP_ATOMIC))
-			keep += pageblock_nr_pages;
+		       READ_ONCE(per_cpu_ptr(z->pageset, cpu)->pcp.batch) + extra;
 		return free > keep;
 	}
 	return false;
+}
+
+/* The guard for one block of an alloc or fill command. */
+static bool bl_block_headroom(unsigned int api, gfp_t gfp, unsigned int order)
+{
+	if (api != BL_ALLOC_PAGES && api != BL_ALLOC_PAGE)
+		gfp &= ~__GFP_HIGHMEM;	/* as __get_free_pages() does */
+	return bl_headroom(gfp, 1UL << order,
+			   order && (gfp & __GFP_ATOMIC) ? pageblock_nr_pages : 0);
 }
 
 static struct page *bl_addr_page(unsigned long addr)
@@ -669,9 +728,15 @@ static u32 bl_put(struct bl_alloc *a)
 
 static void bl_forget(struct bl_alloc *a)
 {
+	struct bl_chunk *c = a->chunk;
+
 	rb_erase(&a->node, &bl_allocs);
-	a->chunk->live--;
-	bl_chunk_put(a->chunk);
+	if (!c) {
+		bl_pool_put(a);
+		return;
+	}
+	c->live--;
+	bl_chunk_put(c);
 }
 
 /* Command execution, in a worker bound to the writer's CPU */
@@ -680,7 +745,10 @@ struct bl_run {
 	struct work_struct work;
 	struct completion done;
 	const struct bl_cmd *cmd;
-	struct bl_chunk *chunk;
+	struct bl_chunk *chunk;	/* entries from here, if not from the pool */
+	unsigned long max;	/* blocks the command may allocate */
+	bool pool;		/* entries from the pool */
+	bool no_room;		/* the guard refused a tracking block */
 	struct bl_op *op;
 	unsigned int slot;
 };
@@ -751,34 +819,46 @@ static void bl_op_add(struct bl_op *op, const struct bl_alloc *a)
 	op->pages += a->pages;
 }
 
-/* alloc and fill: up to @max blocks, stopping at the first failure. */
-static int bl_exec_alloc(struct bl_run *run, unsigned long max, bool fill)
+/* A tracking entry of those bl_prepare() set aside for @run. */
+static struct bl_alloc *bl_entry_get(struct bl_run *run)
+{
+	struct bl_chunk *c = run->chunk;
+	struct bl_alloc *a;
+
+	if (run->pool)
+		return bl_pool_get();
+	a = &c->ent[c->used++];
+	a->chunk = c;
+	return a;
+}
+
+/* alloc and fill: up to run->max blocks, stopping at the first failure. */
+static int bl_exec_alloc(struct bl_run *run, bool fill)
 {
 	const struct bl_cmd *cmd = run->cmd;
 	gfp_t gfp = bl_gfp(cmd, fill);
-	struct bl_chunk *c = run->chunk;
 	struct bl_op *op = run->op;
 	struct bl_alloc *a;
 	struct page *page;
 
 	bl_op_request(op, cmd);
-	op->stop = BL_STOP_NOMEM;
-	if (!c)
+	op->stop = run->no_room ? BL_STOP_WATERMARK : BL_STOP_NOMEM;
+	if (!run->pool && !run->chunk)
 		return -ENOMEM;
 
-	while (c->used < max) {
-		if (!bl_headroom(op->api, gfp, op->order)) {
+	while (op->n < run->max) {
+		if (!bl_block_headroom(op->api, gfp, op->order)) {
 			op->stop = BL_STOP_WATERMARK;
 			return -ENOMEM;
 		}
 		page = bl_get(op->api, gfp, op->order, cmd->val[BL_K_SIZE]);
 		if (!page)
 			return -ENOMEM;
-		a = &c->ent[c->used++];
-		a->chunk = c;
+		a = bl_entry_get(run);
 		bl_fill_entry(a, cmd, page);
 		bl_insert(a);
-		c->live++;
+		if (a->chunk)
+			a->chunk->live++;
 		bl_op_add(op, a);
 		cond_resched();
 	}
@@ -881,9 +961,9 @@ static int bl_exec(struct bl_run *run)
 
 	switch (cmd->verb) {
 	case BL_ALLOC:
-		return bl_exec_alloc(run, v[BL_K_COUNT], false);
+		return bl_exec_alloc(run, false);
 	case BL_FILL:
-		return bl_exec_alloc(run, run->chunk ? run->chunk->cap : 0, true);
+		return bl_exec_alloc(run, true);
 	case BL_FREE:
 		return bl_exec_free(run->op, v[BL_K_ID]);
 	case BL_FREE_IDS:
@@ -903,23 +983,39 @@ static void bl_work(struct work_struct *work)
 	struct bl_run *run = container_of(work, struct bl_run, work);
 
 	run->op->cpu = raw_smp_processor_id();
-	bl_snap_take(run->slot, BL_BEFORE);
+	bl_snap_take(run->slot, BL_BEFORE, run->op->seq);
 	run->op->ret = bl_exec(run);
-	bl_snap_take(run->slot, BL_AFTER);
+	bl_snap_take(run->slot, BL_AFTER, run->op->seq);
 	complete(&run->done);
 }
 
-/* Tracking entries a command may need, allocated before its snapshot. */
-static struct bl_chunk *bl_prepare(const struct bl_cmd *cmd)
+/*
+ * Set aside the tracking entries an alloc or fill may need, before its
+ * first snapshot: from the pool if it has enough left, which allocates
+ * nothing, or else in a chunk of their own, which the watermark guard
+ * must allow like the blocks themselves.
+ */
+static void bl_prepare(struct bl_run *run)
 {
+	const struct bl_cmd *cmd = run->cmd;
+	struct bl_chunk *c;
 	unsigned long n;
 
-	if (cmd->verb == BL_ALLOC)
-		return bl_chunk_new(cmd->val[BL_K_COUNT]);
-	n = bl_fill_bound(cmd->val[BL_K_ORDER]);
-	if (cmd->seen & BIT_K(MAX))
-		n = min_t(unsigned long, n, cmd->val[BL_K_MAX]);
-	return bl_chunk_new(n);
+	if (cmd->verb == BL_ALLOC) {
+		n = cmd->val[BL_K_COUNT];
+	} else {
+		n = bl_fill_bound(cmd->val[BL_K_ORDER]);
+		if (cmd->seen & BIT_K(MAX))
+			n = min_t(unsigned long, n, cmd->val[BL_K_MAX]);
+	}
+	run->max = n;
+	if (n <= bl_pool_nfree)
+		run->pool = true;
+	else if (bl_headroom(GFP_KERNEL,
+			     DIV_ROUND_UP(struct_size(c, ent, n), PAGE_SIZE), 0))
+		run->chunk = bl_chunk_new(n);
+	else
+		run->no_room = true;
 }
 
 static int bl_run_cmd(const struct bl_cmd *cmd)
@@ -931,7 +1027,7 @@ static int bl_run_cmd(const struct bl_cmd *cmd)
 	if (cmd->verb == BL_CLEAR_LOG)
 		bl_log_reset();
 	if (cmd->verb == BL_ALLOC || cmd->verb == BL_FILL)
-		run.chunk = bl_prepare(cmd);
+		bl_prepare(&run);
 	run.slot = bl_log_claim();
 	run.op = &bl_ops[run.slot];
 	run.op->verb = cmd->verb;
@@ -1284,7 +1380,7 @@ static struct bl_image *bl_image_new(size_t cap)
 {
 	struct bl_image *img;
 
-	img = kvzalloc(struct_size(img, ent, cap), GFP_KERNEL | __GFP_NOWARN);
+	img = kvzalloc(struct_size(img, ent, cap), BL_GFP_OWN);
 	if (img)
 		img->cap = cap;
 	return img;
@@ -1367,6 +1463,8 @@ static int bl_capture(void *arg)
 		bl_capture_zone(img, bl_zones[i]);
 	for (i = 0; i < bl_nr_zones; i++)
 		bl_capture_pcp(img, bl_zones[i]);
+	/* The generation this image gets once taken (bl_lock is held). */
+	trace_buddylab_dump(bl_dump_gen + 1);
 	return 0;
 }
 
@@ -1625,7 +1723,7 @@ static int bl_zones_init(void)
 {
 	unsigned int n = bl_collect_zones(NULL, 0);
 
-	bl_zones = kcalloc(n, sizeof(*bl_zones), GFP_KERNEL);
+	bl_zones = kcalloc(n, sizeof(*bl_zones), BL_GFP_OWN);
 	if (!bl_zones)
 		return -ENOMEM;
 	/* A zone populated meanwhile by memory hotplug is left out. */
@@ -1687,10 +1785,13 @@ static int __init bl_init(void)
 	ret = bl_log_alloc();
 	if (ret)
 		goto err_log;
+	ret = bl_pool_init();
+	if (ret)
+		goto err_log;
 	bl_wq = alloc_workqueue(KBUILD_MODNAME, WQ_CPU_INTENSIVE, 1);
 	if (!bl_wq) {
 		ret = -ENOMEM;
-		goto err_log;
+		goto err_pool;
 	}
 	ret = bl_debugfs_init();
 	if (ret)
@@ -1699,6 +1800,8 @@ static int __init bl_init(void)
 
 err_wq:
 	destroy_workqueue(bl_wq);
+err_pool:
+	kvfree(bl_pool);
 err_log:
 	bl_log_free();
 	kfree(bl_zones);
@@ -1710,6 +1813,7 @@ static void __exit bl_exit(void)
 	debugfs_remove_recursive(bl_dir);
 	destroy_workqueue(bl_wq);
 	bl_release_all();
+	kvfree(bl_pool);
 	bl_log_free();
 	kfree(bl_zones);
 }
