@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="record the kmem tracepoints too and apply what else the kernel did")
     t = sub.add_parser("trace-replay",
                        help="replay an ordinary workload's kmem trace from an exact dump")
+    t.add_argument("--from", dest="from_dir", type=Path, metavar="DIR",
+                   help="replay a capture saved by an earlier run (no guest is booted)")
     for sp in (a, t):
         sp.add_argument("--kernel", default=DEFAULT_KERNEL, help="kernel recipe (%(default)s)")
         sp.add_argument("--memory", type=int, default=512, metavar="MIB")
@@ -132,11 +134,16 @@ def trace_replay_command(args: argparse.Namespace) -> int:
     from harness import tracerun
 
     _check_size(args)
-    prepared = prepare(pins=load_kernel_pins(args.kernel))
-    run_dir = new_run_dir("trace-replay")
-    with boot(prepared, memory_mib=args.memory, cpus=args.cpus, ready_timeout=args.boot_timeout,
-              keep_dir=run_dir) as session:
-        cap = tracerun.capture(session)
+    if args.from_dir is not None:
+        cap = tracerun.load_capture(args.from_dir)
+        run_dir = new_run_dir("trace-replay")
+    else:
+        prepared = prepare(pins=load_kernel_pins(args.kernel))
+        run_dir = new_run_dir("trace-replay")
+        with boot(prepared, memory_mib=args.memory, cpus=args.cpus,
+                  ready_timeout=args.boot_timeout, keep_dir=run_dir) as session:
+            cap = tracerun.capture(session)
+        tracerun.save_capture(cap, run_dir / "capture")
     result = tracerun.replay_capture(cap)
     text = tracerun.format_result(result)
     write_json(run_dir / "result.json", tracerun.result_json(result))

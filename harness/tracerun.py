@@ -9,9 +9,13 @@ so the trace says exactly which events each dump already holds.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from harness import exact, kmodrec, procfs
+from harness.errors import GuestCommandError, SetupError
+from harness.results import write_text
 from harness.replay import ReplayReport, TraceReplayer, block_share
 from harness.session import Session
 from harness.trace import KMEM_EVENTS, TraceEvent, parse_trace
@@ -29,6 +33,10 @@ DEFAULT_WORKLOAD = (
 )
 
 
+CAPTURE_FILES = ("zones.txt", "pageblocks.txt", "freelists-first.txt", "freelists-last.txt",
+                 "zoneinfo.txt", "trace.txt")
+
+
 @dataclass
 class TraceCapture:
     zones: list[kmodrec.ZoneInfo]
@@ -37,6 +45,29 @@ class TraceCapture:
     last: kmodrec.FreeListDump
     zoneinfo: list[procfs.ZoneInfo]
     events: list[TraceEvent]
+    texts: tuple[str, ...] = ()   # what the guest printed, one text per CAPTURE_FILES entry
+
+
+def parse_capture(texts: list[str]) -> TraceCapture:
+    if len(texts) != len(CAPTURE_FILES):
+        raise ValueError(f"a capture has {len(CAPTURE_FILES)} parts, got {len(texts)}")
+    return TraceCapture(kmodrec.parse_zones(texts[0]), kmodrec.parse_pageblocks(texts[1]),
+                        kmodrec.parse_freelists(texts[2]), kmodrec.parse_freelists(texts[3]),
+                        procfs.parse_zoneinfo(texts[4]), parse_trace(texts[5]), tuple(texts))
+
+
+def save_capture(cap: TraceCapture, directory: Path) -> None:
+    """Keep what the guest printed, so the replay can be run again without a guest."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in zip(CAPTURE_FILES, cap.texts):
+        write_text(directory / name, text)
+
+
+def load_capture(directory: Path) -> TraceCapture:
+    missing = [n for n in CAPTURE_FILES if not (directory / n).is_file()]
+    if missing:
+        raise SetupError(f"{directory} is not a saved capture: {', '.join(missing)} missing")
+    return parse_capture([(directory / n).read_text() for n in CAPTURE_FILES])
 
 
 @dataclass
@@ -75,11 +106,11 @@ def capture(session: Session, workload: str = DEFAULT_WORKLOAD,
     out = session.run(_script(workload, buffer_kb), timeout=600).check().stdout
     session.run("rmmod buddylab").check()
     parts = out.split("@@\n")
-    if len(parts) != 6:
-        raise ValueError(f"unexpected trace run output:\n{out[-2000:]}")
-    return TraceCapture(kmodrec.parse_zones(parts[0]), kmodrec.parse_pageblocks(parts[1]),
-                        kmodrec.parse_freelists(parts[2]), kmodrec.parse_freelists(parts[3]),
-                        procfs.parse_zoneinfo(parts[4]), parse_trace(parts[5]))
+    if len(parts) != len(CAPTURE_FILES):
+        raise GuestCommandError(f"unexpected trace run output:\n{out[-2000:]}")
+    # The trace's page= fields are kernel addresses: keep PFNs only.
+    parts[5] = re.sub(r"page=(?:0x)?[0-9a-f]+ |page=\(nil\) ", "", parts[5])
+    return parse_capture(parts)
 
 
 def between_dumps(events: list[TraceEvent], first_gen: int, last_gen: int) -> list[TraceEvent]:

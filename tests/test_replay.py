@@ -74,3 +74,31 @@ def test_replay_follows_the_kernel_and_reports_when_it_disagrees():
     report = TraceReplayer([start]).replay(events[: first_take + 1])
     assert report.mismatch_count == 1 and f"kernel took pfn {other}" in report.mismatches[0]
     assert other not in start.free  # the model followed the kernel
+
+
+def test_real_capture_replays_to_the_identical_final_dump():
+    """A real guest's workload (forks, tmpfs files) between two exact dumps, replayed offline."""
+    from harness import tracerun
+    cap = tracerun.load_capture(FIXTURES / "tracerun" / "small-1cpu")
+    result = tracerun.replay_capture(cap)
+    assert result.events_replayed > 1000
+    assert result.report.mismatch_count == 0, result.report.mismatches[:5]
+    assert result.list_differences == []
+    assert result.blocks_right == result.blocks_kernel == len(cap.last.blocks)
+
+
+def test_replay_without_the_trace_does_not_reach_the_final_dump():
+    """The check can fail: the same start state without its events differs from the end."""
+    from harness import tracerun
+    cap = tracerun.load_capture(FIXTURES / "tracerun" / "small-1cpu")
+    zones = exact.zones_from_dump(cap.first, cap.pageblocks, cap.zones,
+                                  tracerun.limits_from_zoneinfo(cap.zoneinfo))
+    assert exact.compare_dump(zones, cap.last) != []
+
+
+def test_a_capture_without_its_dump_events_is_refused():
+    from harness import tracerun
+    cap = tracerun.load_capture(FIXTURES / "tracerun" / "small-1cpu")
+    events = [e for e in cap.events if e.name != "buddylab_dump"]
+    with pytest.raises(ValueError, match="buddylab_dump"):
+        tracerun.between_dumps(events, cap.first.gen, cap.last.gen)
