@@ -111,8 +111,10 @@ def enable_tracing(session: Session, buffer_kb: int = 8192) -> None:
     names = [f"kmem/{e}" for e in KMEM_EVENTS] + ["buddylab/buddylab_dump",
                                                   "buddylab/buddylab_snapshot"]
     enable = " && ".join(f"echo 1 > {TRACING}/events/{n}/enable" for n in names)
-    session.run(f"echo 0 > {TRACING}/tracing_on && echo {buffer_kb} > {TRACING}/buffer_size_kb "
-                f"&& {enable}").check()
+    # The global clock orders events of different CPUs as they happened
+    # (the default local clock is per CPU).
+    session.run(f"echo 0 > {TRACING}/tracing_on && echo global > {TRACING}/trace_clock "
+                f"&& echo {buffer_kb} > {TRACING}/buffer_size_kb && {enable}").check()
 
 
 def run_chunk(session: Session, commands: list[str], traced: bool = False) -> Chunk:

@@ -87,7 +87,8 @@ def _script(workload: str, buffer_kb: int) -> str:
     enable = " && ".join(f"echo 1 > {TRACING}/events/kmem/{e}/enable" for e in KMEM_EVENTS)
     enable += f" && echo 1 > {TRACING}/events/buddylab/buddylab_dump/enable"
     return (
-        f"cd {DEBUGFS} && echo 0 > {TRACING}/tracing_on && echo {buffer_kb} > "
+        f"cd {DEBUGFS} && echo 0 > {TRACING}/tracing_on && echo global > {TRACING}/trace_clock "
+        f"&& echo {buffer_kb} > "
         f"{TRACING}/buffer_size_kb && echo > {TRACING}/trace && {enable} "
         f"&& cat /proc/zoneinfo > /tmp/zoneinfo && exec 3< zones 4< pageblocks "
         f"&& echo 1 > {TRACING}/tracing_on && exec 5< freelists "
