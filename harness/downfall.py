@@ -151,12 +151,14 @@ def _guest_script() -> str:
     the image at open(2), so no forked process runs between the capture and
     the operations, and the module allocates nothing between two of them.
     """
-    cmds = " && ".join(f"echo '{op.command}' > control" for op in OPERATIONS)
+    # One open of control for all commands: each open(2) allocates a
+    # struct file, which would land between two operations.
+    cmds = " && ".join(f"echo '{op.command}' >&7" for op in OPERATIONS)
     return (f"dmesg -c > /dev/null; insmod {MODULE_PATH} && cd {DEBUGFS} "
-            f"&& exec 3< zones 4< pageblocks && exec 5< freelists && {cmds} "
+            f"&& exec 7> control 3< zones 4< pageblocks && exec 5< freelists && {cmds} "
             f"&& cat <&3 && echo @@ && cat <&4 && echo @@ && cat <&5 "
             f"&& echo @@ && cat allocs && echo @@ && cat log && echo free_all > control "
-            f"&& exec 3<&- 4<&- 5<&- && cd / && rmmod buddylab && echo @@ && dmesg")
+            f"&& exec 3<&- 4<&- 5<&- 7>&- && cd / && rmmod buddylab && echo @@ && dmesg")
 
 
 def run(session: Session) -> Report:

@@ -84,9 +84,32 @@ def busybox_applets() -> list[str]:
     return [a for a in out.split() if a]
 
 
-def _image_inputs(kernel: Kernel, module: Path, host_key: HostKey) -> list[Path]:
+GUEST_TOOLS = IMAGES_DIR / "guest-tools"
+
+
+def build_guest_tools() -> list[Path]:
+    """Static helper programs for the guest (busybox has no byte-exact writer)."""
+    out_dir = cache_dir() / "guest-tools"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    built = []
+    for src in sorted(GUEST_TOOLS.glob("*.c")):
+        exe = out_dir / src.stem
+        if not exe.is_file() or exe.stat().st_mtime < src.stat().st_mtime:
+            tmp = exe.with_suffix(".tmp")
+            proc = subprocess.run(["gcc", "-static", "-Os", "-s", "-Wall", "-o", str(tmp),
+                                   str(src)], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SetupError(f"building {src.name} failed (static glibc comes with the "
+                                 f"Debian package libc6-dev):\n{proc.stderr[-2000:]}")
+            tmp.rename(exe)
+        built.append(exe)
+    return built
+
+
+def _image_inputs(kernel: Kernel, module: Path, host_key: HostKey,
+                  tools: list[Path]) -> list[Path]:
     mods = [kernel.modules_dir / p for p in _net_module_paths(kernel)]
-    return [BUSYBOX, DROPBEAR, *shared_libraries(DROPBEAR), *mods, module,
+    return [BUSYBOX, DROPBEAR, *shared_libraries(DROPBEAR), *mods, module, *tools,
             IMAGES_DIR / "init.sh", host_key.private, Path(__file__)]
 
 
@@ -113,7 +136,8 @@ def build_image(kernel: Kernel, module: Path) -> GuestImage:
     _require(BUSYBOX, "busybox-static")
     _require(DROPBEAR, "dropbear-bin")
     host_key = ensure_host_key(cache_dir() / "hostkey")
-    inputs = _image_inputs(kernel, module, host_key)
+    tools = build_guest_tools()
+    inputs = _image_inputs(kernel, module, host_key, tools)
     images = cache_dir() / "images"
     images.mkdir(parents=True, exist_ok=True)
     target = images / f"initramfs-{_cache_key(inputs)}.cpio"
@@ -121,7 +145,7 @@ def build_image(kernel: Kernel, module: Path) -> GuestImage:
         tmp = target.with_suffix(f".tmp{os.getpid()}")
         try:
             with tmp.open("wb") as f:
-                _write_image(CpioWriter(f), kernel, module, host_key)
+                _write_image(CpioWriter(f), kernel, module, host_key, tools)
             tmp.rename(target)
         finally:
             tmp.unlink(missing_ok=True)
@@ -137,7 +161,8 @@ def _prune(images: Path, keep: Path) -> None:
         p.unlink(missing_ok=True)
 
 
-def _write_image(w: CpioWriter, kernel: Kernel, module: Path, host_key: HostKey) -> None:
+def _write_image(w: CpioWriter, kernel: Kernel, module: Path, host_key: HostKey,
+                 tools: list[Path]) -> None:
     for d in ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "etc", "etc/dropbear", "dev",
               "proc", "sys", "tmp", "run", "var", "lib", "lib/modules", "lib64",
               "lib/x86_64-linux-gnu"):
@@ -160,5 +185,7 @@ def _write_image(w: CpioWriter, kernel: Kernel, module: Path, host_key: HostKey)
     for rel in _net_module_paths(kernel):
         w.file(f"lib/modules/{rel.name}", (kernel.modules_dir / rel).read_bytes())
     w.file(GUEST_MODULE_PATH, module.read_bytes())
+    for tool in tools:
+        w.file(f"usr/bin/{tool.name}", tool.read_bytes(), 0o755)
     w.file("init", (IMAGES_DIR / "init.sh").read_bytes(), 0o755)
     w.close()
