@@ -57,9 +57,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _check_size(args: argparse.Namespace) -> None:
     if not 64 <= args.memory <= 65536:
-        raise errors.SetupError("--memory must be between 64 and 65536 MiB")
+        raise errors.UsageError("--memory must be between 64 and 65536 MiB")
     if not 1 <= args.cpus <= 64:
-        raise errors.SetupError("--cpus must be between 1 and 64")
+        raise errors.UsageError("--cpus must be between 1 and 64")
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -116,7 +116,7 @@ def accuracy_command(args: argparse.Namespace) -> int:
 
     _check_size(args)
     if not 1 <= args.ops <= 1_000_000 or not 1 <= args.chunk <= 1000:
-        raise errors.SetupError("--ops must be 1..1000000 and --chunk 1..1000")
+        raise errors.UsageError("--ops must be 1..1000000 and --chunk 1..1000")
     prepared = prepare(pins=load_kernel_pins(args.kernel))
     run_dir = new_run_dir("accuracy")
     with boot(prepared, memory_mib=args.memory, cpus=args.cpus, ready_timeout=args.boot_timeout,

@@ -18,6 +18,12 @@ class BuddylabError(Exception):
     exit_code = EXIT_SETUP
 
 
+class UsageError(BuddylabError):
+    """Arguments out of range or contradicting each other."""
+
+    exit_code = EXIT_USAGE
+
+
 class SetupError(BuddylabError):
     """A missing tool, a bad download, a module the kernel would refuse."""
 

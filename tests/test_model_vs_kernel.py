@@ -9,10 +9,11 @@ pytestmark = pytest.mark.qemu
 
 
 def test_generated_operations_are_predicted_page_for_page(prepared):
+    """With the trace, anything else the kernel did is applied: every divergence must name it."""
     with boot(prepared) as session:
-        result = accuracy.measure(session, seed=7, count=600, chunk_size=300)
+        result = accuracy.measure(session, seed=7, count=600, chunk_size=300, traced=True)
     assert result.page.ops == 600
-    unexplained = [d for d in result.divergences if not d.cause.startswith("the kernel's state")]
+    unexplained = [d for d in result.divergences if not d.cause.startswith("the trace shows")]
     assert not unexplained, accuracy.format_table(result, 7)
     assert result.page.share >= 0.99, accuracy.format_table(result, 7)
     # The textbook cannot see per-CPU lists or migratetypes: it must do worse.

@@ -1,0 +1,46 @@
+"""The command line: bad input gets a clear error and its own exit code, and leaves nothing."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from harness import errors
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def buddylab(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {"BUDDYLAB_RESULTS": str(tmp_path / "results"), "PATH": "/usr/bin:/bin"}
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True,
+                          text=True, env=env, timeout=120)
+
+
+def test_memory_out_of_range_is_a_usage_error(tmp_path: Path):
+    proc = buddylab(tmp_path, "qemu-test", "--memory", "10")
+    assert proc.returncode == errors.EXIT_USAGE
+    assert "--memory must be between" in proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_unknown_kernel_recipe_names_the_known_ones(tmp_path: Path):
+    proc = buddylab(tmp_path, "qemu-test", "--kernel", "no-such-kernel")
+    assert proc.returncode == errors.EXIT_SETUP
+    assert "debian-5.10-cloud" in proc.stderr
+
+
+def test_unknown_subcommand_is_a_usage_error(tmp_path: Path):
+    assert buddylab(tmp_path, "frobnicate").returncode == errors.EXIT_USAGE
+
+
+def test_trace_replay_of_a_saved_capture(tmp_path: Path):
+    proc = buddylab(tmp_path, "trace-replay", "--from", str(FIXTURES / "tracerun" / "small-1cpu"))
+    assert proc.returncode == 0, proc.stderr
+    assert "the final dump is identical" in proc.stdout
+    (result,) = (tmp_path / "results").glob("trace-replay-*/result.json")
+    assert '"mismatch_count": 0' in result.read_text()
+
+
+def test_trace_replay_of_a_directory_that_is_no_capture(tmp_path: Path):
+    proc = buddylab(tmp_path, "trace-replay", "--from", str(tmp_path))
+    assert proc.returncode == errors.EXIT_SETUP
+    assert "is not a saved capture" in proc.stderr
