@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from harness import buddy, exact, kmodrec
 from harness.replay import TraceReplayer
 from harness.trace import KMEM_EVENTS, TraceEvent, parse_trace
-from harness.model import MAX_ORDER, PcpList, ZoneState, predict_alloc, predict_textbook
+from harness.model import MAX_ORDER, ZoneState, predict_alloc, predict_textbook
 from harness.session import Session
 
 DEBUGFS = "/sys/kernel/debug/buddylab"
@@ -207,14 +207,6 @@ class Accuracy:
     divergences: list[Divergence] = field(default_factory=list)
 
 
-def _counts_state(snap: kmodrec.Snapshot, zone: str, cpu: int) -> ZoneState:
-    free = {z.mt: list(z.free) for z in snap.zones if z.zone == zone}
-    pcp = next((p for p in snap.pcp if p.zone == zone and p.cpu == cpu), None)
-    lists = PcpList(pcp.count, pcp.high, pcp.batch,
-                    dict(zip(buddy.PCP_TYPES, pcp.lists))) if pcp else None
-    return ZoneState(free, lists)
-
-
 def _zone_totals(snap: kmodrec.Snapshot) -> dict[str, list[int]]:
     totals: dict[str, list[int]] = {}
     for z in snap.zones:
@@ -229,8 +221,8 @@ def _counts_exact(op: kmodrec.OpRecord) -> bool:
     if op.verb != "alloc" or op.ret != 0 or op.n != 1 or op.zone is None or op.order is None:
         return False
     assert op.gfp is not None and op.api is not None
-    before = _counts_state(op.before, op.zone, op.cpu)
-    after = _counts_state(op.after, op.zone, op.cpu)
+    before = exact.counts_state(op.before, op.zone, op.cpu)
+    after = exact.counts_state(op.after, op.zone, op.cpu)
     kept = op.pages if op.api == "alloc_pages_exact" else None
     p = predict_alloc(before, exact.GFP_TYPES[op.gfp], op.order, exact_pages=kept)
     if p.state is None:

@@ -14,15 +14,13 @@ from dataclasses import asdict, dataclass, field
 from harness import exact, kmodrec
 from harness.errors import GuestCommandError
 from harness.image import GUEST_MODULE_PATH as MODULE_PATH
-from harness.model import (MAX_ORDER, PcpList, Prediction, ZoneState, predict_alloc,
+from harness.model import (MAX_ORDER, Prediction, ZoneState, predict_alloc,
                            predict_textbook)
 from harness.session import Session
 
 PAGE_SIZE = 4096
 REQUEST_BYTES = 132 * 1024
 DEBUGFS = "/sys/kernel/debug/buddylab"
-GFP_MIGRATETYPE = {"GFP_KERNEL": "Unmovable", "GFP_ATOMIC": "Unmovable",
-                   "GFP_HIGHUSER_MOVABLE": "Movable"}
 # What a clean kernel log must not contain after the experiment.
 KERNEL_LOG_PROBLEMS = ("WARNING:", "BUG:", "Oops", "page allocation failure", "Call Trace")
 
@@ -80,17 +78,6 @@ class Report:
         return all(ok for _, ok in self.checks)
 
 
-def _zone_state(snap: kmodrec.Snapshot, zone: str, cpu: int) -> ZoneState:
-    free = {z.mt: list(z.free) for z in snap.zones if z.zone == zone}
-    pcps = [p for p in snap.pcp if p.zone == zone and p.cpu == cpu]
-    pcp = None
-    if pcps:
-        p = pcps[0]
-        pcp = PcpList(p.count, p.high, p.batch,
-                      dict(zip(("Unmovable", "Movable", "Reclaimable"), p.lists)))
-    return ZoneState(free, pcp)
-
-
 def _differences(predicted: ZoneState, observed: ZoneState) -> list[str]:
     diffs = []
     for mt in sorted(set(predicted.free) | set(observed.free)):
@@ -115,9 +102,9 @@ def _split_order(before: ZoneState, after: ZoneState, order: int) -> int | None:
 def evaluate(op: Operation, record: kmodrec.OpRecord, kept: int) -> OpResult:
     assert record.zone is not None and record.gfp is not None and record.order is not None
     assert record.pfn is not None
-    before = _zone_state(record.before, record.zone, record.cpu)
-    after = _zone_state(record.after, record.zone, record.cpu)
-    mt = GFP_MIGRATETYPE[record.gfp]
+    before = exact.counts_state(record.before, record.zone, record.cpu)
+    after = exact.counts_state(record.after, record.zone, record.cpu)
+    mt = exact.GFP_TYPES[record.gfp]
     order = record.order
     asked = -(-REQUEST_BYTES // PAGE_SIZE)
     prediction: Prediction = predict_alloc(before, mt, order, exact_pages=kept if op.exact else None)

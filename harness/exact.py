@@ -19,6 +19,7 @@ from pathlib import Path
 
 from harness import buddy, kmodrec
 from harness.buddy import HIGHATOMIC, MIGRATETYPES, MOVABLE, PCP_TYPES, UNMOVABLE, Zone
+from harness.model import PcpList, ZoneState
 
 ZONE_ORDER = ("DMA", "DMA32", "Normal", "Movable")
 GFP_TYPES = {"GFP_KERNEL": UNMOVABLE, "GFP_ATOMIC": UNMOVABLE, "GFP_HIGHUSER_MOVABLE": MOVABLE}
@@ -79,6 +80,15 @@ def zones_from_dir(directory: Path) -> dict[ZoneKey, Zone]:
                            kmodrec.parse_pageblocks((directory / "pageblocks.txt").read_text()),
                            kmodrec.parse_zones((directory / "zones.txt").read_text()),
                            pcp_limits(log.ops[0].before.pcp))
+
+
+def counts_state(snap: kmodrec.Snapshot, zone: str, cpu: int) -> ZoneState:
+    """A module snapshot of one zone, as the count-level model's ZoneState."""
+    free = {z.mt: list(z.free) for z in snap.zones if z.zone == zone}
+    pcp = next((p for p in snap.pcp if p.zone == zone and p.cpu == cpu), None)
+    lists = PcpList(pcp.count, pcp.high, pcp.batch, dict(zip(PCP_TYPES, pcp.lists))) \
+        if pcp else None
+    return ZoneState(free, lists)
 
 
 def compare_snapshot(zones: dict[ZoneKey, Zone], snap: kmodrec.Snapshot, limit: int = 12,

@@ -24,25 +24,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-MAX_ORDER = 11
-PAGEBLOCK_ORDER = 9
-UNMOVABLE, MOVABLE, RECLAIMABLE = "Unmovable", "Movable", "Reclaimable"
-PCP_TYPES = (UNMOVABLE, MOVABLE, RECLAIMABLE)
-# mm/page_alloc.c: fallbacks[]
-FALLBACKS = {
-    UNMOVABLE: (RECLAIMABLE, MOVABLE),
-    MOVABLE: (RECLAIMABLE, UNMOVABLE),
-    RECLAIMABLE: (UNMOVABLE, MOVABLE),
-}
+# The constants and get_order() are the page-for-page model's: one source.
+from harness.buddy import (FALLBACKS, MAX_ORDER, MOVABLE, PAGEBLOCK_ORDER, PCP_TYPES,
+                           RECLAIMABLE, UNMOVABLE, get_order)
 
-
-def get_order(size: int, page_size: int = 4096) -> int:
-    """The kernel's get_order(): the smallest order whose block holds `size` bytes."""
-    if size <= 0:
-        raise ValueError("size must be positive")
-    pages = -(-size // page_size)
-    return max(0, (pages - 1).bit_length())
-
+__all__ = ["FALLBACKS", "MAX_ORDER", "MOVABLE", "PAGEBLOCK_ORDER", "PCP_TYPES", "RECLAIMABLE",
+           "UNMOVABLE", "get_order", "PcpList", "ZoneState", "Prediction", "predict_alloc",
+           "predict_textbook", "aligned_blocks"]
 
 @dataclass
 class PcpList:
