@@ -8,9 +8,10 @@ from harness.session import boot
 pytestmark = pytest.mark.qemu
 
 
-def test_generated_operations_are_predicted_page_for_page(prepared):
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_generated_operations_are_predicted_page_for_page(prepared, cpus: int):
     """With the trace, anything else the kernel did is applied: every divergence must name it."""
-    with boot(prepared) as session:
+    with boot(prepared, cpus=cpus) as session:
         result = accuracy.measure(session, seed=7, count=600, chunk_size=300, traced=True)
     assert result.page.ops == 600
     unexplained = [d for d in result.divergences if not d.cause.startswith("the trace shows")]
