@@ -94,11 +94,6 @@ class Session:
         self.qemu.check_crash()
         return result
 
-    @property
-    def serial_log(self) -> str:
-        assert self.qemu.serial is not None
-        return self.qemu.serial.text
-
 
 @contextlib.contextmanager
 def boot(prepared: Prepared, memory_mib: int = 512, cpus: int = 1,
