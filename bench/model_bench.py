@@ -4,7 +4,7 @@
     .venv/bin/python bench/model_bench.py [--events 1000000]
 
 The zone is the DMA32 zone of a real 512 MiB guest (the module's captured
-dump in tests/fixtures/kmod/1cpu); the trace is synthetic (harness.synthtrace),
+dump in tests/fixtures/kmod/1cpu); the trace is synthetic (buddylab.models.synthetic_trace),
 since a TCG guest would need about an hour to emit a million events.
 """
 
@@ -12,25 +12,23 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from buddylab.models import kernel_state, synthetic_trace
+from buddylab.models.kmem_replay import KmemTraceReplayer
 
-from harness import exact, synthtrace  # noqa: E402
-from harness.replay import TraceReplayer  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=1_000_000)
     args = ap.parse_args()
-    zone = exact.zones_from_dir(REPO / "tests" / "fixtures" / "kmod" / "1cpu")[(0, "DMA32")]
+    zone = kernel_state.zones_from_dir(REPO / "tests" / "fixtures" / "kmod" / "1cpu")[(0, "DMA32")]
 
     start = time.perf_counter()
-    events, twin = synthtrace.generate(zone, args.events, seed=1)
+    events, twin = synthetic_trace.generate(zone, args.events, seed=1)
     gen = time.perf_counter() - start
     ops = sum(1 for e in events if e.name in ("mm_page_alloc", "mm_page_free"))
     print(f"model, generating:  {ops} alloc/free operations ({len(events)} events) in "
@@ -39,7 +37,7 @@ def main() -> None:
     replay_zone = copy.deepcopy(zone)
     replay_zone.record_events = False
     start = time.perf_counter()
-    report = TraceReplayer([replay_zone]).replay(events)
+    report = KmemTraceReplayer([replay_zone]).replay(events)
     took = time.perf_counter() - start
     same = replay_zone.free == twin.free
     print(f"trace replay:       {len(events)} events in {took:.2f} s = {len(events) / took:,.0f} "

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 def run_once(cache: Path, results: Path) -> dict[str, float]:
     env = dict(os.environ, BUDDYLAB_CACHE=str(cache), BUDDYLAB_RESULTS=str(results))
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "harness.cli", "qemu-test"], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, "-m", "buddylab.cli", "qemu-test"], cwd=REPO, env=env,
                           capture_output=True, text=True)
     wall = time.monotonic() - start
     if proc.returncode != 0:

@@ -13,10 +13,10 @@ import sys
 import time
 from pathlib import Path
 
-from harness import errors
-from harness.config import DEFAULT_KERNEL, load_kernel_pins
-from harness.results import new_run_dir, write_json, write_text
-from harness.session import Timings, boot, prepare
+from buddylab import errors
+from buddylab.kernel.recipe import DEFAULT_KERNEL, load_kernel_pins
+from buddylab.results import new_run_dir, write_json, write_text
+from buddylab.guest.session import Timings, boot, prepare
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -84,7 +84,7 @@ def _print_timings(timings: Timings, total: float) -> None:
 
 
 def qemu_test(args: argparse.Namespace) -> int:
-    from harness import downfall
+    from buddylab.experiments import downfall
 
     _check_size(args)
     start = time.monotonic()
@@ -112,7 +112,7 @@ def qemu_test(args: argparse.Namespace) -> int:
 
 
 def accuracy_command(args: argparse.Namespace) -> int:
-    from harness import accuracy
+    from buddylab.experiments import accuracy
 
     _check_size(args)
     if not 1 <= args.ops <= 1_000_000 or not 1 <= args.chunk <= 1000:
@@ -131,22 +131,22 @@ def accuracy_command(args: argparse.Namespace) -> int:
 
 
 def trace_replay_command(args: argparse.Namespace) -> int:
-    from harness import tracerun
+    from buddylab.experiments import trace_replay
 
     _check_size(args)
     if args.from_dir is not None:
-        cap = tracerun.load_capture(args.from_dir)
+        cap = trace_replay.load_capture(args.from_dir)
         run_dir = new_run_dir("trace-replay")
     else:
         prepared = prepare(pins=load_kernel_pins(args.kernel))
         run_dir = new_run_dir("trace-replay")
         with boot(prepared, memory_mib=args.memory, cpus=args.cpus,
                   ready_timeout=args.boot_timeout, keep_dir=run_dir) as session:
-            cap = tracerun.capture(session)
-        tracerun.save_capture(cap, run_dir / "capture")
-    result = tracerun.replay_capture(cap)
-    text = tracerun.format_result(result)
-    write_json(run_dir / "result.json", tracerun.result_json(result))
+            cap = trace_replay.capture(session)
+        trace_replay.save_capture(cap, run_dir / "capture")
+    result = trace_replay.replay_capture(cap)
+    text = trace_replay.format_result(result)
+    write_json(run_dir / "result.json", trace_replay.result_json(result))
     write_text(run_dir / "report.txt", text + "\n")
     print(text)
     print(f"results: {run_dir}")

@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
-from harness.config import REPO_ROOT
-
-
-def results_root() -> Path:
-    return Path(os.environ.get("BUDDYLAB_RESULTS") or REPO_ROOT / "results")
+from buddylab.paths import results_root
 
 
 def new_run_dir(kind: str) -> Path:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import load_kernel_pins
-from harness.kbuild import build_module
-from harness.provision import Kernel, provision_kernel
-from harness.session import Prepared, prepare
+from buddylab.kernel.recipe import load_kernel_pins
+from buddylab.kernel.kbuild import build_module
+from buddylab.kernel.provision import Kernel, provision_kernel
+from buddylab.guest.session import Prepared, prepare
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.buddy import (MAX_ORDER, MOVABLE, PAGEBLOCK_PAGES, PCP_TYPES, RECLAIMABLE,
+from buddylab.models.pagemodel import (MAX_ORDER, MOVABLE, PAGEBLOCK_PAGES, PCP_TYPES, RECLAIMABLE,
                            UNMOVABLE, Allocation, Pcp, Zone, alloc_pages_exact,
                            free_pages_exact, pfn_ranges_overlap)
 

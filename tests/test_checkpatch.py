@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from harness.checkpatch import run_checkpatch
-from harness.config import load_kernel_pins
+from buddylab.kernel.checkpatch import run_checkpatch
+from buddylab.kernel.recipe import load_kernel_pins
 
 
 def test_module_source_is_checkpatch_strict_clean():

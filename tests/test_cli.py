@@ -4,14 +4,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness import errors
+from buddylab import errors
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def buddylab(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {"BUDDYLAB_RESULTS": str(tmp_path / "results"), "PATH": "/usr/bin:/bin"}
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "buddylab.cli", *args], capture_output=True,
                           text=True, env=env, timeout=120)
 
 

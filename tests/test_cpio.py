@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.cpio import CpioWriter, read_cpio_names
+from buddylab.guest.cpio import CpioWriter, read_cpio_names
 
 
 def _archive() -> bytes:

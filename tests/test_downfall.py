@@ -2,8 +2,8 @@
 
 import pytest
 
-from harness import downfall
-from harness.session import boot
+from buddylab.experiments import downfall
+from buddylab.guest.session import boot
 
 pytestmark = pytest.mark.qemu
 

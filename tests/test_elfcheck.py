@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import elfcheck
-from harness.errors import SetupError
-from harness.provision import Kernel
+from buddylab.kernel import elfcheck
+from buddylab.errors import SetupError
+from buddylab.kernel.provision import Kernel
 
 
 def _shipped(kernel: Kernel, name: str) -> Path:

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from harness import errors
+from buddylab import errors
 
 pytestmark = pytest.mark.qemu
 
 
 def _buddylab(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args],
+    return subprocess.run([sys.executable, "-m", "buddylab.cli", *args],
                           capture_output=True, text=True, timeout=timeout)
 
 

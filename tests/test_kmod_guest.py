@@ -6,7 +6,7 @@ Each test boots its own guest (about 2.5 s under TCG), so nothing one test does
 Free-page totals ("buddy + per-CPU lists") outside the module come from
 /proc/zoneinfo: `pages free` (NR_FREE_PAGES, after /proc/sys/vm/stat_refresh
 folded the per-CPU deltas in) plus every pageset's `count`.  Inside the module
-they come from its snapshots, which are exact.
+they come from its snapshots, which are kernel_state.
 """
 
 from __future__ import annotations
@@ -24,16 +24,18 @@ from statistics import median
 
 import pytest
 
-from harness import exact, kmodrec, procfs
-from harness.session import Session, boot
+from buddylab.models import kernel_state, operations
+from buddylab.records import kmod
+from buddylab.records import procfs
+from buddylab.guest.session import Session, boot
 
 pytestmark = pytest.mark.qemu
 
 ROOT = Path(__file__).resolve().parent.parent
 BL_WRITE_SRC = ROOT / "images" / "guest-tools" / "bl-write.c"
 D = "/sys/kernel/debug/buddylab"
-APIS = kmodrec.APIS
-GFPS = kmodrec.GFPS
+APIS = kmod.APIS
+GFPS = kmod.GFPS
 ORDER_APIS = ("alloc_pages", "__get_free_pages")
 ORDER0_APIS = ("alloc_page", "__get_free_page", "get_zeroed_page")
 GFP_MT = {"GFP_KERNEL": "Unmovable", "GFP_ATOMIC": "Unmovable", "GFP_HIGHUSER_MOVABLE": "Movable"}
@@ -195,16 +197,16 @@ def test_every_entry_point_takes_exactly_the_predicted_block(prepared):
         parts = run_in_one_shell(g, commands, [f"free id={i}" for i in ids])
         dmesg = g.run(f"echo free_all > {D}/control && rmmod buddylab && dmesg").check().stdout
     zones_t, pb_t, dump_t, allocs_t, pb2_t, dump2_t, log_t = parts
-    infos = kmodrec.parse_zones(zones_t)
-    log = kmodrec.parse_log(log_t)
+    infos = kmod.parse_zones(zones_t)
+    log = kmod.parse_log(log_t)
     ops = [op for op in log.ops if op.verb != "clear_log"]
     assert len(ops) == 2 * len(commands) and log.dropped == 0
-    allocs = {a.id: a for a in kmodrec.parse_allocs(allocs_t)}
-    limits = exact.pcp_limits(ops[0].before.pcp)
+    allocs = {a.id: a for a in kmod.parse_allocs(allocs_t)}
+    limits = kernel_state.pcp_limits(ops[0].before.pcp)
 
     problems: list[str] = []
-    replayer = exact.Replayer(exact.zones_from_dump(
-        kmodrec.parse_freelists(dump_t), kmodrec.parse_pageblocks(pb_t), infos, limits))
+    replayer = operations.OperationReplayer(kernel_state.zones_from_dump(
+        kmod.parse_freelists(dump_t), kmod.parse_pageblocks(pb_t), infos, limits))
     for command, op in zip(commands, ops[:len(commands)]):
         assert op.verb == "alloc" and op.ret == 0 and op.n == 1, (command, op)
         outcome = replayer.replay(op)
@@ -227,8 +229,8 @@ def test_every_entry_point_takes_exactly_the_predicted_block(prepared):
         assert a.pageblock_mt == GFP_MT[a.gfp], command    # no fallback in an idle guest
         assert op.before.free_pages() - op.after.free_pages() == pages, command
 
-    replayer = exact.Replayer(exact.zones_from_dump(
-        kmodrec.parse_freelists(dump2_t), kmodrec.parse_pageblocks(pb2_t), infos, limits))
+    replayer = operations.OperationReplayer(kernel_state.zones_from_dump(
+        kmod.parse_freelists(dump2_t), kmod.parse_pageblocks(pb2_t), infos, limits))
     replayer.adopt(list(allocs.values()))
     for alloc_id, op in zip(ids, ops[len(commands):]):
         assert (op.verb, op.ret, op.id, op.n) == ("free", 0, alloc_id, 1), op
@@ -539,8 +541,8 @@ def fuzz_round(g: Session, shells: list, tool: str, writers: list[list[Record]])
     if errors:
         raise errors[0]
     g.run(f"echo free_all > {D}/control").check()
-    assert kmodrec.parse_allocs(g.run(f"cat {D}/allocs").check().stdout) == []
-    kmodrec.parse_log(g.run(f"cat {D}/log").check().stdout)
+    assert kmod.parse_allocs(g.run(f"cat {D}/allocs").check().stdout) == []
+    kmod.parse_log(g.run(f"cat {D}/log").check().stdout)
     g.run("rmmod buddylab && rm /tmp/fuzz-stop").check()
     return FuzzRound([results[0], results[1]], reads[0], seconds)
 
@@ -673,9 +675,9 @@ def test_fill_until_failure_then_free_all(prepared):
                 alive = g.run(f"echo alloc api=alloc_page gfp=GFP_KERNEL > {D}/control && "
                               f"echo free_all > {D}/control && uname -r", timeout=30)
                 assert alive.rc == 0 and alive.stdout.strip(), alive
-                results.append((fill, rcs, kmodrec.parse_log(log_t), seconds,
+                results.append((fill, rcs, kmod.parse_log(log_t), seconds,
                                 time.monotonic() - start))
-        guard_log = kmodrec.parse_log(g.run(
+        guard_log = kmod.parse_log(g.run(
             f"cd {D} && echo clear_log > control; "
             "echo 'fill api=alloc_pages gfp=GFP_KERNEL order=1 max=60000' > control; "
             "echo 'alloc api=alloc_page gfp=GFP_KERNEL count=20000' > control; "
@@ -795,7 +797,7 @@ def test_load_allocate_unload_cycles_leave_no_pages_behind(prepared):
     assert not kernel_log_problems(dmesg), dmesg
 
     # The control, without forks: exactly 24 pages a cycle in the exact snapshots.
-    log = kmodrec.parse_log(control[0])
+    log = kmod.parse_log(control[0])
     assert [(op.verb, op.ret, op.pages) for op in log.ops] == \
         [("alloc", 0, 32), ("leak", 0, 8)] * n
     totals = [(op.before.free_pages(), op.after.free_pages()) for op in log.ops]
@@ -805,7 +807,7 @@ def test_load_allocate_unload_cycles_leave_no_pages_behind(prepared):
     assert totals[0][0] - totals[-1][1] == 24 * n
     # With /proc readings in between: the slope check would have failed ...
     control_mems = [parse_mem(text) for text in control[1:n + 1]]
-    allocs = kmodrec.parse_allocs(control[n + 1])
+    allocs = kmod.parse_allocs(control[n + 1])
     assert [(a.state, a.pages) for a in allocs] == [("leaked", 24)] * (2 * n)
     control_slope = slope([x.free for x in control_mems])
     print(f"control: exact snapshots {totals[0][0]} -> {totals[-1][1]} over {n} leaks; "
@@ -824,14 +826,14 @@ DUMP_SAMPLES = 10
 MOVED_BOUND = 31            # one per-CPU batch
 
 
-def moved_pages(dump: kmodrec.FreeListDump, pti: procfs.PageTypeInfo) -> tuple[int, int]:
+def moved_pages(dump: kmod.FreeListDump, pti: procfs.PageTypeInfo) -> tuple[int, int]:
     """Pages by which the dump and /proc/pagetypeinfo differ: sum over (zone, order) of
     |difference in blocks| x 2^order, and the same over (zone, migratetype, order)."""
     by_order = by_type = 0
     zones = {(n, z) for n, z, _ in pti.free} | set(dump.buddyinfo())
     counts = dump.counts()
     for nid, zone in zones:
-        rows = {mt: pti.free.get((nid, zone, mt), (0,) * 11) for mt in kmodrec.MIGRATETYPES}
+        rows = {mt: pti.free.get((nid, zone, mt), (0,) * 11) for mt in kmod.MIGRATETYPES}
         ours = dump.buddyinfo().get((nid, zone), [0] * 11)
         theirs = [sum(r[o] for r in rows.values()) for o in range(11)]
         by_order += sum(abs(a - b) << o for o, (a, b) in enumerate(zip(ours, theirs)))
@@ -861,7 +863,7 @@ def test_idle_dump_sums_to_proc_pagetypeinfo(prepared):
         g.run(f"insmod {g.module_path}").check()
         for _ in range(DUMP_SAMPLES):
             pti_t, dump_t = g.run(script).check().stdout.split("@@\n")
-            dump = kmodrec.parse_freelists(dump_t)
+            dump = kmod.parse_freelists(dump_t)
             pti = procfs.parse_pagetypeinfo(pti_t)
             assert not pti.saturated
             samples.append((moved_pages(dump, pti), dump.free_pages()))

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import kmodrec as k
-from harness.kmodrec import RecordError
+from buddylab.records import kmod as k
+from buddylab.records.kmod import RecordError
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "kmod" / "README.md"
@@ -362,7 +362,7 @@ def test_malformed_pageblocks_allocs_zones_are_rejected():
 def test_module_in_the_guest(prepared):
     """The scenario in a fresh guest: every record parses, malformed commands get
     EINVAL and leave no record, nothing warns, and unloading gives every page back."""
-    from harness.session import boot
+    from buddylab.guest.session import boot
 
     base = "/sys/kernel/debug/buddylab"
     with boot(prepared) as g:

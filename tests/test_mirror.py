@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import mirror
-from harness.errors import SetupError
+from buddylab.kernel import mirror
+from buddylab.errors import SetupError
 
 DEB822 = """\
 Types: deb

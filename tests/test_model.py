@@ -1,6 +1,6 @@
 """The count-level model against hand-worked cases of mm/page_alloc.c (5.10)."""
 
-from harness.model import (MAX_ORDER, MOVABLE, UNMOVABLE, PcpList, ZoneState, aligned_blocks,
+from buddylab.models.counts import (MAX_ORDER, MOVABLE, UNMOVABLE, PcpList, ZoneState, aligned_blocks,
                            get_order, predict_alloc, predict_textbook)
 
 

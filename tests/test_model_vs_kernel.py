@@ -2,8 +2,9 @@
 
 import pytest
 
-from harness import accuracy, tracerun
-from harness.session import boot
+from buddylab.experiments import accuracy
+from buddylab.experiments import trace_replay
+from buddylab.guest.session import boot
 
 pytestmark = pytest.mark.qemu
 
@@ -23,8 +24,8 @@ def test_generated_operations_are_predicted_page_for_page(prepared, cpus: int):
 
 def test_trace_replay_predicts_the_final_dump(prepared):
     with boot(prepared) as session:
-        cap = tracerun.capture(session)
-    result = tracerun.replay_capture(cap)
+        cap = trace_replay.capture(session)
+    result = trace_replay.replay_capture(cap)
     assert result.events_replayed > 1000
-    assert result.report.mismatch_count == 0, tracerun.format_result(result)
-    assert result.blocks_right == result.blocks_kernel, tracerun.format_result(result)
+    assert result.report.mismatch_count == 0, trace_replay.format_result(result)
+    assert result.blocks_right == result.blocks_kernel, trace_replay.format_result(result)

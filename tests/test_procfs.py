@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.procfs import (
+from buddylab.records.procfs import (
     BuddyInfoZone, PageSet, ProcParseError, check_consistency, free_pages,
     node_stats, pagetypeinfo_totals, parse_buddyinfo, parse_pagetypeinfo,
     parse_zoneinfo,

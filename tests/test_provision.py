@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import provision
-from harness.config import PinnedDeb, load_kernel_pins
-from harness.errors import SetupError
+from buddylab.kernel import provision
+from buddylab.kernel.recipe import PinnedDeb, load_kernel_pins
+from buddylab.errors import SetupError
 
 
 def test_pins_name_the_served_signed_image():

@@ -7,16 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from harness import exact, synthtrace
-from harness.replay import TraceReplayer
-from harness.trace import TraceParseError, parse_trace
+from buddylab.models import kernel_state
+from buddylab.models import synthetic_trace
+from buddylab.models.kmem_replay import KmemTraceReplayer
+from buddylab.records.kmemtrace import TraceParseError, parse_trace
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-def real_zones() -> dict[exact.ZoneKey, exact.Zone]:
+def real_zones() -> dict[kernel_state.ZoneKey, kernel_state.Zone]:
     """The model of a real 512 MiB guest's state, from the module's captured dumps."""
-    return exact.zones_from_dir(FIXTURES / "kmod" / "1cpu")
+    return kernel_state.zones_from_dir(FIXTURES / "kmod" / "1cpu")
 
 
 def test_parse_real_trace_counts_every_kmem_event():
@@ -42,12 +43,12 @@ def test_parse_rejects_a_malformed_line():
 def test_replay_of_a_synthetic_trace_ends_in_the_exact_state(seed: int):
     zones = real_zones()
     dma32 = zones[(0, "DMA32")]
-    events, twin = synthtrace.generate(dma32, 20_000, seed=seed)
+    events, twin = synthetic_trace.generate(dma32, 20_000, seed=seed)
     assert any(e.name == "mm_page_pcpu_drain" for e in events)
     assert any(e.name == "mm_page_alloc_zone_locked" and e["order"] == 0 for e in events)
     start = copy.deepcopy(dma32)
     start.record_events = False
-    report = TraceReplayer([start]).replay(events)
+    report = KmemTraceReplayer([start]).replay(events)
     assert report.mismatch_count == 0, report.mismatches[:5]
     assert start.free == twin.free
     for order, mt in start.lists:
@@ -60,27 +61,27 @@ def test_replay_of_a_synthetic_trace_ends_in_the_exact_state(seed: int):
 def test_replay_follows_the_kernel_and_reports_when_it_disagrees():
     zones = real_zones()
     dma32 = zones[(0, "DMA32")]
-    events, _ = synthtrace.generate(dma32, 2_000, seed=5)
+    events, _ = synthetic_trace.generate(dma32, 2_000, seed=5)
     first_take = next(i for i, e in enumerate(events)
                       if e.name == "mm_page_alloc_zone_locked" and e["order"] > 0)
     ev = events[first_take]
     # Claim the kernel took some other free block of the same order and type.
     other = next(pfn for pfn, (o, mt) in dma32.free.items()
                  if o == ev["order"] and pfn != ev["pfn"])
-    events[first_take] = synthtrace._event(ev.name, ev.cpu, ev.timestamp, pfn=other,
+    events[first_take] = synthetic_trace._event(ev.name, ev.cpu, ev.timestamp, pfn=other,
                                            order=ev["order"], migratetype=ev["migratetype"],
                                            percpu_refill=0)
     start = copy.deepcopy(dma32)
-    report = TraceReplayer([start]).replay(events[: first_take + 1])
+    report = KmemTraceReplayer([start]).replay(events[: first_take + 1])
     assert report.mismatch_count == 1 and f"kernel took pfn {other}" in report.mismatches[0]
     assert other not in start.free  # the model followed the kernel
 
 
 def test_real_capture_replays_to_the_identical_final_dump():
     """A real guest's workload (forks, tmpfs files) between two exact dumps, replayed offline."""
-    from harness import tracerun
-    cap = tracerun.load_capture(FIXTURES / "tracerun" / "small-1cpu")
-    result = tracerun.replay_capture(cap)
+    from buddylab.experiments import trace_replay
+    cap = trace_replay.load_capture(FIXTURES / "tracerun" / "small-1cpu")
+    result = trace_replay.replay_capture(cap)
     assert result.events_replayed > 1000
     assert result.report.mismatch_count == 0, result.report.mismatches[:5]
     assert result.list_differences == []
@@ -89,16 +90,16 @@ def test_real_capture_replays_to_the_identical_final_dump():
 
 def test_replay_without_the_trace_does_not_reach_the_final_dump():
     """The check can fail: the same start state without its events differs from the end."""
-    from harness import tracerun
-    cap = tracerun.load_capture(FIXTURES / "tracerun" / "small-1cpu")
-    zones = exact.zones_from_dump(cap.first, cap.pageblocks, cap.zones,
-                                  tracerun.limits_from_zoneinfo(cap.zoneinfo))
-    assert exact.compare_dump(zones, cap.last) != []
+    from buddylab.experiments import trace_replay
+    cap = trace_replay.load_capture(FIXTURES / "tracerun" / "small-1cpu")
+    zones = kernel_state.zones_from_dump(cap.first, cap.pageblocks, cap.zones,
+                                  trace_replay.limits_from_zoneinfo(cap.zoneinfo))
+    assert kernel_state.compare_dump(zones, cap.last) != []
 
 
 def test_a_capture_without_its_dump_events_is_refused():
-    from harness import tracerun
-    cap = tracerun.load_capture(FIXTURES / "tracerun" / "small-1cpu")
+    from buddylab.experiments import trace_replay
+    cap = trace_replay.load_capture(FIXTURES / "tracerun" / "small-1cpu")
     events = [e for e in cap.events if e.name != "buddylab_dump"]
     with pytest.raises(ValueError, match="buddylab_dump"):
-        tracerun.between_dumps(events, cap.first.gen, cap.last.gen)
+        trace_replay.between_dumps(events, cap.first.gen, cap.last.gen)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from harness import exact, kmodrec
-from harness.errors import GuestCommandError
-from harness.image import GUEST_MODULE_PATH as MODULE_PATH
-from harness.model import (MAX_ORDER, Prediction, ZoneState, predict_alloc,
+from buddylab.models import kernel_state, operations
+from buddylab.records import kmod
+from buddylab.errors import GuestCommandError
+from buddylab.guest.image import GUEST_MODULE_PATH as MODULE_PATH
+from buddylab.models.counts import (MAX_ORDER, Prediction, ZoneState, predict_alloc,
                            predict_textbook)
-from harness.session import Session
+from buddylab.guest.session import Session
 
 PAGE_SIZE = 4096
 REQUEST_BYTES = 132 * 1024
@@ -99,12 +100,12 @@ def _split_order(before: ZoneState, after: ZoneState, order: int) -> int | None:
     return lost[-1] if lost else None
 
 
-def evaluate(op: Operation, record: kmodrec.OpRecord, kept: int) -> OpResult:
+def evaluate(op: Operation, record: kmod.OpRecord, kept: int) -> OpResult:
     assert record.zone is not None and record.gfp is not None and record.order is not None
     assert record.pfn is not None
-    before = exact.counts_state(record.before, record.zone, record.cpu)
-    after = exact.counts_state(record.after, record.zone, record.cpu)
-    mt = exact.GFP_TYPES[record.gfp]
+    before = kernel_state.counts_state(record.before, record.zone, record.cpu)
+    after = kernel_state.counts_state(record.after, record.zone, record.cpu)
+    mt = kernel_state.GFP_TYPES[record.gfp]
     order = record.order
     asked = -(-REQUEST_BYTES // PAGE_SIZE)
     prediction: Prediction = predict_alloc(before, mt, order, exact_pages=kept if op.exact else None)
@@ -155,18 +156,18 @@ def run(session: Session) -> Report:
     if len(parts) != 6:
         raise GuestCommandError(f"unexpected output of the experiment:\n{out[-2000:]}")
     zones_t, pageblocks_t, dump_t, allocs_t, log_t, dmesg = parts
-    infos = kmodrec.parse_zones(zones_t)
-    pageblocks = kmodrec.parse_pageblocks(pageblocks_t)
-    dump = kmodrec.parse_freelists(dump_t)
-    allocs = kmodrec.parse_allocs(allocs_t)
-    log = kmodrec.parse_log(log_t)
+    infos = kmod.parse_zones(zones_t)
+    pageblocks = kmod.parse_pageblocks(pageblocks_t)
+    dump = kmod.parse_freelists(dump_t)
+    allocs = kmod.parse_allocs(allocs_t)
+    log = kmod.parse_log(log_t)
     report = Report()
     records = [r for r in log.ops if r.verb == "alloc"]
     kept = {a.id: a.pages for a in allocs}
     if records:
-        zones = exact.zones_from_dump(dump, pageblocks, infos,
-                                       exact.pcp_limits(records[0].before.pcp))
-        replayer = exact.Replayer(zones)
+        zones = kernel_state.zones_from_dump(dump, pageblocks, infos,
+                                       kernel_state.pcp_limits(records[0].before.pcp))
+        replayer = operations.OperationReplayer(zones)
     for op, record in zip(OPERATIONS, records):
         if record.ret == 0 and record.id in kept:
             result = evaluate(op, record, kept[record.id])
@@ -181,7 +182,7 @@ def run(session: Session) -> Report:
     return report
 
 
-def _page_verdict(outcome: exact.OpOutcome) -> str:
+def _page_verdict(outcome: operations.OpOutcome) -> str:
     if outcome.unknowable:
         return "unpredictable"
     if outcome.before:
@@ -189,7 +190,7 @@ def _page_verdict(outcome: exact.OpOutcome) -> str:
     return "match" if outcome.exact else "differs"
 
 
-def _checks(report: Report, allocs: list[kmodrec.AllocRecord], records: list) -> None:
+def _checks(report: Report, allocs: list[kmod.AllocRecord], records: list) -> None:
     c = report.checks
     c.append(("both allocations succeeded", len(records) == 2 and all(r.ret == 0 for r in records)
               and len(allocs) == 2))
@@ -197,7 +198,7 @@ def _checks(report: Report, allocs: list[kmodrec.AllocRecord], records: list) ->
         plain, exact = report.operations
         c.append(("alloc_pages took 64 pages for 33 asked (124 KiB wasted)",
                   plain.pages_taken == 64 and plain.pages_kept == 64 and plain.pages_asked == 33))
-        c.append(("alloc_pages_exact kept 33 pages", exact.pages_kept == 33))
+        c.append(("alloc_pages_exact kept 33 pages", kernel_state.pages_kept == 33))
         for r in report.operations:
             c.append((f"5.10 model predicted {r.label} page for page", r.page_model == "match"))
     c.append(("kernel log clean (no WARN, BUG, Oops, allocation failure)",

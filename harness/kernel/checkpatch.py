@@ -12,9 +12,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from harness.config import KMOD_DIR, KernelPins, cache_dir
-from harness.errors import SetupError
-from harness.provision import fetch_debs
+from buddylab.kernel.recipe import KernelPins
+from buddylab.paths import cache_dir, kmod_dir
+from buddylab.errors import SetupError
+from buddylab.kernel.provision import fetch_debs
 
 CHECKPATCH_FILES = ("scripts/checkpatch.pl", "scripts/spelling.txt",
                     "scripts/const_structs.checkpatch")
@@ -61,7 +62,7 @@ def _extract(deb: Path, dest: Path) -> None:
 def run_checkpatch(pins: KernelPins, sources: list[Path] | None = None) -> subprocess.CompletedProcess[str]:
     """checkpatch.pl --strict --no-tree on the module's C files and headers."""
     script = ensure_checkpatch(pins)
-    files = sources or sorted([*KMOD_DIR.glob("*.c"), *KMOD_DIR.glob("*.h")])
+    files = sources or sorted([*kmod_dir().glob("*.c"), *kmod_dir().glob("*.h")])
     return subprocess.run(["perl", str(script), "--strict", "--no-tree",
                            "--show-types", "-f", *map(str, files)],
                           capture_output=True, text=True)

@@ -1,6 +1,6 @@
 """The 5.10 page allocator, page for page: free lists, pageblocks, per-CPU lists.
 
-Where harness.model predicts counts, this model holds the physical state:
+Where buddylab.models.counts predicts counts, this model holds the physical state:
 every free block by PFN, on the list of its order and migratetype in the
 kernel's list order (head first), the migratetype of every pageblock, and
 each CPU's per-CPU lists.  It follows mm/page_alloc.c of Linux 5.10 (the

@@ -1,6 +1,6 @@
 """Synthetic kmem traces: what the kernel would trace for a random workload.
 
-A twin of a zone runs random allocations and frees through harness.buddy
+A twin of a zone runs random allocations and frees through buddylab.models.pagemodel
 and writes down the events the kernel's tracepoints would have emitted,
 in the kernel's order.  Replaying them on a copy of the starting zone must
 end in the twin's exact state: a self-check of the replayer, and the load
@@ -13,9 +13,9 @@ from __future__ import annotations
 import copy
 import random
 
-from harness import buddy
-from harness.buddy import MIGRATETYPES, PCP_TYPES, Zone
-from harness.trace import TraceEvent
+from buddylab.models import pagemodel
+from buddylab.models.pagemodel import MIGRATETYPES, PCP_TYPES, Zone
+from buddylab.records.kmemtrace import TraceEvent
 
 _MT = {name: i for i, name in enumerate(MIGRATETYPES)}
 
@@ -24,7 +24,7 @@ def _event(name: str, cpu: int, t: float, **fields: int) -> TraceEvent:
     return TraceEvent(cpu, t, "synth", 1, name, dict(fields))
 
 
-def _convert(ev: buddy.Event, cpu: int, t: float, alloc_order: int, alloc_mt: str,
+def _convert(ev: pagemodel.Event, cpu: int, t: float, alloc_order: int, alloc_mt: str,
              ) -> TraceEvent:
     if ev.kind == "zone_locked":
         return _event("mm_page_alloc_zone_locked", cpu, t, pfn=ev.pfn, order=ev.order,
@@ -68,7 +68,7 @@ def generate(zone: Zone, events: int, seed: int = 1, cpu: int = 0,
             out += [_convert(e, cpu, t, 0, "") for e in twin.events]
             twin.events.clear()
             continue
-        order = min(int(rng.expovariate(0.7)), buddy.MAX_ORDER - 1)
+        order = min(int(rng.expovariate(0.7)), pagemodel.MAX_ORDER - 1)
         mt = rng.choice(PCP_TYPES)
         got = twin.alloc(order, mt, cpu)
         out += [_convert(e, cpu, t, order, mt) for e in twin.events]

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # The constants and get_order() are the page-for-page model's: one source.
-from harness.buddy import (FALLBACKS, MAX_ORDER, MOVABLE, PAGEBLOCK_ORDER, PCP_TYPES,
+from buddylab.models.pagemodel import (FALLBACKS, MAX_ORDER, MOVABLE, PAGEBLOCK_ORDER, PCP_TYPES,
                            RECLAIMABLE, UNMOVABLE, get_order)
 
 __all__ = ["FALLBACKS", "MAX_ORDER", "MOVABLE", "PAGEBLOCK_ORDER", "PCP_TYPES", "RECLAIMABLE",

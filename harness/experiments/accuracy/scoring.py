@@ -10,10 +10,10 @@ two operations (its tracking entries come from a pool made at load), so a
 difference found before an operation is an event the model could not see.
 Three models predict each operation:
 
-* the 5.10 model, page for page (harness.buddy via harness.exact), chained
+* the 5.10 model, page for page (buddylab.models.pagemodel via buddylab.models.kernel_state), chained
   from the chunk's dump: exact means the after-counts of every list, the
   per-CPU lists and the allocated PFN all match;
-* the 5.10 model on counts only (harness.model), from the kernel's own
+* the 5.10 model on counts only (buddylab.models.counts), from the kernel's own
   before-counts: allocations only, it cannot place a free;
 * the textbook model: one list per order, no per-CPU lists, frees merge at
   once: exact means /proc/buddyinfo's per-order totals match.
@@ -25,11 +25,13 @@ import copy
 import random
 from dataclasses import dataclass, field
 
-from harness import buddy, exact, kmodrec
-from harness.replay import TraceReplayer
-from harness.trace import KMEM_EVENTS, TraceEvent, parse_trace
-from harness.model import MAX_ORDER, ZoneState, predict_alloc, predict_textbook
-from harness.session import Session
+from buddylab.models import pagemodel
+from buddylab.models import kernel_state, operations
+from buddylab.records import kmod
+from buddylab.models.kmem_replay import KmemTraceReplayer
+from buddylab.records.kmemtrace import KMEM_EVENTS, TraceEvent, parse_trace
+from buddylab.models.counts import MAX_ORDER, ZoneState, predict_alloc, predict_textbook
+from buddylab.guest.session import Session
 
 DEBUGFS = "/sys/kernel/debug/buddylab"
 TRACING = "/sys/kernel/debug/tracing"
@@ -98,11 +100,11 @@ def command_args(command: str) -> dict[str, str]:
 
 @dataclass
 class Chunk:
-    zones: list[kmodrec.ZoneInfo]
-    pageblocks: list[kmodrec.Pageblock]
-    dump: kmodrec.FreeListDump
-    log: kmodrec.OpLog
-    allocs: list[kmodrec.AllocRecord]
+    zones: list[kmod.ZoneInfo]
+    pageblocks: list[kmod.Pageblock]
+    dump: kmod.FreeListDump
+    log: kmod.OpLog
+    allocs: list[kmod.AllocRecord]
     commands: list[str]
     events: list[TraceEvent] | None = None
 
@@ -136,9 +138,9 @@ def run_chunk(session: Session, commands: list[str], traced: bool = False) -> Ch
     parts = out.split("@@\n")
     if len(parts) != (6 if traced else 5):
         raise ValueError(f"unexpected chunk output:\n{out[-2000:]}")
-    return Chunk(kmodrec.parse_zones(parts[0]), kmodrec.parse_pageblocks(parts[1]),
-                 kmodrec.parse_freelists(parts[2]), kmodrec.parse_log(parts[3]),
-                 kmodrec.parse_allocs(parts[4]), commands,
+    return Chunk(kmod.parse_zones(parts[0]), kmod.parse_pageblocks(parts[1]),
+                 kmod.parse_freelists(parts[2]), kmod.parse_log(parts[3]),
+                 kmod.parse_allocs(parts[4]), commands,
                  parse_trace(parts[5]) if traced else None)
 
 
@@ -175,7 +177,7 @@ def op_windows(events: list[TraceEvent], dump_gen: int) -> dict[int, OpWindow]:
     return windows
 
 
-def _not_the_op(events: list[TraceEvent], op: kmodrec.OpRecord) -> list[TraceEvent]:
+def _not_the_op(events: list[TraceEvent], op: kmod.OpRecord) -> list[TraceEvent]:
     """Events in an operation's window that its own kworker did not cause."""
     return [e for e in events
             if e.cpu != op.cpu or e.in_interrupt or not e.task.startswith("kworker")]
@@ -212,7 +214,7 @@ class Accuracy:
     reordered: int = 0
 
 
-def _zone_totals(snap: kmodrec.Snapshot) -> dict[str, list[int]]:
+def _zone_totals(snap: kmod.Snapshot) -> dict[str, list[int]]:
     totals: dict[str, list[int]] = {}
     for z in snap.zones:
         t = totals.setdefault(z.zone, [0] * MAX_ORDER)
@@ -221,15 +223,15 @@ def _zone_totals(snap: kmodrec.Snapshot) -> dict[str, list[int]]:
     return totals
 
 
-def _counts_exact(op: kmodrec.OpRecord) -> bool:
+def _counts_exact(op: kmod.OpRecord) -> bool:
     """The count-level 5.10 model from the kernel's before-counts."""
     if op.verb != "alloc" or op.ret != 0 or op.n != 1 or op.zone is None or op.order is None:
         return False
     assert op.gfp is not None and op.api is not None
-    before = exact.counts_state(op.before, op.zone, op.cpu)
-    after = exact.counts_state(op.after, op.zone, op.cpu)
+    before = kernel_state.counts_state(op.before, op.zone, op.cpu)
+    after = kernel_state.counts_state(op.after, op.zone, op.cpu)
     kept = op.pages if op.api == "alloc_pages_exact" else None
-    p = predict_alloc(before, exact.GFP_TYPES[op.gfp], op.order, exact_pages=kept)
+    p = predict_alloc(before, kernel_state.GFP_TYPES[op.gfp], op.order, exact_pages=kept)
     if p.state is None:
         return False
     same_lists = all(p.state.free.get(mt, [0] * MAX_ORDER) == after.free.get(mt, [0] * MAX_ORDER)
@@ -241,12 +243,12 @@ def _counts_exact(op: kmodrec.OpRecord) -> bool:
 FreeSnapshot = dict[str, tuple[int, int, dict[int, int]]]  # zone -> (start, end, pfn -> order)
 
 
-def _free_snapshot(zones: dict[exact.ZoneKey, buddy.Zone]) -> FreeSnapshot:
+def _free_snapshot(zones: dict[kernel_state.ZoneKey, pagemodel.Zone]) -> FreeSnapshot:
     return {z.name: (z.start_pfn, z.end_pfn, {pfn: o for pfn, (o, _) in z.free.items()})
             for z in zones.values()}
 
 
-def _textbook_exact(op: kmodrec.OpRecord, free_before: FreeSnapshot,
+def _textbook_exact(op: kmod.OpRecord, free_before: FreeSnapshot,
                     freed: list[tuple[int, int]]) -> bool:
     """The textbook's per-order totals after the op, against the kernel's."""
     before, after = _zone_totals(op.before), _zone_totals(op.after)
@@ -279,9 +281,9 @@ def evaluate(chunk: Chunk, result: Accuracy) -> None:
     if len(ops) != len(chunk.commands):
         raise ValueError(f"{len(chunk.commands)} commands but {len(ops)} op records "
                          f"(log dropped {chunk.log.dropped})")
-    zones = exact.zones_from_dump(chunk.dump, chunk.pageblocks, chunk.zones,
-                                   exact.pcp_limits(ops[0].before.pcp))
-    replayer = exact.Replayer(zones)
+    zones = kernel_state.zones_from_dump(chunk.dump, chunk.pageblocks, chunk.zones,
+                                   kernel_state.pcp_limits(ops[0].before.pcp))
+    replayer = operations.OperationReplayer(zones)
     replayer.adopt(chunk.allocs)
     windows = op_windows(chunk.events, chunk.dump.gen) if chunk.events is not None else {}
     for op, command in zip(ops, chunk.commands):
@@ -306,9 +308,9 @@ def evaluate(chunk: Chunk, result: Accuracy) -> None:
                 _divergence(op, command, outcome, window.before + concurrent, concurrent))
 
 
-def _replay_traced(replayer: exact.Replayer, op: kmodrec.OpRecord, command: str,
+def _replay_traced(replayer: operations.OperationReplayer, op: kmod.OpRecord, command: str,
                    before: list[TraceEvent], concurrent: list[TraceEvent],
-                   ) -> tuple[exact.Replayer, exact.OpOutcome, bool]:
+                   ) -> tuple[operations.OperationReplayer, operations.OpOutcome, bool]:
     """Apply what else the kernel did (from the trace), then the operation.
 
     Events of other CPUs or interrupts *during* the operation may have come
@@ -318,17 +320,17 @@ def _replay_traced(replayer: exact.Replayer, op: kmodrec.OpRecord, command: str,
     """
     args = command_args(command)
     saved = copy.deepcopy(replayer) if concurrent else None
-    TraceReplayer(list(replayer.zones.values())).replay(before + concurrent)
+    KmemTraceReplayer(list(replayer.zones.values())).replay(before + concurrent)
     outcome = replayer.replay(op, args)
     if saved is None or (outcome.exact and not outcome.before):
         return replayer, outcome, False
-    tracer = TraceReplayer(list(saved.zones.values()))
+    tracer = KmemTraceReplayer(list(saved.zones.values()))
     tracer.replay(before)
-    diffs_before = exact.compare_snapshot(saved.zones, op.before)
+    diffs_before = kernel_state.compare_snapshot(saved.zones, op.before)
     pfn, why = saved.apply(op, args)
     tracer.replay(concurrent)
-    diffs_after = exact.compare_snapshot(saved.zones, op.after)
-    later = exact.OpOutcome(op.seq, op.verb, diffs_before, diffs_after,
+    diffs_after = kernel_state.compare_snapshot(saved.zones, op.after)
+    later = operations.OpOutcome(op.seq, op.verb, diffs_before, diffs_after,
                             pfn if op.verb == "alloc" else None,
                             op.pfn if op.verb == "alloc" else None, why)
     if later.exact and not later.before:
@@ -336,7 +338,7 @@ def _replay_traced(replayer: exact.Replayer, op: kmodrec.OpRecord, command: str,
     return replayer, outcome, False
 
 
-def _blocks_freed(replayer: exact.Replayer, op: kmodrec.OpRecord,
+def _blocks_freed(replayer: operations.OperationReplayer, op: kmod.OpRecord,
                   args: dict[str, str]) -> list[tuple[int, int]]:
     """(pfn, order) of the frees a free command makes, in the order it makes them."""
     ids: list[int] = []
@@ -358,7 +360,7 @@ def _blocks_freed(replayer: exact.Replayer, op: kmodrec.OpRecord,
     return blocks
 
 
-def _divergence(op: kmodrec.OpRecord, command: str, outcome: exact.OpOutcome,
+def _divergence(op: kmod.OpRecord, command: str, outcome: operations.OpOutcome,
                 seen: list[TraceEvent], concurrent: list[TraceEvent]) -> Divergence:
     what: list[str] = []
     if seen and not outcome.unknowable:

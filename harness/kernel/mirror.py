@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.errors import SetupError
+from buddylab.errors import SetupError
 
 APT_SOURCES = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"))
 DEBIAN_CODENAMES = frozenset(

@@ -23,7 +23,7 @@ from typing import Callable
 
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from harness.errors import GuestCrashed, GuestTimeout, SetupError
+from buddylab.errors import GuestCrashed, GuestTimeout, SetupError
 
 QEMU = "qemu-system-x86_64"
 READY_MARKER = "BUDDYLAB-SSHD-READY"
@@ -244,7 +244,7 @@ class Qemu:
 
 
 def _kvm_probe_cache() -> Path:
-    from harness.config import cache_dir
+    from buddylab.paths import cache_dir
     return cache_dir() / "kvm-probe.json"
 
 

@@ -1,27 +1,14 @@
-"""Where things live: the cache directory and the kernel pins of images/."""
+"""Kernel recipes: which Debian packages (pinned by SHA256) make a kernel to boot and build for."""
 
 from __future__ import annotations
 
-import os
 import tomllib
 from dataclasses import dataclass
-from pathlib import Path
 
-from harness.errors import SetupError
+from buddylab.errors import SetupError
+from buddylab.paths import images_dir
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-IMAGES_DIR = REPO_ROOT / "images"
-KMOD_DIR = REPO_ROOT / "kmod"
 DEFAULT_KERNEL = "debian-5.10-cloud"
-
-
-def cache_dir() -> Path:
-    """The cache for downloads and builds: $BUDDYLAB_CACHE, else XDG."""
-    explicit = os.environ.get("BUDDYLAB_CACHE")
-    if explicit:
-        return Path(explicit)
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "buddylab"
 
 
 @dataclass(frozen=True)
@@ -61,9 +48,9 @@ def _deb(entry: dict[str, str]) -> PinnedDeb:
 
 
 def load_kernel_pins(name: str = DEFAULT_KERNEL) -> KernelPins:
-    path = IMAGES_DIR / f"{name}.toml"
+    path = images_dir() / f"{name}.toml"
     if not path.is_file():
-        known = sorted(p.stem for p in IMAGES_DIR.glob("*.toml"))
+        known = sorted(p.stem for p in images_dir().glob("*.toml"))
         raise SetupError(f"no kernel recipe {name!r} in images/ (known: {', '.join(known)})")
     with path.open("rb") as f:
         data = tomllib.load(f)

@@ -1,6 +1,6 @@
 """Build the guest's initramfs: busybox, dropbear, virtio-net, the module, /init.
 
-Written by harness.cpio without root.  The image is cached under a key
+Written by buddylab.guest.cpio without root.  The image is cached under a key
 made of everything that goes into it, so an unchanged warm run reuses it.
 """
 
@@ -13,17 +13,16 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.config import IMAGES_DIR, cache_dir
-from harness.cpio import CpioWriter
-from harness.errors import SetupError
-from harness.provision import Kernel
+from buddylab.paths import cache_dir, images_dir
+from buddylab.guest.cpio import CpioWriter
+from buddylab.errors import SetupError
+from buddylab.kernel.provision import Kernel
 
 NET_MODULES = ("virtio", "virtio_ring", "virtio_pci", "failover", "net_failover", "virtio_net")
 BUSYBOX = Path("/bin/busybox")
 DROPBEAR = Path("/usr/sbin/dropbear")
 DROPBEARKEY = Path("/usr/bin/dropbearkey")
 GUEST_MODULE_PATH = "/buddylab.ko"
-
 
 @dataclass(frozen=True)
 class HostKey:
@@ -33,17 +32,14 @@ class HostKey:
     key_type: str
     public_b64: str
 
-
 @dataclass(frozen=True)
 class GuestImage:
     initramfs: Path
     host_key: HostKey
 
-
 def _require(path: Path, package: str) -> None:
     if not path.exists():
         raise SetupError(f"{path} missing: install the Debian package {package} (make host-deps)")
-
 
 def ensure_host_key(directory: Path) -> HostKey:
     """An ed25519 dropbear host key, made once and kept in the cache."""
@@ -64,7 +60,6 @@ def ensure_host_key(directory: Path) -> HostKey:
             return HostKey(private, words[0], words[1])
     raise SetupError(f"dropbearkey -y printed no public key for {private}")
 
-
 def shared_libraries(binary: Path) -> list[Path]:
     """The libraries `ldd` resolves for `binary`, loader included."""
     out = subprocess.run(["ldd", str(binary)], check=True, capture_output=True, text=True).stdout
@@ -77,22 +72,17 @@ def shared_libraries(binary: Path) -> list[Path]:
         raise SetupError(f"ldd found no libraries for {binary}")
     return libs
 
-
 def busybox_applets() -> list[str]:
     out = subprocess.run([str(BUSYBOX), "--list-full"], check=True,
                          capture_output=True, text=True).stdout
     return [a for a in out.split() if a]
-
-
-GUEST_TOOLS = IMAGES_DIR / "guest-tools"
-
 
 def build_guest_tools() -> list[Path]:
     """Static helper programs for the guest (busybox has no byte-exact writer)."""
     out_dir = cache_dir() / "guest-tools"
     out_dir.mkdir(parents=True, exist_ok=True)
     built = []
-    for src in sorted(GUEST_TOOLS.glob("*.c")):
+    for src in sorted((images_dir() / "guest-tools").glob("*.c")):
         exe = out_dir / src.stem
         if not exe.is_file() or exe.stat().st_mtime < src.stat().st_mtime:
             tmp = exe.with_suffix(".tmp")
@@ -105,13 +95,11 @@ def build_guest_tools() -> list[Path]:
         built.append(exe)
     return built
 
-
 def _image_inputs(kernel: Kernel, module: Path, host_key: HostKey,
                   tools: list[Path]) -> list[Path]:
     mods = [kernel.modules_dir / p for p in _net_module_paths(kernel)]
     return [BUSYBOX, DROPBEAR, *shared_libraries(DROPBEAR), *mods, module, *tools,
-            IMAGES_DIR / "init.sh", host_key.private, Path(__file__)]
-
+            images_dir() / "init.sh", host_key.private, Path(__file__)]
 
 def _net_module_paths(kernel: Kernel) -> list[Path]:
     paths = []
@@ -122,14 +110,12 @@ def _net_module_paths(kernel: Kernel) -> list[Path]:
         paths.append(found[0].relative_to(kernel.modules_dir))
     return paths
 
-
 def _cache_key(inputs: list[Path]) -> str:
     h = hashlib.sha256()
     for p in inputs:
         h.update(str(p).encode() + b"\0")
         h.update(hashlib.sha256(p.read_bytes()).digest())
     return h.hexdigest()[:16]
-
 
 def build_image(kernel: Kernel, module: Path) -> GuestImage:
     """The initramfs for `kernel` with `module` at /buddylab.ko (cached)."""
@@ -152,14 +138,12 @@ def build_image(kernel: Kernel, module: Path) -> GuestImage:
         _prune(images, keep=target)
     return GuestImage(target, host_key)
 
-
 def _prune(images: Path, keep: Path) -> None:
     """Keep the newest few images; each is a few MiB."""
     old = sorted((p for p in images.glob("initramfs-*.cpio") if p != keep),
                  key=lambda p: p.stat().st_mtime, reverse=True)
     for p in old[3:]:
         p.unlink(missing_ok=True)
-
 
 def _write_image(w: CpioWriter, kernel: Kernel, module: Path, host_key: HostKey,
                  tools: list[Path]) -> None:
@@ -187,5 +171,5 @@ def _write_image(w: CpioWriter, kernel: Kernel, module: Path, host_key: HostKey,
     w.file(GUEST_MODULE_PATH, module.read_bytes())
     for tool in tools:
         w.file(f"usr/bin/{tool.name}", tool.read_bytes(), 0o755)
-    w.file("init", (IMAGES_DIR / "init.sh").read_bytes(), 0o755)
+    w.file("init", (images_dir() / "init.sh").read_bytes(), 0o755)
     w.close()

@@ -14,9 +14,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.config import KernelPins, PinnedDeb, cache_dir
-from harness.errors import SetupError
-from harness.mirror import debian_mirrors
+from buddylab.kernel.recipe import KernelPins, PinnedDeb
+from buddylab.paths import cache_dir
+from buddylab.errors import SetupError
+from buddylab.kernel.mirror import debian_mirrors
 
 DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 

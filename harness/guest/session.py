@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from harness import elfcheck
-from harness.config import KernelPins, load_kernel_pins
-from harness.errors import BuddylabError, GuestTimeout
-from harness.image import GUEST_MODULE_PATH, GuestImage, HostKey, build_image
-from harness.kbuild import build_module
-from harness.provision import Kernel, provision_kernel
-from harness.qemu import Qemu, QemuConfig, free_port, probe_kvm
-from harness.ssh import ClientKey, CommandResult, GuestShell, make_client_key
+from buddylab.kernel import elfcheck
+from buddylab.kernel.recipe import KernelPins, load_kernel_pins
+from buddylab.errors import BuddylabError, GuestTimeout
+from buddylab.guest.image import GUEST_MODULE_PATH, GuestImage, HostKey, build_image
+from buddylab.kernel.kbuild import build_module
+from buddylab.kernel.provision import Kernel, provision_kernel
+from buddylab.guest.qemu import Qemu, QemuConfig, free_port, probe_kvm
+from buddylab.guest.ssh import ClientKey, CommandResult, GuestShell, make_client_key
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pathlib import Path
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
-from harness.errors import SetupError
+from buddylab.errors import SetupError
 
 # kernel/module.c: license_is_gpl_compatible()
 GPL_COMPATIBLE = frozenset(

@@ -6,9 +6,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from harness.config import KMOD_DIR, cache_dir
-from harness.errors import SetupError
-from harness.provision import Kernel
+from buddylab.paths import cache_dir, kmod_dir
+from buddylab.errors import SetupError
+from buddylab.kernel.provision import Kernel
 
 MODULE_NAME = "buddylab"
 
@@ -24,13 +24,14 @@ def _inputs_newer(src_dir: Path, ko: Path) -> bool:
     return any(s.stat().st_mtime > built for s in _sources(src_dir))
 
 
-def build_module(kernel: Kernel, src_dir: Path = KMOD_DIR, force: bool = False) -> Path:
+def build_module(kernel: Kernel, src_dir: Path | None = None, force: bool = False) -> Path:
     """Build `buddylab.ko` out of tree; returns its path (cached while sources are unchanged).
 
     The sources are copied to a build directory in the cache so that the
     checkout holds no build artefacts and concurrent builds for different
     kernels do not collide.
     """
+    src_dir = src_dir or kmod_dir()
     if shutil.which("make") is None or shutil.which("gcc") is None:
         raise SetupError("make and gcc are needed to build the module")
     build_dir = cache_dir() / "build" / kernel.release

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import paramiko
 
-from harness.errors import GuestCommandError, GuestTimeout, SetupError
-from harness.image import HostKey
+from buddylab.errors import GuestCommandError, GuestTimeout, SetupError
+from buddylab.guest.image import HostKey
 
 
 @dataclass(frozen=True)

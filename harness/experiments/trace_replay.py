@@ -13,12 +13,14 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import exact, kmodrec, procfs
-from harness.errors import GuestCommandError, SetupError
-from harness.results import write_text
-from harness.replay import ReplayReport, TraceReplayer, block_share
-from harness.session import Session
-from harness.trace import KMEM_EVENTS, TraceEvent, parse_trace
+from buddylab.models import kernel_state
+from buddylab.records import kmod
+from buddylab.records import procfs
+from buddylab.errors import GuestCommandError, SetupError
+from buddylab.results import write_text
+from buddylab.models.kmem_replay import ReplayReport, KmemTraceReplayer, block_share
+from buddylab.guest.session import Session
+from buddylab.records.kmemtrace import KMEM_EVENTS, TraceEvent, parse_trace
 
 DEBUGFS = "/sys/kernel/debug/buddylab"
 TRACING = "/sys/kernel/debug/tracing"
@@ -39,10 +41,10 @@ CAPTURE_FILES = ("zones.txt", "pageblocks.txt", "freelists-first.txt", "freelist
 
 @dataclass
 class TraceCapture:
-    zones: list[kmodrec.ZoneInfo]
-    pageblocks: list[kmodrec.Pageblock]
-    first: kmodrec.FreeListDump
-    last: kmodrec.FreeListDump
+    zones: list[kmod.ZoneInfo]
+    pageblocks: list[kmod.Pageblock]
+    first: kmod.FreeListDump
+    last: kmod.FreeListDump
     zoneinfo: list[procfs.ZoneInfo]
     events: list[TraceEvent]
     texts: tuple[str, ...] = ()   # what the guest printed, one text per CAPTURE_FILES entry
@@ -51,8 +53,8 @@ class TraceCapture:
 def parse_capture(texts: list[str]) -> TraceCapture:
     if len(texts) != len(CAPTURE_FILES):
         raise ValueError(f"a capture has {len(CAPTURE_FILES)} parts, got {len(texts)}")
-    return TraceCapture(kmodrec.parse_zones(texts[0]), kmodrec.parse_pageblocks(texts[1]),
-                        kmodrec.parse_freelists(texts[2]), kmodrec.parse_freelists(texts[3]),
+    return TraceCapture(kmod.parse_zones(texts[0]), kmod.parse_pageblocks(texts[1]),
+                        kmod.parse_freelists(texts[2]), kmod.parse_freelists(texts[3]),
                         procfs.parse_zoneinfo(texts[4]), parse_trace(texts[5]), tuple(texts))
 
 
@@ -124,21 +126,21 @@ def between_dumps(events: list[TraceEvent], first_gen: int, last_gen: int) -> li
             if e.name.startswith("mm_page")]
 
 
-def limits_from_zoneinfo(zoneinfo: list[procfs.ZoneInfo]) -> exact.PcpLimits:
+def limits_from_zoneinfo(zoneinfo: list[procfs.ZoneInfo]) -> kernel_state.PcpLimits:
     return {(z.node, z.zone, p.cpu): (p.high, p.batch) for z in zoneinfo for p in z.pagesets}
 
 
 def replay_capture(cap: TraceCapture) -> TraceResult:
-    zones = exact.zones_from_dump(cap.first, cap.pageblocks, cap.zones,
+    zones = kernel_state.zones_from_dump(cap.first, cap.pageblocks, cap.zones,
                                   limits_from_zoneinfo(cap.zoneinfo))
     for z in zones.values():
         z.record_events = False
     events = between_dumps(cap.events, cap.first.gen, cap.last.gen)
-    report = TraceReplayer(list(zones.values())).replay(events)
+    report = KmemTraceReplayer(list(zones.values())).replay(events)
     kernel = {(b.zone, b.order, b.mt, b.pfn) for b in cap.last.blocks}
     right, total = block_share(list(zones.values()), kernel)
     return TraceResult(len(events), report, right, total,
-                       exact.compare_dump(zones, cap.last, limit=20))
+                       kernel_state.compare_dump(zones, cap.last, limit=20))
 
 
 def result_json(result: TraceResult) -> dict[str, object]:

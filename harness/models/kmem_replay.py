@@ -26,9 +26,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from harness import buddy
-from harness.buddy import MIGRATETYPES, MOVABLE, PCP_TYPES, Zone
-from harness.trace import TraceEvent
+from buddylab.models import pagemodel
+from buddylab.models.pagemodel import MIGRATETYPES, MOVABLE, PCP_TYPES, Zone
+from buddylab.records.kmemtrace import TraceEvent
 
 
 @dataclass
@@ -49,7 +49,7 @@ def _migratetype(number: int) -> str:
     return MIGRATETYPES[number] if 0 <= number < len(MIGRATETYPES) else f"type{number}"
 
 
-class TraceReplayer:
+class KmemTraceReplayer:
     """Applies trace events to model zones (keyed by any hashable, found by pfn)."""
 
     def __init__(self, zones: list[Zone]) -> None:
@@ -84,7 +84,7 @@ class TraceReplayer:
                 self.report.skipped.append(f"{ev.name} pfn {ev.fields.get('pfn')}: in no zone")
                 continue
             if ev.cpu not in zone.pcp and ev.name != "mm_page_alloc_extfrag":
-                zone.pcp[ev.cpu] = buddy.Pcp(0, 1)
+                zone.pcp[ev.cpu] = pagemodel.Pcp(0, 1)
             handler = getattr(self, "_" + ev.name)
             if ev.name == "mm_page_free" and index in batched:
                 continue  # filed at its mm_page_free_batched
@@ -136,13 +136,13 @@ class TraceReplayer:
         pfn, order = ev["pfn"], ev["order"]
         try:
             zone.free_block(pfn, order, ev.cpu)
-        except buddy.ModelError as e:
+        except pagemodel.ModelError as e:
             self.report.mismatch(f"{ev.timestamp:.6f} {e}")
 
     def _mm_page_free_batched(self, zone: Zone, ev: TraceEvent) -> None:
         try:
             zone.free_unref_page(ev["pfn"], ev.cpu)
-        except buddy.ModelError as e:
+        except pagemodel.ModelError as e:
             self.report.mismatch(f"{ev.timestamp:.6f} {e}")
 
     def _mm_page_pcpu_drain(self, zone: Zone, ev: TraceEvent) -> None:
@@ -152,7 +152,7 @@ class TraceReplayer:
                                  f"a per-CPU list of the model")
         try:
             zone.free_one(pfn, 0, mt)
-        except buddy.ModelError as e:
+        except pagemodel.ModelError as e:
             self.report.mismatch(f"{ev.timestamp:.6f} {e}")
 
 
@@ -178,4 +178,4 @@ def block_share(model: list[Zone], kernel_blocks: set[tuple[str, int, str, int]]
     return len(have & kernel_blocks), len(kernel_blocks)
 
 
-__all__ = ["TraceReplayer", "ReplayReport", "block_share", "MOVABLE", "PCP_TYPES"]
+__all__ = ["KmemTraceReplayer", "ReplayReport", "block_share", "MOVABLE", "PCP_TYPES"]
