@@ -10,6 +10,7 @@ EXIT_USAGE = 2
 EXIT_SETUP = 3
 EXIT_GUEST_TIMEOUT = 4
 EXIT_GUEST_CRASHED = 5
+EXIT_BAD_RECORDS = 6
 
 
 class BuddylabError(Exception):
@@ -50,3 +51,13 @@ class GuestCommandError(BuddylabError):
     """A command in the guest failed where it had to succeed."""
 
     exit_code = EXIT_SETUP
+
+
+class RecordError(BuddylabError, ValueError):
+    """Output that does not parse: the module's records, /proc files, a trace, a capture.
+
+    Its own exit code, as kunit_tool tells "could not parse the results"
+    apart from "a test failed".
+    """
+
+    exit_code = EXIT_BAD_RECORDS

@@ -4,9 +4,24 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from buddylab.paths import results_root
+
+
+@dataclass(frozen=True)
+class RunMetadata:
+    """What every result says about the run that made it."""
+
+    command: str
+    kernel: str            # the running kernel's release, or the recipe when no guest ran
+    accel: str             # kvm, tcg, or "none" (replayed offline)
+    memory_mib: int
+    cpus: int
+
+    def as_json(self) -> dict[str, object]:
+        return asdict(self)
 
 
 def new_run_dir(kind: str) -> Path:

@@ -24,6 +24,8 @@ from statistics import median
 
 import pytest
 
+from buddylab import protocol
+from buddylab.protocol import ORDER0_APIS
 from buddylab.models import kernel_state, operations
 from buddylab.records import kmod
 from buddylab.records import procfs
@@ -33,11 +35,10 @@ pytestmark = pytest.mark.qemu
 
 ROOT = Path(__file__).resolve().parent.parent
 BL_WRITE_SRC = ROOT / "images" / "guest-tools" / "bl-write.c"
-D = "/sys/kernel/debug/buddylab"
+D = protocol.DEBUGFS
 APIS = kmod.APIS
 GFPS = kmod.GFPS
 ORDER_APIS = ("alloc_pages", "__get_free_pages")
-ORDER0_APIS = ("alloc_page", "__get_free_page", "get_zeroed_page")
 GFP_MT = {"GFP_KERNEL": "Unmovable", "GFP_ATOMIC": "Unmovable", "GFP_HIGHUSER_MOVABLE": "Movable"}
 # Case-sensitive, as the kernel prints them ("oops=panic" on the command line is lower case).
 KERNEL_LOG_PROBLEMS = ("BUG", "WARN", "Oops", "page allocation failure", "Call Trace",

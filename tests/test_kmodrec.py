@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from buddylab import protocol
 from buddylab.records import kmod as k
 from buddylab.records.kmod import RecordError
 
@@ -364,7 +365,7 @@ def test_module_in_the_guest(prepared):
     EINVAL and leave no record, nothing warns, and unloading gives every page back."""
     from buddylab.guest.session import boot
 
-    base = "/sys/kernel/debug/buddylab"
+    base = protocol.DEBUGFS
     with boot(prepared) as g:
         g.run(f"insmod {g.module_path}").check()
         before = k.parse_freelists(g.run(f"cat {base}/freelists").stdout).free_pages()

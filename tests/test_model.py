@@ -1,7 +1,8 @@
 """The count-level model against hand-worked cases of mm/page_alloc.c (5.10)."""
 
-from buddylab.models.counts import (MAX_ORDER, MOVABLE, UNMOVABLE, PcpList, ZoneState, aligned_blocks,
-                           get_order, predict_alloc, predict_textbook)
+from buddylab.allocator import MAX_ORDER, MOVABLE, UNMOVABLE, get_order
+from buddylab.models.counts import PcpList, ZoneState, predict_alloc
+from buddylab.models.textbook import aligned_blocks, predict_textbook
 
 
 def counts(**orders: int) -> list[int]:

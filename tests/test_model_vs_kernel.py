@@ -13,7 +13,8 @@ pytestmark = pytest.mark.qemu
 def test_generated_operations_are_predicted_page_for_page(prepared, cpus: int):
     """With the trace, anything else the kernel did is applied: every divergence must name it."""
     with boot(prepared, cpus=cpus) as session:
-        result = accuracy.measure(session, seed=7, count=600, chunk_size=300, traced=True)
+        result = accuracy.measure(session, accuracy.AccuracyRequest(seed=7, ops=600, chunk=300,
+                                                                     traced=True))
     assert result.page.ops == 600
     unexplained = [d for d in result.divergences if not d.cause.startswith("the trace shows")]
     assert not unexplained, accuracy.format_table(result, 7)

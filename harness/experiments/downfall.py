@@ -11,17 +11,16 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from buddylab.allocator import GFP_TYPES
 from buddylab.models import kernel_state, operations
 from buddylab.records import kmod
-from buddylab.errors import GuestCommandError
-from buddylab.guest.image import GUEST_MODULE_PATH as MODULE_PATH
-from buddylab.models.counts import (MAX_ORDER, Prediction, ZoneState, predict_alloc,
-                           predict_textbook)
+from buddylab import protocol
+from buddylab.models.counts import MAX_ORDER, Prediction, ZoneState, predict_alloc
+from buddylab.models.textbook import predict_textbook
 from buddylab.guest.session import Session
 
 PAGE_SIZE = 4096
 REQUEST_BYTES = 132 * 1024
-DEBUGFS = "/sys/kernel/debug/buddylab"
 # What a clean kernel log must not contain after the experiment.
 KERNEL_LOG_PROBLEMS = ("WARNING:", "BUG:", "Oops", "page allocation failure", "Call Trace")
 
@@ -105,7 +104,7 @@ def evaluate(op: Operation, record: kmod.OpRecord, kept: int) -> OpResult:
     assert record.pfn is not None
     before = kernel_state.counts_state(record.before, record.zone, record.cpu)
     after = kernel_state.counts_state(record.after, record.zone, record.cpu)
-    mt = kernel_state.GFP_TYPES[record.gfp]
+    mt = GFP_TYPES[record.gfp]
     order = record.order
     asked = -(-REQUEST_BYTES // PAGE_SIZE)
     prediction: Prediction = predict_alloc(before, mt, order, exact_pages=kept if op.exact else None)
@@ -139,23 +138,17 @@ def _guest_script() -> str:
     the image at open(2), so no forked process runs between the capture and
     the operations, and the module allocates nothing between two of them.
     """
-    # One open of control for all commands: each open(2) allocates a
-    # struct file, which would land between two operations.
     cmds = " && ".join(f"echo '{op.command}' >&7" for op in OPERATIONS)
-    return (f"dmesg -c > /dev/null; insmod {MODULE_PATH} && cd {DEBUGFS} "
-            f"&& exec 7> control 3< zones 4< pageblocks && exec 5< freelists && {cmds} "
-            f"&& cat <&3 && echo @@ && cat <&4 && echo @@ && cat <&5 "
-            f"&& echo @@ && cat allocs && echo @@ && cat log && echo free_all > control "
-            f"&& exec 3<&- 4<&- 5<&- 7>&- && cd / && rmmod buddylab && echo @@ && dmesg")
+    capture = protocol.exact_dump_script(cmds, reads=("cat allocs", "cat log"))
+    return (f"dmesg -c > /dev/null; {protocol.insmod()} && {capture} && cd / "
+            f"&& echo free_all > {protocol.DEBUGFS}/control && rmmod {protocol.MODULE_NAME} "
+            f"&& echo {protocol.SEPARATOR} && dmesg")
 
 
 def run(session: Session) -> Report:
     """Load the module, run both operations, read the records, unload."""
     out = session.run(_guest_script()).check().stdout
-    parts = out.split("@@\n")
-    if len(parts) != 6:
-        raise GuestCommandError(f"unexpected output of the experiment:\n{out[-2000:]}")
-    zones_t, pageblocks_t, dump_t, allocs_t, log_t, dmesg = parts
+    zones_t, pageblocks_t, dump_t, allocs_t, log_t, dmesg = protocol.split_output(out, 6)
     infos = kmod.parse_zones(zones_t)
     pageblocks = kmod.parse_pageblocks(pageblocks_t)
     dump = kmod.parse_freelists(dump_t)
@@ -195,10 +188,10 @@ def _checks(report: Report, allocs: list[kmod.AllocRecord], records: list) -> No
     c.append(("both allocations succeeded", len(records) == 2 and all(r.ret == 0 for r in records)
               and len(allocs) == 2))
     if len(report.operations) == 2:
-        plain, exact = report.operations
+        plain, exact_op = report.operations
         c.append(("alloc_pages took 64 pages for 33 asked (124 KiB wasted)",
                   plain.pages_taken == 64 and plain.pages_kept == 64 and plain.pages_asked == 33))
-        c.append(("alloc_pages_exact kept 33 pages", kernel_state.pages_kept == 33))
+        c.append(("alloc_pages_exact kept 33 pages", exact_op.pages_kept == 33))
         for r in report.operations:
             c.append((f"5.10 model predicted {r.label} page for page", r.page_model == "match"))
     c.append(("kernel log clean (no WARN, BUG, Oops, allocation failure)",

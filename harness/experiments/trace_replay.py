@@ -13,17 +13,16 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from buddylab import protocol
 from buddylab.models import kernel_state
 from buddylab.records import kmod
 from buddylab.records import procfs
-from buddylab.errors import GuestCommandError, SetupError
+from buddylab.errors import SetupError
 from buddylab.results import write_text
 from buddylab.models.kmem_replay import ReplayReport, KmemTraceReplayer, block_share
 from buddylab.guest.session import Session
 from buddylab.records.kmemtrace import KMEM_EVENTS, TraceEvent, parse_trace
 
-DEBUGFS = "/sys/kernel/debug/buddylab"
-TRACING = "/sys/kernel/debug/tracing"
 
 # Processes forking and exiting, files written to tmpfs and removed.
 DEFAULT_WORKLOAD = (
@@ -41,7 +40,7 @@ CAPTURE_FILES = ("zones.txt", "pageblocks.txt", "freelists-first.txt", "freelist
 
 @dataclass
 class TraceCapture:
-    zones: list[kmod.ZoneInfo]
+    zones: list[kmod.ZoneSpan]
     pageblocks: list[kmod.Pageblock]
     first: kmod.FreeListDump
     last: kmod.FreeListDump
@@ -86,31 +85,25 @@ class TraceResult:
 
 
 def _script(workload: str, buffer_kb: int) -> str:
-    enable = " && ".join(f"echo 1 > {TRACING}/events/kmem/{e}/enable" for e in KMEM_EVENTS)
-    enable += f" && echo 1 > {TRACING}/events/buddylab/buddylab_dump/enable"
-    return (
-        f"cd {DEBUGFS} && echo 0 > {TRACING}/tracing_on && echo global > {TRACING}/trace_clock "
-        f"&& echo {buffer_kb} > "
-        f"{TRACING}/buffer_size_kb && echo > {TRACING}/trace && {enable} "
-        f"&& cat /proc/zoneinfo > /tmp/zoneinfo && exec 3< zones 4< pageblocks "
-        f"&& echo 1 > {TRACING}/tracing_on && exec 5< freelists "
-        f"&& ( {workload} ) "
-        f"&& exec 6< freelists && echo 0 > {TRACING}/tracing_on "
-        f"&& cat <&3 && echo @@ && cat <&4 && echo @@ && cat <&5 && echo @@ && cat <&6 "
-        f"&& echo @@ && cat /tmp/zoneinfo && echo @@ && cat {TRACING}/trace "
-        f"; exec 3<&- 4<&- 5<&- 6<&-; echo 0 > {TRACING}/events/kmem/enable; "
-        f"echo 0 > {TRACING}/events/buddylab/enable"
-    )
+    """The workload between two exact dumps, traced; the second dump is fd 6."""
+    events = [f"kmem/{e}" for e in KMEM_EVENTS] + ["buddylab/buddylab_dump"]
+    tracing = protocol.TRACING
+    capture = protocol.exact_dump_script(
+        f"( {workload} ) && exec 6< freelists && echo 0 > {tracing}/tracing_on",
+        before_dump=f"{protocol.tracing_setup(events, buffer_kb)} "
+                    "&& cat /proc/zoneinfo > /tmp/zoneinfo && ",
+        between_opens=f"echo 1 > {tracing}/tracing_on && ",
+        reads=("cat <&6", "cat /tmp/zoneinfo", f"cat {tracing}/trace"))
+    return (f"{capture}; exec 6<&-; echo 0 > {tracing}/events/kmem/enable; "
+            f"echo 0 > {tracing}/events/buddylab/enable")
 
 
 def capture(session: Session, workload: str = DEFAULT_WORKLOAD,
             buffer_kb: int = 16384) -> TraceCapture:
-    session.run(f"insmod {session.module_path}").check()
+    session.run(protocol.insmod()).check()
     out = session.run(_script(workload, buffer_kb), timeout=600).check().stdout
-    session.run("rmmod buddylab").check()
-    parts = out.split("@@\n")
-    if len(parts) != len(CAPTURE_FILES):
-        raise GuestCommandError(f"unexpected trace run output:\n{out[-2000:]}")
+    session.run(f"rmmod {protocol.MODULE_NAME}").check()
+    parts = protocol.split_output(out, len(CAPTURE_FILES))
     # The trace's page= fields are kernel addresses: keep PFNs only.
     parts[5] = re.sub(r"page=(?:0x)?[0-9a-f]+ |page=\(nil\) ", "", parts[5])
     return parse_capture(parts)

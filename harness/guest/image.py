@@ -13,6 +13,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from buddylab.protocol import GUEST_MODULE_PATH
 from buddylab.paths import cache_dir, images_dir
 from buddylab.guest.cpio import CpioWriter
 from buddylab.errors import SetupError
@@ -22,7 +23,6 @@ NET_MODULES = ("virtio", "virtio_ring", "virtio_pci", "failover", "net_failover"
 BUSYBOX = Path("/bin/busybox")
 DROPBEAR = Path("/usr/sbin/dropbear")
 DROPBEARKEY = Path("/usr/bin/dropbearkey")
-GUEST_MODULE_PATH = "/buddylab.ko"
 
 @dataclass(frozen=True)
 class HostKey:

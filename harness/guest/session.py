@@ -18,7 +18,8 @@ from typing import Iterator
 from buddylab.kernel import elfcheck
 from buddylab.kernel.recipe import KernelPins, load_kernel_pins
 from buddylab.errors import BuddylabError, GuestTimeout
-from buddylab.guest.image import GUEST_MODULE_PATH, GuestImage, HostKey, build_image
+from buddylab.guest.image import GuestImage, HostKey, build_image
+from buddylab.protocol import GUEST_MODULE_PATH
 from buddylab.kernel.kbuild import build_module
 from buddylab.kernel.provision import Kernel, provision_kernel
 from buddylab.guest.qemu import Qemu, QemuConfig, free_port, probe_kvm

@@ -1,9 +1,9 @@
-"""Predict the free-block counts after an allocation: the 5.10 allocator and the textbook.
+"""Predict the free-block counts after an allocation, the way the 5.10 allocator does.
 
 This is the count-level model of the first experiment.  Given the counts a
 zone's free lists held just before an operation (per migratetype and order)
 and its per-CPU list, it predicts the counts just after, following the paths
-of mm/page_alloc.c in 5.10 (see ../shared/reference/page-alloc-5.10.md):
+of mm/page_alloc.c in 5.10 (see docs/page-allocator-5.10.md):
 
 * order 0 is served from the per-CPU list of the requested migratetype,
   refilled with `batch` order-0 takes from the buddy lists when empty;
@@ -15,22 +15,14 @@ of mm/page_alloc.c in 5.10 (see ../shared/reference/page-alloc-5.10.md):
   alone cannot show: the prediction says so instead of guessing;
 * `alloc_pages_exact` is an order-k allocation whose tail pages are freed
   one by one onto the per-CPU list.
-
-The textbook model keeps one list per order and no per-CPU lists: the
-picture of the buddy system most books draw.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# The constants and get_order() are the page-for-page model's: one source.
-from buddylab.models.pagemodel import (FALLBACKS, MAX_ORDER, MOVABLE, PAGEBLOCK_ORDER, PCP_TYPES,
-                           RECLAIMABLE, UNMOVABLE, get_order)
+from buddylab.allocator import (FALLBACKS, MAX_ORDER, MOVABLE, PAGEBLOCK_ORDER, RECLAIMABLE, UNMOVABLE)
 
-__all__ = ["FALLBACKS", "MAX_ORDER", "MOVABLE", "PAGEBLOCK_ORDER", "PCP_TYPES", "RECLAIMABLE",
-           "UNMOVABLE", "get_order", "PcpList", "ZoneState", "Prediction", "predict_alloc",
-           "predict_textbook", "aligned_blocks"]
 
 @dataclass
 class PcpList:
@@ -162,34 +154,3 @@ def _predict_order0(state: ZoneState, mt: str, notes: list[str]) -> Prediction:
     notes.append(f"per-CPU {mt} list was empty: refilled with batch={pcp.batch} pages")
     assert first is not None
     return Prediction(state, first[0], first[1], notes=notes)
-
-
-def aligned_blocks(start: int, end: int) -> list[tuple[int, int]]:
-    """Split the page range [start, end) into maximal aligned buddy blocks (offset, order)."""
-    blocks = []
-    while start < end:
-        order = (start & -start).bit_length() - 1 if start else MAX_ORDER - 1
-        while (1 << order) > end - start:
-            order -= 1
-        blocks.append((start, order))
-        start += 1 << order
-    return blocks
-
-
-def predict_textbook(before: ZoneState, order: int, exact_pages: int | None = None,
-                     ) -> tuple[list[int] | None, str]:
-    """The textbook prediction of the per-order totals: one list per order, no per-CPU lists."""
-    totals = before.totals()
-    for o in range(order, MAX_ORDER):
-        if totals[o] > 0:
-            totals[o] -= 1
-            for lower in range(order, o):
-                totals[lower] += 1
-            note = f"takes an order-{o} block" + (f", split down to order {order}" if o > order else "")
-            if exact_pages is not None and exact_pages < (1 << order):
-                # The unused tail goes straight back as aligned blocks.
-                for _, tail_order in aligned_blocks(exact_pages, 1 << order):
-                    totals[tail_order] += 1
-                note += f"; the {(1 << order) - exact_pages} tail pages return to the free lists"
-            return totals, note
-    return None, f"no free block of order >= {order}"

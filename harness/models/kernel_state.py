@@ -18,15 +18,8 @@ from pathlib import Path
 
 from buddylab.models import pagemodel
 from buddylab.records import kmod
-from buddylab.models.pagemodel import HIGHATOMIC, MIGRATETYPES, MOVABLE, PCP_TYPES, UNMOVABLE, Zone
+from buddylab.models.pagemodel import HIGHATOMIC, MIGRATETYPES, MOVABLE, PCP_TYPES, Zone
 from buddylab.models.counts import PcpList, ZoneState
-
-ZONE_ORDER = ("DMA", "DMA32", "Normal", "Movable")
-GFP_TYPES = {"GFP_KERNEL": UNMOVABLE, "GFP_ATOMIC": UNMOVABLE, "GFP_HIGHUSER_MOVABLE": MOVABLE}
-# Highest zone each gfp may use (gfp_zone()): none of these names DMA/DMA32.
-GFP_HIGHEST_ZONE = {"GFP_KERNEL": "Normal", "GFP_ATOMIC": "Normal",
-                    "GFP_HIGHUSER_MOVABLE": "Normal"}
-ORDER0_APIS = ("alloc_page", "__get_free_page", "get_zeroed_page")
 
 ZoneKey = tuple[int, str]
 
@@ -40,7 +33,7 @@ def pcp_limits(pcps: list[kmod.PcpCounts]) -> PcpLimits:
 
 
 def zones_from_dump(dump: kmod.FreeListDump, pageblocks: list[kmod.Pageblock],
-                    infos: list[kmod.ZoneInfo], limits: PcpLimits,
+                    infos: list[kmod.ZoneSpan], limits: PcpLimits,
                     ) -> dict[ZoneKey, Zone]:
     """Model zones holding exactly the dumped state."""
     zones: dict[ZoneKey, Zone] = {}

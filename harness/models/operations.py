@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from buddylab.models import pagemodel
-from buddylab.models.kernel_state import (GFP_HIGHEST_ZONE, GFP_TYPES, ZONE_ORDER, ZoneKey,
-                                          compare_snapshot)
+from buddylab.allocator import GFP_HIGHEST_ZONE, GFP_TYPES, ZONE_ORDER
+from buddylab.models.kernel_state import ZoneKey, compare_snapshot
 from buddylab.models.pagemodel import Zone
 from buddylab.records import kmod
 

@@ -4,8 +4,8 @@ Where buddylab.models.counts predicts counts, this model holds the physical stat
 every free block by PFN, on the list of its order and migratetype in the
 kernel's list order (head first), the migratetype of every pageblock, and
 each CPU's per-CPU lists.  It follows mm/page_alloc.c of Linux 5.10 (the
-function named in each docstring; ../shared/reference/page-alloc-5.10.md
-has the line numbers), so a state initialised from the module's exact dump
+function named in each docstring; docs/page-allocator-5.10.md explains
+the paths), so a state initialised from the module's exact dump
 and fed the same operations must equal the kernel's next dump.
 
 What it cannot know is passed in or reported, never guessed:
@@ -22,19 +22,14 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-MAX_ORDER = 11
-PAGEBLOCK_ORDER = 9
-PAGEBLOCK_PAGES = 1 << PAGEBLOCK_ORDER
+from buddylab.allocator import (FALLBACKS, HIGHATOMIC, ISOLATE, MAX_ORDER, MIGRATETYPES, MOVABLE,
+                                PAGEBLOCK_ORDER, PAGEBLOCK_PAGES, PCP_TYPES, RECLAIMABLE, UNMOVABLE,
+                                get_order)
 
-UNMOVABLE, MOVABLE, RECLAIMABLE = "Unmovable", "Movable", "Reclaimable"
-HIGHATOMIC, ISOLATE = "HighAtomic", "Isolate"
-PCP_TYPES = (UNMOVABLE, MOVABLE, RECLAIMABLE)
-MIGRATETYPES = (UNMOVABLE, MOVABLE, RECLAIMABLE, HIGHATOMIC, ISOLATE)
-FALLBACKS = {
-    UNMOVABLE: (RECLAIMABLE, MOVABLE),
-    MOVABLE: (RECLAIMABLE, UNMOVABLE),
-    RECLAIMABLE: (UNMOVABLE, MOVABLE),
-}
+__all__ = ["FALLBACKS", "HIGHATOMIC", "ISOLATE", "MAX_ORDER", "MIGRATETYPES", "MOVABLE",
+           "PAGEBLOCK_ORDER", "PAGEBLOCK_PAGES", "PCP_TYPES", "RECLAIMABLE", "UNMOVABLE", "get_order",
+           "Ownership", "Unknowable", "ModelError", "FreeList", "Pcp", "Event", "Zone", "Allocation",
+           "make_alloc_exact", "alloc_pages_exact", "free_pages_exact", "pfn_ranges_overlap"]
 
 # Decides whether a partial steal changes the pageblock's type:
 # (pageblock start pfn, requested type, free pages moved) -> bool.
@@ -514,13 +509,6 @@ class Zone:
         pcp = self.pcp[cpu]
         while pcp.count:
             self.free_pcppages_bulk(cpu, pcp.count)
-
-
-def get_order(size: int, page_size: int = 4096) -> int:
-    """get_order(): the smallest order whose block holds `size` bytes."""
-    if size <= 0:
-        raise ValueError("size must be positive")
-    return max(0, (-(-size // page_size) - 1).bit_length())
 
 
 @dataclass

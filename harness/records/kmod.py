@@ -15,23 +15,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-NR_ORDERS = 11
-PAGEBLOCK_PAGES = 512
+from buddylab import errors
+from buddylab.allocator import GFPS, MAX_ORDER, MIGRATETYPES, PAGEBLOCK_PAGES, PCP_TYPES
+from buddylab.protocol import (APIS, ENOENT, ENOMEM, EINVAL, GFP_ZERO, PAGEBLOCK_MTS, STATES, STOPS,
+                               VERBS, WHENS, ZONE_NAMES)
 
-MIGRATETYPES = ("Unmovable", "Movable", "Reclaimable", "HighAtomic", "Isolate")
-PAGEBLOCK_MTS = MIGRATETYPES + ("Unknown",)
-PCP_LISTS = MIGRATETYPES[:3]
-ZONE_NAMES = ("DMA", "DMA32", "Normal", "Movable", "Device")
-VERBS = ("alloc", "free", "free_ids", "free_all", "leak", "fill", "clear_log")
-APIS = ("alloc_pages", "alloc_page", "__get_free_pages", "__get_free_page",
-        "get_zeroed_page", "alloc_pages_exact")
-GFPS = ("GFP_KERNEL", "GFP_ATOMIC", "GFP_HIGHUSER_MOVABLE")
-GFP_ZERO = "__GFP_ZERO"
-WHENS = ("before", "after")
-STATES = ("live", "leaked")
-STOPS = ("count", "nomem", "watermark")
-
-ENOENT, ENOMEM, EINVAL = 2, 12, 22
 
 # Key specs, exactly as the README's tables: "[a b]" is an optional group.
 RECORD_KEYS: dict[tuple[str, str], str] = {
@@ -74,7 +62,7 @@ VALUE_NAMES: dict[str, tuple[str, ...]] = {
     "gfp": GFPS,
     "mt": MIGRATETYPES,
     "pageblock_mt": PAGEBLOCK_MTS,
-    "list": PCP_LISTS,
+    "list": PCP_TYPES,
     "zone": ZONE_NAMES,
     "when": WHENS,
     "state": STATES,
@@ -82,7 +70,7 @@ VALUE_NAMES: dict[str, tuple[str, ...]] = {
 }
 
 
-class RecordError(ValueError):
+class RecordError(errors.RecordError):
     """A line the interface does not describe."""
 
     def __init__(self, message: str, lineno: int | None = None, line: str | None = None):
@@ -145,7 +133,7 @@ def _positive(v: str) -> int:
 
 def _order(v: str) -> int:
     n = _uint(v)
-    if n >= NR_ORDERS:
+    if n >= MAX_ORDER:
         raise RecordError(f"order out of range: {v!r}")
     return n
 
@@ -183,7 +171,7 @@ def _gfp(v: str) -> tuple[str, bool]:
 _CONVERTERS: dict[str, Callable[[str], object]] = {
     "seq": _positive, "id": _positive, "gen": _positive,
     "ret": _int, "order": _order,
-    "free": _uints(NR_ORDERS), "lists": _uints(len(PCP_LISTS)),
+    "free": _uints(MAX_ORDER), "lists": _uints(len(PCP_TYPES)),
     "gfp": _gfp,
     **{k: _name(v) for k, v in VALUE_NAMES.items() if k != "gfp"},
 }
@@ -520,14 +508,14 @@ class FreeListDump:
         """(nid, zone, mt) -> free blocks per order, as /proc/pagetypeinfo shows them."""
         out: dict[tuple[int, str, str], list[int]] = {}
         for b in self.blocks:
-            out.setdefault((b.nid, b.zone, b.mt), [0] * NR_ORDERS)[b.order] += 1
+            out.setdefault((b.nid, b.zone, b.mt), [0] * MAX_ORDER)[b.order] += 1
         return out
 
     def buddyinfo(self) -> dict[tuple[int, str], list[int]]:
         """(nid, zone) -> free blocks per order, as /proc/buddyinfo shows them."""
         out: dict[tuple[int, str], list[int]] = {}
         for b in self.blocks:
-            out.setdefault((b.nid, b.zone), [0] * NR_ORDERS)[b.order] += 1
+            out.setdefault((b.nid, b.zone), [0] * MAX_ORDER)[b.order] += 1
         return out
 
     def free_pages(self) -> int:
@@ -574,7 +562,7 @@ def parse_freelists(text: str) -> FreeListDump:
             p = PcpPage(**f)  # type: ignore[arg-type]
             if not pcp:
                 prev = ()
-            key = (_zone_rank(pranks, p.nid, p.zone), p.cpu, PCP_LISTS.index(p.list), p.pos)
+            key = (_zone_rank(pranks, p.nid, p.zone), p.cpu, PCP_TYPES.index(p.list), p.pos)
             pcp.append(p)
         _check_position(prev, key, key[-1], line)
         prev = key
@@ -611,7 +599,7 @@ def parse_pageblocks(text: str) -> list[Pageblock]:
 
 
 @dataclass(frozen=True)
-class ZoneInfo:
+class ZoneSpan:
     nid: int
     zone: str
     start_pfn: int
@@ -621,8 +609,8 @@ class ZoneInfo:
     free_pages: int
 
 
-def parse_zones(text: str) -> list[ZoneInfo]:
-    out = [ZoneInfo(**line.fields) for line in _lines("zones", text)]  # type: ignore[arg-type]
+def parse_zones(text: str) -> list[ZoneSpan]:
+    out = [ZoneSpan(**line.fields) for line in _lines("zones", text)]  # type: ignore[arg-type]
     if len({(z.nid, z.zone) for z in out}) != len(out):
         raise RecordError("zones: a zone appears twice")
     return out

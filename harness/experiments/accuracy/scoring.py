@@ -1,4 +1,4 @@
-"""How often does each model predict the real kernel exactly?
+"""Score each model on a chunk: how often does it predict the real kernel exactly?
 
 A seeded generator makes a sequence of module commands (every API, orders
 and sizes, the three GFP types, frees in random order, batch frees).  It
@@ -21,166 +21,18 @@ Three models predict each operation:
 
 from __future__ import annotations
 
-import copy
-import random
 from dataclasses import dataclass, field
 
-from buddylab.models import pagemodel
-from buddylab.models import kernel_state, operations
+from buddylab.allocator import GFP_TYPES, MAX_ORDER
+from buddylab.experiments.accuracy.guestrun import Chunk
+from buddylab.experiments.accuracy.placement import (OpWindow, not_the_op, op_windows,
+                                                     replay_traced)
+from buddylab.experiments.accuracy.workload import command_args
+from buddylab.models import kernel_state, operations, pagemodel
+from buddylab.models.counts import ZoneState, predict_alloc
+from buddylab.models.textbook import predict_textbook
 from buddylab.records import kmod
-from buddylab.models.kmem_replay import KmemTraceReplayer
-from buddylab.records.kmemtrace import KMEM_EVENTS, TraceEvent, parse_trace
-from buddylab.models.counts import MAX_ORDER, ZoneState, predict_alloc, predict_textbook
-from buddylab.guest.session import Session
-
-DEBUGFS = "/sys/kernel/debug/buddylab"
-TRACING = "/sys/kernel/debug/tracing"
-APIS = ("alloc_pages", "alloc_page", "__get_free_pages", "__get_free_page", "get_zeroed_page",
-        "alloc_pages_exact")
-GFPS = ("GFP_KERNEL", "GFP_ATOMIC", "GFP_HIGHUSER_MOVABLE")
-MAX_LIVE_PAGES = 16384  # 64 MiB: far from the 512 MiB guest's watermarks
-
-
-def _order_weighted(rng: random.Random) -> int:
-    # Small orders dominate real traffic; keep every order present.
-    return min(int(rng.expovariate(0.6)), MAX_ORDER - 1)
-
-
-def generate(seed: int, count: int) -> list[str]:
-    """`count` module commands, the same for the same seed."""
-    rng = random.Random(seed)
-    commands: list[str] = []
-    live: dict[int, int] = {}   # expected id -> pages
-    next_id = 1
-    live_pages = 0
-    while len(commands) < count:
-        roll = rng.random()
-        if live and (roll < 0.40 or live_pages > MAX_LIVE_PAGES):
-            victim = rng.choice(sorted(live))
-            live_pages -= live.pop(victim)
-            commands.append(f"free id={victim}")
-            continue
-        if live and roll < 0.43:
-            ids = sorted(live)
-            first, last = ids[0], ids[-1]
-            step = rng.choice((1, 2, 3))
-            for i in range(first, last + 1, step):
-                live_pages -= live.pop(i, 0)
-            commands.append(f"free_ids first={first} last={last} step={step}")
-            continue
-        api = rng.choice(APIS)
-        gfp = rng.choice(GFPS)
-        words = [f"alloc api={api} gfp={gfp}"]
-        if api in ("alloc_pages", "__get_free_pages"):
-            order = _order_weighted(rng)
-            words.append(f"order={order}")
-            pages = 1 << order
-        elif api == "alloc_pages_exact":
-            size = rng.randint(1, 4096 << _order_weighted(rng))
-            words.append(f"size={size}")
-            pages = -(-size // 4096)
-        else:
-            pages = 1
-        n = rng.choice((1, 1, 1, 2, 4)) if pages <= 16 else 1
-        if n > 1:
-            words.append(f"count={n}")
-        if rng.random() < 0.1:
-            words.append("zero=1")
-        commands.append(" ".join(words))
-        for _ in range(n):
-            live[next_id] = pages
-            live_pages += pages
-            next_id += 1
-    return commands
-
-
-def command_args(command: str) -> dict[str, str]:
-    return dict(w.split("=", 1) for w in command.split()[1:])
-
-
-@dataclass
-class Chunk:
-    zones: list[kmod.ZoneInfo]
-    pageblocks: list[kmod.Pageblock]
-    dump: kmod.FreeListDump
-    log: kmod.OpLog
-    allocs: list[kmod.AllocRecord]
-    commands: list[str]
-    events: list[TraceEvent] | None = None
-
-
-def enable_tracing(session: Session, buffer_kb: int = 8192) -> None:
-    """The kmem events and the module's own, into a buffer large enough for a chunk."""
-    names = [f"kmem/{e}" for e in KMEM_EVENTS] + ["buddylab/buddylab_dump",
-                                                  "buddylab/buddylab_snapshot"]
-    enable = " && ".join(f"echo 1 > {TRACING}/events/{n}/enable" for n in names)
-    # The global clock orders events of different CPUs as they happened
-    # (the default local clock is per CPU).
-    session.run(f"echo 0 > {TRACING}/tracing_on && echo global > {TRACING}/trace_clock "
-                f"&& echo {buffer_kb} > {TRACING}/buffer_size_kb && {enable}").check()
-
-
-def run_chunk(session: Session, commands: list[str], traced: bool = False) -> Chunk:
-    """Run `commands` in one shell after an exact dump, and read everything back."""
-    session.run("cat > /tmp/chunk", stdin=("\n".join(commands) + "\n").encode()).check()
-    trace_on = f"echo > {TRACING}/trace && echo 1 > {TRACING}/tracing_on && " if traced else ""
-    trace_off = f"echo 0 > {TRACING}/tracing_on; " if traced else ""
-    script = (
-        f"cd {DEBUGFS} && exec 7> control && echo clear_log >&7 "
-        f"&& cat allocs > /tmp/allocs && exec 3< zones 4< pageblocks && {trace_on}"
-        "exec 5< freelists "
-        "&& while read -r line; do echo \"$line\" >&7; done < /tmp/chunk; "
-        f"{trace_off}exec 7>&- && cat <&3 && echo @@ && cat <&4 && echo @@ && cat <&5 "
-        "&& echo @@ && cat log && echo @@ && cat /tmp/allocs"
-        + (f" && echo @@ && cat {TRACING}/trace" if traced else "")
-        + "; exec 3<&- 4<&- 5<&-")
-    out = session.run(script, timeout=600).check().stdout
-    parts = out.split("@@\n")
-    if len(parts) != (6 if traced else 5):
-        raise ValueError(f"unexpected chunk output:\n{out[-2000:]}")
-    return Chunk(kmod.parse_zones(parts[0]), kmod.parse_pageblocks(parts[1]),
-                 kmod.parse_freelists(parts[2]), kmod.parse_log(parts[3]),
-                 kmod.parse_allocs(parts[4]), commands,
-                 parse_trace(parts[5]) if traced else None)
-
-
-@dataclass
-class OpWindow:
-    """Trace events around one operation: before it (since the last one) and during it."""
-
-    before: list[TraceEvent] = field(default_factory=list)
-    during: list[TraceEvent] = field(default_factory=list)
-
-
-def op_windows(events: list[TraceEvent], dump_gen: int) -> dict[int, OpWindow]:
-    """Cut a chunk's trace at its dump's capture and at every snapshot of the module."""
-    windows: dict[int, OpWindow] = {}
-    current: list[TraceEvent] | None = None
-    pending: list[TraceEvent] = []
-    for ev in events:
-        if ev.name == "buddylab_dump":
-            if ev["gen"] == dump_gen:
-                current = pending = []
-            continue
-        if current is None:
-            continue  # already in the dump
-        if ev.name == "buddylab_snapshot":
-            window = windows.setdefault(ev["seq"], OpWindow())
-            if ev["after"]:
-                window.during = current
-                current = pending = []
-            else:
-                window.before = pending
-                current = []
-            continue
-        current.append(ev)
-    return windows
-
-
-def _not_the_op(events: list[TraceEvent], op: kmod.OpRecord) -> list[TraceEvent]:
-    """Events in an operation's window that its own kworker did not cause."""
-    return [e for e in events
-            if e.cpu != op.cpu or e.in_interrupt or not e.task.startswith("kworker")]
+from buddylab.records.kmemtrace import TraceEvent
 
 
 @dataclass
@@ -231,7 +83,7 @@ def _counts_exact(op: kmod.OpRecord) -> bool:
     before = kernel_state.counts_state(op.before, op.zone, op.cpu)
     after = kernel_state.counts_state(op.after, op.zone, op.cpu)
     kept = op.pages if op.api == "alloc_pages_exact" else None
-    p = predict_alloc(before, kernel_state.GFP_TYPES[op.gfp], op.order, exact_pages=kept)
+    p = predict_alloc(before, GFP_TYPES[op.gfp], op.order, exact_pages=kept)
     if p.state is None:
         return False
     same_lists = all(p.state.free.get(mt, [0] * MAX_ORDER) == after.free.get(mt, [0] * MAX_ORDER)
@@ -288,11 +140,11 @@ def evaluate(chunk: Chunk, result: Accuracy) -> None:
     windows = op_windows(chunk.events, chunk.dump.gen) if chunk.events is not None else {}
     for op, command in zip(ops, chunk.commands):
         window = windows.get(op.seq, OpWindow())
-        concurrent = _not_the_op(window.during, op)
+        concurrent = not_the_op(window.during, op)
         freed = _blocks_freed(replayer, op, command_args(command))
         free_before = _free_snapshot(replayer.zones) if freed else {}
         if chunk.events is not None:
-            replayer, outcome, later = _replay_traced(replayer, op, command, window.before,
+            replayer, outcome, later = replay_traced(replayer, op, command, window.before,
                                                       concurrent)
             result.concurrent += bool(concurrent)
             result.reordered += later
@@ -306,36 +158,6 @@ def evaluate(chunk: Chunk, result: Accuracy) -> None:
         if not (outcome.exact and not outcome.before):
             result.divergences.append(
                 _divergence(op, command, outcome, window.before + concurrent, concurrent))
-
-
-def _replay_traced(replayer: operations.OperationReplayer, op: kmod.OpRecord, command: str,
-                   before: list[TraceEvent], concurrent: list[TraceEvent],
-                   ) -> tuple[operations.OperationReplayer, operations.OpOutcome, bool]:
-    """Apply what else the kernel did (from the trace), then the operation.
-
-    Events of other CPUs or interrupts *during* the operation may have come
-    before or after its own steps: the trace orders them by time, but the
-    operation's steps are the model's to predict.  Both orders are tried;
-    the replayer of the order that reproduces the kernel is carried on.
-    """
-    args = command_args(command)
-    saved = copy.deepcopy(replayer) if concurrent else None
-    KmemTraceReplayer(list(replayer.zones.values())).replay(before + concurrent)
-    outcome = replayer.replay(op, args)
-    if saved is None or (outcome.exact and not outcome.before):
-        return replayer, outcome, False
-    tracer = KmemTraceReplayer(list(saved.zones.values()))
-    tracer.replay(before)
-    diffs_before = kernel_state.compare_snapshot(saved.zones, op.before)
-    pfn, why = saved.apply(op, args)
-    tracer.replay(concurrent)
-    diffs_after = kernel_state.compare_snapshot(saved.zones, op.after)
-    later = operations.OpOutcome(op.seq, op.verb, diffs_before, diffs_after,
-                            pfn if op.verb == "alloc" else None,
-                            op.pfn if op.verb == "alloc" else None, why)
-    if later.exact and not later.before:
-        return saved, later, True
-    return replayer, outcome, False
 
 
 def _blocks_freed(replayer: operations.OperationReplayer, op: kmod.OpRecord,
@@ -383,52 +205,3 @@ def _divergence(op: kmod.OpRecord, command: str, outcome: operations.OpOutcome,
         if outcome.pfn_predicted != outcome.pfn_observed:
             what = [f"pfn: model {outcome.pfn_predicted}, kernel {outcome.pfn_observed}", *what]
     return Divergence(op.seq, command, "5.10 page for page", what[:6], cause)
-
-
-def measure(session: Session, seed: int, count: int, chunk_size: int = 250,
-            traced: bool = False) -> Accuracy:
-    """Load the module, run `count` generated operations in chunks, evaluate each chunk.
-
-    `traced` records the kmem tracepoints too: what else the kernel did
-    between and during the operations is then applied to the model.
-    """
-    session.run(f"insmod {session.module_path}").check()
-    if traced:
-        enable_tracing(session)
-    commands = generate(seed, count)
-    result = Accuracy()
-    for start in range(0, len(commands), chunk_size):
-        evaluate(run_chunk(session, commands[start:start + chunk_size], traced), result)
-    session.run("echo free_all > /sys/kernel/debug/buddylab/control && rmmod buddylab").check()
-    return result
-
-
-def result_json(result: Accuracy, args: object) -> dict[str, object]:
-    def tally(t: Tally) -> dict[str, object]:
-        return {"operations": t.ops, "exact": t.exact, "share": t.share}
-    return {"seed": getattr(args, "seed", None), "operations": getattr(args, "ops", None),
-            "chunk": getattr(args, "chunk", None),
-            "models": {"5.10 page for page": tally(result.page),
-                       "5.10 counts only": tally(result.counts),
-                       "textbook": tally(result.textbook)},
-            "concurrent": result.concurrent, "reordered": result.reordered,
-            "divergences": [vars(d) for d in result.divergences]}
-
-
-def format_table(result: Accuracy, seed: int) -> str:
-    rows = [("5.10 model, page for page", result.page),
-            ("5.10 model, counts only", result.counts),
-            ("textbook (one list per order)", result.textbook)]
-    lines = [f"Operations predicted exactly (seed {seed}):", "",
-             "| model | operations | exact | share |", "|---|---|---|---|"]
-    lines += [f"| {name} | {t.ops} | {t.exact} | {100 * t.share:.1f}% |" for name, t in rows]
-    if result.concurrent:
-        lines += ["", f"{result.concurrent} operations had other CPUs' or interrupts' events "
-                  f"inside their window (from the trace); {result.reordered} of them matched "
-                  f"only with those events after the operation's own steps."]
-    if result.divergences:
-        lines += ["", "Divergences of the 5.10 page model:"]
-        for d in result.divergences[:20]:
-            lines.append(f"  op {d.seq} `{d.command}`: {d.cause}")
-            lines += [f"      {w}" for w in d.what]
-    return "\n".join(lines)
