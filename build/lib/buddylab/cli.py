@@ -1,0 +1,241 @@
+"""The `buddylab` command.
+
+Exit codes (README.md, buddylab.errors): 0 every check held, 1 a check
+failed, 2 usage, 3 set-up error, 4 guest timed out, 5 guest kernel crashed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from buddylab import errors
+from buddylab.guest.session import Prepared, Timings, boot, prepare
+from buddylab.kernel.recipe import DEFAULT_KERNEL, load_kernel_pins
+from buddylab.results import RunMetadata, new_run_dir, write_json, write_text
+
+
+@dataclass(frozen=True)
+class GuestOptions:
+    """The options every command that boots a guest shares (declared once: add_guest_options)."""
+
+    kernel: str
+    memory_mib: int
+    cpus: int
+    boot_timeout: float
+
+
+def add_guest_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("guest")
+    g.add_argument("--kernel", default=DEFAULT_KERNEL, metavar="RECIPE",
+                   help="kernel recipe, a name in images/ (%(default)s)")
+    g.add_argument("--memory", type=int, default=512, metavar="MIB",
+                   help="guest memory in MiB, 64..65536 (%(default)s)")
+    g.add_argument("--cpus", type=int, default=1, help="guest CPUs, 1..64 (%(default)s)")
+    g.add_argument("--boot-timeout", type=float, default=60.0, metavar="S",
+                   help="deadline for boot to SSH in seconds (%(default)s)")
+
+
+def guest_options(args: argparse.Namespace) -> GuestOptions:
+    if not 64 <= args.memory <= 65536:
+        raise errors.UsageError("--memory must be between 64 and 65536 MiB")
+    if not 1 <= args.cpus <= 64:
+        raise errors.UsageError("--cpus must be between 1 and 64")
+    if not 0 < args.boot_timeout <= 3600:
+        raise errors.UsageError("--boot-timeout must be more than 0 and at most 3600 seconds")
+    return GuestOptions(args.kernel, args.memory, args.cpus, args.boot_timeout)
+
+
+def _metadata(command: str, opts: GuestOptions, prepared: Prepared | None) -> RunMetadata:
+    if prepared is None:
+        return RunMetadata(command, opts.kernel, "none", opts.memory_mib, opts.cpus)
+    return RunMetadata(command, prepared.kernel.release, prepared.accel, opts.memory_mib, opts.cpus)
+
+
+def _print_timings(timings: Timings, total: float) -> None:
+    parts = ", ".join(f"{name} {secs:.2f}s" for name, secs in timings.stages.items())
+    print(f"stages: {parts}; total {total:.2f}s")
+
+
+# --- commands: each one an arguments function and a run function ------------
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("shell_command", help="command for the guest's /bin/sh")
+    p.add_argument("--vmlinuz", type=Path, help="boot this kernel image instead of the recipe's")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                   help="deadline for the command in seconds (%(default)s)")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Boot, run one command, print its output; exit with its status (or 3/4/5)."""
+    opts = guest_options(args)
+    if not 0 < args.timeout <= 86400:
+        raise errors.UsageError("--timeout must be more than 0 and at most 86400 seconds")
+    prepared = prepare(pins=load_kernel_pins(opts.kernel))
+    if args.vmlinuz is not None:
+        if not args.vmlinuz.is_file():
+            raise errors.SetupError(f"--vmlinuz {args.vmlinuz}: no such file")
+        prepared = dataclasses.replace(prepared, vmlinuz=args.vmlinuz.resolve())
+    with boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
+              ready_timeout=opts.boot_timeout) as session:
+        result = session.run(args.shell_command, timeout=args.timeout)
+    sys.stdout.write(result.stdout)
+    sys.stderr.write(result.stderr)
+    return result.rc
+
+
+def _no_args(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+def qemu_test(args: argparse.Namespace) -> int:
+    from buddylab.experiments import downfall
+
+    opts = guest_options(args)
+    start = time.monotonic()
+    timings = Timings()
+    prepared = prepare(pins=load_kernel_pins(opts.kernel), timings=timings)
+    print(f"buddylab: kernel {prepared.kernel.release}, accelerator {prepared.accel} "
+          f"({prepared.accel_why})", flush=True)
+    run_dir = new_run_dir("qemu-test")
+    with boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
+              ready_timeout=opts.boot_timeout, timings=timings, keep_dir=run_dir) as session:
+        with timings.stage("experiment"):
+            report = downfall.run(session)
+    total = time.monotonic() - start
+    text = downfall.format_report(report)
+    result = {**_metadata("qemu-test", opts, prepared).as_json(), "experiment": "downfall",
+              "passed": report.passed, "timings": {**timings.stages, "total": total},
+              **downfall.report_json(report)}
+    write_json(run_dir / "result.json", result)
+    write_text(run_dir / "report.txt", text)
+    print(text)
+    _print_timings(timings, total)
+    print(f"results: {run_dir}")
+    print("verdict: PASS" if report.passed else "verdict: FAIL")
+    return errors.EXIT_OK if report.passed else errors.EXIT_CHECKS_FAILED
+
+
+def _accuracy_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--ops", type=int, default=5000, help="operations to generate (%(default)s)")
+    p.add_argument("--chunk", type=int, default=250,
+                   help="operations between two exact dumps (%(default)s, at most 1000)")
+    p.add_argument("--trace", action="store_true",
+                   help="record the kmem tracepoints too and apply what else the kernel did")
+
+
+def accuracy_command(args: argparse.Namespace) -> int:
+    from buddylab.experiments import accuracy
+
+    opts = guest_options(args)
+    if not 1 <= args.ops <= 1_000_000 or not 1 <= args.chunk <= 1000:
+        raise errors.UsageError("--ops must be 1..1000000 and --chunk 1..1000")
+    request = accuracy.AccuracyRequest(args.seed, args.ops, args.chunk, args.trace)
+    prepared = prepare(pins=load_kernel_pins(opts.kernel))
+    run_dir = new_run_dir("accuracy")
+    with boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
+              ready_timeout=opts.boot_timeout, keep_dir=run_dir) as session:
+        result = accuracy.measure(session, request)
+    table = accuracy.format_table(result, request.seed)
+    write_json(run_dir / "result.json",
+               accuracy.result_json(result, request, _metadata("accuracy", opts, prepared)))
+    write_text(run_dir / "report.txt", table + "\n")
+    print(table)
+    print(f"results: {run_dir}")
+    return errors.EXIT_OK
+
+
+def _trace_replay_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--from", dest="from_dir", type=Path, metavar="DIR",
+                   help="replay a capture saved by an earlier run (no guest is booted)")
+
+
+def trace_replay_command(args: argparse.Namespace) -> int:
+    from buddylab.experiments import trace_replay
+
+    opts = guest_options(args)
+    prepared = None
+    if args.from_dir is not None:
+        cap = trace_replay.load_capture(args.from_dir)
+        run_dir = new_run_dir("trace-replay")
+    else:
+        prepared = prepare(pins=load_kernel_pins(opts.kernel))
+        run_dir = new_run_dir("trace-replay")
+        with boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
+                  ready_timeout=opts.boot_timeout, keep_dir=run_dir) as session:
+            cap = trace_replay.capture(session)
+        trace_replay.save_capture(cap, run_dir / "capture")
+    result = trace_replay.replay_capture(cap)
+    text = trace_replay.format_result(result)
+    write_json(run_dir / "result.json",
+               {**_metadata("trace-replay", opts, prepared).as_json(),
+                **trace_replay.result_json(result)})
+    write_text(run_dir / "report.txt", text + "\n")
+    print(text)
+    print(f"results: {run_dir}")
+    return errors.EXIT_OK
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    boots_guest: bool = True
+
+
+COMMANDS = (
+    Command("qemu-test", "boot the real kernel and run the downfall-case experiment",
+            _no_args, qemu_test),
+    Command("accuracy", "share of generated operations each model predicts exactly",
+            _accuracy_args, accuracy_command),
+    Command("trace-replay", "replay an ordinary workload's kmem trace from an exact dump",
+            _trace_replay_args, trace_replay_command),
+    Command("run", "boot the guest, load nothing, run one shell command in it",
+            _run_args, run_command),
+)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="buddylab", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    for c in COMMANDS:
+        sp = sub.add_parser(c.name, help=c.help)
+        c.add_arguments(sp)
+        if c.boots_guest:
+            add_guest_options(sp)
+        sp.set_defaults(handler=c.run)
+    return p
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    # Unwind through every `finally`, so QEMU is stopped and temporary files go.
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return int(args.handler(args))
+    except errors.GuestCrashed as e:
+        print(f"buddylab: {e}\n--- serial log tail ---\n{e.log_tail}", file=sys.stderr)
+        return e.exit_code
+    except errors.BuddylabError as e:
+        print(f"buddylab: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("buddylab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

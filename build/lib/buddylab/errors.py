@@ -1,0 +1,63 @@
+"""Errors that end a run, each with its own exit code (documented in README.md)."""
+
+from __future__ import annotations
+
+# Exit codes of the `buddylab` command.  Distinct, so CI can tell a broken
+# set-up from a kernel that disagrees with the model.
+EXIT_OK = 0
+EXIT_CHECKS_FAILED = 1
+EXIT_USAGE = 2
+EXIT_SETUP = 3
+EXIT_GUEST_TIMEOUT = 4
+EXIT_GUEST_CRASHED = 5
+EXIT_BAD_RECORDS = 6
+
+
+class BuddylabError(Exception):
+    """Base class: a run that cannot go on.  `exit_code` says why."""
+
+    exit_code = EXIT_SETUP
+
+
+class UsageError(BuddylabError):
+    """Arguments out of range or contradicting each other."""
+
+    exit_code = EXIT_USAGE
+
+
+class SetupError(BuddylabError):
+    """A missing tool, a bad download, a module the kernel would refuse."""
+
+    exit_code = EXIT_SETUP
+
+
+class GuestTimeout(BuddylabError):
+    """The guest did not reach a stage before its deadline."""
+
+    exit_code = EXIT_GUEST_TIMEOUT
+
+
+class GuestCrashed(BuddylabError):
+    """The guest kernel panicked or oopsed (seen on its serial console)."""
+
+    exit_code = EXIT_GUEST_CRASHED
+
+    def __init__(self, message: str, log_tail: str = "") -> None:
+        super().__init__(message)
+        self.log_tail = log_tail
+
+
+class GuestCommandError(BuddylabError):
+    """A command in the guest failed where it had to succeed."""
+
+    exit_code = EXIT_SETUP
+
+
+class RecordError(BuddylabError, ValueError):
+    """Output that does not parse: the module's records, /proc files, a trace, a capture.
+
+    Its own exit code, as kunit_tool tells "could not parse the results"
+    apart from "a test failed".
+    """
+
+    exit_code = EXIT_BAD_RECORDS

@@ -1,0 +1,36 @@
+"""How often does each model predict the real kernel exactly?
+
+One job per module, the data flowing one way: `workload` generates the
+commands, `guestrun` runs a chunk of them in the guest after an exact dump,
+`placement` places the trace's other events around each operation,
+`scoring` scores the three models, `report` renders the result.
+"""
+
+from __future__ import annotations
+
+from buddylab import protocol
+from buddylab.experiments.accuracy.guestrun import enable_tracing, run_chunk
+from buddylab.experiments.accuracy.report import AccuracyRequest, format_table, result_json
+from buddylab.experiments.accuracy.scoring import Accuracy, evaluate
+from buddylab.experiments.accuracy.workload import generate
+from buddylab.guest.session import Session
+
+__all__ = ["Accuracy", "AccuracyRequest", "format_table", "measure", "result_json"]
+
+
+def measure(session: Session, request: AccuracyRequest) -> Accuracy:
+    """Load the module, run `count` generated operations in chunks, evaluate each chunk.
+
+    `request.traced` records the kmem tracepoints too: what else the kernel did
+    between and during the operations is then applied to the model.
+    """
+    session.run(protocol.insmod()).check()
+    if request.traced:
+        enable_tracing(session)
+    commands = generate(request.seed, request.ops)
+    result = Accuracy()
+    for start in range(0, len(commands), request.chunk):
+        evaluate(run_chunk(session, commands[start:start + request.chunk], request.traced), result)
+    session.run(f"echo free_all > {protocol.DEBUGFS}/control "
+                f"&& rmmod {protocol.MODULE_NAME}").check()
+    return result

@@ -1,0 +1,49 @@
+"""Run a chunk of commands in the guest right after an exact dump; read everything back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from buddylab import protocol
+from buddylab.guest.session import Session
+from buddylab.records import kmod
+from buddylab.records.kmemtrace import KMEM_EVENTS, TraceEvent, parse_trace
+
+CHUNK_FILE = "/tmp/chunk"
+
+
+@dataclass
+class Chunk:
+    zones: list[kmod.ZoneSpan]
+    pageblocks: list[kmod.Pageblock]
+    dump: kmod.FreeListDump
+    log: kmod.OpLog
+    allocs: list[kmod.AllocRecord]
+    commands: list[str]
+    events: list[TraceEvent] | None = None
+
+
+def enable_tracing(session: Session, buffer_kb: int = 8192) -> None:
+    """The kmem events and the module's own, into a buffer large enough for a chunk."""
+    events = [f"kmem/{e}" for e in KMEM_EVENTS] + list(protocol.TRACE_EVENTS)
+    session.run(protocol.tracing_setup(events, buffer_kb)).check()
+
+
+def run_chunk(session: Session, commands: list[str], traced: bool = False) -> Chunk:
+    """Run `commands` in one shell after an exact dump, and read everything back."""
+    session.run(f"cat > {CHUNK_FILE}", stdin=("\n".join(commands) + "\n").encode()).check()
+    tracing = protocol.TRACING
+    script = protocol.exact_dump_script(
+        protocol.write_commands(CHUNK_FILE),
+        # The allocations held before the chunk, read before the dump's capture.
+        before_dump="echo clear_log >&7 && cat allocs > /tmp/allocs && ",
+        between_opens=f"echo > {tracing}/trace && echo 1 > {tracing}/tracing_on && "
+        if traced else "",
+        after_body=f"echo 0 > {tracing}/tracing_on; " if traced else "",
+        reads=("cat log", "cat /tmp/allocs", *((f"cat {tracing}/trace",) if traced else ())))
+    out = session.run(script, timeout=600).check().stdout
+    parts = protocol.split_output(out, 6 if traced else 5)
+    return Chunk(kmod.parse_zones(parts[0]), kmod.parse_pageblocks(parts[1]),
+                 kmod.parse_freelists(parts[2]), kmod.parse_log(parts[3]),
+                 kmod.parse_allocs(parts[4]), commands,
+                 parse_trace(parts[5]) if traced else None)

@@ -1,0 +1,207 @@
+"""Score each model on a chunk: how often does it predict the real kernel exactly?
+
+A seeded generator makes a sequence of module commands (every API, orders
+and sizes, the three GFP types, frees in random order, batch frees).  It
+runs on the real kernel in chunks; each chunk starts from an exact dump
+(captured by open(2) in the shell that then writes the commands, so no
+process runs in between) and the module records every operation's
+before/after counts in the kernel.  The module allocates nothing between
+two operations (its tracking entries come from a pool made at load), so a
+difference found before an operation is an event the model could not see.
+Three models predict each operation:
+
+* the 5.10 model, page for page (buddylab.models.pagemodel via buddylab.models.kernel_state), chained
+  from the chunk's dump: exact means the after-counts of every list, the
+  per-CPU lists and the allocated PFN all match;
+* the 5.10 model on counts only (buddylab.models.counts), from the kernel's own
+  before-counts: allocations only, it cannot place a free;
+* the textbook model: one list per order, no per-CPU lists, frees merge at
+  once: exact means /proc/buddyinfo's per-order totals match.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from buddylab.allocator import GFP_TYPES, MAX_ORDER
+from buddylab.experiments.accuracy.guestrun import Chunk
+from buddylab.experiments.accuracy.placement import (OpWindow, not_the_op, op_windows,
+                                                     replay_traced)
+from buddylab.experiments.accuracy.workload import command_args
+from buddylab.models import kernel_state, operations, pagemodel
+from buddylab.models.counts import ZoneState, predict_alloc
+from buddylab.models.textbook import predict_textbook
+from buddylab.records import kmod
+from buddylab.records.kmemtrace import TraceEvent
+
+
+@dataclass
+class Tally:
+    ops: int = 0
+    exact: int = 0
+
+    @property
+    def share(self) -> float:
+        return self.exact / self.ops if self.ops else 0.0
+
+
+@dataclass
+class Divergence:
+    seq: int
+    command: str
+    model: str
+    what: list[str]
+    cause: str
+
+
+@dataclass
+class Accuracy:
+    page: Tally = field(default_factory=Tally)
+    counts: Tally = field(default_factory=Tally)
+    textbook: Tally = field(default_factory=Tally)
+    divergences: list[Divergence] = field(default_factory=list)
+    # Operations with other CPUs' or interrupts' events inside their window,
+    # and how many of those matched only with those events after the op.
+    concurrent: int = 0
+    reordered: int = 0
+
+
+def _zone_totals(snap: kmod.Snapshot) -> dict[str, list[int]]:
+    totals: dict[str, list[int]] = {}
+    for z in snap.zones:
+        t = totals.setdefault(z.zone, [0] * MAX_ORDER)
+        for o, c in enumerate(z.free):
+            t[o] += c
+    return totals
+
+
+def _counts_exact(op: kmod.OpRecord) -> bool:
+    """The count-level 5.10 model from the kernel's before-counts."""
+    if op.verb != "alloc" or op.ret != 0 or op.n != 1 or op.zone is None or op.order is None:
+        return False
+    assert op.gfp is not None and op.api is not None
+    before = kernel_state.counts_state(op.before, op.zone, op.cpu)
+    after = kernel_state.counts_state(op.after, op.zone, op.cpu)
+    kept = op.pages if op.api == "alloc_pages_exact" else None
+    p = predict_alloc(before, GFP_TYPES[op.gfp], op.order, exact_pages=kept)
+    if p.state is None:
+        return False
+    same_lists = all(p.state.free.get(mt, [0] * MAX_ORDER) == after.free.get(mt, [0] * MAX_ORDER)
+                     for mt in set(p.state.free) | set(after.free))
+    return same_lists and (p.state.pcp is None or after.pcp is None
+                           or p.state.pcp.count == after.pcp.count)
+
+
+FreeSnapshot = dict[str, tuple[int, int, dict[int, int]]]  # zone -> (start, end, pfn -> order)
+
+
+def _free_snapshot(zones: dict[kernel_state.ZoneKey, pagemodel.Zone]) -> FreeSnapshot:
+    return {z.name: (z.start_pfn, z.end_pfn, {pfn: o for pfn, (o, _) in z.free.items()})
+            for z in zones.values()}
+
+
+def _textbook_exact(op: kmod.OpRecord, free_before: FreeSnapshot,
+                    freed: list[tuple[int, int]]) -> bool:
+    """The textbook's per-order totals after the op, against the kernel's."""
+    before, after = _zone_totals(op.before), _zone_totals(op.after)
+    if op.verb == "alloc":
+        if op.ret != 0 or op.zone is None or op.order is None or op.n != 1:
+            return False
+        state = ZoneState({"all": before[op.zone]})
+        kept = op.pages if op.api == "alloc_pages_exact" else None
+        predicted, _ = predict_textbook(state, op.order, exact_pages=kept)
+        return predicted == after[op.zone] and all(
+            before[z] == after[z] for z in before if z != op.zone)
+    # A free: each freed block merges at once with every free buddy, of any type.
+    merged = {z: list(t) for z, t in before.items()}
+    for name, (start, end, free) in free_before.items():
+        free = dict(free)
+        for pfn, order in (f for f in freed if start <= f[0] < end):
+            while order < MAX_ORDER - 1 and free.get(pfn ^ (1 << order)) == order:
+                buddy_pfn = pfn ^ (1 << order)
+                del free[buddy_pfn]
+                merged[name][order] -= 1
+                pfn &= buddy_pfn
+                order += 1
+            free[pfn] = order
+            merged[name][order] += 1
+    return merged == after
+
+
+def evaluate(chunk: Chunk, result: Accuracy) -> None:
+    ops = [op for op in chunk.log.ops if op.verb != "clear_log"]
+    if len(ops) != len(chunk.commands):
+        raise ValueError(f"{len(chunk.commands)} commands but {len(ops)} op records "
+                         f"(log dropped {chunk.log.dropped})")
+    zones = kernel_state.zones_from_dump(chunk.dump, chunk.pageblocks, chunk.zones,
+                                   kernel_state.pcp_limits(ops[0].before.pcp))
+    replayer = operations.OperationReplayer(zones)
+    replayer.adopt(chunk.allocs)
+    windows = op_windows(chunk.events, chunk.dump.gen) if chunk.events is not None else {}
+    for op, command in zip(ops, chunk.commands):
+        window = windows.get(op.seq, OpWindow())
+        concurrent = not_the_op(window.during, op)
+        freed = _blocks_freed(replayer, op, command_args(command))
+        free_before = _free_snapshot(replayer.zones) if freed else {}
+        if chunk.events is not None:
+            replayer, outcome, later = replay_traced(replayer, op, command, window.before,
+                                                      concurrent)
+            result.concurrent += bool(concurrent)
+            result.reordered += later
+        else:
+            outcome = replayer.replay(op, command_args(command))
+        for tally, ok in ((result.page, outcome.exact and not outcome.before),
+                          (result.counts, _counts_exact(op)),
+                          (result.textbook, _textbook_exact(op, free_before, freed))):
+            tally.ops += 1
+            tally.exact += ok
+        if not (outcome.exact and not outcome.before):
+            result.divergences.append(
+                _divergence(op, command, outcome, window.before + concurrent, concurrent))
+
+
+def _blocks_freed(replayer: operations.OperationReplayer, op: kmod.OpRecord,
+                  args: dict[str, str]) -> list[tuple[int, int]]:
+    """(pfn, order) of the frees a free command makes, in the order it makes them."""
+    ids: list[int] = []
+    if op.verb == "free" and op.id is not None:
+        ids = [op.id]
+    elif op.verb == "free_all":
+        ids = sorted(replayer.allocations)
+    elif op.verb == "free_ids" and "first" in args:
+        ids = list(range(int(args["first"]), int(args["last"]) + 1, int(args.get("step", "1"))))
+    blocks: list[tuple[int, int]] = []
+    for i in ids:
+        a = replayer.allocations.get(i)
+        if a is None:
+            continue
+        if a.api == "alloc_pages_exact":
+            blocks += [(pfn, 0) for pfn in range(a.pfn, a.pfn + a.pages)]  # free_pages_exact
+        else:
+            blocks.append((a.pfn, a.order))
+    return blocks
+
+
+def _divergence(op: kmod.OpRecord, command: str, outcome: operations.OpOutcome,
+                seen: list[TraceEvent], concurrent: list[TraceEvent]) -> Divergence:
+    what: list[str] = []
+    if seen and not outcome.unknowable:
+        what = [f"{e.name} pfn={e.fields.get('pfn')} order={e.fields.get('order')} "
+                f"cpu={e.cpu} task={e.task}" for e in seen[:4]]
+        return Divergence(op.seq, command, "5.10 page for page", what,
+                          f"the trace shows {len(seen) - len(concurrent)} other kernel events "
+                          f"since the previous operation and {len(concurrent)} during this one "
+                          f"(on op cpu {op.cpu}); applied first, in trace order, they did not "
+                          f"reproduce the kernel's state: their interleaving is not known")
+    if outcome.unknowable:
+        cause = "unknowable: " + outcome.unknowable
+    elif outcome.before:
+        cause = ("the kernel's state changed between the previous operation and this one: "
+                 "an event the model could not see (no module operation ran)")
+        what = outcome.before
+    else:
+        cause = "the model's replay differs from the kernel"
+        what = outcome.after
+        if outcome.pfn_predicted != outcome.pfn_observed:
+            what = [f"pfn: model {outcome.pfn_predicted}, kernel {outcome.pfn_observed}", *what]
+    return Divergence(op.seq, command, "5.10 page for page", what[:6], cause)

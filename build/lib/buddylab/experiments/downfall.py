@@ -1,0 +1,230 @@
+"""The first experiment: the book's "downfall case", a 132 KiB request.
+
+`alloc_pages(GFP_KERNEL, 6)` takes 64 pages (256 KiB) for 33 asked, 124 KiB
+wasted; `alloc_pages_exact(132 KiB)` keeps 33 and frees the 31 tail pages.
+For each operation the module's before/after counts (taken in the kernel
+under zone->lock) are compared with the 5.10 model's prediction from the
+"before" counts, and the textbook model's prediction is shown beside them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from buddylab.allocator import GFP_TYPES
+from buddylab.models import kernel_state, operations
+from buddylab.records import kmod
+from buddylab import protocol
+from buddylab.models.counts import MAX_ORDER, Prediction, ZoneState, predict_alloc
+from buddylab.models.textbook import predict_textbook
+from buddylab.guest.session import Session
+
+PAGE_SIZE = 4096
+REQUEST_BYTES = 132 * 1024
+# What a clean kernel log must not contain after the experiment.
+KERNEL_LOG_PROBLEMS = ("WARNING:", "BUG:", "Oops", "page allocation failure", "Call Trace")
+
+
+@dataclass(frozen=True)
+class Operation:
+    label: str
+    command: str
+    api: str
+    exact: bool
+
+
+OPERATIONS = (
+    Operation("alloc_pages(GFP_KERNEL, order 6)",
+              "alloc api=alloc_pages gfp=GFP_KERNEL order=6", "alloc_pages", False),
+    Operation("alloc_pages_exact(132 KiB, GFP_KERNEL)",
+              f"alloc api=alloc_pages_exact gfp=GFP_KERNEL size={REQUEST_BYTES}",
+              "alloc_pages_exact", True),
+)
+
+
+@dataclass
+class OpResult:
+    label: str
+    zone: str
+    pfn: int
+    pages_asked: int
+    pages_taken: int
+    pages_kept: int
+    pages_wasted: int
+    observed_order_split: int | None
+    model: str                           # "match", "differs" or "unpredictable"
+    model_notes: list[str]
+    differences: list[str]
+    textbook: str                        # "match" or "differs"
+    textbook_note: str
+    textbook_differences: list[str]
+    before_totals: list[int]
+    after_totals: list[int]
+    pcp_before: int
+    pcp_after: int
+    page_model: str = ""
+    page_model_differences: list[str] = field(default_factory=list)
+    pfn_predicted: int | None = None
+
+
+@dataclass
+class Report:
+    operations: list[OpResult] = field(default_factory=list)
+    kernel_log_problems: list[str] = field(default_factory=list)
+    checks: list[tuple[str, bool]] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(ok for _, ok in self.checks)
+
+
+def _differences(predicted: ZoneState, observed: ZoneState) -> list[str]:
+    diffs = []
+    for mt in sorted(set(predicted.free) | set(observed.free)):
+        p = predicted.free.get(mt, [0] * MAX_ORDER)
+        o = observed.free.get(mt, [0] * MAX_ORDER)
+        for order in range(MAX_ORDER):
+            if p[order] != o[order]:
+                diffs.append(f"{mt} order {order}: predicted {p[order]}, observed {o[order]}")
+    if predicted.pcp and observed.pcp and predicted.pcp.count != observed.pcp.count:
+        diffs.append(f"per-CPU count: predicted {predicted.pcp.count}, "
+                     f"observed {observed.pcp.count}")
+    return diffs
+
+
+def _split_order(before: ZoneState, after: ZoneState, order: int) -> int | None:
+    """The order of the block the kernel split, read off the totals' change."""
+    b, a = before.totals(), after.totals()
+    lost = [o for o in range(order, MAX_ORDER) if a[o] < b[o]]
+    return lost[-1] if lost else None
+
+
+def evaluate(op: Operation, record: kmod.OpRecord, kept: int) -> OpResult:
+    assert record.zone is not None and record.gfp is not None and record.order is not None
+    assert record.pfn is not None
+    before = kernel_state.counts_state(record.before, record.zone, record.cpu)
+    after = kernel_state.counts_state(record.after, record.zone, record.cpu)
+    mt = GFP_TYPES[record.gfp]
+    order = record.order
+    asked = -(-REQUEST_BYTES // PAGE_SIZE)
+    prediction: Prediction = predict_alloc(before, mt, order, exact_pages=kept if op.exact else None)
+    if prediction.state is None:
+        verdict, diffs = "unpredictable", [prediction.uncertain or "unknown"]
+    else:
+        diffs = _differences(prediction.state, after)
+        verdict = "match" if not diffs else "differs"
+    textbook, note = predict_textbook(before, order, exact_pages=kept if op.exact else None)
+    observed_totals = after.totals()
+    tdiffs = ([f"order {o}: textbook {textbook[o]}, observed {observed_totals[o]}"
+               for o in range(MAX_ORDER) if textbook[o] != observed_totals[o]]
+              if textbook is not None else [note])
+    return OpResult(
+        label=op.label, zone=record.zone, pfn=record.pfn, pages_asked=asked,
+        pages_taken=1 << order, pages_kept=kept, pages_wasted=kept - asked,
+        observed_order_split=_split_order(before, after, order),
+        model=verdict, model_notes=prediction.notes, differences=diffs,
+        textbook="match" if not tdiffs else "differs", textbook_note=note,
+        textbook_differences=tdiffs, before_totals=before.totals(),
+        after_totals=observed_totals,
+        pcp_before=before.pcp.count if before.pcp else -1,
+        pcp_after=after.pcp.count if after.pcp else -1,
+    )
+
+
+def _guest_script() -> str:
+    """One SSH command: load, capture the exact state, run both operations, read, unload.
+
+    `exec N< file` opens a dump in the shell itself: the module captures
+    the image at open(2), so no forked process runs between the capture and
+    the operations, and the module allocates nothing between two of them.
+    """
+    cmds = " && ".join(f"echo '{op.command}' >&7" for op in OPERATIONS)
+    capture = protocol.exact_dump_script(cmds, reads=("cat allocs", "cat log"))
+    return (f"dmesg -c > /dev/null; {protocol.insmod()} && {capture} && cd / "
+            f"&& echo free_all > {protocol.DEBUGFS}/control && rmmod {protocol.MODULE_NAME} "
+            f"&& echo {protocol.SEPARATOR} && dmesg")
+
+
+def run(session: Session) -> Report:
+    """Load the module, run both operations, read the records, unload."""
+    out = session.run(_guest_script()).check().stdout
+    zones_t, pageblocks_t, dump_t, allocs_t, log_t, dmesg = protocol.split_output(out, 6)
+    infos = kmod.parse_zones(zones_t)
+    pageblocks = kmod.parse_pageblocks(pageblocks_t)
+    dump = kmod.parse_freelists(dump_t)
+    allocs = kmod.parse_allocs(allocs_t)
+    log = kmod.parse_log(log_t)
+    report = Report()
+    records = [r for r in log.ops if r.verb == "alloc"]
+    kept = {a.id: a.pages for a in allocs}
+    if records:
+        zones = kernel_state.zones_from_dump(dump, pageblocks, infos,
+                                       kernel_state.pcp_limits(records[0].before.pcp))
+        replayer = operations.OperationReplayer(zones)
+    for op, record in zip(OPERATIONS, records):
+        if record.ret == 0 and record.id in kept:
+            result = evaluate(op, record, kept[record.id])
+            outcome = replayer.replay(record)
+            result.page_model = _page_verdict(outcome)
+            result.page_model_differences = outcome.before + outcome.after
+            result.pfn_predicted = outcome.pfn_predicted
+            report.operations.append(result)
+    report.kernel_log_problems = [line for line in dmesg.splitlines()
+                                  if any(p in line for p in KERNEL_LOG_PROBLEMS)]
+    _checks(report, allocs, records)
+    return report
+
+
+def _page_verdict(outcome: operations.OpOutcome) -> str:
+    if outcome.unknowable:
+        return "unpredictable"
+    if outcome.before:
+        return "differs (state changed before the operation)"
+    return "match" if outcome.exact else "differs"
+
+
+def _checks(report: Report, allocs: list[kmod.AllocRecord], records: list) -> None:
+    c = report.checks
+    c.append(("both allocations succeeded", len(records) == 2 and all(r.ret == 0 for r in records)
+              and len(allocs) == 2))
+    if len(report.operations) == 2:
+        plain, exact_op = report.operations
+        c.append(("alloc_pages took 64 pages for 33 asked (124 KiB wasted)",
+                  plain.pages_taken == 64 and plain.pages_kept == 64 and plain.pages_asked == 33))
+        c.append(("alloc_pages_exact kept 33 pages", exact_op.pages_kept == 33))
+        for r in report.operations:
+            c.append((f"5.10 model predicted {r.label} page for page", r.page_model == "match"))
+    c.append(("kernel log clean (no WARN, BUG, Oops, allocation failure)",
+              not report.kernel_log_problems))
+
+
+def report_json(report: Report) -> dict[str, object]:
+    return {"operations": [asdict(op) for op in report.operations],
+            "kernel_log_problems": report.kernel_log_problems,
+            "checks": [{"check": name, "ok": ok} for name, ok in report.checks]}
+
+
+def format_report(report: Report) -> str:
+    lines = ["Downfall case: a 132 KiB request (33 pages) on the real kernel", ""]
+    for r in report.operations:
+        lines.append(f"{r.label}  [zone {r.zone}, pfn {r.pfn}]")
+        lines.append(f"  pages asked {r.pages_asked}, taken {r.pages_taken}, kept {r.pages_kept}, "
+                     f"wasted {r.pages_wasted} ({r.pages_wasted * 4} KiB)")
+        lines.append(f"  free blocks per order before: {r.before_totals}")
+        lines.append(f"  free blocks per order after:  {r.after_totals}"
+                     + (f"  (an order-{r.observed_order_split} block was split)"
+                        if r.observed_order_split is not None else ""))
+        lines.append(f"  per-CPU list count: {r.pcp_before} -> {r.pcp_after}")
+        lines.append(f"  5.10 model, page for page: {r.page_model.upper()} "
+                     f"(predicted pfn {r.pfn_predicted}, kernel pfn {r.pfn})")
+        lines += [f"    ! {d}" for d in r.page_model_differences]
+        lines.append(f"  5.10 model, counts only: {r.model}")
+        lines += [f"    {n}" for n in r.model_notes]
+        lines += [f"    ! {d}" for d in r.differences]
+        lines.append(f"  textbook model: {r.textbook} ({r.textbook_note})")
+        lines += [f"    ~ {d}" for d in r.textbook_differences]
+        lines.append("")
+    lines.append("checks:")
+    lines += [f"  [{'ok' if ok else 'FAIL'}] {name}" for name, ok in report.checks]
+    lines += [f"  kernel log: {line}" for line in report.kernel_log_problems]
+    return "\n".join(lines)

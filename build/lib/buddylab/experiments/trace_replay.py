@@ -1,0 +1,159 @@
+"""Capture real kernel traffic between two exact dumps, then replay and compare.
+
+In the guest: the kmem tracepoints go on, an exact dump is taken, an
+ordinary workload runs (processes forking and exiting, files written to
+tmpfs and removed), a second dump is taken, tracing stops.  The module
+emits its own `buddylab_dump` event inside each capture's stop_machine(),
+so the trace says exactly which events each dump already holds.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from buddylab import protocol
+from buddylab.models import kernel_state
+from buddylab.records import kmod
+from buddylab.records import procfs
+from buddylab.errors import SetupError
+from buddylab.results import write_text
+from buddylab.models.kmem_replay import ReplayReport, KmemTraceReplayer, block_share
+from buddylab.guest.session import Session
+from buddylab.records.kmemtrace import KMEM_EVENTS, TraceEvent, parse_trace
+
+
+# Processes forking and exiting, files written to tmpfs and removed.
+DEFAULT_WORKLOAD = (
+    "i=0; while [ $i -lt 40 ]; do i=$((i+1)); "
+    "( echo $i > /tmp/w$i; cat /proc/meminfo > /dev/null; ls / > /dev/null ) & "
+    "done; wait; "
+    "dd if=/dev/zero of=/tmp/big bs=64k count=48 2> /dev/null; "
+    "cat /tmp/big > /dev/null; rm -f /tmp/big /tmp/w*"
+)
+
+
+CAPTURE_FILES = ("zones.txt", "pageblocks.txt", "freelists-first.txt", "freelists-last.txt",
+                 "zoneinfo.txt", "trace.txt")
+
+
+@dataclass
+class TraceCapture:
+    zones: list[kmod.ZoneSpan]
+    pageblocks: list[kmod.Pageblock]
+    first: kmod.FreeListDump
+    last: kmod.FreeListDump
+    zoneinfo: list[procfs.ZoneInfo]
+    events: list[TraceEvent]
+    texts: tuple[str, ...] = ()   # what the guest printed, one text per CAPTURE_FILES entry
+
+
+def parse_capture(texts: list[str]) -> TraceCapture:
+    if len(texts) != len(CAPTURE_FILES):
+        raise ValueError(f"a capture has {len(CAPTURE_FILES)} parts, got {len(texts)}")
+    return TraceCapture(kmod.parse_zones(texts[0]), kmod.parse_pageblocks(texts[1]),
+                        kmod.parse_freelists(texts[2]), kmod.parse_freelists(texts[3]),
+                        procfs.parse_zoneinfo(texts[4]), parse_trace(texts[5]), tuple(texts))
+
+
+def save_capture(cap: TraceCapture, directory: Path) -> None:
+    """Keep what the guest printed, so the replay can be run again without a guest."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in zip(CAPTURE_FILES, cap.texts):
+        write_text(directory / name, text)
+
+
+def load_capture(directory: Path) -> TraceCapture:
+    missing = [n for n in CAPTURE_FILES if not (directory / n).is_file()]
+    if missing:
+        raise SetupError(f"{directory} is not a saved capture: {', '.join(missing)} missing")
+    return parse_capture([(directory / n).read_text() for n in CAPTURE_FILES])
+
+
+@dataclass
+class TraceResult:
+    events_replayed: int
+    report: ReplayReport
+    blocks_right: int
+    blocks_kernel: int
+    list_differences: list[str] = field(default_factory=list)
+
+    @property
+    def share(self) -> float:
+        return self.blocks_right / self.blocks_kernel if self.blocks_kernel else 0.0
+
+
+def _script(workload: str, buffer_kb: int) -> str:
+    """The workload between two exact dumps, traced; the second dump is fd 6."""
+    events = [f"kmem/{e}" for e in KMEM_EVENTS] + ["buddylab/buddylab_dump"]
+    tracing = protocol.TRACING
+    capture = protocol.exact_dump_script(
+        f"( {workload} ) && exec 6< freelists && echo 0 > {tracing}/tracing_on",
+        before_dump=f"{protocol.tracing_setup(events, buffer_kb)} "
+                    "&& cat /proc/zoneinfo > /tmp/zoneinfo && ",
+        between_opens=f"echo 1 > {tracing}/tracing_on && ",
+        reads=("cat <&6", "cat /tmp/zoneinfo", f"cat {tracing}/trace"))
+    return (f"{capture}; exec 6<&-; echo 0 > {tracing}/events/kmem/enable; "
+            f"echo 0 > {tracing}/events/buddylab/enable")
+
+
+def capture(session: Session, workload: str = DEFAULT_WORKLOAD,
+            buffer_kb: int = 16384) -> TraceCapture:
+    session.run(protocol.insmod()).check()
+    out = session.run(_script(workload, buffer_kb), timeout=600).check().stdout
+    session.run(f"rmmod {protocol.MODULE_NAME}").check()
+    parts = protocol.split_output(out, len(CAPTURE_FILES))
+    # The trace's page= fields are kernel addresses: keep PFNs only.
+    parts[5] = re.sub(r"page=(?:0x)?[0-9a-f]+ |page=\(nil\) ", "", parts[5])
+    return parse_capture(parts)
+
+
+def between_dumps(events: list[TraceEvent], first_gen: int, last_gen: int) -> list[TraceEvent]:
+    """The kmem events after dump `first_gen`'s capture, up to dump `last_gen`'s."""
+    marks = {e["gen"]: i for i, e in enumerate(events) if e.name == "buddylab_dump"}
+    if first_gen not in marks or last_gen not in marks:
+        raise ValueError(f"the trace lacks the buddylab_dump events of dumps {first_gen} and "
+                         f"{last_gen} (was the trace buffer too small?)")
+    return [e for e in events[marks[first_gen] + 1:marks[last_gen]]
+            if e.name.startswith("mm_page")]
+
+
+def limits_from_zoneinfo(zoneinfo: list[procfs.ZoneInfo]) -> kernel_state.PcpLimits:
+    return {(z.node, z.zone, p.cpu): (p.high, p.batch) for z in zoneinfo for p in z.pagesets}
+
+
+def replay_capture(cap: TraceCapture) -> TraceResult:
+    zones = kernel_state.zones_from_dump(cap.first, cap.pageblocks, cap.zones,
+                                  limits_from_zoneinfo(cap.zoneinfo))
+    for z in zones.values():
+        z.record_events = False
+    events = between_dumps(cap.events, cap.first.gen, cap.last.gen)
+    report = KmemTraceReplayer(list(zones.values())).replay(events)
+    kernel = {(b.zone, b.order, b.mt, b.pfn) for b in cap.last.blocks}
+    right, total = block_share(list(zones.values()), kernel)
+    return TraceResult(len(events), report, right, total,
+                       kernel_state.compare_dump(zones, cap.last, limit=20))
+
+
+def result_json(result: TraceResult) -> dict[str, object]:
+    return {"events_replayed": result.events_replayed, "blocks_right": result.blocks_right,
+            "blocks_kernel": result.blocks_kernel, "share": result.share,
+            "mismatch_count": result.report.mismatch_count,
+            "mismatches": result.report.mismatches, "skipped": result.report.skipped[:50],
+            "final_dump_differences": result.list_differences}
+
+
+def format_result(result: TraceResult) -> str:
+    r = result.report
+    lines = [f"Trace replay: {result.events_replayed} kmem events between two exact dumps",
+             f"  free blocks right at the end: {result.blocks_right} of {result.blocks_kernel} "
+             f"({100 * result.share:.1f}%)",
+             f"  events where the kernel took another block than the model: {r.mismatch_count}"]
+    lines += [f"    {m}" for m in r.mismatches[:10]]
+    if result.list_differences:
+        lines.append("  first differences from the final dump (list order included):")
+        lines += [f"    {d}" for d in result.list_differences[:10]]
+    else:
+        lines.append("  the final dump is identical, list order included")
+    return "\n".join(lines)

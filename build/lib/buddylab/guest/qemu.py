@@ -1,0 +1,301 @@
+"""Boot the guest under QEMU, watch its serial console, drive it over QMP.
+
+No QEMU outlives the harness: the child gets PR_SET_PDEATHSIG, every wait
+has a deadline, and `Qemu.stop()` (called from every exit path) escalates
+from an orderly power-off to QMP `quit` to SIGKILL.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from buddylab.errors import GuestCrashed, GuestTimeout, SetupError
+
+QEMU = "qemu-system-x86_64"
+READY_MARKER = "BUDDYLAB-SSHD-READY"
+INIT_FAILED_MARKER = "BUDDYLAB-INIT-FAILED"
+# What the kernel prints when it oopses or panics (oops=panic turns every
+# oops into a panic; panic=-1 with -no-reboot then ends QEMU).
+CRASH_MARKERS = ("Kernel panic - not syncing", "Oops:", "BUG: ", "general protection fault",
+                 "Unable to handle kernel", "invalid opcode:")
+
+
+@dataclass
+class QemuConfig:
+    kernel: Path
+    initrd: Path
+    memory_mib: int = 512
+    cpus: int = 1
+    accel: str = "tcg"
+    ssh_port: int = 0
+    extra_append: list[str] = field(default_factory=list)
+
+    def append(self) -> str:
+        # page_alloc.shuffle=0 keeps the free lists in a deterministic order
+        # (the Debian kernel builds in SHUFFLE_PAGE_ALLOCATOR).  quiet keeps
+        # the slow emulated serial port from delaying boot; panics and oopses
+        # are printed at levels quiet still shows.
+        words = ["console=ttyS0", "oops=panic", "panic=-1", "page_alloc.shuffle=0",
+                 "quiet", *self.extra_append]
+        return " ".join(words)
+
+    def argv(self, qmp_path: Path) -> list[str]:
+        netdev = f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22"
+        cpu = "host" if self.accel == "kvm" else "qemu64,+rdrand"
+        return [
+            QEMU, "-nodefaults", "-no-user-config", "-no-reboot",
+            "-accel", self.accel, "-cpu", cpu,
+            "-m", str(self.memory_mib), "-smp", str(self.cpus),
+            "-kernel", str(self.kernel), "-initrd", str(self.initrd),
+            "-append", self.append(),
+            "-display", "none", "-serial", "stdio", "-monitor", "none",
+            "-qmp", f"unix:{qmp_path}",
+            "-netdev", netdev,
+            # No option ROM: iPXE is of no use with -kernel and costs boot time.
+            "-device", "virtio-net-pci,netdev=n0,romfile=",
+        ]
+
+
+def _die_with_parent() -> None:
+    # PR_SET_PDEATHSIG: QEMU is killed if the harness dies, even by SIGKILL.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL, 0, 0, 0)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class SerialLog:
+    """Reads QEMU's stdout (the guest's ttyS0) into a file and watches it."""
+
+    def __init__(self, stream, path: Path) -> None:
+        self._stream = stream
+        self._file = path.open("wb")
+        self.path = path
+        self._text = ""
+        self._cond = threading.Condition()
+        self.closed = False
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        fd = self._stream.fileno()
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                chunk = b""
+            if chunk:
+                self._file.write(chunk)
+                self._file.flush()
+            with self._cond:
+                if chunk:
+                    self._text += chunk.decode(errors="replace")
+                else:
+                    self.closed = True
+                self._cond.notify_all()
+            if not chunk:
+                self._file.close()
+                return
+
+    @property
+    def text(self) -> str:
+        with self._cond:
+            return self._text
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.text.replace("\r", "").splitlines()[-lines:])
+
+    def crash(self) -> str | None:
+        """The first crash marker in the log, if any."""
+        text = self.text
+        for marker in CRASH_MARKERS:
+            if marker in text:
+                return marker
+        return None
+
+    def wait_for(self, predicate: Callable[[str], bool], timeout: float) -> bool:
+        """Wait until `predicate(log)` holds or the stream ends; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: predicate(self._text) or self.closed, timeout)
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+
+class Qemu:
+    """One QEMU process with its serial log and QMP connection."""
+
+    def __init__(self, config: QemuConfig, workdir: Path) -> None:
+        if shutil.which(QEMU) is None:
+            raise SetupError(f"{QEMU} not found: install qemu-system-x86 (make host-deps)")
+        if not config.kernel.is_file():
+            raise SetupError(f"kernel {config.kernel} missing")
+        self.config = config
+        self.workdir = workdir
+        self.qmp_path = workdir / "qmp.sock"
+        self.serial_path = workdir / "serial.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.serial: SerialLog | None = None
+        self.qmp: QEMUMonitorProtocol | None = None
+        self._stderr_path = workdir / "qemu.stderr"
+
+    def start(self, qmp_timeout: float = 10.0) -> None:
+        self.qmp = QEMUMonitorProtocol(str(self.qmp_path), server=True)
+        stderr = self._stderr_path.open("wb")
+        self.proc = subprocess.Popen(
+            self.config.argv(self.qmp_path), stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=stderr, preexec_fn=_die_with_parent,
+        )
+        stderr.close()
+        assert self.proc.stdout is not None
+        self.serial = SerialLog(self.proc.stdout, self.serial_path)
+        try:
+            self.qmp.accept(timeout=qmp_timeout)
+        except Exception as e:
+            self.stop()
+            raise SetupError(f"QEMU did not come up: {self.stderr_text() or e}") from e
+
+    def stderr_text(self) -> str:
+        try:
+            return self._stderr_path.read_text(errors="replace").strip()
+        except FileNotFoundError:
+            return ""
+
+    def status(self) -> str:
+        assert self.qmp is not None
+        reply = self.qmp.cmd("query-status")
+        assert isinstance(reply, dict)
+        return str(reply["status"])
+
+    def wait_ready(self, timeout: float) -> None:
+        """Wait for the guest's SSH-ready marker; raise on crash, exit or deadline."""
+        assert self.serial is not None
+        stop_at = (READY_MARKER, INIT_FAILED_MARKER, *CRASH_MARKERS)
+        seen = self.serial.wait_for(lambda t: any(m in t for m in stop_at), timeout)
+        self.check_crash()
+        text = self.serial.text
+        if INIT_FAILED_MARKER in text:
+            raise SetupError(f"guest /init failed:\n{self.serial.tail()}")
+        if READY_MARKER in text:
+            return
+        if self.serial.closed:
+            raise GuestCrashed(f"QEMU exited before the guest was ready "
+                               f"({self.stderr_text() or 'no message'})", self.serial.tail())
+        assert not seen
+        raise GuestTimeout(f"guest not ready within {timeout:.0f} s; serial log tail:\n"
+                           f"{self.serial.tail() or '(nothing on the serial console)'}")
+
+    def check_crash(self) -> None:
+        """Raise GuestCrashed if the serial log shows a panic or oops."""
+        assert self.serial is not None
+        marker = self.serial.crash()
+        if marker:
+            # Let the rest of the report reach the log before quoting it.
+            self.serial.wait_for(lambda t: "end Kernel panic" in t, 2.0)
+            raise GuestCrashed(f"guest kernel crashed ({marker.strip()})", self.serial.tail(60))
+
+    def wait_exit(self, timeout: float) -> bool:
+        assert self.proc is not None
+        try:
+            self.proc.wait(timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
+    def stop(self, grace: float = 3.0) -> None:
+        """End QEMU: wait `grace` for a power-off already asked for, then quit, then kill."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None and not self.wait_exit(grace):
+            try:
+                if self.qmp is not None:
+                    self.qmp.cmd("quit")
+            except Exception:
+                pass
+            if not self.wait_exit(2.0):
+                self.proc.kill()
+                self.proc.wait()
+        if self.qmp is not None:
+            try:
+                self.qmp.close()
+            except Exception:
+                pass
+            self.qmp = None
+        if self.serial is not None:
+            self.serial.join(2.0)
+
+
+def _kvm_probe_cache() -> Path:
+    from buddylab.paths import cache_dir
+    return cache_dir() / "kvm-probe.json"
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def probe_kvm(kernel: Path, timeout: float = 3.0) -> tuple[bool, str]:
+    """Whether a KVM guest gets as far as printing its banner; cached per host boot.
+
+    /dev/kvm can exist while KVM guests hang (seen on this project's
+    machines), so only a short real boot tells.
+    """
+    if os.environ.get("BUDDYLAB_ACCEL") in ("tcg", "kvm"):
+        forced = os.environ["BUDDYLAB_ACCEL"]
+        return forced == "kvm", f"BUDDYLAB_ACCEL={forced}"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False, "no usable /dev/kvm"
+    cache = _kvm_probe_cache()
+    key = {"boot_id": _boot_id(), "qemu": shutil.which(QEMU) or ""}
+    try:
+        cached = json.loads(cache.read_text())
+        if cached.get("key") == key:
+            return bool(cached["ok"]), str(cached["why"]) + " (cached)"
+    except (OSError, ValueError, KeyError):
+        pass
+    argv = [QEMU, "-nodefaults", "-no-user-config", "-no-reboot", "-accel", "kvm", "-cpu", "host",
+            "-m", "128", "-kernel", str(kernel), "-append", "console=ttyS0 panic=-1",
+            "-display", "none", "-serial", "stdio", "-monitor", "none"]
+    start = time.monotonic()
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=err, preexec_fn=_die_with_parent)
+        assert proc.stdout is not None
+        log = SerialLog(proc.stdout, Path(os.devnull))
+        ok = log.wait_for(lambda t: "Linux version" in t, timeout) and "Linux version" in log.text
+        exited = proc.poll() is not None
+        proc.kill()
+        proc.wait()
+        log.join(1.0)
+        err.seek(0)
+        message = err.read().decode(errors="replace").strip().splitlines()
+    if ok:
+        why = f"KVM guest printed its banner in {time.monotonic() - start:.1f} s"
+    elif exited:
+        why = f"KVM QEMU exited at once ({message[0] if message else 'no message'})"
+    else:
+        why = f"KVM guest printed nothing in {timeout:.0f} s"
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"key": key, "ok": ok, "why": why}))
+    return ok, why

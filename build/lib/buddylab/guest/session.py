@@ -1,0 +1,150 @@
+"""A booted guest with an SSH shell: the stages wired together.
+
+    with guest_session() as g:
+        g.run("insmod /buddylab.ko").check()
+
+Stages and their timings are recorded in `Session.timings`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from buddylab.kernel import elfcheck
+from buddylab.kernel.recipe import KernelPins, load_kernel_pins
+from buddylab.errors import BuddylabError, GuestTimeout
+from buddylab.guest.image import GuestImage, HostKey, build_image
+from buddylab.protocol import GUEST_MODULE_PATH
+from buddylab.kernel.kbuild import build_module
+from buddylab.kernel.provision import Kernel, provision_kernel
+from buddylab.guest.qemu import Qemu, QemuConfig, free_port, probe_kvm
+from buddylab.guest.ssh import ClientKey, CommandResult, GuestShell, make_client_key
+
+
+@dataclass
+class Timings:
+    stages: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.stages[name] = self.stages.get(name, 0.0) + time.monotonic() - start
+
+
+@dataclass
+class Prepared:
+    """What a boot needs, made once per run: kernel, module, image."""
+
+    kernel: Kernel
+    module: Path
+    image: GuestImage
+    accel: str
+    accel_why: str
+    vmlinuz: Path
+
+
+def prepare(pins: KernelPins | None = None, ko: Path | None = None,
+            timings: Timings | None = None) -> Prepared:
+    timings = timings or Timings()
+    pins = pins or load_kernel_pins()
+    with timings.stage("provision"):
+        kernel = provision_kernel(pins)
+    with timings.stage("module build"):
+        module = ko if ko is not None else build_module(kernel)
+        elfcheck.check_module(module, elfcheck.kernel_vermagic(kernel.modules_dir),
+                              kernel.symvers.read_text())
+    with timings.stage("image"):
+        image = build_image(kernel, module)
+    with timings.stage("accel probe"):
+        kvm, why = probe_kvm(kernel.vmlinuz)
+    return Prepared(kernel, module, image, "kvm" if kvm else "tcg", why, kernel.vmlinuz)
+
+
+class Session:
+    """A running guest: QEMU, its serial log, and one SSH connection."""
+
+    def __init__(self, qemu: Qemu, shell: GuestShell, workdir: Path, timings: Timings,
+                 host_key: HostKey, client_key: ClientKey) -> None:
+        self.qemu = qemu
+        self.shell = shell
+        self.workdir = workdir
+        self.timings = timings
+        self.module_path = GUEST_MODULE_PATH
+        self._host_key = host_key
+        self._client_key = client_key
+
+    def open_shell(self) -> GuestShell:
+        """A second, independent SSH connection (the caller closes it)."""
+        return GuestShell(self.qemu.config.ssh_port, self._host_key, self._client_key)
+
+    def run(self, command: str, timeout: float = 60.0, stdin: bytes | None = None) -> CommandResult:
+        """Run a guest command; a guest crash during it is raised as GuestCrashed."""
+        try:
+            result = self.shell.run(command, timeout=timeout, stdin=stdin)
+        except BuddylabError:
+            self.qemu.check_crash()
+            raise
+        self.qemu.check_crash()
+        return result
+
+
+@contextlib.contextmanager
+def boot(prepared: Prepared, memory_mib: int = 512, cpus: int = 1,
+         ready_timeout: float = 60.0, extra_append: list[str] | None = None,
+         timings: Timings | None = None, keep_dir: Path | None = None,
+         ) -> Iterator[Session]:
+    """Boot the prepared guest and yield a Session; QEMU is gone on exit."""
+    timings = timings or Timings()
+    with tempfile.TemporaryDirectory(prefix="buddylab-") as tmp:
+        workdir = Path(tmp)
+        client_key = make_client_key(workdir)
+        config = QemuConfig(prepared.vmlinuz, prepared.image.initramfs,
+                            memory_mib=memory_mib, cpus=cpus, accel=prepared.accel,
+                            ssh_port=free_port(),
+                            extra_append=[client_key.cmdline_word, *(extra_append or [])])
+        qemu = Qemu(config, workdir)
+        shell = None
+        try:
+            with timings.stage("boot to ssh"):
+                qemu.start()
+                qemu.wait_ready(ready_timeout)
+                status = qemu.status()
+                if status != "running":
+                    raise GuestTimeout(f"guest signalled ready but QMP says {status!r}")
+                shell = GuestShell(config.ssh_port, prepared.image.host_key, client_key)
+            yield Session(qemu, shell, workdir, timings, prepared.image.host_key, client_key)
+        finally:
+            with timings.stage("power-off"):
+                grace = 0.0
+                if shell is not None and qemu.proc is not None and qemu.proc.poll() is None:
+                    # The orderly way out: the guest powers itself off and
+                    # QEMU exits; QMP quit and SIGKILL only if it does not.
+                    try:
+                        shell.start("poweroff -f")
+                        grace = 3.0
+                    except Exception:
+                        pass
+                    shell.close()
+                qemu.stop(grace=grace)
+            if keep_dir is not None and qemu.serial_path.exists():
+                keep_dir.mkdir(parents=True, exist_ok=True)
+                (keep_dir / "serial.log").write_bytes(qemu.serial_path.read_bytes())
+
+
+@contextlib.contextmanager
+def guest_session(ko: Path | None = None, memory_mib: int = 512, cpus: int = 1,
+                  extra_append: list[str] | None = None) -> Iterator[Session]:
+    """Prepare and boot in one step (for tests and quick experiments)."""
+    timings = Timings()
+    prepared = prepare(ko=ko, timings=timings)
+    with boot(prepared, memory_mib=memory_mib, cpus=cpus, extra_append=extra_append,
+              timings=timings) as session:
+        yield session

@@ -1,0 +1,1 @@
+"""Kernel recipes and guest files, shipped as package data of buddylab (see buddylab.paths)."""

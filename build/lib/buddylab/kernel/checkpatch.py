@@ -1,0 +1,68 @@
+"""Run the kernel's checkpatch.pl --strict on the module's source.
+
+checkpatch.pl comes from the pinned `linux-source-5.10` package of the
+kernel recipe (the same release the module is built for), fetched with the
+project-local apt and cached; only the script and its data files are kept.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from buddylab.kernel.recipe import KernelPins
+from buddylab.paths import cache_dir, kmod_dir
+from buddylab.errors import SetupError
+from buddylab.kernel.provision import fetch_debs
+
+CHECKPATCH_FILES = ("scripts/checkpatch.pl", "scripts/spelling.txt",
+                    "scripts/const_structs.checkpatch")
+
+
+def ensure_checkpatch(pins: KernelPins) -> Path:
+    """checkpatch.pl of the recipe's kernel source, extracted once into the cache."""
+    if pins.source is None:
+        raise SetupError(f"kernel recipe {pins.name} names no source package")
+    tree = cache_dir() / "checkpatch" / pins.source.version
+    script = tree / "scripts" / "checkpatch.pl"
+    if script.is_file():
+        return script
+    deb = fetch_debs((pins.source,), pins.suites, cache_dir() / "debs")[pins.source]
+    tree.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix="tree.", dir=tree.parent))
+    try:
+        _extract(deb, staging)
+        staging.rename(tree)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return script
+
+
+def _extract(deb: Path, dest: Path) -> None:
+    """The tarball inside the .deb holds the tree; take only checkpatch's files."""
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        subprocess.run(["dpkg-deb", "-x", str(deb), tmp], check=True)
+        tarballs = list(Path(tmp).glob("usr/src/linux-source-*.tar.xz"))
+        if len(tarballs) != 1:
+            raise SetupError(f"{deb.name}: expected one linux-source tarball, found {len(tarballs)}")
+        top = tarballs[0].name.removesuffix(".tar.xz")
+        members = [f"{top}/{f}" for f in CHECKPATCH_FILES]
+        proc = subprocess.run(["tar", "-xJf", str(tarballs[0]), "-C", tmp, *members],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SetupError(f"extracting checkpatch from {deb.name}: {proc.stderr.strip()}")
+        (dest / "scripts").mkdir(parents=True)
+        for f in CHECKPATCH_FILES:
+            shutil.move(str(Path(tmp) / top / f), str(dest / f))
+
+
+def run_checkpatch(pins: KernelPins, sources: list[Path] | None = None) -> subprocess.CompletedProcess[str]:
+    """checkpatch.pl --strict --no-tree on the module's C files and headers."""
+    script = ensure_checkpatch(pins)
+    files = sources or sorted([*kmod_dir().glob("*.c"), *kmod_dir().glob("*.h")])
+    return subprocess.run(["perl", str(script), "--strict", "--no-tree",
+                           "--show-types", "-f", *map(str, files)],
+                          capture_output=True, text=True)

@@ -1,0 +1,1825 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * buddylab: drive the page allocator from user space and record, inside
+ * the kernel, exactly what its buddy and per-CPU lists looked like just
+ * before and just after each operation.
+ *
+ * Interface: debugfs buddylab/{control,allocs,log,freelists,pageblocks,zones},
+ * described in kmod/README.md.  Written for Linux 5.10 (x86-64): it reads
+ * struct zone, struct per_cpu_pages and the pageblock bitmap directly.
+ */
+
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/completion.h>
+#include <linux/cpu.h>
+#include <linux/cpumask.h>
+#include <linux/debugfs.h>
+#include <linux/gfp.h>
+#include <linux/kernel.h>
+#include <linux/list.h>
+#include <linux/mm.h>
+#include <linux/mmzone.h>
+#include <linux/module.h>
+#include <linux/mutex.h>
+#include <linux/nodemask.h>
+#include <linux/overflow.h>
+#include <linux/page_ref.h>
+#include <linux/pageblock-flags.h>
+#include <linux/rbtree.h>
+#include <linux/sched.h>
+#include <linux/seq_file.h>
+#include <linux/slab.h>
+#include <linux/smp.h>
+#include <linux/spinlock.h>
+#include <linux/stop_machine.h>
+#include <linux/string.h>
+#include <linux/uaccess.h>
+#include <linux/vmstat.h>
+#include <linux/workqueue.h>
+
+#define CREATE_TRACE_POINTS
+#include "buddylab_trace.h"
+
+#define BL_CMD_MAX	256		/* bytes of one command */
+#define BL_MAX_COUNT	65536		/* blocks of one alloc command */
+#define BL_POOL_SIZE	65536		/* tracking entries allocated at load */
+#define BL_MAX_FILL	BIT(20)		/* blocks of one fill command */
+#define BL_LOG_CAP	1024		/* op records kept */
+#define BL_LOG_BUDGET	(64 << 20)	/* bytes the log may take at most */
+#define BL_DUMP_TRIES	4
+
+/*
+ * The module's own memory (zones, log, pool, tracking blocks, images):
+ * failing with -ENOMEM is always better than waking the OOM killer.
+ */
+#define BL_GFP_OWN	(GFP_KERNEL | __GFP_NOWARN | __GFP_RETRY_MAYFAIL)
+
+/* Names, as the interface prints and parses them. */
+
+enum bl_api {
+	BL_ALLOC_PAGES,
+	BL_ALLOC_PAGE,
+	BL_GFP_PAGES,
+	BL_GFP_PAGE,
+	BL_ZEROED_PAGE,
+	BL_PAGES_EXACT,
+	BL_NR_APIS
+};
+
+static const char * const bl_api_names[BL_NR_APIS] = {
+	[BL_ALLOC_PAGES] = "alloc_pages",
+	[BL_ALLOC_PAGE] = "alloc_page",
+	[BL_GFP_PAGES] = "__get_free_pages",
+	[BL_GFP_PAGE] = "__get_free_page",
+	[BL_ZEROED_PAGE] = "get_zeroed_page",
+	[BL_PAGES_EXACT] = "alloc_pages_exact",
+};
+
+enum bl_gfp { BL_KERNEL, BL_ATOMIC, BL_HIGHUSER_MOVABLE, BL_NR_GFPS };
+
+static const char * const bl_gfp_names[BL_NR_GFPS] = {
+	[BL_KERNEL] = "GFP_KERNEL",
+	[BL_ATOMIC] = "GFP_ATOMIC",
+	[BL_HIGHUSER_MOVABLE] = "GFP_HIGHUSER_MOVABLE",
+};
+
+static const gfp_t bl_gfp_flags[BL_NR_GFPS] = {
+	[BL_KERNEL] = GFP_KERNEL,
+	[BL_ATOMIC] = GFP_ATOMIC,
+	[BL_HIGHUSER_MOVABLE] = GFP_HIGHUSER_MOVABLE,
+};
+
+enum bl_verb {
+	BL_ALLOC,
+	BL_FREE,
+	BL_FREE_IDS,
+	BL_FREE_ALL,
+	BL_LEAK,
+	BL_FILL,
+	BL_CLEAR_LOG,
+	BL_NR_VERBS
+};
+
+static const char * const bl_verb_names[BL_NR_VERBS] = {
+	[BL_ALLOC] = "alloc",
+	[BL_FREE] = "free",
+	[BL_FREE_IDS] = "free_ids",
+	[BL_FREE_ALL] = "free_all",
+	[BL_LEAK] = "leak",
+	[BL_FILL] = "fill",
+	[BL_CLEAR_LOG] = "clear_log",
+};
+
+/* Indexed by migratetype, as /proc/pagetypeinfo names them. */
+static const char * const bl_mt_names[] = {
+	"Unmovable",
+	"Movable",
+	"Reclaimable",
+	"HighAtomic",
+#ifdef CONFIG_CMA
+	"CMA",
+#endif
+#ifdef CONFIG_MEMORY_ISOLATION
+	"Isolate",
+#endif
+};
+
+static_assert(ARRAY_SIZE(bl_mt_names) == MIGRATE_TYPES);
+
+/* Command keys, with the numeric range each accepts. */
+
+enum bl_key {
+	BL_K_API,
+	BL_K_GFP,
+	BL_K_ORDER,
+	BL_K_SIZE,
+	BL_K_ZERO,
+	BL_K_COUNT,
+	BL_K_ID,
+	BL_K_FIRST,
+	BL_K_LAST,
+	BL_K_STEP,
+	BL_K_MAX,
+	BL_NR_KEYS
+};
+
+#define BIT_K(k)	BIT(BL_K_##k)
+
+struct bl_keydef {
+	const char *name;
+	const char * const *names;	/* value is one of these names */
+	unsigned int nr_names;
+	u64 min;
+	u64 max;
+};
+
+static const struct bl_keydef bl_keys[BL_NR_KEYS] = {
+	[BL_K_API] = { "api", bl_api_names, BL_NR_APIS, 0, 0 },
+	[BL_K_GFP] = { "gfp", bl_gfp_names, BL_NR_GFPS, 0, 0 },
+	[BL_K_ORDER] = { "order", NULL, 0, 0, MAX_ORDER - 1 },
+	[BL_K_SIZE] = { "size", NULL, 0, 1, PAGE_SIZE << (MAX_ORDER - 1) },
+	[BL_K_ZERO] = { "zero", NULL, 0, 1, 1 },
+	[BL_K_COUNT] = { "count", NULL, 0, 1, BL_MAX_COUNT },
+	[BL_K_ID] = { "id", NULL, 0, 1, U64_MAX },
+	[BL_K_FIRST] = { "first", NULL, 0, 1, U64_MAX },
+	[BL_K_LAST] = { "last", NULL, 0, 1, U64_MAX },
+	[BL_K_STEP] = { "step", NULL, 0, 1, U64_MAX },
+	[BL_K_MAX] = { "max", NULL, 0, 1, BL_MAX_FILL },
+};
+
+struct bl_verbdef {
+	u32 allowed;
+	u32 required;
+};
+
+static const struct bl_verbdef bl_verbs[BL_NR_VERBS] = {
+	[BL_ALLOC] = { BIT_K(API) | BIT_K(GFP) | BIT_K(ORDER) | BIT_K(SIZE) |
+		       BIT_K(ZERO) | BIT_K(COUNT), BIT_K(API) | BIT_K(GFP) },
+	[BL_FREE] = { BIT_K(ID), BIT_K(ID) },
+	[BL_FREE_IDS] = { BIT_K(FIRST) | BIT_K(LAST) | BIT_K(STEP),
+			  BIT_K(FIRST) | BIT_K(LAST) },
+	[BL_FREE_ALL] = { 0, 0 },
+	[BL_LEAK] = { BIT_K(ID) | BIT_K(ORDER), BIT_K(ID) | BIT_K(ORDER) },
+	[BL_FILL] = { BIT_K(API) | BIT_K(GFP) | BIT_K(ORDER) | BIT_K(MAX),
+		      BIT_K(API) | BIT_K(GFP) | BIT_K(ORDER) },
+	[BL_CLEAR_LOG] = { 0, 0 },
+};
+
+struct bl_cmd {
+	enum bl_verb verb;
+	u32 seen;
+	u64 val[BL_NR_KEYS];
+};
+
+/* Allocations held by the module, in an rbtree keyed by id. */
+
+enum bl_state { BL_LIVE, BL_LEAKED };
+
+struct bl_chunk;
+
+struct bl_alloc {
+	union {
+		struct rb_node node;		/* held: in bl_allocs */
+		struct bl_alloc *next_free;	/* in the pool's free list */
+	};
+	struct bl_chunk *chunk;	/* NULL for an entry of the pool */
+	u64 id;
+	unsigned long pfn;	/* first pfn still held */
+	u32 bytes;		/* bytes requested */
+	u32 pages;		/* pages still held */
+	u16 nid;
+	u8 zidx;		/* zone index within its node */
+	u8 api;
+	u8 gfp;
+	u8 zero;
+	u8 order;		/* order of the allocation */
+	u8 leak_order;		/* order of the leak free, if leaked */
+	u8 mt;			/* pageblock type at allocation time */
+	u8 state;
+};
+
+/*
+ * Tracking entries come from the pool allocated at load.  A command that
+ * may need more entries than the pool has left gets a chunk of its own,
+ * allocated before its first snapshot and freed after the last snapshot
+ * of the command that frees its last entry.
+ */
+struct bl_chunk {
+	struct list_head gc;
+	unsigned long live;
+	unsigned long used;
+	unsigned long cap;
+	struct bl_alloc ent[];
+};
+
+/* The op log: a ring of records with two snapshots each. */
+
+enum { BL_BEFORE, BL_AFTER, BL_NR_WHEN };
+
+#define BL_OP_ID	BIT(0)	/* id= */
+#define BL_OP_COUNT	BIT(1)	/* n= pages= */
+#define BL_OP_REQ	BIT(2)	/* api= gfp= order= bytes= */
+#define BL_OP_BLOCK	BIT(3)	/* nid= zone= pfn= */
+#define BL_OP_STOP	BIT(4)	/* stop= */
+
+/* Why an alloc or fill command stopped. */
+enum bl_stop { BL_STOP_COUNT, BL_STOP_NOMEM, BL_STOP_WATERMARK, BL_NR_STOPS };
+
+static const char * const bl_stop_names[BL_NR_STOPS] = {
+	[BL_STOP_COUNT] = "count",
+	[BL_STOP_NOMEM] = "nomem",
+	[BL_STOP_WATERMARK] = "watermark",
+};
+
+struct bl_op {
+	u64 seq;
+	u64 id;
+	u64 n;
+	u64 pages;
+	u64 bytes;
+	unsigned long pfn;
+	int ret;
+	int cpu;
+	u16 nid;
+	u8 zidx;
+	u8 verb;
+	u8 api;
+	u8 gfp;
+	u8 zero;
+	u8 order;
+	u8 stop;
+	u8 flags;
+};
+
+struct bl_zsnap {
+	u32 free[MIGRATE_TYPES][MAX_ORDER];
+};
+
+struct bl_psnap {
+	int count;
+	int high;
+	int batch;
+	u32 lists[MIGRATE_PCPTYPES];
+	bool valid;
+};
+
+static DEFINE_MUTEX(bl_lock);		/* serialises every command and read */
+static struct rb_root bl_allocs = RB_ROOT;
+static u64 bl_next_id = 1;
+static LIST_HEAD(bl_gc);		/* chunks with no live entry left */
+static struct bl_alloc *bl_pool;	/* BL_POOL_SIZE entries */
+static struct bl_alloc *bl_pool_free;	/* the pool's free entries */
+static unsigned long bl_pool_nfree;
+
+static struct zone **bl_zones;		/* populated zones at load time */
+static unsigned int bl_nr_zones;
+
+static struct bl_op *bl_ops;
+static struct bl_zsnap *bl_zsnaps;
+static struct bl_psnap *bl_psnaps;
+static unsigned int bl_log_cap;
+static unsigned int bl_log_head;
+static unsigned int bl_log_count;
+static u64 bl_log_dropped;
+static u64 bl_next_seq = 1;
+
+static u64 bl_dump_gen;
+static struct workqueue_struct *bl_wq;
+static struct dentry *bl_dir;
+
+/* Zones and pageblocks */
+
+static const char *bl_zone_name(int nid, int zidx)
+{
+	return NODE_DATA(nid)->node_zones[zidx].name;
+}
+
+/* Count the populated zones, storing the first @cap of them in @out. */
+static unsigned int bl_collect_zones(struct zone **out, unsigned int cap)
+{
+	unsigned int n = 0;
+	int nid, z;
+
+	for_each_online_node(nid) {
+		for (z = 0; z < MAX_NR_ZONES; z++) {
+			struct zone *zone = &NODE_DATA(nid)->node_zones[z];
+
+			if (!populated_zone(zone))
+				continue;
+			if (n < cap)
+				out[n] = zone;
+			n++;
+		}
+	}
+	return n;
+}
+
+/* The pageblock's migratetype, read from its section's usemap. */
+static unsigned int bl_pageblock_mt(unsigned long pfn)
+{
+	unsigned long *bitmap = section_to_usemap(__pfn_to_section(pfn));
+	unsigned long bitidx;
+	unsigned long word;
+
+	bitidx = ((pfn & (PAGES_PER_SECTION - 1)) >> pageblock_order) *
+		 NR_PAGEBLOCK_BITS;
+	word = READ_ONCE(bitmap[bitidx / BITS_PER_LONG]);
+	return (word >> (bitidx % BITS_PER_LONG)) & MIGRATETYPE_MASK;
+}
+
+static const char *bl_mt_name(unsigned int mt)
+{
+	return mt < MIGRATE_TYPES ? bl_mt_names[mt] : "Unknown";
+}
+
+/* Walk a list, stopping at @bound entries should it ever be corrupt. */
+static u32 bl_list_len(struct list_head *head, unsigned long bound)
+{
+	struct list_head *pos;
+	u32 n = 0;
+
+	list_for_each(pos, head) {
+		if (++n >= bound)
+			break;
+	}
+	return n;
+}
+
+/* Snapshots */
+
+static struct bl_zsnap *bl_zsnap_at(unsigned int slot, int when)
+{
+	return &bl_zsnaps[(slot * BL_NR_WHEN + when) * bl_nr_zones];
+}
+
+static struct bl_psnap *bl_psnap_at(unsigned int slot, int when)
+{
+	size_t per = (size_t)nr_cpu_ids * bl_nr_zones;
+
+	return &bl_psnaps[(slot * BL_NR_WHEN + when) * per];
+}
+
+/* Count the free blocks of every list of every zone, each under its lock. */
+static void bl_snap_zones(struct bl_zsnap *zs)
+{
+	unsigned int i, o, mt;
+
+	for (i = 0; i < bl_nr_zones; i++) {
+		struct zone *zone = bl_zones[i];
+
+		spin_lock(&zone->lock);
+		for (o = 0; o < MAX_ORDER; o++) {
+			struct free_area *area = &zone->free_area[o];
+
+			for (mt = 0; mt < MIGRATE_TYPES; mt++)
+				zs[i].free[mt][o] =
+					bl_list_len(&area->free_list[mt],
+						    zone->spanned_pages);
+		}
+		spin_unlock(&zone->lock);
+	}
+}
+
+/* Runs on the CPU whose lists it reads, with interrupts off. */
+static void bl_snap_pcp(void *arg)
+{
+	int cpu = smp_processor_id();
+	struct bl_psnap *ps = (struct bl_psnap *)arg + cpu * bl_nr_zones;
+	unsigned int i, t;
+
+	for (i = 0; i < bl_nr_zones; i++) {
+		struct zone *zone = bl_zones[i];
+		struct per_cpu_pages *pcp = &this_cpu_ptr(zone->pageset)->pcp;
+
+		ps[i].count = pcp->count;
+		ps[i].high = pcp->high;
+		ps[i].batch = pcp->batch;
+		for (t = 0; t < MIGRATE_PCPTYPES; t++)
+			ps[i].lists[t] = bl_list_len(&pcp->lists[t],
+						     zone->spanned_pages);
+		ps[i].valid = true;
+	}
+}
+
+/*
+ * The local CPU's lists and every zone are read in one interrupts-off
+ * section; other CPUs read their own lists in an IPI right after.
+ */
+static void bl_snap_take(unsigned int slot, int when, u64 seq)
+{
+	struct bl_psnap *ps = bl_psnap_at(slot, when);
+	unsigned long flags;
+	int cpu, self;
+
+	memset(ps, 0, sizeof(*ps) * nr_cpu_ids * bl_nr_zones);
+	local_irq_save(flags);
+	self = smp_processor_id();
+	bl_snap_zones(bl_zsnap_at(slot, when));
+	bl_snap_pcp(ps);
+	trace_buddylab_snapshot(seq, when == BL_AFTER);
+	local_irq_restore(flags);
+
+	for_each_online_cpu(cpu) {
+		if (cpu != self)
+			smp_call_function_single(cpu, bl_snap_pcp, ps, 1);
+	}
+}
+
+/* The op log */
+
+static void bl_log_reset(void)
+{
+	bl_log_head = 0;
+	bl_log_count = 0;
+	bl_log_dropped = 0;
+}
+
+static unsigned int bl_log_claim(void)
+{
+	unsigned int slot;
+
+	if (bl_log_count == bl_log_cap) {
+		bl_log_head = (bl_log_head + 1) % bl_log_cap;
+		bl_log_count--;
+		bl_log_dropped++;
+	}
+	slot = (bl_log_head + bl_log_count) % bl_log_cap;
+	bl_log_count++;
+	memset(&bl_ops[slot], 0, sizeof(bl_ops[slot]));
+	bl_ops[slot].seq = bl_next_seq++;
+	return slot;
+}
+
+/* The slot holding record @seq, or -1. */
+static int bl_log_find(u64 seq)
+{
+	u64 oldest;
+
+	if (!bl_log_count)
+		return -1;
+	oldest = bl_ops[bl_log_head].seq;
+	if (seq < oldest || seq - oldest >= bl_log_count)
+		return -1;
+	return (bl_log_head + (seq - oldest)) % bl_log_cap;
+}
+
+static int bl_log_alloc(void)
+{
+	size_t per_op = sizeof(struct bl_op) +
+		BL_NR_WHEN * bl_nr_zones * (sizeof(struct bl_zsnap) +
+		nr_cpu_ids * sizeof(struct bl_psnap));
+	size_t cap = min_t(size_t, BL_LOG_CAP, BL_LOG_BUDGET / per_op);
+
+	bl_log_cap = max_t(size_t, cap, 1);
+	bl_ops = kvcalloc(bl_log_cap, sizeof(*bl_ops), BL_GFP_OWN);
+	bl_zsnaps = kvcalloc(bl_log_cap * BL_NR_WHEN * bl_nr_zones,
+			     sizeof(*bl_zsnaps), BL_GFP_OWN);
+	bl_psnaps = kvcalloc(bl_log_cap * BL_NR_WHEN * bl_nr_zones,
+			     nr_cpu_ids * sizeof(*bl_psnaps), BL_GFP_OWN);
+	if (!bl_ops || !bl_zsnaps || !bl_psnaps)
+		return -ENOMEM;
+	return 0;
+}
+
+static void bl_log_free(void)
+{
+	kvfree(bl_psnaps);
+	kvfree(bl_zsnaps);
+	kvfree(bl_ops);
+}
+
+/* Tracking entries */
+
+static int bl_pool_init(void)
+{
+	unsigned long i;
+
+	bl_pool = kvcalloc(BL_POOL_SIZE, sizeof(*bl_pool), BL_GFP_OWN);
+	if (!bl_pool)
+		return -ENOMEM;
+	for (i = BL_POOL_SIZE; i > 0; i--) {
+		bl_pool[i - 1].next_free = bl_pool_free;
+		bl_pool_free = &bl_pool[i - 1];
+	}
+	bl_pool_nfree = BL_POOL_SIZE;
+	return 0;
+}
+
+/* Only while bl_pool_nfree says an entry is left. */
+static struct bl_alloc *bl_pool_get(void)
+{
+	struct bl_alloc *a = bl_pool_free;
+
+	bl_pool_free = a->next_free;
+	bl_pool_nfree--;
+	memset(a, 0, sizeof(*a));
+	return a;
+}
+
+static void bl_pool_put(struct bl_alloc *a)
+{
+	a->next_free = bl_pool_free;
+	bl_pool_free = a;
+	bl_pool_nfree++;
+}
+
+static struct bl_chunk *bl_chunk_new(unsigned long cap)
+{
+	struct bl_chunk *c;
+
+	c = kvzalloc(struct_size(c, ent, cap), BL_GFP_OWN);
+	if (c)
+		c->cap = cap;
+	return c;
+}
+
+/* Give up a chunk no entry of which is live; freed after the op. */
+static void bl_chunk_put(struct bl_chunk *c)
+{
+	if (c && !c->live)
+		list_add_tail(&c->gc, &bl_gc);
+}
+
+static void bl_gc_flush(void)
+{
+	struct bl_chunk *c, *tmp;
+
+	list_for_each_entry_safe(c, tmp, &bl_gc, gc) {
+		list_del(&c->gc);
+		kvfree(c);
+	}
+}
+
+static void bl_insert(struct bl_alloc *a)
+{
+	struct rb_node **link = &bl_allocs.rb_node, *parent = NULL;
+
+	while (*link) {
+		parent = *link;
+		if (a->id < rb_entry(parent, struct bl_alloc, node)->id)
+			link = &parent->rb_left;
+		else
+			link = &parent->rb_right;
+	}
+	rb_link_node(&a->node, parent, link);
+	rb_insert_color(&a->node, &bl_allocs);
+}
+
+/* The live entry with the smallest id >= @id, or NULL. */
+static struct bl_alloc *bl_find_ge(u64 id)
+{
+	struct rb_node *n = bl_allocs.rb_node;
+	struct bl_alloc *best = NULL;
+
+	while (n) {
+		struct bl_alloc *a = rb_entry(n, struct bl_alloc, node);
+
+		if (a->id < id) {
+			n = n->rb_right;
+		} else {
+			best = a;
+			n = n->rb_left;
+		}
+	}
+	return best;
+}
+
+static struct bl_alloc *bl_next(struct bl_alloc *a)
+{
+	struct rb_node *n = rb_next(&a->node);
+
+	return n ? rb_entry(n, struct bl_alloc, node) : NULL;
+}
+
+/* Allocating and freeing through each entry point */
+
+static gfp_t bl_gfp(const struct bl_cmd *cmd, bool fill)
+{
+	gfp_t gfp = bl_gfp_flags[cmd->val[BL_K_GFP]] | __GFP_NOWARN;
+
+	if (cmd->seen & BIT_K(ZERO))
+		gfp |= __GFP_ZERO;
+	if (fill)
+		gfp |= __GFP_NORETRY;
+	else if (gfpflags_allow_blocking(gfp))
+		gfp |= __GFP_RETRY_MAYFAIL;
+	return gfp;
+}
+
+/*
+ * Whether the module may take @pages more pages now.  The zone the
+ * allocator would take them from is the first one of the local node's
+ * zonelist for @gfp that has pages above its lowmem reserve for the
+ * request; that zone must keep more than its high watermark free
+ * afterwards, not counting its HighAtomic reserve nor one per-CPU refill
+ * of batch pages, nor @extra (the pageblock a GFP_ATOMIC order > 0
+ * success may add to that reserve).
+ * The allocator then stays on its fast path, and nothing the module
+ * does can drive a zone down to its min watermark and have the OOM
+ * killer woken by someone else's allocation.
+ */
+static bool bl_headroom(gfp_t gfp, unsigned long pages, unsigned long extra)
+{
+	int cpu = raw_smp_processor_id();
+	enum zone_type high = gfp_zone(gfp);
+	struct zoneref *zr;
+	long free, keep;
+
+	zr = node_zonelist(cpu_to_node(cpu), gfp)->_zonerefs;
+	for (; zr->zone; zr++) {
+		struct zone *z = zr->zone;
+
+		if (zonelist_zone_idx(zr) > high)
+			continue;
+		free = zone_page_state_snapshot(z, NR_FREE_PAGES) - (long)pages;
+		if (free <= (long)z->lowmem_reserve[high])
+			continue;
+		keep = high_wmark_pages(z) + z->lowmem_reserve[high] +
+		       READ_ONCE(z->nr_reserved_highatomic) +
+		       READ_ONCE(per_cpu_ptr(z->pageset, cpu)->pcp.batch) + extra;
+		return free > keep;
+	}
+	return false;
+}
+
+/* The guard for one block of an alloc or fill command. */
+static bool bl_block_headroom(unsigned int api, gfp_t gfp, unsigned int order)
+{
+	if (api != BL_ALLOC_PAGES && api != BL_ALLOC_PAGE)
+		gfp &= ~__GFP_HIGHMEM;	/* as __get_free_pages() does */
+	return bl_headroom(gfp, 1UL << order,
+			   order && (gfp & __GFP_ATOMIC) ? pageblock_nr_pages : 0);
+}
+
+static struct page *bl_addr_page(unsigned long addr)
+{
+	return addr ? virt_to_page((void *)addr) : NULL;
+}
+
+static struct page *bl_get(unsigned int api, gfp_t gfp, unsigned int order,
+			   size_t size)
+{
+	switch (api) {
+	case BL_ALLOC_PAGES:
+		return alloc_pages(gfp, order);
+	case BL_ALLOC_PAGE:
+		return alloc_page(gfp);
+	case BL_GFP_PAGES:
+		return bl_addr_page(__get_free_pages(gfp, order));
+	case BL_GFP_PAGE:
+		return bl_addr_page(__get_free_page(gfp));
+	case BL_ZEROED_PAGE:
+		return bl_addr_page(get_zeroed_page(gfp));
+	default:
+		return bl_addr_page((unsigned long)alloc_pages_exact(size, gfp));
+	}
+}
+
+/* Free an order-@order block the way its api frees. */
+static void bl_put_block(unsigned int api, unsigned long pfn,
+			 unsigned int order)
+{
+	struct page *page = pfn_to_page(pfn);
+
+	if (api == BL_ALLOC_PAGES || api == BL_ALLOC_PAGE)
+		__free_pages(page, order);
+	else
+		free_pages((unsigned long)page_address(page), order);
+}
+
+/* Return every page @a still holds; the number of pages. */
+static u32 bl_put(struct bl_alloc *a)
+{
+	unsigned long base;
+	unsigned int j;
+
+	if (a->state == BL_LEAKED) {
+		base = a->pfn - (1UL << a->leak_order);
+		for (j = a->leak_order; j < a->order; j++)
+			bl_put_block(a->api, base + (1UL << j), j);
+	} else if (a->api == BL_PAGES_EXACT) {
+		free_pages_exact(page_address(pfn_to_page(a->pfn)), a->bytes);
+	} else {
+		bl_put_block(a->api, a->pfn, a->order);
+	}
+	return a->pages;
+}
+
+static void bl_forget(struct bl_alloc *a)
+{
+	struct bl_chunk *c = a->chunk;
+
+	rb_erase(&a->node, &bl_allocs);
+	if (!c) {
+		bl_pool_put(a);
+		return;
+	}
+	c->live--;
+	bl_chunk_put(c);
+}
+
+/* Command execution, in a worker bound to the writer's CPU */
+
+struct bl_run {
+	struct work_struct work;
+	struct completion done;
+	const struct bl_cmd *cmd;
+	struct bl_chunk *chunk;	/* entries from here, if not from the pool */
+	unsigned long max;	/* blocks the command may allocate */
+	bool pool;		/* entries from the pool */
+	bool no_room;		/* the guard refused a tracking block */
+	struct bl_op *op;
+	unsigned int slot;
+};
+
+static void bl_op_block(struct bl_op *op, const struct bl_alloc *a)
+{
+	op->flags |= BL_OP_REQ | BL_OP_BLOCK;
+	op->api = a->api;
+	op->gfp = a->gfp;
+	op->zero = a->zero;
+	op->order = a->order;
+	op->bytes = a->bytes;
+	op->nid = a->nid;
+	op->zidx = a->zidx;
+	op->pfn = a->pfn;
+}
+
+static void bl_fill_entry(struct bl_alloc *a, const struct bl_cmd *cmd,
+			  struct page *page)
+{
+	unsigned int api = cmd->val[BL_K_API];
+
+	a->id = bl_next_id++;
+	a->pfn = page_to_pfn(page);
+	a->nid = page_to_nid(page);
+	a->zidx = page_zonenum(page);
+	a->api = api;
+	a->gfp = cmd->val[BL_K_GFP];
+	a->zero = api == BL_ZEROED_PAGE || (cmd->seen & BIT_K(ZERO));
+	if (api == BL_PAGES_EXACT) {
+		a->bytes = cmd->val[BL_K_SIZE];
+		a->order = get_order(a->bytes);
+		a->pages = DIV_ROUND_UP(a->bytes, PAGE_SIZE);
+	} else {
+		a->order = cmd->val[BL_K_ORDER];
+		a->bytes = PAGE_SIZE << a->order;
+		a->pages = 1U << a->order;
+	}
+	a->mt = bl_pageblock_mt(a->pfn);
+	a->state = BL_LIVE;
+}
+
+static void bl_op_request(struct bl_op *op, const struct bl_cmd *cmd)
+{
+	unsigned int api = cmd->val[BL_K_API];
+
+	op->flags |= BL_OP_COUNT | BL_OP_REQ | BL_OP_STOP;
+	op->api = api;
+	op->gfp = cmd->val[BL_K_GFP];
+	op->zero = api == BL_ZEROED_PAGE || (cmd->seen & BIT_K(ZERO));
+	if (api == BL_PAGES_EXACT) {
+		op->order = get_order(cmd->val[BL_K_SIZE]);
+		op->bytes = cmd->val[BL_K_SIZE];
+	} else {
+		op->order = cmd->val[BL_K_ORDER];
+		op->bytes = PAGE_SIZE << op->order;
+	}
+}
+
+static void bl_op_add(struct bl_op *op, const struct bl_alloc *a)
+{
+	if (!op->n) {
+		bl_op_block(op, a);
+		op->flags |= BL_OP_ID;
+		op->id = a->id;
+	}
+	op->n++;
+	op->pages += a->pages;
+}
+
+/* A tracking entry of those bl_prepare() set aside for @run. */
+static struct bl_alloc *bl_entry_get(struct bl_run *run)
+{
+	struct bl_chunk *c = run->chunk;
+	struct bl_alloc *a;
+
+	if (run->pool)
+		return bl_pool_get();
+	a = &c->ent[c->used++];
+	a->chunk = c;
+	return a;
+}
+
+/* alloc and fill: up to run->max blocks, stopping at the first failure. */
+static int bl_exec_alloc(struct bl_run *run, bool fill)
+{
+	const struct bl_cmd *cmd = run->cmd;
+	gfp_t gfp = bl_gfp(cmd, fill);
+	struct bl_op *op = run->op;
+	struct bl_alloc *a;
+	struct page *page;
+
+	bl_op_request(op, cmd);
+	op->stop = run->no_room ? BL_STOP_WATERMARK : BL_STOP_NOMEM;
+	if (!run->pool && !run->chunk)
+		return -ENOMEM;
+
+	while (op->n < run->max) {
+		if (!bl_block_headroom(op->api, gfp, op->order)) {
+			op->stop = BL_STOP_WATERMARK;
+			return -ENOMEM;
+		}
+		page = bl_get(op->api, gfp, op->order, cmd->val[BL_K_SIZE]);
+		if (!page)
+			return -ENOMEM;
+		a = bl_entry_get(run);
+		bl_fill_entry(a, cmd, page);
+		bl_insert(a);
+		if (a->chunk)
+			a->chunk->live++;
+		bl_op_add(op, a);
+		cond_resched();
+	}
+	op->stop = BL_STOP_COUNT;
+	return 0;
+}
+
+/* Free the live entries with ids in [first, last] at the given step. */
+static int bl_exec_free_ids(struct bl_op *op, u64 first, u64 last, u64 step)
+{
+	struct bl_alloc *a = bl_find_ge(first), *next;
+
+	op->flags |= BL_OP_COUNT;
+	for (; a && a->id <= last; a = next) {
+		next = bl_next(a);
+		if ((a->id - first) % step)
+			continue;
+		if (!op->n) {
+			op->flags |= BL_OP_ID;
+			op->id = a->id;
+		}
+		op->pages += bl_put(a);
+		op->n++;
+		bl_forget(a);
+		cond_resched();
+	}
+	return 0;
+}
+
+static struct bl_alloc *bl_lookup(struct bl_op *op, u64 id)
+{
+	struct bl_alloc *a = bl_find_ge(id);
+
+	op->flags |= BL_OP_ID | BL_OP_COUNT;
+	op->id = id;
+	if (!a || a->id != id)
+		return NULL;
+	bl_op_block(op, a);
+	return a;
+}
+
+static int bl_exec_free(struct bl_op *op, u64 id)
+{
+	struct bl_alloc *a = bl_lookup(op, id);
+
+	if (!a)
+		return -ENOENT;
+	op->pages = bl_put(a);
+	op->n = 1;
+	bl_forget(a);
+	return 0;
+}
+
+/*
+ * The mistake of the book's ch8/lowlevel_mem: __free_pages(page, k) on a
+ * non-compound order-m block with k < m.  The head's refcount drops to
+ * zero and the first 2^k pages go back; pages 2^k .. 2^m - 1 stay out of
+ * every list, refcount zero.  Each of them belongs to one of the aligned
+ * blocks of order k .. m-1 that follow; their heads get a reference first
+ * so that the module can free those blocks later.
+ */
+static int bl_exec_leak(struct bl_op *op, u64 id, unsigned int k)
+{
+	struct bl_alloc *a = bl_lookup(op, id);
+	unsigned int j;
+
+	if (!a)
+		return -ENOENT;
+	if (a->state != BL_LIVE || k >= a->order ||
+	    (a->api != BL_ALLOC_PAGES && a->api != BL_GFP_PAGES))
+		return -EINVAL;
+
+	for (j = k; j < a->order; j++)
+		init_page_count(pfn_to_page(a->pfn + (1UL << j)));
+	bl_put_block(a->api, a->pfn, k);
+
+	a->state = BL_LEAKED;
+	a->leak_order = k;
+	a->pfn += 1UL << k;
+	a->pages -= 1U << k;
+	op->n = 1;
+	op->pages = 1U << k;
+	return 0;
+}
+
+static unsigned long bl_fill_bound(unsigned int order)
+{
+	unsigned long pages = 0;
+	unsigned int i;
+
+	for (i = 0; i < bl_nr_zones; i++)
+		pages += zone_managed_pages(bl_zones[i]);
+	return (pages >> order) + 1;
+}
+
+static int bl_exec(struct bl_run *run)
+{
+	const struct bl_cmd *cmd = run->cmd;
+	const u64 *v = cmd->val;
+
+	switch (cmd->verb) {
+	case BL_ALLOC:
+		return bl_exec_alloc(run, false);
+	case BL_FILL:
+		return bl_exec_alloc(run, true);
+	case BL_FREE:
+		return bl_exec_free(run->op, v[BL_K_ID]);
+	case BL_FREE_IDS:
+		return bl_exec_free_ids(run->op, v[BL_K_FIRST], v[BL_K_LAST],
+					v[BL_K_STEP]);
+	case BL_FREE_ALL:
+		return bl_exec_free_ids(run->op, 1, U64_MAX, 1);
+	case BL_LEAK:
+		return bl_exec_leak(run->op, v[BL_K_ID], v[BL_K_ORDER]);
+	default:
+		return 0;
+	}
+}
+
+static void bl_work(struct work_struct *work)
+{
+	struct bl_run *run = container_of(work, struct bl_run, work);
+
+	run->op->cpu = raw_smp_processor_id();
+	bl_snap_take(run->slot, BL_BEFORE, run->op->seq);
+	run->op->ret = bl_exec(run);
+	bl_snap_take(run->slot, BL_AFTER, run->op->seq);
+	complete(&run->done);
+}
+
+/*
+ * Set aside the tracking entries an alloc or fill may need, before its
+ * first snapshot: from the pool if it has enough left, which allocates
+ * nothing, or else in a chunk of their own, which the watermark guard
+ * must allow like the blocks themselves.
+ */
+static void bl_prepare(struct bl_run *run)
+{
+	const struct bl_cmd *cmd = run->cmd;
+	struct bl_chunk *c;
+	unsigned long n;
+
+	if (cmd->verb == BL_ALLOC) {
+		n = cmd->val[BL_K_COUNT];
+	} else {
+		n = bl_fill_bound(cmd->val[BL_K_ORDER]);
+		if (cmd->seen & BIT_K(MAX))
+			n = min_t(unsigned long, n, cmd->val[BL_K_MAX]);
+	}
+	run->max = n;
+	if (n <= bl_pool_nfree)
+		run->pool = true;
+	else if (bl_headroom(GFP_KERNEL,
+			     DIV_ROUND_UP(struct_size(c, ent, n), PAGE_SIZE), 0))
+		run->chunk = bl_chunk_new(n);
+	else
+		run->no_room = true;
+}
+
+static int bl_run_cmd(const struct bl_cmd *cmd)
+{
+	struct bl_run run = { .cmd = cmd };
+	int ret;
+
+	mutex_lock(&bl_lock);
+	if (cmd->verb == BL_CLEAR_LOG)
+		bl_log_reset();
+	if (cmd->verb == BL_ALLOC || cmd->verb == BL_FILL)
+		bl_prepare(&run);
+	run.slot = bl_log_claim();
+	run.op = &bl_ops[run.slot];
+	run.op->verb = cmd->verb;
+
+	/*
+	 * Wait for the work itself, not with flush_work(): its barrier is
+	 * not counted by drain_workqueue(), and destroy_workqueue() at
+	 * unload could race with the worker dropping the barrier's pwq.
+	 */
+	INIT_WORK_ONSTACK(&run.work, bl_work);
+	init_completion(&run.done);
+	queue_work_on(raw_smp_processor_id(), bl_wq, &run.work);
+	wait_for_completion(&run.done);
+	destroy_work_on_stack(&run.work);
+
+	ret = run.op->ret;
+	bl_chunk_put(run.chunk);
+	bl_gc_flush();
+	mutex_unlock(&bl_lock);
+	return ret;
+}
+
+/* Parsing */
+
+static int bl_match(const char *s, const char * const *names, unsigned int n)
+{
+	unsigned int i;
+
+	for (i = 0; i < n; i++) {
+		if (!strcmp(s, names[i]))
+			return i;
+	}
+	return -EINVAL;
+}
+
+static int bl_parse_value(const struct bl_keydef *k, const char *s, u64 *out)
+{
+	int i;
+
+	if (k->names) {
+		i = bl_match(s, k->names, k->nr_names);
+		if (i < 0)
+			return i;
+		*out = i;
+		return 0;
+	}
+	if (!*s || strlen(s) > 20 || strspn(s, "0123456789") != strlen(s))
+		return -EINVAL;
+	if (kstrtou64(s, 10, out) || *out < k->min || *out > k->max)
+		return -EINVAL;
+	return 0;
+}
+
+static int bl_parse_arg(struct bl_cmd *cmd, char *tok)
+{
+	char *val = strchr(tok, '=');
+	int key;
+
+	if (!val)
+		return -EINVAL;
+	*val++ = '\0';
+	for (key = 0; key < BL_NR_KEYS; key++) {
+		if (!strcmp(tok, bl_keys[key].name))
+			break;
+	}
+	if (key == BL_NR_KEYS || !(bl_verbs[cmd->verb].allowed & BIT(key)) ||
+	    (cmd->seen & BIT(key)))
+		return -EINVAL;
+	cmd->seen |= BIT(key);
+	return bl_parse_value(&bl_keys[key], val, &cmd->val[key]);
+}
+
+static bool bl_needs_order(unsigned int api)
+{
+	return api == BL_ALLOC_PAGES || api == BL_GFP_PAGES;
+}
+
+/* Rules that tie keys together. */
+static int bl_check(struct bl_cmd *cmd)
+{
+	u64 *v = cmd->val;
+	unsigned int api = v[BL_K_API];
+	bool exact = api == BL_PAGES_EXACT;
+
+	if ((cmd->seen & bl_verbs[cmd->verb].required) !=
+	    bl_verbs[cmd->verb].required)
+		return -EINVAL;
+	switch (cmd->verb) {
+	case BL_ALLOC:
+		if (bl_needs_order(api) != !!(cmd->seen & BIT_K(ORDER)) ||
+		    exact != !!(cmd->seen & BIT_K(SIZE)))
+			return -EINVAL;
+		if (!(cmd->seen & BIT_K(COUNT)))
+			v[BL_K_COUNT] = 1;
+		return 0;
+	case BL_FILL:
+		return api == BL_ALLOC_PAGES ? 0 : -EINVAL;
+	case BL_FREE_IDS:
+		if (!(cmd->seen & BIT_K(STEP)))
+			v[BL_K_STEP] = 1;
+		return v[BL_K_FIRST] <= v[BL_K_LAST] ? 0 : -EINVAL;
+	default:
+		return 0;
+	}
+}
+
+/* @buf: NUL-terminated, newline already stripped. */
+static int bl_parse(char *buf, struct bl_cmd *cmd)
+{
+	char *tok;
+	int ret;
+
+	memset(cmd, 0, sizeof(*cmd));
+	for (tok = buf; *tok; tok++) {
+		if (*tok != ' ' && (*tok < 0x21 || *tok > 0x7e))
+			return -EINVAL;
+	}
+	tok = strsep(&buf, " ");
+	ret = bl_match(tok, bl_verb_names, BL_NR_VERBS);
+	if (ret < 0)
+		return ret;
+	cmd->verb = ret;
+	while (buf) {
+		tok = strsep(&buf, " ");
+		ret = bl_parse_arg(cmd, tok);
+		if (ret)
+			return ret;
+	}
+	return bl_check(cmd);
+}
+
+static ssize_t bl_control_write(struct file *file, const char __user *ubuf,
+				size_t len, loff_t *ppos)
+{
+	char buf[BL_CMD_MAX + 1];
+	struct bl_cmd cmd;
+	size_t n = len;
+	int ret;
+
+	if (!len || len > BL_CMD_MAX)
+		return -EINVAL;
+	if (copy_from_user(buf, ubuf, len))
+		return -EFAULT;
+	buf[n] = '\0';
+	if (buf[n - 1] == '\n')
+		buf[--n] = '\0';
+	if (!n || strlen(buf) != n)
+		return -EINVAL;
+
+	ret = bl_parse(buf, &cmd);
+	if (!ret)
+		ret = bl_run_cmd(&cmd);
+	return ret ? ret : len;
+}
+
+static const struct file_operations bl_control_fops = {
+	.owner = THIS_MODULE,
+	.open = nonseekable_open,
+	.write = bl_control_write,
+	.llseek = no_llseek,
+};
+
+/* allocs: one line per live allocation; the seq_file position is the id */
+
+static void *bl_allocs_start(struct seq_file *m, loff_t *pos)
+{
+	struct bl_alloc *a;
+
+	mutex_lock(&bl_lock);
+	a = bl_find_ge(max_t(u64, *pos, 1));
+	if (a)
+		*pos = a->id;
+	return a;
+}
+
+static void *bl_allocs_next(struct seq_file *m, void *v, loff_t *pos)
+{
+	struct bl_alloc *a = v;
+
+	*pos = a->id + 1;
+	return bl_next(a);
+}
+
+static void bl_unlock_stop(struct seq_file *m, void *v)
+{
+	mutex_unlock(&bl_lock);
+}
+
+static int bl_allocs_show(struct seq_file *m, void *v)
+{
+	struct bl_alloc *a = v;
+
+	seq_printf(m, "alloc id=%llu api=%s gfp=%s%s bytes=%u order=%u pages=%u",
+		   a->id, bl_api_names[a->api], bl_gfp_names[a->gfp],
+		   a->zero ? "|__GFP_ZERO" : "", a->bytes, a->order, a->pages);
+	seq_printf(m, " pfn=%lu nid=%u zone=%s pageblock_mt=%s state=%s\n",
+		   a->pfn, a->nid, bl_zone_name(a->nid, a->zidx),
+		   bl_mt_name(a->mt), a->state == BL_LIVE ? "live" : "leaked");
+	return 0;
+}
+
+static const struct seq_operations bl_allocs_sops = {
+	.start = bl_allocs_start,
+	.next = bl_allocs_next,
+	.stop = bl_unlock_stop,
+	.show = bl_allocs_show,
+};
+
+/* log: a header, then each op with its snapshots; the position is the seq */
+
+static void *bl_log_start(struct seq_file *m, loff_t *pos)
+{
+	u64 seq;
+	int slot;
+
+	mutex_lock(&bl_lock);
+	if (!*pos)
+		return SEQ_START_TOKEN;
+	if (!bl_log_count)
+		return NULL;
+	seq = max_t(u64, *pos, bl_ops[bl_log_head].seq);
+	slot = bl_log_find(seq);
+	if (slot < 0)
+		return NULL;
+	*pos = seq;
+	return &bl_ops[slot];
+}
+
+static void *bl_log_next(struct seq_file *m, void *v, loff_t *pos)
+{
+	u64 seq;
+	int slot;
+
+	if (v == SEQ_START_TOKEN)
+		seq = bl_log_count ? bl_ops[bl_log_head].seq : 1;
+	else
+		seq = ((struct bl_op *)v)->seq + 1;
+	*pos = seq;
+	slot = bl_log_find(seq);
+	return slot < 0 ? NULL : &bl_ops[slot];
+}
+
+static void bl_log_show_op(struct seq_file *m, const struct bl_op *op)
+{
+	seq_printf(m, "op seq=%llu verb=%s ret=%d cpu=%d", op->seq,
+		   bl_verb_names[op->verb], op->ret, op->cpu);
+	if (op->flags & BL_OP_ID)
+		seq_printf(m, " id=%llu", op->id);
+	if (op->flags & BL_OP_COUNT)
+		seq_printf(m, " n=%llu pages=%llu", op->n, op->pages);
+	if (op->flags & BL_OP_REQ)
+		seq_printf(m, " api=%s gfp=%s%s order=%u bytes=%llu",
+			   bl_api_names[op->api], bl_gfp_names[op->gfp],
+			   op->zero ? "|__GFP_ZERO" : "", op->order, op->bytes);
+	if (op->flags & BL_OP_BLOCK)
+		seq_printf(m, " nid=%u zone=%s pfn=%lu", op->nid,
+			   bl_zone_name(op->nid, op->zidx), op->pfn);
+	if (op->flags & BL_OP_STOP)
+		seq_printf(m, " stop=%s", bl_stop_names[op->stop]);
+	seq_putc(m, '\n');
+}
+
+static void bl_log_show_snap(struct seq_file *m, const struct bl_op *op,
+			     unsigned int slot, int when)
+{
+	const char *w = when == BL_BEFORE ? "before" : "after";
+	struct bl_zsnap *zs = bl_zsnap_at(slot, when);
+	struct bl_psnap *ps = bl_psnap_at(slot, when), *p;
+	unsigned int i, mt, o, cpu;
+
+	for (i = 0; i < bl_nr_zones; i++) {
+		struct zone *z = bl_zones[i];
+
+		for (mt = 0; mt < MIGRATE_TYPES; mt++) {
+			seq_printf(m, "zone seq=%llu when=%s nid=%d zone=%s mt=%s free=",
+				   op->seq, w, zone_to_nid(z), z->name,
+				   bl_mt_names[mt]);
+			seq_printf(m, "%u", zs[i].free[mt][0]);
+			for (o = 1; o < MAX_ORDER; o++)
+				seq_printf(m, ",%u", zs[i].free[mt][o]);
+			seq_putc(m, '\n');
+		}
+	}
+	for (i = 0; i < bl_nr_zones; i++) {
+		struct zone *z = bl_zones[i];
+
+		for (cpu = 0; cpu < nr_cpu_ids; cpu++) {
+			p = &ps[cpu * bl_nr_zones + i];
+			if (!p->valid)
+				continue;
+			seq_printf(m, "pcp seq=%llu when=%s nid=%d zone=%s cpu=%u count=%d high=%d batch=%d lists=%u,%u,%u\n",
+				   op->seq, w, zone_to_nid(z), z->name, cpu,
+				   p->count, p->high, p->batch, p->lists[0],
+				   p->lists[1], p->lists[2]);
+		}
+	}
+}
+
+static int bl_log_show(struct seq_file *m, void *v)
+{
+	const struct bl_op *op = v;
+	unsigned int slot;
+
+	if (v == SEQ_START_TOKEN) {
+		seq_printf(m, "log capacity=%u records=%u dropped=%llu\n",
+			   bl_log_cap, bl_log_count, bl_log_dropped);
+		return 0;
+	}
+	slot = op - bl_ops;
+	bl_log_show_op(m, op);
+	bl_log_show_snap(m, op, slot, BL_BEFORE);
+	bl_log_show_snap(m, op, slot, BL_AFTER);
+	return 0;
+}
+
+static const struct seq_operations bl_log_sops = {
+	.start = bl_log_start,
+	.next = bl_log_next,
+	.stop = bl_unlock_stop,
+	.show = bl_log_show,
+};
+
+/* A captured image, served by seq_file; position 0 is the header. */
+
+enum bl_kind { BL_BLOCK, BL_PCPAGE, BL_PAGEBLOCK };
+
+struct bl_dent {
+	unsigned long pfn;
+	u32 pos;
+	u32 cpu;
+	u16 nid;
+	u8 zidx;
+	u8 kind;
+	u8 order;	/* BL_BLOCK */
+	u8 type;	/* migratetype or pcp list */
+};
+
+struct bl_image {
+	u64 gen;
+	size_t cap;
+	size_t used;
+	size_t nblocks;
+	size_t npcp;
+	bool overflow;
+	bool header;		/* position 0 is the dump line */
+	struct bl_dent ent[];
+};
+
+static struct bl_image *bl_image_new(size_t cap)
+{
+	struct bl_image *img;
+
+	img = kvzalloc(struct_size(img, ent, cap), BL_GFP_OWN);
+	if (img)
+		img->cap = cap;
+	return img;
+}
+
+static struct bl_dent *bl_image_add(struct bl_image *img, struct zone *zone,
+				    u8 kind, u8 type, unsigned long pfn)
+{
+	struct bl_dent *d;
+
+	if (img->used == img->cap) {
+		img->overflow = true;
+		return NULL;
+	}
+	d = &img->ent[img->used++];
+	d->kind = kind;
+	d->type = type;
+	d->pfn = pfn;
+	d->nid = zone_to_nid(zone);
+	d->zidx = zone_idx(zone);
+	return d;
+}
+
+static void bl_capture_list(struct bl_image *img, struct zone *zone,
+			    struct list_head *head, u8 kind, u8 type, u8 order,
+			    u32 cpu)
+{
+	struct page *page;
+	struct bl_dent *d;
+	u32 pos = 0;
+
+	list_for_each_entry(page, head, lru) {
+		d = bl_image_add(img, zone, kind, type, page_to_pfn(page));
+		if (!d)
+			return;
+		d->order = order;
+		d->cpu = cpu;
+		d->pos = pos++;
+	}
+}
+
+static void bl_capture_zone(struct bl_image *img, struct zone *zone)
+{
+	unsigned int o, mt;
+	size_t used = img->used;
+
+	spin_lock(&zone->lock);
+	for (o = 0; o < MAX_ORDER; o++)
+		for (mt = 0; mt < MIGRATE_TYPES; mt++)
+			bl_capture_list(img, zone,
+					&zone->free_area[o].free_list[mt],
+					BL_BLOCK, mt, o, 0);
+	spin_unlock(&zone->lock);
+	img->nblocks += img->used - used;
+}
+
+static void bl_capture_pcp(struct bl_image *img, struct zone *zone)
+{
+	struct per_cpu_pages *pcp;
+	size_t used = img->used;
+	unsigned int t;
+	int cpu;
+
+	for_each_online_cpu(cpu) {
+		pcp = &per_cpu_ptr(zone->pageset, cpu)->pcp;
+		for (t = 0; t < MIGRATE_PCPTYPES; t++)
+			bl_capture_list(img, zone, &pcp->lists[t], BL_PCPAGE,
+					t, 0, cpu);
+	}
+	img->npcp += img->used - used;
+}
+
+/* Under stop_machine(): every CPU spins with interrupts off. */
+static int bl_capture(void *arg)
+{
+	struct bl_image *img = arg;
+	unsigned int i;
+
+	for (i = 0; i < bl_nr_zones; i++)
+		bl_capture_zone(img, bl_zones[i]);
+	for (i = 0; i < bl_nr_zones; i++)
+		bl_capture_pcp(img, bl_zones[i]);
+	/* The generation this image gets once taken (bl_lock is held). */
+	trace_buddylab_dump(bl_dump_gen + 1);
+	return 0;
+}
+
+/* Blocks and pcp pages now, read without locks: a size estimate. */
+static size_t bl_freelists_estimate(void)
+{
+	size_t n = 0;
+	unsigned int i, o;
+	int cpu;
+
+	for (i = 0; i < bl_nr_zones; i++) {
+		struct zone *zone = bl_zones[i];
+
+		for (o = 0; o < MAX_ORDER; o++)
+			n += READ_ONCE(zone->free_area[o].nr_free);
+		for_each_online_cpu(cpu)
+			n += READ_ONCE(per_cpu_ptr(zone->pageset, cpu)->pcp.count);
+	}
+	return n;
+}
+
+static struct bl_image *bl_freelists_image(void)
+{
+	size_t cap = bl_freelists_estimate();
+	struct bl_image *img;
+	int try, ret;
+
+	for (try = 0; try < BL_DUMP_TRIES; try++) {
+		cap += cap / 4 + 1024;
+		img = bl_image_new(cap);
+		if (!img)
+			return ERR_PTR(-ENOMEM);
+		img->header = true;
+		ret = stop_machine(bl_capture, img, NULL);
+		if (!ret && !img->overflow)
+			return img;
+		kvfree(img);
+		if (ret)
+			return ERR_PTR(ret);
+		cap *= 2;
+	}
+	return ERR_PTR(-EAGAIN);
+}
+
+static void bl_capture_pageblocks(struct bl_image *img, struct zone *zone)
+{
+	unsigned long start = zone->zone_start_pfn, end = zone_end_pfn(zone);
+	unsigned long pb, pfn, flags;
+	struct bl_dent *d;
+
+	spin_lock_irqsave(&zone->lock, flags);
+	for (pb = round_down(start, pageblock_nr_pages); pb < end;
+	     pb += pageblock_nr_pages) {
+		pfn = max(pb, start);
+		if (!pfn_valid(pfn) || !online_section(__pfn_to_section(pfn)) ||
+		    page_zone(pfn_to_page(pfn)) != zone)
+			continue;
+		d = bl_image_add(img, zone, BL_PAGEBLOCK, bl_pageblock_mt(pfn),
+				 pb);
+		if (!d)
+			break;
+	}
+	spin_unlock_irqrestore(&zone->lock, flags);
+}
+
+static struct bl_image *bl_pageblocks_image(void)
+{
+	struct bl_image *img;
+	size_t cap = 0;
+	unsigned int i;
+
+	for (i = 0; i < bl_nr_zones; i++)
+		cap += bl_zones[i]->spanned_pages / pageblock_nr_pages + 2;
+	img = bl_image_new(cap);
+	if (!img)
+		return ERR_PTR(-ENOMEM);
+	for (i = 0; i < bl_nr_zones; i++)
+		bl_capture_pageblocks(img, bl_zones[i]);
+	return img;
+}
+
+static void *bl_image_start(struct seq_file *m, loff_t *pos)
+{
+	struct bl_image *img = m->private;
+	loff_t i = *pos - img->header;
+
+	if (i < 0)
+		return SEQ_START_TOKEN;
+	return i < img->used ? &img->ent[i] : NULL;
+}
+
+static void *bl_image_next(struct seq_file *m, void *v, loff_t *pos)
+{
+	++*pos;
+	return bl_image_start(m, pos);
+}
+
+static void bl_image_stop(struct seq_file *m, void *v)
+{
+}
+
+static void bl_image_show_ent(struct seq_file *m, const struct bl_dent *d)
+{
+	const char *zone = bl_zone_name(d->nid, d->zidx);
+
+	switch (d->kind) {
+	case BL_BLOCK:
+		seq_printf(m, "block nid=%u zone=%s order=%u mt=%s pos=%u pfn=%lu\n",
+			   d->nid, zone, d->order, bl_mt_names[d->type],
+			   d->pos, d->pfn);
+		break;
+	case BL_PCPAGE:
+		seq_printf(m, "pcpage nid=%u zone=%s cpu=%u list=%s pos=%u pfn=%lu\n",
+			   d->nid, zone, d->cpu, bl_mt_names[d->type], d->pos,
+			   d->pfn);
+		break;
+	default:
+		seq_printf(m, "pageblock nid=%u zone=%s pfn=%lu mt=%s\n",
+			   d->nid, zone, d->pfn, bl_mt_name(d->type));
+	}
+}
+
+static int bl_image_show(struct seq_file *m, void *v)
+{
+	struct bl_image *img = m->private;
+
+	if (v == SEQ_START_TOKEN)
+		seq_printf(m, "dump gen=%llu zones=%u blocks=%zu pcp_pages=%zu\n",
+			   img->gen, bl_nr_zones, img->nblocks, img->npcp);
+	else
+		bl_image_show_ent(m, v);
+	return 0;
+}
+
+static const struct seq_operations bl_image_sops = {
+	.start = bl_image_start,
+	.next = bl_image_next,
+	.stop = bl_image_stop,
+	.show = bl_image_show,
+};
+
+static int bl_image_open(struct file *file, struct bl_image *(*take)(void))
+{
+	struct bl_image *img;
+	int ret;
+
+	mutex_lock(&bl_lock);
+	img = take();
+	if (!IS_ERR(img))
+		img->gen = ++bl_dump_gen;
+	mutex_unlock(&bl_lock);
+	if (IS_ERR(img))
+		return PTR_ERR(img);
+
+	ret = seq_open(file, &bl_image_sops);
+	if (ret) {
+		kvfree(img);
+		return ret;
+	}
+	((struct seq_file *)file->private_data)->private = img;
+	return 0;
+}
+
+static int bl_freelists_open(struct inode *inode, struct file *file)
+{
+	return bl_image_open(file, bl_freelists_image);
+}
+
+static int bl_pageblocks_open(struct inode *inode, struct file *file)
+{
+	return bl_image_open(file, bl_pageblocks_image);
+}
+
+static int bl_image_release(struct inode *inode, struct file *file)
+{
+	kvfree(((struct seq_file *)file->private_data)->private);
+	return seq_release(inode, file);
+}
+
+static const struct file_operations bl_freelists_fops = {
+	.owner = THIS_MODULE,
+	.open = bl_freelists_open,
+	.read = seq_read,
+	.llseek = seq_lseek,
+	.release = bl_image_release,
+};
+
+static const struct file_operations bl_pageblocks_fops = {
+	.owner = THIS_MODULE,
+	.open = bl_pageblocks_open,
+	.read = seq_read,
+	.llseek = seq_lseek,
+	.release = bl_image_release,
+};
+
+/* allocs, log, zones */
+
+static int bl_allocs_open(struct inode *inode, struct file *file)
+{
+	return seq_open(file, &bl_allocs_sops);
+}
+
+static int bl_log_open(struct inode *inode, struct file *file)
+{
+	return seq_open(file, &bl_log_sops);
+}
+
+static int bl_zones_show(struct seq_file *m, void *v)
+{
+	unsigned int i;
+
+	for (i = 0; i < bl_nr_zones; i++) {
+		struct zone *z = bl_zones[i];
+
+		seq_printf(m, "zone nid=%d zone=%s start_pfn=%lu spanned=%lu present=%lu managed=%lu free_pages=%lu\n",
+			   zone_to_nid(z), z->name, z->zone_start_pfn,
+			   z->spanned_pages, z->present_pages,
+			   zone_managed_pages(z),
+			   zone_page_state_snapshot(z, NR_FREE_PAGES));
+	}
+	return 0;
+}
+
+static int bl_zones_open(struct inode *inode, struct file *file)
+{
+	return single_open(file, bl_zones_show, NULL);
+}
+
+static const struct file_operations bl_allocs_fops = {
+	.owner = THIS_MODULE,
+	.open = bl_allocs_open,
+	.read = seq_read,
+	.llseek = seq_lseek,
+	.release = seq_release,
+};
+
+static const struct file_operations bl_log_fops = {
+	.owner = THIS_MODULE,
+	.open = bl_log_open,
+	.read = seq_read,
+	.llseek = seq_lseek,
+	.release = seq_release,
+};
+
+static const struct file_operations bl_zones_fops = {
+	.owner = THIS_MODULE,
+	.open = bl_zones_open,
+	.read = seq_read,
+	.llseek = seq_lseek,
+	.release = single_release,
+};
+
+/* Load and unload */
+
+static int bl_zones_init(void)
+{
+	unsigned int n = bl_collect_zones(NULL, 0);
+
+	bl_zones = kcalloc(n, sizeof(*bl_zones), BL_GFP_OWN);
+	if (!bl_zones)
+		return -ENOMEM;
+	/* A zone populated meanwhile by memory hotplug is left out. */
+	bl_nr_zones = min(n, bl_collect_zones(bl_zones, n));
+	return 0;
+}
+
+static int bl_debugfs_init(void)
+{
+	static const struct {
+		const char *name;
+		const struct file_operations *fops;
+	} files[] = {
+		{ "control", &bl_control_fops },
+		{ "allocs", &bl_allocs_fops },
+		{ "log", &bl_log_fops },
+		{ "freelists", &bl_freelists_fops },
+		{ "pageblocks", &bl_pageblocks_fops },
+		{ "zones", &bl_zones_fops },
+	};
+	struct dentry *d;
+	unsigned int i;
+
+	bl_dir = debugfs_create_dir(KBUILD_MODNAME, NULL);
+	if (IS_ERR(bl_dir))
+		return PTR_ERR(bl_dir);
+	for (i = 0; i < ARRAY_SIZE(files); i++) {
+		d = debugfs_create_file(files[i].name, 0600, bl_dir, NULL,
+					files[i].fops);
+		if (IS_ERR(d)) {
+			debugfs_remove_recursive(bl_dir);
+			return PTR_ERR(d);
+		}
+	}
+	return 0;
+}
+
+static void bl_release_all(void)
+{
+	struct rb_node *n;
+
+	while ((n = rb_first(&bl_allocs))) {
+		struct bl_alloc *a = rb_entry(n, struct bl_alloc, node);
+
+		bl_put(a);
+		bl_forget(a);
+		cond_resched();
+	}
+	bl_gc_flush();
+}
+
+static int __init bl_init(void)
+{
+	int ret;
+
+	ret = bl_zones_init();
+	if (ret)
+		return ret;
+	ret = bl_log_alloc();
+	if (ret)
+		goto err_log;
+	ret = bl_pool_init();
+	if (ret)
+		goto err_log;
+	bl_wq = alloc_workqueue(KBUILD_MODNAME, WQ_CPU_INTENSIVE, 1);
+	if (!bl_wq) {
+		ret = -ENOMEM;
+		goto err_pool;
+	}
+	ret = bl_debugfs_init();
+	if (ret)
+		goto err_wq;
+	return 0;
+
+err_wq:
+	destroy_workqueue(bl_wq);
+err_pool:
+	kvfree(bl_pool);
+err_log:
+	bl_log_free();
+	kfree(bl_zones);
+	return ret;
+}
+
+static void __exit bl_exit(void)
+{
+	debugfs_remove_recursive(bl_dir);
+	destroy_workqueue(bl_wq);
+	bl_release_all();
+	kvfree(bl_pool);
+	bl_log_free();
+	kfree(bl_zones);
+}
+
+module_init(bl_init);
+module_exit(bl_exit);
+
+MODULE_LICENSE("GPL");
+MODULE_DESCRIPTION("Drive the page allocator and record its free lists");

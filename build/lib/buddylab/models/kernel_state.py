@@ -1,0 +1,156 @@
+"""Tie the page-for-page model to the module: initialise, replay, compare.
+
+`zones_from_dump` builds buddylab.models.pagemodel zones from the module's exact dump
+(`freelists`, `pageblocks`, `zones`) and a snapshot's per-CPU `high` and
+`batch`; `buddylab.models.operations` applies the operations of the module's log to them,
+predicting each allocated PFN; `compare_snapshot` and `compare_dump` report
+the first divergences from what the kernel recorded.
+
+One fact the dump cannot give: the migratetype a per-CPU page was filed
+under (`page->index`).  It is taken to be its list's type, except on a
+HighAtomic pageblock, whose pages the kernel files on the Movable list
+while remembering HighAtomic.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from buddylab.models import pagemodel
+from buddylab.records import kmod
+from buddylab.models.pagemodel import HIGHATOMIC, MIGRATETYPES, MOVABLE, PCP_TYPES, Zone
+from buddylab.models.counts import PcpList, ZoneState
+
+ZoneKey = tuple[int, str]
+
+
+PcpLimits = dict[tuple[int, str, int], tuple[int, int]]  # (nid, zone, cpu) -> (high, batch)
+
+
+def pcp_limits(pcps: list[kmod.PcpCounts]) -> PcpLimits:
+    """Per-CPU `high` and `batch` from a module snapshot."""
+    return {(p.nid, p.zone, p.cpu): (p.high, p.batch) for p in pcps}
+
+
+def zones_from_dump(dump: kmod.FreeListDump, pageblocks: list[kmod.Pageblock],
+                    infos: list[kmod.ZoneSpan], limits: PcpLimits,
+                    ) -> dict[ZoneKey, Zone]:
+    """Model zones holding exactly the dumped state."""
+    zones: dict[ZoneKey, Zone] = {}
+    for info in infos:
+        z = Zone(info.zone, info.start_pfn, info.start_pfn + info.spanned, info.nid)
+        z.managed = info.managed
+        zones[(info.nid, info.zone)] = z
+    for pb in pageblocks:
+        zones[(pb.nid, pb.zone)].set_pageblock_type(pb.pfn, pb.mt)
+    for z in zones.values():
+        z.nr_reserved_highatomic = pagemodel.PAGEBLOCK_PAGES * sum(
+            1 for mt in z.pageblocks.values() if mt == HIGHATOMIC)
+    for block in sorted(dump.blocks, key=lambda b: (b.nid, b.zone, b.order, b.mt, b.pos)):
+        zones[(block.nid, block.zone)].add_free(block.pfn, block.order, block.mt, tail=True)
+    for (nid, name, cpu), (high, batch) in limits.items():
+        if (nid, name) in zones:
+            zones[(nid, name)].pcp[cpu] = pagemodel.Pcp(high, batch)
+    for page in sorted(dump.pcp_pages, key=lambda p: (p.nid, p.zone, p.cpu, p.list, p.pos)):
+        z = zones[(page.nid, page.zone)]
+        if page.cpu not in z.pcp:
+            raise ValueError(f"no high/batch known for CPU {page.cpu} of zone {page.zone}")
+        index = page.list
+        if page.list == MOVABLE and z.pageblocks.get(page.pfn & ~511) == HIGHATOMIC:
+            index = HIGHATOMIC
+        z.pcp[page.cpu].lists[page.list].append((page.pfn, index))
+    return zones
+
+
+def zones_from_dir(directory: Path) -> dict[ZoneKey, Zone]:
+    """Model zones from a directory of captured module files.
+
+    It holds `freelists.txt`, `pageblocks.txt`, `zones.txt` and a `log.txt`
+    whose first op's snapshot gives the per-CPU high and batch.
+    """
+    log = kmod.parse_log((directory / "log.txt").read_text())
+    return zones_from_dump(kmod.parse_freelists((directory / "freelists.txt").read_text()),
+                           kmod.parse_pageblocks((directory / "pageblocks.txt").read_text()),
+                           kmod.parse_zones((directory / "zones.txt").read_text()),
+                           pcp_limits(log.ops[0].before.pcp))
+
+
+def counts_state(snap: kmod.Snapshot, zone: str, cpu: int) -> ZoneState:
+    """A module snapshot of one zone, as the count-level model's ZoneState."""
+    free = {z.mt: list(z.free) for z in snap.zones if z.zone == zone}
+    pcp = next((p for p in snap.pcp if p.zone == zone and p.cpu == cpu), None)
+    lists = PcpList(pcp.count, pcp.high, pcp.batch, dict(zip(PCP_TYPES, pcp.lists))) \
+        if pcp else None
+    return ZoneState(free, lists)
+
+
+def compare_snapshot(zones: dict[ZoneKey, Zone], snap: kmod.Snapshot, limit: int = 12,
+                     ) -> list[str]:
+    """Differences between the model's counts and a before/after snapshot of the module."""
+    diffs: list[str] = []
+    for zc in snap.zones:
+        z = zones.get((zc.nid, zc.zone))
+        if z is None:
+            diffs.append(f"zone {zc.zone} unknown to the model")
+            continue
+        model = len_list(z, zc.mt)
+        for order, (m, k) in enumerate(zip(model, zc.free)):
+            if m != k:
+                diffs.append(f"{zc.zone} {zc.mt} order {order}: model {m}, kernel {k}")
+    for pc in snap.pcp:
+        z = zones.get((pc.nid, pc.zone))
+        if z is None or pc.cpu not in z.pcp:
+            continue
+        model_lists = tuple(len(z.pcp[pc.cpu].lists[mt]) for mt in PCP_TYPES)
+        if model_lists != tuple(pc.lists):
+            diffs.append(f"{pc.zone} cpu {pc.cpu} per-CPU lists U,M,R: model {model_lists}, "
+                         f"kernel {tuple(pc.lists)}")
+    return diffs[:limit]
+
+
+def len_list(zone: Zone, mt: str) -> list[int]:
+    return [len(zone.lists[(o, mt)]) for o in range(pagemodel.MAX_ORDER)]
+
+
+def compare_dump(zones: dict[ZoneKey, Zone], dump: kmod.FreeListDump,
+                 pageblocks: list[kmod.Pageblock] | None = None, limit: int = 12) -> list[str]:
+    """Differences between the model and an exact dump: list by list, in list order."""
+    diffs: list[str] = []
+    kernel_lists: dict[tuple[ZoneKey, int, str], list[int]] = {}
+    for b in sorted(dump.blocks, key=lambda b: (b.nid, b.zone, b.order, b.mt, b.pos)):
+        kernel_lists.setdefault(((b.nid, b.zone), b.order, b.mt), []).append(b.pfn)
+    for key, z in zones.items():
+        for order in range(pagemodel.MAX_ORDER):
+            for mt in MIGRATETYPES:
+                model = z.list_pfns(order, mt)
+                kernel = kernel_lists.get((key, order, mt), [])
+                if model != kernel:
+                    diffs.append(_first_list_difference(z.name, order, mt, model, kernel))
+    kernel_pcp: dict[tuple[ZoneKey, int, str], list[int]] = {}
+    for p in sorted(dump.pcp_pages, key=lambda p: (p.nid, p.zone, p.cpu, p.list, p.pos)):
+        kernel_pcp.setdefault(((p.nid, p.zone), p.cpu, p.list), []).append(p.pfn)
+    for key, z in zones.items():
+        for cpu, pcp in z.pcp.items():
+            for mt in PCP_TYPES:
+                model = [pfn for pfn, _ in pcp.lists[mt]]
+                kernel = kernel_pcp.get((key, cpu, mt), [])
+                if model != kernel:
+                    diffs.append(_first_list_difference(f"{z.name} cpu {cpu} per-CPU", 0, mt,
+                                                        model, kernel))
+    for pb in pageblocks or []:
+        z = zones[(pb.nid, pb.zone)]
+        if z.pageblocks.get(pb.pfn) != pb.mt:
+            diffs.append(f"{z.name} pageblock {pb.pfn}: model {z.pageblocks.get(pb.pfn)}, "
+                         f"kernel {pb.mt}")
+    return diffs[:limit]
+
+
+def _first_list_difference(where: str, order: int, mt: str, model: list[int],
+                           kernel: list[int]) -> str:
+    for pos, (m, k) in enumerate(zip(model, kernel)):
+        if m != k:
+            return (f"{where} {mt} order {order} list, position {pos}: model pfn {m}, "
+                    f"kernel pfn {k} (lengths {len(model)}/{len(kernel)})")
+    return (f"{where} {mt} order {order} list: model has {len(model)} blocks, kernel "
+            f"{len(kernel)}; first extra: "
+            f"{(model[len(kernel):] or kernel[len(model):])[0]}")

@@ -1,0 +1,155 @@
+"""Replay the module's operations on the page-for-page model, predicting each one.
+
+`OperationReplayer` applies the operations of the module's log (its `op`
+records and the commands that made them) to zones built by
+`kernel_state.zones_from_dump`, choosing zones and pageblocks the way
+`__alloc_pages_nodemask()` and `get_page_from_freelist()` do in 5.10's
+mm/page_alloc.c, and compares the result with the kernel's own
+before/after snapshots.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from buddylab.models import pagemodel
+from buddylab.allocator import GFP_HIGHEST_ZONE, GFP_TYPES, ZONE_ORDER
+from buddylab.models.kernel_state import ZoneKey, compare_snapshot
+from buddylab.models.pagemodel import Zone
+from buddylab.records import kmod
+
+
+@dataclass
+class ModelAllocation:
+    zone: Zone
+    api: str
+    pfn: int
+    order: int
+    pages: int
+
+
+@dataclass
+class OpOutcome:
+    """How one module operation compared with the model's replay of it."""
+
+    seq: int
+    verb: str
+    before: list[str]            # differences before it ran (something the model did not see)
+    after: list[str]             # differences after it ran
+    pfn_predicted: int | None = None
+    pfn_observed: int | None = None
+    unknowable: str | None = None
+
+    @property
+    def exact(self) -> bool:
+        return (not self.after and self.unknowable is None
+                and self.pfn_predicted == self.pfn_observed)
+
+
+@dataclass
+class OperationReplayer:
+    """Applies the module's operations to model zones, the way the kernel would."""
+
+    zones: dict[ZoneKey, Zone]
+    allocations: dict[int, ModelAllocation] = field(default_factory=dict)
+    next_id: int = 1
+
+    def zonelist(self, gfp: str, nid: int = 0) -> list[Zone]:
+        """The node's populated zones, highest first, up to the gfp's highest zone."""
+        highest = ZONE_ORDER.index(GFP_HIGHEST_ZONE[gfp])
+        names = [n for n in ZONE_ORDER[: highest + 1] if (nid, n) in self.zones]
+        return [self.zones[(nid, n)] for n in reversed(names)]
+
+    def alloc_one(self, api: str, gfp: str, order: int, size: int | None, cpu: int,
+                  ) -> ModelAllocation | None:
+        mt = GFP_TYPES[gfp]
+        # ALLOC_HARDER (HighAtomic lists, reserving a HighAtomic pageblock)
+        # is set by gfp_to_alloc_flags() in the slow path only; the first,
+        # fast attempt of __alloc_pages_nodemask() runs without it, and the
+        # module's watermark guard keeps every request on the fast path.
+        harder = False
+        zonelist = self.zonelist(gfp)
+        # ALLOC_NOFRAGMENT: only when the preferred zone is Normal (and DMA32
+        # exists below it); retried without once every zone failed.
+        passes = [True, False] if zonelist and zonelist[0].name == "Normal" else [False]
+        if api == "alloc_pages_exact":
+            assert size is not None
+            order = pagemodel.get_order(size)
+        for nofragment in passes:
+            for z in zonelist:
+                if z.name == "DMA":
+                    continue  # lowmem_reserve keeps these requests out of DMA
+                pfn = z.alloc(order, mt, cpu, harder, nofragment)
+                if pfn is None:
+                    continue
+                if api != "alloc_pages_exact":
+                    return ModelAllocation(z, api, pfn, order, 1 << order)
+                kept = pagemodel.make_alloc_exact(z, pfn, order, size or 0, cpu)
+                return ModelAllocation(z, api, pfn, order, kept)
+        return None
+
+    def adopt(self, allocs: list[kmod.AllocRecord]) -> None:
+        """Take over the allocations the module already holds (from its `allocs` file)."""
+        for a in allocs:
+            if a.state != "live":
+                raise ValueError(f"allocation {a.id} is {a.state}: the replay handles live ones")
+            self.allocations[a.id] = ModelAllocation(self.zones[(a.nid, a.zone)], a.api, a.pfn,
+                                                     a.order, a.pages)
+            self.next_id = max(self.next_id, a.id + 1)
+
+    def free(self, alloc_id: int, cpu: int) -> None:
+        a = self.allocations.pop(alloc_id)
+        if a.api == "alloc_pages_exact":
+            for pfn in range(a.pfn, a.pfn + a.pages):
+                a.zone.free_unref_page(pfn, cpu)
+        else:
+            a.zone.free_block(a.pfn, a.order, cpu)
+
+    def apply(self, op: kmod.OpRecord, args: dict[str, str] | None = None,
+              ) -> tuple[int | None, str | None]:
+        """Replay one operation; returns (first pfn allocated, why unknowable).
+
+        `args` are the command's own key=value arguments, which `free_ids`
+        needs (its record does not repeat first, last and step).
+        """
+        try:
+            return self._apply(op, args or {}), None
+        except pagemodel.Unknowable as e:
+            return None, str(e)
+
+    def _apply(self, op: kmod.OpRecord, args: dict[str, str]) -> int | None:
+        if op.verb == "alloc" and op.api is not None and op.gfp is not None:
+            order = op.order if op.order is not None else 0
+            size = op.bytes if op.api == "alloc_pages_exact" else None
+            first = None
+            if op.id is not None:
+                self.next_id = op.id
+            for _ in range(op.n if op.n is not None else 1):
+                a = self.alloc_one(op.api, op.gfp, order, size, op.cpu)
+                if a is None:
+                    break
+                self.allocations[self.next_id] = a
+                self.next_id += 1
+                first = a.pfn if first is None else first
+            return first
+        if op.verb == "free" and op.id is not None and op.ret == 0:
+            self.free(op.id, op.cpu)
+        elif op.verb == "free_all":
+            for alloc_id in sorted(self.allocations):
+                self.free(alloc_id, op.cpu)
+        elif op.verb == "free_ids":
+            if "first" not in args or "last" not in args:
+                raise pagemodel.Unknowable("free_ids replay needs the command's first/last/step")
+            step = int(args.get("step", "1"))
+            for alloc_id in range(int(args["first"]), int(args["last"]) + 1, step):
+                if alloc_id in self.allocations:
+                    self.free(alloc_id, op.cpu)
+        return None
+
+    def replay(self, op: kmod.OpRecord, args: dict[str, str] | None = None) -> OpOutcome:
+        before = compare_snapshot(self.zones, op.before)
+        pfn, why = self.apply(op, args)
+        after = compare_snapshot(self.zones, op.after)
+        observed = op.pfn if op.verb == "alloc" else None
+        return OpOutcome(op.seq, op.verb, before, after,
+                         pfn if op.verb == "alloc" else None, observed, why)

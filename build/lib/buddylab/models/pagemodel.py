@@ -1,0 +1,557 @@
+"""The 5.10 page allocator, page for page: free lists, pageblocks, per-CPU lists.
+
+Where buddylab.models.counts predicts counts, this model holds the physical state:
+every free block by PFN, on the list of its order and migratetype in the
+kernel's list order (head first), the migratetype of every pageblock, and
+each CPU's per-CPU lists.  It follows mm/page_alloc.c of Linux 5.10 (the
+function named in each docstring; docs/page-allocator-5.10.md explains
+the paths), so a state initialised from the module's exact dump
+and fed the same operations must equal the kernel's next dump.
+
+What it cannot know is passed in or reported, never guessed:
+* whether a partial pageblock steal changes the block's type depends on
+  allocated movable pages no dump shows: `ownership` decides it (from a
+  trace event or the next dump); without it the model raises Unknowable;
+* anything the kernel does that no operation here describes (interrupts,
+  other tasks) shows up as a divergence in the comparison.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from buddylab.allocator import (FALLBACKS, HIGHATOMIC, ISOLATE, MAX_ORDER, MIGRATETYPES, MOVABLE,
+                                PAGEBLOCK_ORDER, PAGEBLOCK_PAGES, PCP_TYPES, RECLAIMABLE, UNMOVABLE,
+                                get_order)
+
+__all__ = ["FALLBACKS", "HIGHATOMIC", "ISOLATE", "MAX_ORDER", "MIGRATETYPES", "MOVABLE",
+           "PAGEBLOCK_ORDER", "PAGEBLOCK_PAGES", "PCP_TYPES", "RECLAIMABLE", "UNMOVABLE", "get_order",
+           "Ownership", "Unknowable", "ModelError", "FreeList", "Pcp", "Event", "Zone", "Allocation",
+           "make_alloc_exact", "alloc_pages_exact", "free_pages_exact", "pfn_ranges_overlap"]
+
+# Decides whether a partial steal changes the pageblock's type:
+# (pageblock start pfn, requested type, free pages moved) -> bool.
+Ownership = Callable[[int, str, int], bool]
+
+
+class Unknowable(Exception):
+    """The next step depends on state that no dump or operation shows."""
+
+
+class ModelError(Exception):
+    """An operation the kernel could not have performed on this state."""
+
+
+class FreeList:
+    """One kernel free list (order, migratetype): O(1) add at head or tail and unlink."""
+
+    __slots__ = ("_next", "_prev", "head", "tail", "length")
+
+    def __init__(self) -> None:
+        self._next: dict[int, int | None] = {}
+        self._prev: dict[int, int | None] = {}
+        self.head: int | None = None
+        self.tail: int | None = None
+        self.length = 0
+
+    def __contains__(self, pfn: int) -> bool:
+        return pfn in self._next
+
+    def __len__(self) -> int:
+        return self.length
+
+    def add_head(self, pfn: int) -> None:
+        self._next[pfn] = self.head
+        self._prev[pfn] = None
+        if self.head is not None:
+            self._prev[self.head] = pfn
+        else:
+            self.tail = pfn
+        self.head = pfn
+        self.length += 1
+
+    def add_tail(self, pfn: int) -> None:
+        self._prev[pfn] = self.tail
+        self._next[pfn] = None
+        if self.tail is not None:
+            self._next[self.tail] = pfn
+        else:
+            self.head = pfn
+        self.tail = pfn
+        self.length += 1
+
+    def remove(self, pfn: int) -> None:
+        nxt = self._next.pop(pfn)
+        prv = self._prev.pop(pfn)
+        if prv is None:
+            self.head = nxt
+        else:
+            self._next[prv] = nxt
+        if nxt is None:
+            self.tail = prv
+        else:
+            self._prev[nxt] = prv
+        self.length -= 1
+
+    def __iter__(self):
+        pfn = self.head
+        while pfn is not None:
+            yield pfn
+            pfn = self._next[pfn]
+
+
+@dataclass
+class Pcp:
+    """struct per_cpu_pages of one CPU and zone: lists of (pfn, filed type)."""
+
+    high: int
+    batch: int
+    lists: dict[str, deque[tuple[int, str]]] = field(
+        default_factory=lambda: {mt: deque() for mt in PCP_TYPES})
+
+    @property
+    def count(self) -> int:
+        return sum(len(q) for q in self.lists.values())
+
+
+@dataclass
+class Event:
+    """What the kernel would have traced: for replays and for reports."""
+
+    kind: str
+    pfn: int
+    order: int
+    migratetype: str = ""
+    detail: str = ""
+
+
+class Zone:
+    """One zone: free lists, pageblock types, per-CPU lists."""
+
+    def __init__(self, name: str, start_pfn: int, end_pfn: int, nid: int = 0) -> None:
+        self.name = name
+        self.nid = nid
+        self.start_pfn = start_pfn
+        self.end_pfn = end_pfn
+        self.lists: dict[tuple[int, str], FreeList] = {
+            (o, mt): FreeList() for o in range(MAX_ORDER) for mt in MIGRATETYPES}
+        self.free: dict[int, tuple[int, str]] = {}   # head pfn -> (order, list type)
+        self.pageblocks: dict[int, str] = {}          # pageblock start pfn -> type
+        self.pcp: dict[int, Pcp] = {}
+        self.nr_reserved_highatomic = 0
+        self.managed = 0
+        self.events: list[Event] = []
+        self.ownership: Ownership | None = None
+        # A trace replay drains when the trace says so, not on its own.
+        self.auto_drain = True
+        self.record_events = True
+
+    # -- the state -------------------------------------------------------
+    def add_free(self, pfn: int, order: int, mt: str, tail: bool = False) -> None:
+        if pfn in self.free:
+            raise ModelError(f"{self.name}: pfn {pfn} is already free")
+        self.free[pfn] = (order, mt)
+        lst = self.lists[(order, mt)]
+        lst.add_tail(pfn) if tail else lst.add_head(pfn)
+
+    def del_free(self, pfn: int) -> tuple[int, str]:
+        order, mt = self.free.pop(pfn)
+        self.lists[(order, mt)].remove(pfn)
+        return order, mt
+
+    def move_free_tail(self, pfn: int, mt: str) -> None:
+        """move_to_free_list(): to the tail of another type's list, same order."""
+        order, _ = self.del_free(pfn)
+        self.add_free(pfn, order, mt, tail=True)
+
+    def pageblock_type(self, pfn: int) -> str:
+        try:
+            return self.pageblocks[pfn & ~(PAGEBLOCK_PAGES - 1)]
+        except KeyError:
+            raise ModelError(f"{self.name}: no pageblock type known for pfn {pfn}") from None
+
+    def set_pageblock_type(self, pfn: int, mt: str) -> None:
+        self.pageblocks[pfn & ~(PAGEBLOCK_PAGES - 1)] = mt
+
+    def nr_free_pages(self) -> int:
+        """NR_FREE_PAGES: buddy pages, Isolate lists excluded."""
+        return sum(1 << o for o, mt in self.free.values() if mt != ISOLATE)
+
+    def counts(self) -> dict[str, list[int]]:
+        """Blocks per order for each list type (/proc/pagetypeinfo)."""
+        return {mt: [len(self.lists[(o, mt)]) for o in range(MAX_ORDER)] for mt in MIGRATETYPES}
+
+    def list_pfns(self, order: int, mt: str) -> list[int]:
+        return list(self.lists[(order, mt)])
+
+    def has_isolate_pageblock(self) -> bool:
+        return any(mt == ISOLATE for mt in self.pageblocks.values())
+
+    # -- allocation: mm/page_alloc.c -------------------------------------
+    def _expand(self, pfn: int, low: int, high: int, mt: str) -> None:
+        """expand(): upper halves to the head of the requested type's lists."""
+        size = 1 << high
+        while high > low:
+            high -= 1
+            size >>= 1
+            self.add_free(pfn + size, high, mt)
+
+    def rmqueue_smallest(self, order: int, mt: str) -> int | None:
+        """__rmqueue_smallest(): head block of the smallest order that has one."""
+        for current in range(order, MAX_ORDER):
+            lst = self.lists[(current, mt)]
+            if lst.head is None:
+                continue
+            pfn = lst.head
+            self.del_free(pfn)
+            self._expand(pfn, order, current, mt)
+            if self.record_events:
+                self.events.append(Event("zone_locked", pfn, order, mt, f"from order {current}"))
+            return pfn
+        return None
+
+    def peek_smallest(self, order: int, mt: str) -> int | None:
+        """The pfn __rmqueue_smallest() would take, without taking it."""
+        for current in range(order, MAX_ORDER):
+            head = self.lists[(current, mt)].head
+            if head is not None:
+                return head
+        return None
+
+    def take_specific(self, pfn: int, order: int, mt: str) -> bool:
+        """Take the order-`order` block at `pfn` out of whichever free block holds it.
+
+        Used to follow the kernel where it took another block than the model
+        would have; the rest of the enclosing block is split as expand() does.
+        """
+        for current in range(order, MAX_ORDER):
+            head = pfn & ~((1 << current) - 1)
+            if self.free.get(head, (-1, ""))[0] == current:
+                break
+        else:
+            return False
+        self.del_free(head)
+        while current > order:
+            current -= 1
+            half = 1 << current
+            other = head + half if pfn < head + half else head
+            self.add_free(other, current, mt)
+            head = head if pfn < head + half else head + half
+        return True
+
+    def remove_from_pcp(self, pfn: int, prefer_cpu: int | None = None) -> bool:
+        """Take `pfn` off whichever per-CPU list holds it."""
+        cpus = sorted(self.pcp, key=lambda c: c != prefer_cpu)
+        for cpu in cpus:
+            for lst in self.pcp[cpu].lists.values():
+                for entry in lst:
+                    if entry[0] == pfn:
+                        lst.remove(entry)
+                        return True
+        return False
+
+    def steal_for_trace(self, pfn: int, start_type: str, alloc_order: int,
+                        change_ownership: bool) -> None:
+        """Replay a traced steal (mm_page_alloc_extfrag) of the block at `pfn`."""
+        order, _ = self.free[pfn]
+        can_steal = (order >= PAGEBLOCK_ORDER // 2 or start_type in (UNMOVABLE, RECLAIMABLE))
+        self.ownership = lambda *_: change_ownership
+        try:
+            self._steal_suitable_fallback(pfn, start_type, can_steal)
+        finally:
+            self.ownership = None
+
+    def _find_suitable_fallback(self, order: int, mt: str) -> tuple[str | None, bool]:
+        """find_suitable_fallback() with only_stealable false."""
+        if not any(self.lists[(order, m)].length for m in MIGRATETYPES):
+            return None, False
+        for fallback in FALLBACKS[mt]:
+            if self.lists[(order, fallback)].head is None:
+                continue
+            can_steal = (order >= PAGEBLOCK_ORDER or order >= PAGEBLOCK_ORDER // 2
+                         or mt in (UNMOVABLE, RECLAIMABLE))
+            return fallback, can_steal
+        return None, False
+
+    def rmqueue_fallback(self, order: int, mt: str, nofragment: bool = False) -> bool:
+        """__rmqueue_fallback(): steal the largest suitable foreign block."""
+        min_order = PAGEBLOCK_ORDER if nofragment else order
+        found: tuple[int, str, bool] | None = None
+        for current in range(MAX_ORDER - 1, min_order - 1, -1):
+            fallback, can_steal = self._find_suitable_fallback(current, mt)
+            if fallback is None:
+                continue
+            if not can_steal and mt == MOVABLE and current > order:
+                # find_smallest: a movable request that cannot steal takes
+                # the smallest suitable block instead.
+                for smallest in range(order, MAX_ORDER):
+                    fb, cs = self._find_suitable_fallback(smallest, mt)
+                    if fb is not None:
+                        found = (smallest, fb, cs)
+                        break
+            else:
+                found = (current, fallback, can_steal)
+            break
+        if found is None:
+            return False
+        current, fallback, can_steal = found
+        pfn = self.lists[(current, fallback)].head
+        assert pfn is not None
+        changed = self._steal_suitable_fallback(pfn, mt, can_steal)
+        if self.record_events:
+            self.events.append(Event("extfrag", pfn, current, fallback,
+                                 f"alloc type {mt}, change_ownership={int(changed)}"))
+        return True
+
+    def _steal_suitable_fallback(self, pfn: int, start_type: str, whole_block: bool) -> bool:
+        """steal_suitable_fallback(); returns whether the pageblock is now start_type."""
+        order, _ = self.free[pfn]
+        old_block_type = self.pageblock_type(pfn)
+        if old_block_type == HIGHATOMIC:
+            self.move_free_tail(pfn, start_type)
+            return False
+        if order >= PAGEBLOCK_ORDER:
+            for i in range(1 << (order - PAGEBLOCK_ORDER)):
+                self.set_pageblock_type(pfn + i * PAGEBLOCK_PAGES, start_type)
+            self.move_free_tail(pfn, start_type)
+            return True
+        if not whole_block:
+            self.move_free_tail(pfn, start_type)
+            return False
+        block = pfn & ~(PAGEBLOCK_PAGES - 1)
+        free_pages = self._move_freepages_block(block, start_type)
+        if free_pages == 0:
+            self.move_free_tail(pfn, start_type)
+            return False
+        if free_pages >= PAGEBLOCK_PAGES // 2:
+            change = True
+        elif start_type != MOVABLE and old_block_type != MOVABLE:
+            change = False  # alike_pages is 0
+        elif self.ownership is not None:
+            change = self.ownership(block, start_type, free_pages)
+        else:
+            raise Unknowable(
+                f"{self.name}: a {start_type} request stole {free_pages} free pages of the "
+                f"{old_block_type} pageblock at pfn {block}; whether the block changes type "
+                f"depends on its allocated movable pages, which no dump shows")
+        if change:
+            self.set_pageblock_type(block, start_type)
+        return change
+
+    def _move_freepages_block(self, block: int, mt: str) -> int:
+        """move_freepages_block(): every free block of the pageblock, in pfn order, to mt's tails."""
+        start = max(block, self.start_pfn)
+        end = min(block + PAGEBLOCK_PAGES, self.end_pfn)
+        moved = 0
+        pfn = start
+        while pfn < end:
+            if pfn in self.free:
+                order, _ = self.free[pfn]
+                self.move_free_tail(pfn, mt)
+                pfn += 1 << order
+                moved += 1 << order
+            else:
+                pfn += 1
+        return moved
+
+    def rmqueue(self, order: int, mt: str, nofragment: bool = False) -> int | None:
+        """__rmqueue(): smallest of the type, else fallback and retry."""
+        while True:
+            pfn = self.rmqueue_smallest(order, mt)
+            if pfn is not None:
+                return pfn
+            if not self.rmqueue_fallback(order, mt, nofragment):
+                return None
+
+    def alloc(self, order: int, mt: str, cpu: int = 0, harder: bool = False,
+              nofragment: bool = False) -> int | None:
+        """rmqueue() of one zone: the first pfn of the block handed out, or None."""
+        if order == 0:
+            return self._rmqueue_pcplist(mt, cpu)
+        pfn = None
+        if harder:
+            pfn = self.rmqueue_smallest(order, HIGHATOMIC)
+        if pfn is None:
+            pfn = self.rmqueue(order, mt, nofragment)
+        if pfn is not None and harder:
+            self._reserve_highatomic_pageblock(pfn)
+        return pfn
+
+    def _reserve_highatomic_pageblock(self, pfn: int) -> None:
+        """reserve_highatomic_pageblock() after an order > 0 ALLOC_HARDER success."""
+        max_managed = self.managed // 100 + PAGEBLOCK_PAGES
+        if self.nr_reserved_highatomic >= max_managed:
+            return
+        mt = self.pageblock_type(pfn)
+        if mt in (HIGHATOMIC, ISOLATE):
+            return
+        self.nr_reserved_highatomic += PAGEBLOCK_PAGES
+        block = pfn & ~(PAGEBLOCK_PAGES - 1)
+        self.set_pageblock_type(block, HIGHATOMIC)
+        self._move_freepages_block(block, HIGHATOMIC)
+
+    def _rmqueue_pcplist(self, mt: str, cpu: int) -> int | None:
+        """rmqueue_pcplist(): head of this CPU's list, refilled in a batch when empty."""
+        pcp = self.pcp[cpu]
+        lst = pcp.lists[mt]
+        if not lst:
+            for _ in range(pcp.batch):
+                pfn = self.rmqueue(0, mt)
+                if pfn is None:
+                    break
+                lst.append((pfn, mt))  # list_add_tail, index = requested type
+            if not lst:
+                return None
+        pfn, _ = lst.popleft()
+        return pfn
+
+    # -- freeing ---------------------------------------------------------
+    def free_one(self, pfn: int, order: int, mt: str) -> int:
+        """__free_one_page(): merge with free buddies, then file at head or tail."""
+        if pfn in self.free:
+            raise ModelError(f"{self.name}: double free of pfn {pfn}")
+        max_order = min(MAX_ORDER - 1, PAGEBLOCK_ORDER)
+        buddy_pfn = pfn
+        while True:
+            stopped = False
+            while order < max_order:
+                buddy_pfn = pfn ^ (1 << order)
+                if self.free.get(buddy_pfn, (-1, ""))[0] != order:
+                    stopped = True
+                    break
+                self.del_free(buddy_pfn)
+                pfn &= buddy_pfn
+                order += 1
+            if stopped or order >= MAX_ORDER - 1:
+                break
+            # At pageblock order: one more merge unless isolation is involved.
+            if self.has_isolate_pageblock():
+                bp = pfn ^ (1 << order)
+                bmt = self.pageblocks.get(bp & ~(PAGEBLOCK_PAGES - 1), "")
+                if mt != bmt and ISOLATE in (mt, bmt):
+                    break
+            max_order = order + 1
+        to_tail = self._buddy_merge_likely(pfn, buddy_pfn, order)
+        self.add_free(pfn, order, mt, tail=to_tail)
+        return pfn
+
+    def _buddy_merge_likely(self, pfn: int, buddy_pfn: int, order: int) -> bool:
+        """buddy_merge_likely(): file at the tail if the parent's buddy is free."""
+        if order >= MAX_ORDER - 2:
+            return False
+        combined = buddy_pfn & pfn
+        higher_buddy = combined ^ (1 << (order + 1))
+        return self.free.get(higher_buddy, (-1, ""))[0] == order + 1
+
+    def free_pages_ok(self, pfn: int, order: int) -> None:
+        """__free_pages_ok(): an order > 0 free goes straight to the buddy lists."""
+        mt = self.pageblock_type(pfn)
+        if self.record_events:
+            self.events.append(Event("free", pfn, order, mt))
+        self.free_one(pfn, order, mt)
+
+    def free_unref_page(self, pfn: int, cpu: int) -> None:
+        """free_unref_page(): an order-0 free onto this CPU's list."""
+        mt = self.pageblock_type(pfn)
+        if self.record_events:
+            self.events.append(Event("free", pfn, 0, mt))
+        if mt == ISOLATE:
+            self.free_one(pfn, 0, mt)
+            return
+        filed = MOVABLE if mt not in PCP_TYPES else mt
+        pcp = self.pcp[cpu]
+        pcp.lists[filed].appendleft((pfn, mt))
+        if self.auto_drain and pcp.count >= pcp.high:
+            self.free_pcppages_bulk(cpu, pcp.batch)
+
+    def free_pcppages_bulk(self, cpu: int, count: int) -> None:
+        """free_pcppages_bulk(): oldest pages first, round-robin M, R, U."""
+        pcp = self.pcp[cpu]
+        count = min(pcp.count, count)
+        taken: list[tuple[int, str]] = []
+        mt_index = 0
+        batch_free = 0
+        while count:
+            while True:
+                batch_free += 1
+                mt_index = (mt_index + 1) % len(PCP_TYPES)
+                lst = pcp.lists[PCP_TYPES[mt_index]]
+                if lst:
+                    break
+            if batch_free == len(PCP_TYPES):
+                batch_free = count
+            while True:
+                taken.append(lst.pop())
+                count -= 1
+                if count == 0:
+                    break
+                batch_free -= 1
+                if batch_free == 0 or not lst:
+                    break
+        isolated = self.has_isolate_pageblock()
+        for pfn, index in taken:
+            mt = self.pageblock_type(pfn) if isolated else index
+            merged = self.free_one(pfn, 0, mt)
+            if self.record_events:
+                self.events.append(Event("pcpu_drain", pfn, 0, mt, f"merged at {merged}"))
+
+    def free_block(self, pfn: int, order: int, cpu: int = 0) -> None:
+        """__free_pages() of a block this zone handed out."""
+        if order == 0:
+            self.free_unref_page(pfn, cpu)
+        else:
+            self.free_pages_ok(pfn, order)
+
+    def drain_pcp(self, cpu: int) -> None:
+        """drain_pages_zone(): every page of the CPU's lists back to the buddy lists."""
+        pcp = self.pcp[cpu]
+        while pcp.count:
+            self.free_pcppages_bulk(cpu, pcp.count)
+
+
+@dataclass
+class Allocation:
+    """A block the model handed out: where, and how the kernel will free it."""
+
+    zone: Zone
+    pfn: int
+    order: int
+    pages: int  # pages kept (alloc_pages_exact keeps fewer than 2^order)
+
+
+def make_alloc_exact(zone: Zone, pfn: int, order: int, size: int, cpu: int = 0) -> int:
+    """make_alloc_exact(): split the block, free the pages past `size`; returns pages kept."""
+    kept = -(-size // 4096)
+    for tail in range(pfn + kept, pfn + (1 << order)):
+        zone.free_unref_page(tail, cpu)
+    return kept
+
+
+def alloc_pages_exact(zone: Zone, size: int, mt: str, cpu: int = 0,
+                      harder: bool = False) -> Allocation | None:
+    """alloc_pages_exact(): an order-k block, split, tail pages freed one by one."""
+    order = get_order(size)
+    pfn = zone.alloc(order, mt, cpu, harder)
+    if pfn is None:
+        return None
+    return Allocation(zone, pfn, order, make_alloc_exact(zone, pfn, order, size, cpu))
+
+
+def free_pages_exact(alloc: Allocation, cpu: int = 0) -> None:
+    """free_pages_exact(): every kept page freed as an order-0 page."""
+    for pfn in range(alloc.pfn, alloc.pfn + alloc.pages):
+        alloc.zone.free_unref_page(pfn, cpu)
+
+
+def pfn_ranges_overlap(blocks: Iterable[tuple[int, int]]) -> tuple[int, int] | None:
+    """The first two (pfn, order) blocks that overlap, if any."""
+    last_end = -1
+    last = None
+    for pfn, order in sorted(blocks):
+        if pfn < last_end:
+            return (last[0] if last else -1), pfn
+        last_end = pfn + (1 << order)
+        last = (pfn, order)
+    return None

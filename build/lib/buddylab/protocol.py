@@ -1,0 +1,89 @@
+"""The module's interface, as user space sees it: one place for every name and path.
+
+What the module (kmod/buddylab.c, documented in kmod/README.md) accepts and
+prints, and the shell text that drives it in the guest.  The record parser
+(buddylab.records.kmod), the experiments and the tests take these from here;
+tests/test_kmodrec.py checks them against the README's tables and the C
+source's format strings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from buddylab.allocator import MIGRATETYPES
+from buddylab.errors import RecordError
+
+MODULE_NAME = "buddylab"
+GUEST_MODULE_PATH = f"/{MODULE_NAME}.ko"       # where the image puts the module
+DEBUGFS = f"/sys/kernel/debug/{MODULE_NAME}"
+TRACING = "/sys/kernel/debug/tracing"
+
+# Names as the module prints and parses them.
+VERBS = ("alloc", "free", "free_ids", "free_all", "leak", "fill", "clear_log")
+APIS = ("alloc_pages", "alloc_page", "__get_free_pages", "__get_free_page",
+        "get_zeroed_page", "alloc_pages_exact")
+ORDER0_APIS = ("alloc_page", "__get_free_page", "get_zeroed_page")
+GFP_ZERO = "__GFP_ZERO"
+PAGEBLOCK_MTS = MIGRATETYPES + ("Unknown",)
+ZONE_NAMES = ("DMA", "DMA32", "Normal", "Movable", "Device")
+WHENS = ("before", "after")
+STATES = ("live", "leaked")
+STOPS = ("count", "nomem", "watermark")
+ENOENT, ENOMEM, EINVAL = 2, 12, 22
+
+# The module's own trace events (kmod/buddylab_trace.h).
+TRACE_EVENTS = ("buddylab/buddylab_dump", "buddylab/buddylab_snapshot")
+
+# Lines between the parts of a script's output.
+SEPARATOR = "@@"
+
+
+def insmod(params: str = "") -> str:
+    return f"insmod {GUEST_MODULE_PATH}" + (f" {params}" if params else "")
+
+
+def exact_dump_script(body: str, *, before_dump: str = "", between_opens: str = "",
+                      after_body: str = "", reads: Sequence[str] = ()) -> str:
+    """Shell text that runs `body` right after an exact dump, then prints the dump.
+
+    The dump files (`zones`, `pageblocks`, `freelists`) capture their image
+    at open(2), so they are opened in the shell itself (`exec N<`), last
+    `freelists`: no process is forked between the capture and `body`.
+    `control` is opened once, as fd 7, before the capture: each open(2)
+    allocates a struct file, which would land between two operations.
+    `body` writes its commands with `>&7`.  The output is zones, pageblocks,
+    freelists, then each of `reads` (shell commands), separated by
+    SEPARATOR lines; `split_output` takes it apart.
+    """
+    printed = "".join(f" && echo {SEPARATOR} && {r}" for r in reads)
+    return (f"cd {DEBUGFS} && exec 7> control && {before_dump}"
+            f"exec 3< zones 4< pageblocks && {between_opens}exec 5< freelists "
+            f"&& {body}; {after_body}exec 7>&- && cat <&3 && echo {SEPARATOR} && cat <&4 "
+            f"&& echo {SEPARATOR} && cat <&5{printed}; exec 3<&- 4<&- 5<&-")
+
+
+def write_commands(path: str) -> str:
+    """Body for exact_dump_script: every line of guest file `path` written to control."""
+    return f'while read -r line; do echo "$line" >&7; done < {path}'
+
+
+def split_output(out: str, parts: int) -> list[str]:
+    """The parts of a script's output; a short or long one is a RecordError."""
+    pieces = out.split(f"{SEPARATOR}\n")
+    if len(pieces) != parts:
+        raise RecordError(f"expected {parts} parts separated by {SEPARATOR!r} lines, "
+                          f"got {len(pieces)}; the output ends:\n{out[-1500:]}")
+    return pieces
+
+
+def tracing_setup(events: Sequence[str], buffer_kb: int) -> str:
+    """Shell text: tracing off and cleared, the global clock, `events` (group/name) on.
+
+    The global clock orders events of different CPUs as they happened (the
+    default local clock is per CPU).
+    """
+    enable = " && ".join(f"echo 1 > {TRACING}/events/{e}/enable" for e in events)
+    return (f"echo 0 > {TRACING}/tracing_on && echo global > {TRACING}/trace_clock "
+            f"&& echo {buffer_kb} > {TRACING}/buffer_size_kb && echo > {TRACING}/trace "
+            f"&& {enable}")

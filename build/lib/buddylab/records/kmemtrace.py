@@ -1,0 +1,97 @@
+"""Parse the kmem page-allocator tracepoints from tracefs's `trace` text.
+
+A line is `TASK-PID [CPU] FLAGS TIMESTAMP: EVENT: key=value ...` (the
+events' print formats are in include/trace/events/kmem.h).  `page=` is a
+kernel virtual address and is dropped; everything the model needs is in
+pfn, order, migratetype and the event's CPU.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+KMEM_EVENTS = ("mm_page_alloc", "mm_page_free", "mm_page_free_batched",
+               "mm_page_alloc_zone_locked", "mm_page_pcpu_drain", "mm_page_alloc_extfrag")
+
+_LINE = re.compile(r"^\s*(?P<task>.*?)-(?P<pid>\d+)\s+(?:\(\s*[-\d]+\)\s+)?\[(?P<cpu>\d+)\]\s+"
+                   r"(?:(?P<flags>\S{4,5})\s+)?(?P<ts>\d+\.\d+):\s+(?P<event>\w+):\s*(?P<rest>.*)$")
+# Which integer fields each event must carry.
+_REQUIRED = {
+    "mm_page_alloc": ("pfn", "order", "migratetype"),
+    "mm_page_free": ("pfn", "order"),
+    "mm_page_free_batched": ("pfn",),
+    "mm_page_alloc_zone_locked": ("pfn", "order", "migratetype"),
+    "mm_page_pcpu_drain": ("pfn", "order", "migratetype"),
+    "mm_page_alloc_extfrag": ("pfn", "alloc_order", "fallback_order", "alloc_migratetype",
+                              "fallback_migratetype", "change_ownership"),
+    # buddylab.ko's own events (kmod/README.md): where its captures and
+    # snapshots fall among the kernel's events.
+    "buddylab_dump": ("gen",),
+    "buddylab_snapshot": ("seq", "after"),
+}
+
+
+class TraceParseError(ValueError):
+    def __init__(self, lineno: int, line: str, message: str) -> None:
+        super().__init__(f"line {lineno}: {message}: {line!r}")
+        self.lineno = lineno
+
+
+@dataclass(frozen=True)
+class TraceEvent:
+    """One kmem event.  `fields` holds the integer fields; `gfp` the flag names."""
+
+    cpu: int
+    timestamp: float
+    task: str
+    pid: int
+    name: str
+    fields: dict[str, int]
+    gfp: str = ""
+    flags: str = ""  # irqs-off, need-resched, hardirq/softirq, preempt depth
+
+    @property
+    def in_interrupt(self) -> bool:
+        """Raised in hard or soft interrupt context (the flags' third column)."""
+        return len(self.flags) >= 3 and self.flags[2] in "hsH"
+
+    def __getitem__(self, key: str) -> int:
+        return self.fields[key]
+
+
+def parse_trace(text: str) -> list[TraceEvent]:
+    """Every kmem event of a `trace` file, in file order; other events are skipped."""
+    events = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        m = _LINE.match(line)
+        if m is None:
+            raise TraceParseError(lineno, line, "not a trace line")
+        name = m["event"]
+        if name not in _REQUIRED:
+            continue
+        fields: dict[str, int] = {}
+        gfp = ""
+        for word in m["rest"].split():
+            key, sep, value = word.partition("=")
+            if not sep:
+                raise TraceParseError(lineno, line, f"field without '=': {word!r}")
+            if key == "page":
+                continue
+            if key == "gfp_flags":
+                gfp = value
+                continue
+            try:
+                fields[key] = int(value)
+            except ValueError:
+                raise TraceParseError(lineno, line, f"{key} is not a number") from None
+        missing = [k for k in _REQUIRED[name] if k not in fields]
+        if missing:
+            raise TraceParseError(lineno, line, f"{name} lacks {', '.join(missing)}")
+        if name == "mm_page_free_batched":
+            fields.setdefault("order", 0)
+        events.append(TraceEvent(int(m["cpu"]), float(m["ts"]), m["task"].strip(),
+                                 int(m["pid"]), name, fields, gfp, m["flags"] or ""))
+    return events

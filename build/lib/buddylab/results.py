@@ -1,0 +1,52 @@
+"""Write a run's results: one directory per run, files replaced atomically."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from buddylab.paths import results_root
+
+
+@dataclass(frozen=True)
+class RunMetadata:
+    """What every result says about the run that made it."""
+
+    command: str
+    kernel: str            # the running kernel's release, or the recipe when no guest ran
+    accel: str             # kvm, tcg, or "none" (replayed offline)
+    memory_mib: int
+    cpus: int
+
+    def as_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def new_run_dir(kind: str) -> Path:
+    """results/<kind>-<UTC time>[-n], created empty."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    root = results_root()
+    root.mkdir(parents=True, exist_ok=True)
+    for n in range(100):
+        path = root / (f"{kind}-{stamp}" + (f"-{n}" if n else ""))
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"cannot make a run directory under {root}")
+
+
+def write_json(path: Path, data: object) -> None:
+    """Write via a temporary file and rename, so no reader sees half a result."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    tmp.rename(path)
+
+
+def write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.rename(path)
