@@ -1,7 +1,8 @@
 """The `buddylab` command.
 
 Exit codes (README.md, buddylab.errors): 0 every check held, 1 a check
-failed, 2 usage, 3 set-up error, 4 guest timed out, 5 guest kernel crashed.
+failed, 2 usage, 3 set-up error, 4 guest timed out, 5 guest kernel crashed,
+6 output that does not parse.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
 from buddylab import errors
-from buddylab.guest.session import Prepared, Timings, boot, prepare
+from buddylab.guest.session import Prepared, Session, Timings, boot, prepare
 from buddylab.kernel.recipe import DEFAULT_KERNEL, load_kernel_pins
 from buddylab.results import RunMetadata, new_run_dir, write_json, write_text
 
@@ -52,6 +54,19 @@ def guest_options(args: argparse.Namespace) -> GuestOptions:
     return GuestOptions(args.kernel, args.memory, args.cpus, args.boot_timeout)
 
 
+@dataclass(frozen=True)
+class Guest:
+    """Where the commands get their guest: prepare() and boot() of buddylab.guest.session.
+
+    The one seam for tests: `main(argv, guest=...)` with a double that
+    replays a recorded run (tests/guest_double.py) tests the wiring without
+    QEMU.  Nothing else replaces it.
+    """
+
+    prepare: Callable[..., Prepared] = prepare
+    boot: Callable[..., AbstractContextManager[Session]] = boot
+
+
 def _metadata(command: str, opts: GuestOptions, prepared: Prepared | None) -> RunMetadata:
     if prepared is None:
         return RunMetadata(command, opts.kernel, "none", opts.memory_mib, opts.cpus)
@@ -77,13 +92,13 @@ def run_command(args: argparse.Namespace) -> int:
     opts = guest_options(args)
     if not 0 < args.timeout <= 86400:
         raise errors.UsageError("--timeout must be more than 0 and at most 86400 seconds")
-    prepared = prepare(pins=load_kernel_pins(opts.kernel))
+    prepared = args.guest.prepare(pins=load_kernel_pins(opts.kernel))
     if args.vmlinuz is not None:
         if not args.vmlinuz.is_file():
             raise errors.SetupError(f"--vmlinuz {args.vmlinuz}: no such file")
         prepared = dataclasses.replace(prepared, vmlinuz=args.vmlinuz.resolve())
-    with boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
-              ready_timeout=opts.boot_timeout) as session:
+    with args.guest.boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
+                         ready_timeout=opts.boot_timeout) as session:
         result = session.run(args.shell_command, timeout=args.timeout)
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
@@ -100,12 +115,13 @@ def qemu_test(args: argparse.Namespace) -> int:
     opts = guest_options(args)
     start = time.monotonic()
     timings = Timings()
-    prepared = prepare(pins=load_kernel_pins(opts.kernel), timings=timings)
+    prepared = args.guest.prepare(pins=load_kernel_pins(opts.kernel), timings=timings)
     print(f"buddylab: kernel {prepared.kernel.release}, accelerator {prepared.accel} "
           f"({prepared.accel_why})", flush=True)
     run_dir = new_run_dir("qemu-test")
-    with boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
-              ready_timeout=opts.boot_timeout, timings=timings, keep_dir=run_dir) as session:
+    with args.guest.boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
+                         ready_timeout=opts.boot_timeout, timings=timings,
+                         keep_dir=run_dir) as session:
         with timings.stage("experiment"):
             report = downfall.run(session)
     total = time.monotonic() - start
@@ -138,10 +154,10 @@ def accuracy_command(args: argparse.Namespace) -> int:
     if not 1 <= args.ops <= 1_000_000 or not 1 <= args.chunk <= 1000:
         raise errors.UsageError("--ops must be 1..1000000 and --chunk 1..1000")
     request = accuracy.AccuracyRequest(args.seed, args.ops, args.chunk, args.trace)
-    prepared = prepare(pins=load_kernel_pins(opts.kernel))
+    prepared = args.guest.prepare(pins=load_kernel_pins(opts.kernel))
     run_dir = new_run_dir("accuracy")
-    with boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
-              ready_timeout=opts.boot_timeout, keep_dir=run_dir) as session:
+    with args.guest.boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
+                         ready_timeout=opts.boot_timeout, keep_dir=run_dir) as session:
         result = accuracy.measure(session, request)
     table = accuracy.format_table(result, request.seed)
     write_json(run_dir / "result.json",
@@ -166,10 +182,10 @@ def trace_replay_command(args: argparse.Namespace) -> int:
         cap = trace_replay.load_capture(args.from_dir)
         run_dir = new_run_dir("trace-replay")
     else:
-        prepared = prepare(pins=load_kernel_pins(opts.kernel))
+        prepared = args.guest.prepare(pins=load_kernel_pins(opts.kernel))
         run_dir = new_run_dir("trace-replay")
-        with boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
-                  ready_timeout=opts.boot_timeout, keep_dir=run_dir) as session:
+        with args.guest.boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
+                             ready_timeout=opts.boot_timeout, keep_dir=run_dir) as session:
             cap = trace_replay.capture(session)
         trace_replay.save_capture(cap, run_dir / "capture")
     result = trace_replay.replay_capture(cap)
@@ -221,8 +237,9 @@ def _terminate(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, guest: Guest = Guest()) -> int:
     args = parser().parse_args(argv)
+    args.guest = guest
     signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.handler(args))
@@ -230,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"buddylab: {e}\n--- serial log tail ---\n{e.log_tail}", file=sys.stderr)
         return e.exit_code
     except errors.BuddylabError as e:
-        print(f"buddylab: {e}", file=sys.stderr)
+        print(f"buddylab: {e.headline + ': ' if e.headline else ''}{e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("buddylab: interrupted", file=sys.stderr)

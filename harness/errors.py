@@ -17,6 +17,8 @@ class BuddylabError(Exception):
     """Base class: a run that cannot go on.  `exit_code` says why."""
 
     exit_code = EXIT_SETUP
+    # Said before the message on stderr, where the message alone is not clear.
+    headline = ""
 
 
 class UsageError(BuddylabError):
@@ -56,8 +58,29 @@ class GuestCommandError(BuddylabError):
 class RecordError(BuddylabError, ValueError):
     """Output that does not parse: the module's records, /proc files, a trace, a capture.
 
+    Also records that parse but do not fit together (a dump whose blocks lie
+    in no zone it lists, a log with fewer operations than commands sent).
     Its own exit code, as kunit_tool tells "could not parse the results"
-    apart from "a test failed".
+    apart from "a test failed".  The parsers' own errors subclass it.
     """
 
     exit_code = EXIT_BAD_RECORDS
+    headline = "output that does not parse"
+
+    def within(self, where: str) -> "RecordError":
+        """The same error, its message prefixed with where the text came from."""
+        return RecordError(f"{where}: {self}")
+
+
+class ModelStopped(BuddylabError):
+    """The page-for-page model could not follow what the kernel did.
+
+    An operation the kernel could not have performed on the model's state
+    (pagemodel.ModelError), or a step that depends on state no dump shows
+    (pagemodel.Unknowable), where no experiment catches it.  The model
+    disagrees with the kernel, so it is a failed check: exit code 1, with a
+    message of its own (`headline`).
+    """
+
+    exit_code = EXIT_CHECKS_FAILED
+    headline = "the 5.10 model could not follow the kernel"

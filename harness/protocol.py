@@ -9,7 +9,8 @@ source's format strings.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from buddylab.allocator import MIGRATETYPES
 from buddylab.errors import RecordError
@@ -72,9 +73,21 @@ def split_output(out: str, parts: int) -> list[str]:
     """The parts of a script's output; a short or long one is a RecordError."""
     pieces = out.split(f"{SEPARATOR}\n")
     if len(pieces) != parts:
+        last = out.rstrip("\n").rsplit("\n", 1)[-1]
         raise RecordError(f"expected {parts} parts separated by {SEPARATOR!r} lines, "
-                          f"got {len(pieces)}; the output ends:\n{out[-1500:]}")
+                          f"got {len(pieces)} ({len(out)} bytes, the last line {last[-200:]!r})")
     return pieces
+
+
+T = TypeVar("T")
+
+
+def parse_part(name: str, parse: Callable[[str], T], text: str) -> T:
+    """`parse(text)`; its RecordError names the part (or file) the text came from."""
+    try:
+        return parse(text)
+    except RecordError as e:
+        raise e.within(name) from None
 
 
 def tracing_setup(events: Sequence[str], buffer_kb: int) -> str:

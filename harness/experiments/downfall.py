@@ -149,11 +149,11 @@ def run(session: Session) -> Report:
     """Load the module, run both operations, read the records, unload."""
     out = session.run(_guest_script()).check().stdout
     zones_t, pageblocks_t, dump_t, allocs_t, log_t, dmesg = protocol.split_output(out, 6)
-    infos = kmod.parse_zones(zones_t)
-    pageblocks = kmod.parse_pageblocks(pageblocks_t)
-    dump = kmod.parse_freelists(dump_t)
-    allocs = kmod.parse_allocs(allocs_t)
-    log = kmod.parse_log(log_t)
+    infos = protocol.parse_part("zones", kmod.parse_zones, zones_t)
+    pageblocks = protocol.parse_part("pageblocks", kmod.parse_pageblocks, pageblocks_t)
+    dump = protocol.parse_part("freelists", kmod.parse_freelists, dump_t)
+    allocs = protocol.parse_part("allocs", kmod.parse_allocs, allocs_t)
+    log = protocol.parse_part("log", kmod.parse_log, log_t)
     report = Report()
     records = [r for r in log.ops if r.verb == "alloc"]
     kept = {a.id: a.pages for a in allocs}

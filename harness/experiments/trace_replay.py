@@ -10,19 +10,23 @@ so the trace says exactly which events each dump already holds.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 from pathlib import Path
 
 from buddylab import protocol
 from buddylab.models import kernel_state
 from buddylab.records import kmod
 from buddylab.records import procfs
-from buddylab.errors import SetupError
+from buddylab.errors import RecordError, SetupError
 from buddylab.results import write_text
 from buddylab.models.kmem_replay import ReplayReport, KmemTraceReplayer, block_share
 from buddylab.guest.session import Session
 from buddylab.records.kmemtrace import KMEM_EVENTS, TraceEvent, parse_trace
 
+
+T = TypeVar("T")
 
 # Processes forking and exiting, files written to tmpfs and removed.
 DEFAULT_WORKLOAD = (
@@ -49,12 +53,16 @@ class TraceCapture:
     texts: tuple[str, ...] = ()   # what the guest printed, one text per CAPTURE_FILES entry
 
 
-def parse_capture(texts: list[str]) -> TraceCapture:
+def parse_capture(texts: list[str], where: str = "") -> TraceCapture:
+    """The capture's parts parsed; a RecordError names the part (`where` goes before it)."""
     if len(texts) != len(CAPTURE_FILES):
-        raise ValueError(f"a capture has {len(CAPTURE_FILES)} parts, got {len(texts)}")
-    return TraceCapture(kmod.parse_zones(texts[0]), kmod.parse_pageblocks(texts[1]),
-                        kmod.parse_freelists(texts[2]), kmod.parse_freelists(texts[3]),
-                        procfs.parse_zoneinfo(texts[4]), parse_trace(texts[5]), tuple(texts))
+        raise RecordError(f"a capture has {len(CAPTURE_FILES)} parts, got {len(texts)}")
+
+    def part(i: int, parse: Callable[[str], T]) -> T:
+        return protocol.parse_part(f"{where}{CAPTURE_FILES[i]}", parse, texts[i])
+    return TraceCapture(part(0, kmod.parse_zones), part(1, kmod.parse_pageblocks),
+                        part(2, kmod.parse_freelists), part(3, kmod.parse_freelists),
+                        part(4, procfs.parse_zoneinfo), part(5, parse_trace), tuple(texts))
 
 
 def save_capture(cap: TraceCapture, directory: Path) -> None:
@@ -68,7 +76,11 @@ def load_capture(directory: Path) -> TraceCapture:
     missing = [n for n in CAPTURE_FILES if not (directory / n).is_file()]
     if missing:
         raise SetupError(f"{directory} is not a saved capture: {', '.join(missing)} missing")
-    return parse_capture([(directory / n).read_text() for n in CAPTURE_FILES])
+    try:
+        texts = [(directory / n).read_text() for n in CAPTURE_FILES]
+    except UnicodeDecodeError as e:
+        raise RecordError(f"{directory}: a capture file is not text ({e.reason})") from None
+    return parse_capture(texts, f"{directory}/")
 
 
 @dataclass
@@ -113,8 +125,8 @@ def between_dumps(events: list[TraceEvent], first_gen: int, last_gen: int) -> li
     """The kmem events after dump `first_gen`'s capture, up to dump `last_gen`'s."""
     marks = {e["gen"]: i for i, e in enumerate(events) if e.name == "buddylab_dump"}
     if first_gen not in marks or last_gen not in marks:
-        raise ValueError(f"the trace lacks the buddylab_dump events of dumps {first_gen} and "
-                         f"{last_gen} (was the trace buffer too small?)")
+        raise RecordError(f"the trace lacks the buddylab_dump events of dumps {first_gen} and "
+                          f"{last_gen} (was the trace buffer too small?)")
     return [e for e in events[marks[first_gen] + 1:marks[last_gen]]
             if e.name.startswith("mm_page")]
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from buddylab.errors import RecordError
 from buddylab.models import pagemodel
 from buddylab.records import kmod
 from buddylab.models.pagemodel import HIGHATOMIC, MIGRATETYPES, MOVABLE, PCP_TYPES, Zone
@@ -35,12 +36,23 @@ def pcp_limits(pcps: list[kmod.PcpCounts]) -> PcpLimits:
 def zones_from_dump(dump: kmod.FreeListDump, pageblocks: list[kmod.Pageblock],
                     infos: list[kmod.ZoneSpan], limits: PcpLimits,
                     ) -> dict[ZoneKey, Zone]:
-    """Model zones holding exactly the dumped state."""
+    """Model zones holding exactly the dumped state.
+
+    Parts that do not fit together (a block or pageblock of a zone that
+    `infos` does not list, a per-CPU page of a CPU without high/batch) are a
+    RecordError.
+    """
     zones: dict[ZoneKey, Zone] = {}
     for info in infos:
         z = Zone(info.zone, info.start_pfn, info.start_pfn + info.spanned, info.nid)
         z.managed = info.managed
         zones[(info.nid, info.zone)] = z
+    listed = ({(x.nid, x.zone) for x in pageblocks} | {(x.nid, x.zone) for x in dump.blocks}
+              | {(x.nid, x.zone) for x in dump.pcp_pages})
+    if listed - zones.keys():
+        nid, name = sorted(listed - zones.keys())[0]
+        raise RecordError(f"the dump has pages of node {nid} zone {name}, which the zone list "
+                          f"lacks (zones: {', '.join(n for _, n in sorted(zones))})")
     for pb in pageblocks:
         zones[(pb.nid, pb.zone)].set_pageblock_type(pb.pfn, pb.mt)
     for z in zones.values():
@@ -54,7 +66,7 @@ def zones_from_dump(dump: kmod.FreeListDump, pageblocks: list[kmod.Pageblock],
     for page in sorted(dump.pcp_pages, key=lambda p: (p.nid, p.zone, p.cpu, p.list, p.pos)):
         z = zones[(page.nid, page.zone)]
         if page.cpu not in z.pcp:
-            raise ValueError(f"no high/batch known for CPU {page.cpu} of zone {page.zone}")
+            raise RecordError(f"no high/batch known for CPU {page.cpu} of zone {page.zone}")
         index = page.list
         if page.list == MOVABLE and z.pageblocks.get(page.pfn & ~511) == HIGHATOMIC:
             index = HIGHATOMIC

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from buddylab.errors import RecordError
 from buddylab.models import pagemodel
 from buddylab.allocator import GFP_HIGHEST_ZONE, GFP_TYPES, ZONE_ORDER
 from buddylab.models.kernel_state import ZoneKey, compare_snapshot
@@ -92,13 +93,19 @@ class OperationReplayer:
         """Take over the allocations the module already holds (from its `allocs` file)."""
         for a in allocs:
             if a.state != "live":
-                raise ValueError(f"allocation {a.id} is {a.state}: the replay handles live ones")
-            self.allocations[a.id] = ModelAllocation(self.zones[(a.nid, a.zone)], a.api, a.pfn,
-                                                     a.order, a.pages)
+                raise RecordError(f"allocation {a.id} is {a.state}: the replay handles live ones")
+            zone = self.zones.get((a.nid, a.zone))
+            if zone is None:
+                raise RecordError(f"allocation {a.id} is in node {a.nid} zone {a.zone}, "
+                                  "which the dump lacks")
+            self.allocations[a.id] = ModelAllocation(zone, a.api, a.pfn, a.order, a.pages)
             self.next_id = max(self.next_id, a.id + 1)
 
     def free(self, alloc_id: int, cpu: int) -> None:
-        a = self.allocations.pop(alloc_id)
+        a = self.allocations.pop(alloc_id, None)
+        if a is None:
+            raise pagemodel.ModelError(f"the kernel freed allocation {alloc_id}, "
+                                       "which the model does not hold")
         if a.api == "alloc_pages_exact":
             for pfn in range(a.pfn, a.pfn + a.pages):
                 a.zone.free_unref_page(pfn, cpu)

@@ -22,6 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+from buddylab.errors import ModelStopped
 from buddylab.allocator import (FALLBACKS, HIGHATOMIC, ISOLATE, MAX_ORDER, MIGRATETYPES, MOVABLE,
                                 PAGEBLOCK_ORDER, PAGEBLOCK_PAGES, PCP_TYPES, RECLAIMABLE, UNMOVABLE,
                                 get_order)
@@ -36,11 +37,11 @@ __all__ = ["FALLBACKS", "HIGHATOMIC", "ISOLATE", "MAX_ORDER", "MIGRATETYPES", "M
 Ownership = Callable[[int, str, int], bool]
 
 
-class Unknowable(Exception):
+class Unknowable(ModelStopped):
     """The next step depends on state that no dump or operation shows."""
 
 
-class ModelError(Exception):
+class ModelError(ModelStopped):
     """An operation the kernel could not have performed on this state."""
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from buddylab.errors import RecordError
+
 KMEM_EVENTS = ("mm_page_alloc", "mm_page_free", "mm_page_free_batched",
                "mm_page_alloc_zone_locked", "mm_page_pcpu_drain", "mm_page_alloc_extfrag")
 
@@ -32,7 +34,9 @@ _REQUIRED = {
 }
 
 
-class TraceParseError(ValueError):
+class TraceParseError(RecordError):
+    """A trace line that does not parse; a RecordError (exit code 6, README.md)."""
+
     def __init__(self, lineno: int, line: str, message: str) -> None:
         super().__init__(f"line {lineno}: {message}: {line!r}")
         self.lineno = lineno

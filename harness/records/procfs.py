@@ -78,6 +78,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from buddylab.errors import RecordError
+
 __all__ = [
     "ProcParseError", "BuddyInfoZone", "PageTypeInfo", "PageSet", "ZoneInfo",
     "parse_buddyinfo", "parse_pagetypeinfo", "parse_zoneinfo",
@@ -89,8 +91,11 @@ ZoneKey = tuple[int, str]          # (node, zone name)
 SATURATION = 100000                # pagetypeinfo stops counting a list here
 
 
-class ProcParseError(ValueError):
-    """Malformed procfs text.  `lineno` is 1-based; `line` is the raw line."""
+class ProcParseError(RecordError):
+    """Malformed procfs text.  `lineno` is 1-based; `line` is the raw line.
+
+    A RecordError: the command stops with exit code 6 (README.md).
+    """
 
     def __init__(self, message: str, lineno: int, line: str) -> None:
         super().__init__(f"line {lineno}: {message}: {line!r}")

@@ -43,7 +43,10 @@ def run_chunk(session: Session, commands: list[str], traced: bool = False) -> Ch
         reads=("cat log", "cat /tmp/allocs", *((f"cat {tracing}/trace",) if traced else ())))
     out = session.run(script, timeout=600).check().stdout
     parts = protocol.split_output(out, 6 if traced else 5)
-    return Chunk(kmod.parse_zones(parts[0]), kmod.parse_pageblocks(parts[1]),
-                 kmod.parse_freelists(parts[2]), kmod.parse_log(parts[3]),
-                 kmod.parse_allocs(parts[4]), commands,
-                 parse_trace(parts[5]) if traced else None)
+    part = protocol.parse_part
+    return Chunk(part("zones", kmod.parse_zones, parts[0]),
+                 part("pageblocks", kmod.parse_pageblocks, parts[1]),
+                 part("freelists", kmod.parse_freelists, parts[2]),
+                 part("log", kmod.parse_log, parts[3]),
+                 part("allocs", kmod.parse_allocs, parts[4]), commands,
+                 part("trace", parse_trace, parts[5]) if traced else None)

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from buddylab.allocator import GFP_TYPES, MAX_ORDER
+from buddylab.errors import RecordError
 from buddylab.experiments.accuracy.guestrun import Chunk
 from buddylab.experiments.accuracy.placement import (OpWindow, not_the_op, op_windows,
                                                      replay_traced)
@@ -131,8 +132,8 @@ def _textbook_exact(op: kmod.OpRecord, free_before: FreeSnapshot,
 def evaluate(chunk: Chunk, result: Accuracy) -> None:
     ops = [op for op in chunk.log.ops if op.verb != "clear_log"]
     if len(ops) != len(chunk.commands):
-        raise ValueError(f"{len(chunk.commands)} commands but {len(ops)} op records "
-                         f"(log dropped {chunk.log.dropped})")
+        raise RecordError(f"{len(chunk.commands)} commands but {len(ops)} op records "
+                          f"(log dropped {chunk.log.dropped})")
     zones = kernel_state.zones_from_dump(chunk.dump, chunk.pageblocks, chunk.zones,
                                    kernel_state.pcp_limits(ops[0].before.pcp))
     replayer = operations.OperationReplayer(zones)
