@@ -1,4 +1,8 @@
-"""The page-for-page 5.10 model: worked cases from the reference, and properties."""
+"""The page-for-page 5.10 model: worked cases (docs/page-allocator-5.10.md), and properties.
+
+"The reference" below is the worked `alloc_pages_exact()` case of that page,
+which follows expand() and make_alloc_exact() of mm/page_alloc.c at v5.10.
+"""
 
 from __future__ import annotations
 

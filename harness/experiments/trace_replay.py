@@ -80,6 +80,8 @@ def load_capture(directory: Path) -> TraceCapture:
         texts = [(directory / n).read_text() for n in CAPTURE_FILES]
     except UnicodeDecodeError as e:
         raise RecordError(f"{directory}: a capture file is not text ({e.reason})") from None
+    except OSError as e:
+        raise SetupError(f"{directory}: cannot read the capture: {e.strerror}: {e.filename}") from None
     return parse_capture(texts, f"{directory}/")
 
 

@@ -1,8 +1,9 @@
 """Replay real kernel traffic, from the kmem tracepoints, on the page-for-page model.
 
 Start from an exact dump, apply each traced event the way mm/page_alloc.c
-does, and compare with the exact dump taken at the end.  The rules
-(../shared/reference/page-alloc-5.10.md, section 6):
+does, and compare with the exact dump taken at the end.  Where each event
+fires in mm/page_alloc.c of 5.10 is in docs/page-allocator-5.10.md ("The kmem
+tracepoints").  The rules:
 
 * `mm_page_alloc_zone_locked`: the kernel took a block from the buddy
   lists (`__rmqueue`); the model takes the head block of the smallest order
