@@ -60,7 +60,7 @@ FORBIDDEN = {
     "records": {"kernel", "guest", "models", "experiments", "cli"},
     "models": {"kernel", "guest", "experiments", "cli"},
     "kernel": {"guest", "records", "models", "experiments", "cli"},
-    "guest": {"models", "experiments", "cli"},
+    "guest": {"records", "models", "experiments", "cli"},
     "experiments": {"cli"},
     "errors": {"kernel", "guest", "records", "models", "experiments", "cli", "allocator",
                "protocol", "paths", "results"},
