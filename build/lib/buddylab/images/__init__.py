@@ -1,1 +1,0 @@
-"""Kernel recipes and guest files, shipped as package data of buddylab (see buddylab.paths)."""
