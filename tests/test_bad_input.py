@@ -26,7 +26,8 @@ SEP = f"{protocol.SEPARATOR}\n"
 GARBAGE = "garbage 1 2 3 : not a record\n"
 
 # The parts of each run's first multi-part output that the command parses
-# (the rest, e.g. dmesg, is free text).
+# (the rest, e.g. dmesg, is free text).  `accuracy --trace` parses the same
+# parts as `accuracy`, and a trace: only the trace is corrupted there.
 PARSED = {
     "qemu-test": ("zones", "pageblocks", "freelists", "allocs", "log"),
     "accuracy": ("zones", "pageblocks", "freelists", "log", "allocs"),
@@ -70,7 +71,7 @@ def _insert_garbage(text: str) -> str:
 
 
 GARBAGE_CASES = [(name, FIRST_DUMP[name], i, part) for name, parts in PARSED.items()
-                 for i, part in enumerate(parts)]
+                 for i, part in enumerate(parts) if name != "accuracy-trace" or part == "trace"]
 
 
 @pytest.mark.parametrize("name,call,index,part", GARBAGE_CASES,
