@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy
 import re
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -248,3 +250,15 @@ def test_run_passes_the_guest_command_status_through(tmp_path: Path,
     t.calls.append(Call("cat /nonexistent", None, 1, "", "cat: can't open\n"))
     rc, err = run_cli(t.argv, replay_guest(t)[0], tmp_path, monkeypatch, capsys)
     assert rc == 1 and err == "cat: can't open\n"
+
+
+def test_the_real_process_prints_one_line_and_exits_6(tmp_path: Path):
+    """The same through a real `buddylab` process: its stderr and status, not main()'s."""
+    capture = tmp_path / "capture"
+    shutil.copytree(SAVED_CAPTURE, capture)
+    (capture / "trace.txt").write_text(FROM_CASES["trace.txt"]((capture / "trace.txt").read_text()))
+    proc = subprocess.run([sys.executable, "-m", "buddylab.cli", "trace-replay", "--from", str(capture)],
+                          capture_output=True, text=True, timeout=120,
+                          env={"BUDDYLAB_RESULTS": str(tmp_path / "results"), "PATH": "/usr/bin:/bin"})
+    assert_one_clear_line(proc.returncode, proc.stderr, errors.EXIT_BAD_RECORDS, "trace.txt",
+                          "is not a number")
