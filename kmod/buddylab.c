@@ -5,8 +5,9 @@
  * before and just after each operation.
  *
  * Interface: debugfs buddylab/{control,allocs,log,freelists,pageblocks,zones},
- * described in kmod/README.md.  Written for Linux 5.10 (x86-64): it reads
- * struct zone, struct per_cpu_pages and the pageblock bitmap directly.
+ * described in kmod/README.md.  Written for Linux 5.10.y and 6.1.y
+ * (x86-64): it reads struct zone, struct per_cpu_pages and the pageblock
+ * bitmap directly.
  */
 
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
@@ -35,8 +36,28 @@
 #include <linux/stop_machine.h>
 #include <linux/string.h>
 #include <linux/uaccess.h>
+#include <linux/version.h>
 #include <linux/vmstat.h>
 #include <linux/workqueue.h>
+
+/*
+ * The module reads the allocator's structures directly, so it builds only
+ * for the kernel series whose headers it was checked against: 5.10 (Debian
+ * 5.10.0-46, 5.10.262) and 6.1 (Debian 6.1.0-57, 6.1.192).  BL_PCP_BY_ORDER
+ * says whether the per-CPU lists hold blocks of several orders (6.1).
+ */
+#define BL_V5_10	KERNEL_VERSION(5, 10, 0)
+#define BL_V5_11	KERNEL_VERSION(5, 11, 0)
+#define BL_V6_1		KERNEL_VERSION(6, 1, 0)
+#define BL_V6_2		KERNEL_VERSION(6, 2, 0)
+
+#if LINUX_VERSION_CODE >= BL_V5_10 && LINUX_VERSION_CODE < BL_V5_11
+#define BL_PCP_BY_ORDER	0
+#elif LINUX_VERSION_CODE >= BL_V6_1 && LINUX_VERSION_CODE < BL_V6_2
+#define BL_PCP_BY_ORDER	1
+#else
+#error "buddylab knows only Linux 5.10.y and 6.1.y (see kmod/README.md)"
+#endif
 
 #define CREATE_TRACE_POINTS
 #include "buddylab_trace.h"
@@ -62,6 +83,90 @@
 static bool allow_leak;
 module_param(allow_leak, bool, 0400);
 MODULE_PARM_DESC(allow_leak, "accept the leak command, which breaks page refcounts on purpose");
+
+/*
+ * The per-CPU lists.  5.10: one list of order-0 pages per migratetype below
+ * MIGRATE_PCPTYPES, used only by their CPU with interrupts off.  6.1: one
+ * list per (order, migratetype) for orders 0 .. PAGE_ALLOC_COSTLY_ORDER at
+ * index MIGRATE_PCPTYPES * order + migratetype, then two lists for the THP
+ * order (pageblock_order): Unmovable and Reclaimable blocks share the first,
+ * Movable ones have the second.  That is order_to_pindex() and
+ * pindex_to_order() of mm/page_alloc.c, which no header exports.  6.1's
+ * lists have a spinlock of their own, and a page on them is linked by
+ * pcp_list, a page on a free list by buddy_list (both alias lru).
+ */
+#if BL_PCP_BY_ORDER
+#define BL_PCP_LISTS	NR_PCP_LISTS
+#define bl_buddy_lru	buddy_list
+#define bl_pcp_lru	pcp_list
+
+static_assert(NR_PCP_THP == 2 && PAGE_ALLOC_COSTLY_ORDER == 3,
+	      "6.1 per-CPU lists with two THP lists expected");
+
+static struct per_cpu_pages *bl_pcp(struct zone *zone, int cpu)
+{
+	return per_cpu_ptr(zone->per_cpu_pageset, cpu);
+}
+
+static unsigned int bl_pcp_order(unsigned int list)
+{
+	return list < NR_LOWORDER_PCP_LISTS ? list / MIGRATE_PCPTYPES :
+					      pageblock_order;
+}
+
+/* The migratetype that names the list (see bl_mt_names). */
+static unsigned int bl_pcp_mt(unsigned int list)
+{
+	return list < NR_LOWORDER_PCP_LISTS ? list % MIGRATE_PCPTYPES :
+					      list - NR_LOWORDER_PCP_LISTS;
+}
+
+/*
+ * Taken only with interrupts off and never inside a zone->lock (the kernel
+ * nests zone->lock inside pcp->lock).  No holder on this CPU can be
+ * waiting for us: holders keep preemption off, interrupts only try-lock.
+ */
+static void bl_pcp_lock(struct per_cpu_pages *pcp)
+{
+	spin_lock(&pcp->lock);
+}
+
+static void bl_pcp_unlock(struct per_cpu_pages *pcp)
+{
+	spin_unlock(&pcp->lock);
+}
+#else
+#define BL_PCP_LISTS	MIGRATE_PCPTYPES
+#define bl_buddy_lru	lru
+#define bl_pcp_lru	lru
+
+static struct per_cpu_pages *bl_pcp(struct zone *zone, int cpu)
+{
+	return &per_cpu_ptr(zone->pageset, cpu)->pcp;
+}
+
+static unsigned int bl_pcp_order(unsigned int list)
+{
+	return 0;
+}
+
+static unsigned int bl_pcp_mt(unsigned int list)
+{
+	return list;
+}
+
+/* 5.10's lists are their CPU's: only it reads them, interrupts off. */
+static void bl_pcp_lock(struct per_cpu_pages *pcp)
+{
+}
+
+static void bl_pcp_unlock(struct per_cpu_pages *pcp)
+{
+}
+#endif
+
+/* The records print MAX_ORDER free counts and orders 0 .. 10. */
+static_assert(MAX_ORDER == 11);
 
 /* Names, as the interface prints and parses them. */
 
@@ -288,7 +393,7 @@ struct bl_psnap {
 	int count;
 	int high;
 	int batch;
-	u32 lists[MIGRATE_PCPTYPES];
+	u32 lists[BL_PCP_LISTS];
 	bool valid;
 };
 
@@ -438,34 +543,62 @@ static void bl_snap_zones(struct bl_zsnap *zs)
 }
 
 /*
- * Runs on the CPU whose lists it reads, with interrupts off: in an IPI, or
- * within bl_snap_take()'s own interrupts-off section.  On its own it lasts
- * one walk of this CPU's per-CPU lists of every zone, that is about
- * pcp->count list steps per zone (each walk stops at spanned pages).
+ * Read @cpu's per-CPU lists of every zone into its slots of @ps, with
+ * interrupts off.  On 5.10 it must run on @cpu itself: in an IPI, or
+ * within bl_snap_take()'s own interrupts-off section.  On 6.1 it may run
+ * anywhere, each zone's lists under their pcp->lock.  Interrupts stay off
+ * (and on 6.1 pcp->lock held) for one walk of @cpu's lists of every zone,
+ * that is about pcp->count list steps per zone (each walk also stops at
+ * the zone's spanned pages).
  */
-static void bl_snap_pcp(void *arg)
+static void bl_snap_cpu(struct bl_psnap *ps, int cpu)
 {
-	int cpu = smp_processor_id();
-	struct bl_psnap *ps = (struct bl_psnap *)arg + cpu * bl.nr_zones;
 	unsigned int i, t;
 
+	ps += cpu * bl.nr_zones;
 	for (i = 0; i < bl.nr_zones; i++) {
 		struct zone *zone = bl.zones[i];
-		struct per_cpu_pages *pcp = &this_cpu_ptr(zone->pageset)->pcp;
+		struct per_cpu_pages *pcp = bl_pcp(zone, cpu);
 
+		bl_pcp_lock(pcp);
 		ps[i].count = pcp->count;
 		ps[i].high = pcp->high;
 		ps[i].batch = pcp->batch;
-		for (t = 0; t < MIGRATE_PCPTYPES; t++)
+		for (t = 0; t < BL_PCP_LISTS; t++)
 			ps[i].lists[t] = bl_list_len(&pcp->lists[t],
 						     zone->spanned_pages);
 		ps[i].valid = true;
+		bl_pcp_unlock(pcp);
 	}
 }
 
+#if BL_PCP_BY_ORDER
+/* Another CPU's lists, read from here under their locks (6.1). */
+static void bl_snap_other(struct bl_psnap *ps, int cpu)
+{
+	unsigned long flags;
+
+	local_irq_save(flags);
+	bl_snap_cpu(ps, cpu);
+	local_irq_restore(flags);
+}
+#else
+static void bl_snap_ipi(void *arg)
+{
+	bl_snap_cpu(arg, smp_processor_id());
+}
+
+/* Another CPU's lists, read by that CPU in an IPI (5.10). */
+static void bl_snap_other(struct bl_psnap *ps, int cpu)
+{
+	smp_call_function_single(cpu, bl_snap_ipi, ps, 1);
+}
+#endif
+
 /*
  * The local CPU's lists and every zone are read in one interrupts-off
- * section; other CPUs read their own lists in an IPI right after.
+ * section; other CPUs' lists are read right after: by those CPUs in an
+ * IPI on 5.10, from here under each list's lock on 6.1.
  *
  * How long interrupts stay off here: one walk of every free list of every
  * zone plus this CPU's per-CPU lists, so linear in the number of free
@@ -484,13 +617,13 @@ static void bl_snap_take(unsigned int slot, int when, u64 seq)
 	local_irq_save(flags);
 	self = smp_processor_id();
 	bl_snap_zones(bl_zsnap_at(slot, when));
-	bl_snap_pcp(ps);
+	bl_snap_cpu(ps, self);
 	trace_buddylab_snapshot(seq, when == BL_AFTER);
 	local_irq_restore(flags);
 
 	for_each_online_cpu(cpu) {
 		if (cpu != self)
-			smp_call_function_single(cpu, bl_snap_pcp, ps, 1);
+			bl_snap_other(ps, cpu);
 	}
 }
 
@@ -705,7 +838,7 @@ static bool bl_headroom(gfp_t gfp, unsigned long pages, unsigned long extra)
 			continue;
 		keep = high_wmark_pages(z) + z->lowmem_reserve[high] +
 		       READ_ONCE(z->nr_reserved_highatomic) +
-		       READ_ONCE(per_cpu_ptr(z->pageset, cpu)->pcp.batch) + extra;
+		       READ_ONCE(bl_pcp(z, cpu)->batch) + extra;
 		return free > keep;
 	}
 	return false;
@@ -1345,8 +1478,10 @@ static void bl_log_show_op(struct seq_file *m, const struct bl_op *op)
 
 /*
  * The per-CPU list types are the first MIGRATE_PCPTYPES migratetypes, and
- * bl_mt_names[] names them Unmovable, Movable, Reclaimable: pcp lists=
- * prints exactly these three counts, and pcpage list= is bl_mt_names[type].
+ * bl_mt_names[] names them Unmovable, Movable, Reclaimable: on 5.10 pcp
+ * lists= prints exactly these three counts, on 6.1 these three per order
+ * (then Unmovable, Movable at the THP order), and pcpage list= is
+ * bl_mt_names[bl_pcp_mt()].
  */
 static_assert(MIGRATE_UNMOVABLE == 0 && MIGRATE_MOVABLE == 1 &&
 	      MIGRATE_RECLAIMABLE == 2 && MIGRATE_PCPTYPES == 3);
@@ -1357,7 +1492,7 @@ static void bl_log_show_snap(struct seq_file *m, const struct bl_op *op,
 	const char *w = when == BL_BEFORE ? "before" : "after";
 	struct bl_zsnap *zs = bl_zsnap_at(slot, when);
 	struct bl_psnap *ps = bl_psnap_at(slot, when), *p;
-	unsigned int i, mt, o, cpu;
+	unsigned int i, mt, o, cpu, t;
 
 	for (i = 0; i < bl.nr_zones; i++) {
 		struct zone *z = bl.zones[i];
@@ -1379,10 +1514,19 @@ static void bl_log_show_snap(struct seq_file *m, const struct bl_op *op,
 			p = &ps[cpu * bl.nr_zones + i];
 			if (!p->valid)
 				continue;
-			seq_printf(m, "pcp seq=%llu when=%s nid=%d zone=%s cpu=%u count=%d high=%d batch=%d lists=%u,%u,%u\n",
+			seq_printf(m, "pcp seq=%llu when=%s nid=%d zone=%s cpu=%u count=%d high=%d batch=%d lists=",
 				   op->seq, w, zone_to_nid(z), z->name, cpu,
-				   p->count, p->high, p->batch, p->lists[0],
-				   p->lists[1], p->lists[2]);
+				   p->count, p->high, p->batch);
+			/* A value for each per-CPU list, in list order. */
+			seq_printf(m, "%u", p->lists[0]);
+			for (t = 1; t < BL_PCP_LISTS; t++)
+				seq_printf(m, ",%u", p->lists[t]);
+			if (BL_PCP_BY_ORDER) {
+				seq_printf(m, " orders=%u", bl_pcp_order(0));
+				for (t = 1; t < BL_PCP_LISTS; t++)
+					seq_printf(m, ",%u", bl_pcp_order(t));
+			}
+			seq_putc(m, '\n');
 		}
 	}
 }
@@ -1424,8 +1568,8 @@ struct bl_dent {
 	u16 nid;
 	u8 zidx;
 	u8 kind;
-	u8 order;	/* BL_BLOCK */
-	u8 type;	/* migratetype or pcp list */
+	u8 order;	/* BL_BLOCK, and BL_PCPAGE on 6.1 */
+	u8 type;	/* migratetype, or the migratetype naming a pcp list */
 };
 
 struct bl_image {
@@ -1471,11 +1615,16 @@ static void bl_capture_list(struct bl_image *img, struct zone *zone,
 			    struct list_head *head, u8 kind, u8 type, u8 order,
 			    u32 cpu)
 {
+	struct list_head *entry;
 	struct page *page;
 	struct bl_dent *d;
 	u32 pos = 0;
 
-	list_for_each_entry(page, head, lru) {
+	list_for_each(entry, head) {
+		if (kind == BL_PCPAGE)
+			page = list_entry(entry, struct page, bl_pcp_lru);
+		else
+			page = list_entry(entry, struct page, bl_buddy_lru);
 		d = bl_image_add(img, zone, kind, type, page_to_pfn(page));
 		if (!d)
 			return;
@@ -1508,10 +1657,12 @@ static void bl_capture_pcp(struct bl_image *img, struct zone *zone)
 	int cpu;
 
 	for_each_online_cpu(cpu) {
-		pcp = &per_cpu_ptr(zone->pageset, cpu)->pcp;
-		for (t = 0; t < MIGRATE_PCPTYPES; t++)
+		pcp = bl_pcp(zone, cpu);
+		bl_pcp_lock(pcp);
+		for (t = 0; t < BL_PCP_LISTS; t++)
 			bl_capture_list(img, zone, &pcp->lists[t], BL_PCPAGE,
-					t, 0, cpu);
+					bl_pcp_mt(t), bl_pcp_order(t), cpu);
+		bl_pcp_unlock(pcp);
 	}
 	img->npcp += img->used - used;
 }
@@ -1551,7 +1702,7 @@ static size_t bl_freelists_estimate(void)
 		for (o = 0; o < MAX_ORDER; o++)
 			n += READ_ONCE(zone->free_area[o].nr_free);
 		for_each_online_cpu(cpu)
-			n += READ_ONCE(per_cpu_ptr(zone->pageset, cpu)->pcp.count);
+			n += READ_ONCE(bl_pcp(zone, cpu)->count);
 	}
 	return n;
 }
@@ -1657,9 +1808,12 @@ static void bl_image_show_ent(struct seq_file *m, const struct bl_dent *d)
 			   d->pos, d->pfn);
 		break;
 	case BL_PCPAGE:
-		seq_printf(m, "pcpage nid=%u zone=%s cpu=%u list=%s pos=%u pfn=%lu\n",
-			   d->nid, zone, d->cpu, bl_mt_names[d->type], d->pos,
-			   d->pfn);
+		seq_printf(m, "pcpage nid=%u zone=%s cpu=%u", d->nid, zone,
+			   d->cpu);
+		if (BL_PCP_BY_ORDER)
+			seq_printf(m, " order=%u", d->order);
+		seq_printf(m, " list=%s pos=%u pfn=%lu\n",
+			   bl_mt_names[d->type], d->pos, d->pfn);
 		break;
 	default:
 		seq_printf(m, "pageblock nid=%u zone=%s pfn=%lu mt=%s\n",
