@@ -11,7 +11,13 @@ mount -t devpts devpts /dev/pts
 mount -t debugfs debugfs /sys/kernel/debug
 mount -t tmpfs tmpfs /tmp
 
-for m in virtio virtio_ring virtio_pci failover net_failover virtio_net; do
+# In dependency order; the image holds the *_dev ones only for kernels that
+# have them (6.1, not 5.10).
+for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci \
+	failover net_failover virtio_net; do
+	case "$m" in
+	virtio_pci_*_dev) [ -f /lib/modules/$m.ko ] || continue ;;
+	esac
 	insmod /lib/modules/$m.ko || echo "BUDDYLAB-INIT-FAILED insmod $m"
 done
 

@@ -5,8 +5,9 @@
  * before and just after each operation.
  *
  * Interface: debugfs buddylab/{control,allocs,log,freelists,pageblocks,zones},
- * described in kmod/README.md.  Written for Linux 5.10 (x86-64): it reads
- * struct zone, struct per_cpu_pages and the pageblock bitmap directly.
+ * described in kmod/README.md.  Written for Linux 5.10.y and 6.1.y
+ * (x86-64): it reads struct zone, struct per_cpu_pages and the pageblock
+ * bitmap directly.
  */
 
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
@@ -35,8 +36,28 @@
 #include <linux/stop_machine.h>
 #include <linux/string.h>
 #include <linux/uaccess.h>
+#include <linux/version.h>
 #include <linux/vmstat.h>
 #include <linux/workqueue.h>
+
+/*
+ * The module reads the allocator's structures directly, so it builds only
+ * for the kernel series whose headers it was checked against: 5.10 (Debian
+ * 5.10.0-46, 5.10.262) and 6.1 (Debian 6.1.0-57, 6.1.192).  BL_PCP_BY_ORDER
+ * says whether the per-CPU lists hold blocks of several orders (6.1).
+ */
+#define BL_V5_10	KERNEL_VERSION(5, 10, 0)
+#define BL_V5_11	KERNEL_VERSION(5, 11, 0)
+#define BL_V6_1		KERNEL_VERSION(6, 1, 0)
+#define BL_V6_2		KERNEL_VERSION(6, 2, 0)
+
+#if LINUX_VERSION_CODE >= BL_V5_10 && LINUX_VERSION_CODE < BL_V5_11
+#define BL_PCP_BY_ORDER	0
+#elif LINUX_VERSION_CODE >= BL_V6_1 && LINUX_VERSION_CODE < BL_V6_2
+#define BL_PCP_BY_ORDER	1
+#else
+#error "buddylab knows only Linux 5.10.y and 6.1.y (see kmod/README.md)"
+#endif
 
 #define CREATE_TRACE_POINTS
 #include "buddylab_trace.h"
@@ -54,6 +75,98 @@
  * failing with -ENOMEM is always better than waking the OOM killer.
  */
 #define BL_GFP_OWN	(GFP_KERNEL | __GFP_NOWARN | __GFP_RETRY_MAYFAIL)
+
+/*
+ * The leak command breaks page refcounts on purpose (the book's mistake,
+ * see bl_exec_leak()).  Without allow_leak=1 at load it gets -EPERM.
+ */
+static bool allow_leak;
+module_param(allow_leak, bool, 0400);
+MODULE_PARM_DESC(allow_leak, "accept the leak command, which breaks page refcounts on purpose");
+
+/*
+ * The per-CPU lists.  5.10: one list of order-0 pages per migratetype below
+ * MIGRATE_PCPTYPES, used only by their CPU with interrupts off.  6.1: one
+ * list per (order, migratetype) for orders 0 .. PAGE_ALLOC_COSTLY_ORDER at
+ * index MIGRATE_PCPTYPES * order + migratetype, then two lists for the THP
+ * order (pageblock_order): Unmovable and Reclaimable blocks share the first,
+ * Movable ones have the second.  That is order_to_pindex() and
+ * pindex_to_order() of mm/page_alloc.c, which no header exports.  6.1's
+ * lists have a spinlock of their own, and a page on them is linked by
+ * pcp_list, a page on a free list by buddy_list (both alias lru).
+ */
+#if BL_PCP_BY_ORDER
+#define BL_PCP_LISTS	NR_PCP_LISTS
+#define bl_buddy_lru	buddy_list
+#define bl_pcp_lru	pcp_list
+
+static_assert(NR_PCP_THP == 2 && PAGE_ALLOC_COSTLY_ORDER == 3,
+	      "6.1 per-CPU lists with two THP lists expected");
+
+static struct per_cpu_pages *bl_pcp(struct zone *zone, int cpu)
+{
+	return per_cpu_ptr(zone->per_cpu_pageset, cpu);
+}
+
+static unsigned int bl_pcp_order(unsigned int list)
+{
+	return list < NR_LOWORDER_PCP_LISTS ? list / MIGRATE_PCPTYPES :
+					      pageblock_order;
+}
+
+/* The migratetype that names the list (see bl_mt_names). */
+static unsigned int bl_pcp_mt(unsigned int list)
+{
+	return list < NR_LOWORDER_PCP_LISTS ? list % MIGRATE_PCPTYPES :
+					      list - NR_LOWORDER_PCP_LISTS;
+}
+
+/*
+ * Taken only with interrupts off and never inside a zone->lock (the kernel
+ * nests zone->lock inside pcp->lock).  No holder on this CPU can be
+ * waiting for us: holders keep preemption off, interrupts only try-lock.
+ */
+static void bl_pcp_lock(struct per_cpu_pages *pcp)
+{
+	spin_lock(&pcp->lock);
+}
+
+static void bl_pcp_unlock(struct per_cpu_pages *pcp)
+{
+	spin_unlock(&pcp->lock);
+}
+#else
+#define BL_PCP_LISTS	MIGRATE_PCPTYPES
+#define bl_buddy_lru	lru
+#define bl_pcp_lru	lru
+
+static struct per_cpu_pages *bl_pcp(struct zone *zone, int cpu)
+{
+	return &per_cpu_ptr(zone->pageset, cpu)->pcp;
+}
+
+static unsigned int bl_pcp_order(unsigned int list)
+{
+	return 0;
+}
+
+static unsigned int bl_pcp_mt(unsigned int list)
+{
+	return list;
+}
+
+/* 5.10's lists are their CPU's: only it reads them, interrupts off. */
+static void bl_pcp_lock(struct per_cpu_pages *pcp)
+{
+}
+
+static void bl_pcp_unlock(struct per_cpu_pages *pcp)
+{
+}
+#endif
+
+/* The records print MAX_ORDER free counts and orders 0 .. 10. */
+static_assert(MAX_ORDER == 11);
 
 /* Names, as the interface prints and parses them. */
 
@@ -194,13 +307,13 @@ struct bl_cmd {
 
 /* Allocations held by the module, in an rbtree keyed by id. */
 
-enum bl_state { BL_LIVE, BL_LEAKED };
+enum bl_alloc_state { BL_LIVE, BL_LEAKED };
 
 struct bl_chunk;
 
 struct bl_alloc {
 	union {
-		struct rb_node node;		/* held: in bl_allocs */
+		struct rb_node node;		/* held: in bl.allocs */
 		struct bl_alloc *next_free;	/* in the pool's free list */
 	};
 	struct bl_chunk *chunk;	/* NULL for an entry of the pool */
@@ -280,33 +393,55 @@ struct bl_psnap {
 	int count;
 	int high;
 	int batch;
-	u32 lists[MIGRATE_PCPTYPES];
+	u32 lists[BL_PCP_LISTS];
 	bool valid;
 };
 
-static DEFINE_MUTEX(bl_lock);		/* serialises every command and read */
-static struct rb_root bl_allocs = RB_ROOT;
-static u64 bl_next_id = 1;
-static LIST_HEAD(bl_gc);		/* chunks with no live entry left */
-static struct bl_alloc *bl_pool;	/* BL_POOL_SIZE entries */
-static struct bl_alloc *bl_pool_free;	/* the pool's free entries */
-static unsigned long bl_pool_nfree;
+/*
+ * The module's state, in one place.  What protects each member:
+ * [lock]  bl.lock, the module mutex: every command, every read of allocs
+ *         and log, and every freelists or pageblocks capture hold it.
+ *         What the log's slots and snapshots hold is written by the
+ *         command's worker and by IPIs on other CPUs while the writer
+ *         holds the mutex and waits for them.
+ * [load]  set at load before the debugfs files exist and left unchanged
+ *         until unload, after the files are gone: read without a lock.
+ */
+static struct bl_state {
+	struct mutex lock;		/* the module mutex: see [lock] */
 
-static struct zone **bl_zones;		/* populated zones at load time */
-static unsigned int bl_nr_zones;
+	/* Allocations held and their tracking entries [lock] */
+	struct rb_root allocs;		/* struct bl_alloc by id */
+	u64 next_id;			/* ids are never reused */
+	struct list_head gc;		/* chunks with no live entry left */
+	struct bl_alloc *pool_free;	/* the pool's free entries */
+	unsigned long pool_nfree;
 
-static struct bl_op *bl_ops;
-static struct bl_zsnap *bl_zsnaps;
-static struct bl_psnap *bl_psnaps;
-static unsigned int bl_log_cap;
-static unsigned int bl_log_head;
-static unsigned int bl_log_count;
-static u64 bl_log_dropped;
-static u64 bl_next_seq = 1;
+	/* The op log: a ring of log_cap records [lock] */
+	unsigned int log_head;		/* slot of the oldest record */
+	unsigned int log_count;
+	u64 log_dropped;
+	u64 next_seq;
 
-static u64 bl_dump_gen;
-static struct workqueue_struct *bl_wq;
-static struct dentry *bl_dir;
+	u64 dump_gen;			/* images taken since load [lock] */
+
+	/* [load] */
+	struct bl_alloc *pool;		/* BL_POOL_SIZE entries */
+	struct zone **zones;		/* zones populated at load time */
+	unsigned int nr_zones;
+	unsigned int log_cap;
+	struct bl_op *ops;		/* log_cap op records */
+	struct bl_zsnap *zsnaps;	/* per op: before, after; per zone */
+	struct bl_psnap *psnaps;	/* per op: before, after; per CPU, zone */
+	struct workqueue_struct *wq;
+	struct dentry *dir;
+} bl = {
+	.lock = __MUTEX_INITIALIZER(bl.lock),
+	.allocs = RB_ROOT,
+	.next_id = 1,
+	.gc = LIST_HEAD_INIT(bl.gc),
+	.next_seq = 1,
+};
 
 /* Zones and pageblocks */
 
@@ -335,7 +470,13 @@ static unsigned int bl_collect_zones(struct zone **out, unsigned int cap)
 	return n;
 }
 
-/* The pageblock's migratetype, read from its section's usemap. */
+/*
+ * The pageblock's migratetype, read from its section's usemap as
+ * __get_pfnblock_flags_mask() does under CONFIG_SPARSEMEM.  The module
+ * reads the bitmap itself because get_pfnblock_flags_mask() is not
+ * exported to modules in 5.10, and get_pageblock_migratetype() is a
+ * macro around it.
+ */
 static unsigned int bl_pageblock_mt(unsigned long pfn)
 {
 	unsigned long *bitmap = section_to_usemap(__pfn_to_section(pfn));
@@ -370,14 +511,14 @@ static u32 bl_list_len(struct list_head *head, unsigned long bound)
 
 static struct bl_zsnap *bl_zsnap_at(unsigned int slot, int when)
 {
-	return &bl_zsnaps[(slot * BL_NR_WHEN + when) * bl_nr_zones];
+	return &bl.zsnaps[(slot * BL_NR_WHEN + when) * bl.nr_zones];
 }
 
 static struct bl_psnap *bl_psnap_at(unsigned int slot, int when)
 {
-	size_t per = (size_t)nr_cpu_ids * bl_nr_zones;
+	size_t per = (size_t)nr_cpu_ids * bl.nr_zones;
 
-	return &bl_psnaps[(slot * BL_NR_WHEN + when) * per];
+	return &bl.psnaps[(slot * BL_NR_WHEN + when) * per];
 }
 
 /* Count the free blocks of every list of every zone, each under its lock. */
@@ -385,8 +526,8 @@ static void bl_snap_zones(struct bl_zsnap *zs)
 {
 	unsigned int i, o, mt;
 
-	for (i = 0; i < bl_nr_zones; i++) {
-		struct zone *zone = bl_zones[i];
+	for (i = 0; i < bl.nr_zones; i++) {
+		struct zone *zone = bl.zones[i];
 
 		spin_lock(&zone->lock);
 		for (o = 0; o < MAX_ORDER; o++) {
@@ -401,30 +542,70 @@ static void bl_snap_zones(struct bl_zsnap *zs)
 	}
 }
 
-/* Runs on the CPU whose lists it reads, with interrupts off. */
-static void bl_snap_pcp(void *arg)
+/*
+ * Read @cpu's per-CPU lists of every zone into its slots of @ps, with
+ * interrupts off.  On 5.10 it must run on @cpu itself: in an IPI, or
+ * within bl_snap_take()'s own interrupts-off section.  On 6.1 it may run
+ * anywhere, each zone's lists under their pcp->lock.  Interrupts stay off
+ * (and on 6.1 pcp->lock held) for one walk of @cpu's lists of every zone,
+ * that is about pcp->count list steps per zone (each walk also stops at
+ * the zone's spanned pages).
+ */
+static void bl_snap_cpu(struct bl_psnap *ps, int cpu)
 {
-	int cpu = smp_processor_id();
-	struct bl_psnap *ps = (struct bl_psnap *)arg + cpu * bl_nr_zones;
 	unsigned int i, t;
 
-	for (i = 0; i < bl_nr_zones; i++) {
-		struct zone *zone = bl_zones[i];
-		struct per_cpu_pages *pcp = &this_cpu_ptr(zone->pageset)->pcp;
+	ps += cpu * bl.nr_zones;
+	for (i = 0; i < bl.nr_zones; i++) {
+		struct zone *zone = bl.zones[i];
+		struct per_cpu_pages *pcp = bl_pcp(zone, cpu);
 
+		bl_pcp_lock(pcp);
 		ps[i].count = pcp->count;
 		ps[i].high = pcp->high;
 		ps[i].batch = pcp->batch;
-		for (t = 0; t < MIGRATE_PCPTYPES; t++)
+		for (t = 0; t < BL_PCP_LISTS; t++)
 			ps[i].lists[t] = bl_list_len(&pcp->lists[t],
 						     zone->spanned_pages);
 		ps[i].valid = true;
+		bl_pcp_unlock(pcp);
 	}
 }
 
+#if BL_PCP_BY_ORDER
+/* Another CPU's lists, read from here under their locks (6.1). */
+static void bl_snap_other(struct bl_psnap *ps, int cpu)
+{
+	unsigned long flags;
+
+	local_irq_save(flags);
+	bl_snap_cpu(ps, cpu);
+	local_irq_restore(flags);
+}
+#else
+static void bl_snap_ipi(void *arg)
+{
+	bl_snap_cpu(arg, smp_processor_id());
+}
+
+/* Another CPU's lists, read by that CPU in an IPI (5.10). */
+static void bl_snap_other(struct bl_psnap *ps, int cpu)
+{
+	smp_call_function_single(cpu, bl_snap_ipi, ps, 1);
+}
+#endif
+
 /*
  * The local CPU's lists and every zone are read in one interrupts-off
- * section; other CPUs read their own lists in an IPI right after.
+ * section; other CPUs' lists are read right after: by those CPUs in an
+ * IPI on 5.10, from here under each list's lock on 6.1.
+ *
+ * How long interrupts stay off here: one walk of every free list of every
+ * zone plus this CPU's per-CPU lists, so linear in the number of free
+ * blocks and per-CPU pages (at most the managed pages, about 120,000 in
+ * the 512 MiB guest; each list walk also stops at its zone's spanned
+ * pages).  Nothing in it sleeps or allocates; it waits only for each
+ * zone->lock in turn, never for another CPU (the IPIs come after).
  */
 static void bl_snap_take(unsigned int slot, int when, u64 seq)
 {
@@ -432,17 +613,17 @@ static void bl_snap_take(unsigned int slot, int when, u64 seq)
 	unsigned long flags;
 	int cpu, self;
 
-	memset(ps, 0, sizeof(*ps) * nr_cpu_ids * bl_nr_zones);
+	memset(ps, 0, sizeof(*ps) * nr_cpu_ids * bl.nr_zones);
 	local_irq_save(flags);
 	self = smp_processor_id();
 	bl_snap_zones(bl_zsnap_at(slot, when));
-	bl_snap_pcp(ps);
+	bl_snap_cpu(ps, self);
 	trace_buddylab_snapshot(seq, when == BL_AFTER);
 	local_irq_restore(flags);
 
 	for_each_online_cpu(cpu) {
 		if (cpu != self)
-			smp_call_function_single(cpu, bl_snap_pcp, ps, 1);
+			bl_snap_other(ps, cpu);
 	}
 }
 
@@ -450,24 +631,24 @@ static void bl_snap_take(unsigned int slot, int when, u64 seq)
 
 static void bl_log_reset(void)
 {
-	bl_log_head = 0;
-	bl_log_count = 0;
-	bl_log_dropped = 0;
+	bl.log_head = 0;
+	bl.log_count = 0;
+	bl.log_dropped = 0;
 }
 
 static unsigned int bl_log_claim(void)
 {
 	unsigned int slot;
 
-	if (bl_log_count == bl_log_cap) {
-		bl_log_head = (bl_log_head + 1) % bl_log_cap;
-		bl_log_count--;
-		bl_log_dropped++;
+	if (bl.log_count == bl.log_cap) {
+		bl.log_head = (bl.log_head + 1) % bl.log_cap;
+		bl.log_count--;
+		bl.log_dropped++;
 	}
-	slot = (bl_log_head + bl_log_count) % bl_log_cap;
-	bl_log_count++;
-	memset(&bl_ops[slot], 0, sizeof(bl_ops[slot]));
-	bl_ops[slot].seq = bl_next_seq++;
+	slot = (bl.log_head + bl.log_count) % bl.log_cap;
+	bl.log_count++;
+	memset(&bl.ops[slot], 0, sizeof(bl.ops[slot]));
+	bl.ops[slot].seq = bl.next_seq++;
 	return slot;
 }
 
@@ -476,37 +657,37 @@ static int bl_log_find(u64 seq)
 {
 	u64 oldest;
 
-	if (!bl_log_count)
+	if (!bl.log_count)
 		return -1;
-	oldest = bl_ops[bl_log_head].seq;
-	if (seq < oldest || seq - oldest >= bl_log_count)
+	oldest = bl.ops[bl.log_head].seq;
+	if (seq < oldest || seq - oldest >= bl.log_count)
 		return -1;
-	return (bl_log_head + (seq - oldest)) % bl_log_cap;
+	return (bl.log_head + (seq - oldest)) % bl.log_cap;
 }
 
 static int bl_log_alloc(void)
 {
 	size_t per_op = sizeof(struct bl_op) +
-		BL_NR_WHEN * bl_nr_zones * (sizeof(struct bl_zsnap) +
+		BL_NR_WHEN * bl.nr_zones * (sizeof(struct bl_zsnap) +
 		nr_cpu_ids * sizeof(struct bl_psnap));
 	size_t cap = min_t(size_t, BL_LOG_CAP, BL_LOG_BUDGET / per_op);
 
-	bl_log_cap = max_t(size_t, cap, 1);
-	bl_ops = kvcalloc(bl_log_cap, sizeof(*bl_ops), BL_GFP_OWN);
-	bl_zsnaps = kvcalloc(bl_log_cap * BL_NR_WHEN * bl_nr_zones,
-			     sizeof(*bl_zsnaps), BL_GFP_OWN);
-	bl_psnaps = kvcalloc(bl_log_cap * BL_NR_WHEN * bl_nr_zones,
-			     nr_cpu_ids * sizeof(*bl_psnaps), BL_GFP_OWN);
-	if (!bl_ops || !bl_zsnaps || !bl_psnaps)
+	bl.log_cap = max_t(size_t, cap, 1);
+	bl.ops = kvcalloc(bl.log_cap, sizeof(*bl.ops), BL_GFP_OWN);
+	bl.zsnaps = kvcalloc(bl.log_cap * BL_NR_WHEN * bl.nr_zones,
+			     sizeof(*bl.zsnaps), BL_GFP_OWN);
+	bl.psnaps = kvcalloc(bl.log_cap * BL_NR_WHEN * bl.nr_zones,
+			     nr_cpu_ids * sizeof(*bl.psnaps), BL_GFP_OWN);
+	if (!bl.ops || !bl.zsnaps || !bl.psnaps)
 		return -ENOMEM;
 	return 0;
 }
 
 static void bl_log_free(void)
 {
-	kvfree(bl_psnaps);
-	kvfree(bl_zsnaps);
-	kvfree(bl_ops);
+	kvfree(bl.psnaps);
+	kvfree(bl.zsnaps);
+	kvfree(bl.ops);
 }
 
 /* Tracking entries */
@@ -515,33 +696,33 @@ static int bl_pool_init(void)
 {
 	unsigned long i;
 
-	bl_pool = kvcalloc(BL_POOL_SIZE, sizeof(*bl_pool), BL_GFP_OWN);
-	if (!bl_pool)
+	bl.pool = kvcalloc(BL_POOL_SIZE, sizeof(*bl.pool), BL_GFP_OWN);
+	if (!bl.pool)
 		return -ENOMEM;
 	for (i = BL_POOL_SIZE; i > 0; i--) {
-		bl_pool[i - 1].next_free = bl_pool_free;
-		bl_pool_free = &bl_pool[i - 1];
+		bl.pool[i - 1].next_free = bl.pool_free;
+		bl.pool_free = &bl.pool[i - 1];
 	}
-	bl_pool_nfree = BL_POOL_SIZE;
+	bl.pool_nfree = BL_POOL_SIZE;
 	return 0;
 }
 
-/* Only while bl_pool_nfree says an entry is left. */
+/* Only while bl.pool_nfree says an entry is left. */
 static struct bl_alloc *bl_pool_get(void)
 {
-	struct bl_alloc *a = bl_pool_free;
+	struct bl_alloc *a = bl.pool_free;
 
-	bl_pool_free = a->next_free;
-	bl_pool_nfree--;
+	bl.pool_free = a->next_free;
+	bl.pool_nfree--;
 	memset(a, 0, sizeof(*a));
 	return a;
 }
 
 static void bl_pool_put(struct bl_alloc *a)
 {
-	a->next_free = bl_pool_free;
-	bl_pool_free = a;
-	bl_pool_nfree++;
+	a->next_free = bl.pool_free;
+	bl.pool_free = a;
+	bl.pool_nfree++;
 }
 
 static struct bl_chunk *bl_chunk_new(unsigned long cap)
@@ -558,14 +739,14 @@ static struct bl_chunk *bl_chunk_new(unsigned long cap)
 static void bl_chunk_put(struct bl_chunk *c)
 {
 	if (c && !c->live)
-		list_add_tail(&c->gc, &bl_gc);
+		list_add_tail(&c->gc, &bl.gc);
 }
 
 static void bl_gc_flush(void)
 {
 	struct bl_chunk *c, *tmp;
 
-	list_for_each_entry_safe(c, tmp, &bl_gc, gc) {
+	list_for_each_entry_safe(c, tmp, &bl.gc, gc) {
 		list_del(&c->gc);
 		kvfree(c);
 	}
@@ -573,7 +754,7 @@ static void bl_gc_flush(void)
 
 static void bl_insert(struct bl_alloc *a)
 {
-	struct rb_node **link = &bl_allocs.rb_node, *parent = NULL;
+	struct rb_node **link = &bl.allocs.rb_node, *parent = NULL;
 
 	while (*link) {
 		parent = *link;
@@ -583,13 +764,13 @@ static void bl_insert(struct bl_alloc *a)
 			link = &parent->rb_right;
 	}
 	rb_link_node(&a->node, parent, link);
-	rb_insert_color(&a->node, &bl_allocs);
+	rb_insert_color(&a->node, &bl.allocs);
 }
 
 /* The live entry with the smallest id >= @id, or NULL. */
 static struct bl_alloc *bl_find_ge(u64 id)
 {
-	struct rb_node *n = bl_allocs.rb_node;
+	struct rb_node *n = bl.allocs.rb_node;
 	struct bl_alloc *best = NULL;
 
 	while (n) {
@@ -657,7 +838,7 @@ static bool bl_headroom(gfp_t gfp, unsigned long pages, unsigned long extra)
 			continue;
 		keep = high_wmark_pages(z) + z->lowmem_reserve[high] +
 		       READ_ONCE(z->nr_reserved_highatomic) +
-		       READ_ONCE(per_cpu_ptr(z->pageset, cpu)->pcp.batch) + extra;
+		       READ_ONCE(bl_pcp(z, cpu)->batch) + extra;
 		return free > keep;
 	}
 	return false;
@@ -730,7 +911,7 @@ static void bl_forget(struct bl_alloc *a)
 {
 	struct bl_chunk *c = a->chunk;
 
-	rb_erase(&a->node, &bl_allocs);
+	rb_erase(&a->node, &bl.allocs);
 	if (!c) {
 		bl_pool_put(a);
 		return;
@@ -771,7 +952,7 @@ static void bl_fill_entry(struct bl_alloc *a, const struct bl_cmd *cmd,
 {
 	unsigned int api = cmd->val[BL_K_API];
 
-	a->id = bl_next_id++;
+	a->id = bl.next_id++;
 	a->pfn = page_to_pfn(page);
 	a->nid = page_to_nid(page);
 	a->zidx = page_zonenum(page);
@@ -949,8 +1130,8 @@ static unsigned long bl_fill_bound(unsigned int order)
 	unsigned long pages = 0;
 	unsigned int i;
 
-	for (i = 0; i < bl_nr_zones; i++)
-		pages += zone_managed_pages(bl_zones[i]);
+	for (i = 0; i < bl.nr_zones; i++)
+		pages += zone_managed_pages(bl.zones[i]);
 	return (pages >> order) + 1;
 }
 
@@ -1009,7 +1190,7 @@ static void bl_prepare(struct bl_run *run)
 			n = min_t(unsigned long, n, cmd->val[BL_K_MAX]);
 	}
 	run->max = n;
-	if (n <= bl_pool_nfree)
+	if (n <= bl.pool_nfree)
 		run->pool = true;
 	else if (bl_headroom(GFP_KERNEL,
 			     DIV_ROUND_UP(struct_size(c, ent, n), PAGE_SIZE), 0))
@@ -1023,13 +1204,13 @@ static int bl_run_cmd(const struct bl_cmd *cmd)
 	struct bl_run run = { .cmd = cmd };
 	int ret;
 
-	mutex_lock(&bl_lock);
+	mutex_lock(&bl.lock);
 	if (cmd->verb == BL_CLEAR_LOG)
 		bl_log_reset();
 	if (cmd->verb == BL_ALLOC || cmd->verb == BL_FILL)
 		bl_prepare(&run);
 	run.slot = bl_log_claim();
-	run.op = &bl_ops[run.slot];
+	run.op = &bl.ops[run.slot];
 	run.op->verb = cmd->verb;
 
 	/*
@@ -1039,14 +1220,14 @@ static int bl_run_cmd(const struct bl_cmd *cmd)
 	 */
 	INIT_WORK_ONSTACK(&run.work, bl_work);
 	init_completion(&run.done);
-	queue_work_on(raw_smp_processor_id(), bl_wq, &run.work);
+	queue_work_on(raw_smp_processor_id(), bl.wq, &run.work);
 	wait_for_completion(&run.done);
 	destroy_work_on_stack(&run.work);
 
 	ret = run.op->ret;
 	bl_chunk_put(run.chunk);
 	bl_gc_flush();
-	mutex_unlock(&bl_lock);
+	mutex_unlock(&bl.lock);
 	return ret;
 }
 
@@ -1178,6 +1359,9 @@ static ssize_t bl_control_write(struct file *file, const char __user *ubuf,
 		return -EINVAL;
 
 	ret = bl_parse(buf, &cmd);
+	/* A leak that parses, refused before it is logged: see allow_leak. */
+	if (!ret && cmd.verb == BL_LEAK && !allow_leak)
+		ret = -EPERM;
 	if (!ret)
 		ret = bl_run_cmd(&cmd);
 	return ret ? ret : len;
@@ -1196,7 +1380,7 @@ static void *bl_allocs_start(struct seq_file *m, loff_t *pos)
 {
 	struct bl_alloc *a;
 
-	mutex_lock(&bl_lock);
+	mutex_lock(&bl.lock);
 	a = bl_find_ge(max_t(u64, *pos, 1));
 	if (a)
 		*pos = a->id;
@@ -1213,7 +1397,7 @@ static void *bl_allocs_next(struct seq_file *m, void *v, loff_t *pos)
 
 static void bl_unlock_stop(struct seq_file *m, void *v)
 {
-	mutex_unlock(&bl_lock);
+	mutex_unlock(&bl.lock);
 }
 
 static int bl_allocs_show(struct seq_file *m, void *v)
@@ -1236,6 +1420,8 @@ static const struct seq_operations bl_allocs_sops = {
 	.show = bl_allocs_show,
 };
 
+DEFINE_SEQ_ATTRIBUTE(bl_allocs);
+
 /* log: a header, then each op with its snapshots; the position is the seq */
 
 static void *bl_log_start(struct seq_file *m, loff_t *pos)
@@ -1243,17 +1429,17 @@ static void *bl_log_start(struct seq_file *m, loff_t *pos)
 	u64 seq;
 	int slot;
 
-	mutex_lock(&bl_lock);
+	mutex_lock(&bl.lock);
 	if (!*pos)
 		return SEQ_START_TOKEN;
-	if (!bl_log_count)
+	if (!bl.log_count)
 		return NULL;
-	seq = max_t(u64, *pos, bl_ops[bl_log_head].seq);
+	seq = max_t(u64, *pos, bl.ops[bl.log_head].seq);
 	slot = bl_log_find(seq);
 	if (slot < 0)
 		return NULL;
 	*pos = seq;
-	return &bl_ops[slot];
+	return &bl.ops[slot];
 }
 
 static void *bl_log_next(struct seq_file *m, void *v, loff_t *pos)
@@ -1262,12 +1448,12 @@ static void *bl_log_next(struct seq_file *m, void *v, loff_t *pos)
 	int slot;
 
 	if (v == SEQ_START_TOKEN)
-		seq = bl_log_count ? bl_ops[bl_log_head].seq : 1;
+		seq = bl.log_count ? bl.ops[bl.log_head].seq : 1;
 	else
 		seq = ((struct bl_op *)v)->seq + 1;
 	*pos = seq;
 	slot = bl_log_find(seq);
-	return slot < 0 ? NULL : &bl_ops[slot];
+	return slot < 0 ? NULL : &bl.ops[slot];
 }
 
 static void bl_log_show_op(struct seq_file *m, const struct bl_op *op)
@@ -1290,16 +1476,26 @@ static void bl_log_show_op(struct seq_file *m, const struct bl_op *op)
 	seq_putc(m, '\n');
 }
 
+/*
+ * The per-CPU list types are the first MIGRATE_PCPTYPES migratetypes, and
+ * bl_mt_names[] names them Unmovable, Movable, Reclaimable: on 5.10 pcp
+ * lists= prints exactly these three counts, on 6.1 these three per order
+ * (then Unmovable, Movable at the THP order), and pcpage list= is
+ * bl_mt_names[bl_pcp_mt()].
+ */
+static_assert(MIGRATE_UNMOVABLE == 0 && MIGRATE_MOVABLE == 1 &&
+	      MIGRATE_RECLAIMABLE == 2 && MIGRATE_PCPTYPES == 3);
+
 static void bl_log_show_snap(struct seq_file *m, const struct bl_op *op,
 			     unsigned int slot, int when)
 {
 	const char *w = when == BL_BEFORE ? "before" : "after";
 	struct bl_zsnap *zs = bl_zsnap_at(slot, when);
 	struct bl_psnap *ps = bl_psnap_at(slot, when), *p;
-	unsigned int i, mt, o, cpu;
+	unsigned int i, mt, o, cpu, t;
 
-	for (i = 0; i < bl_nr_zones; i++) {
-		struct zone *z = bl_zones[i];
+	for (i = 0; i < bl.nr_zones; i++) {
+		struct zone *z = bl.zones[i];
 
 		for (mt = 0; mt < MIGRATE_TYPES; mt++) {
 			seq_printf(m, "zone seq=%llu when=%s nid=%d zone=%s mt=%s free=",
@@ -1311,17 +1507,26 @@ static void bl_log_show_snap(struct seq_file *m, const struct bl_op *op,
 			seq_putc(m, '\n');
 		}
 	}
-	for (i = 0; i < bl_nr_zones; i++) {
-		struct zone *z = bl_zones[i];
+	for (i = 0; i < bl.nr_zones; i++) {
+		struct zone *z = bl.zones[i];
 
 		for (cpu = 0; cpu < nr_cpu_ids; cpu++) {
-			p = &ps[cpu * bl_nr_zones + i];
+			p = &ps[cpu * bl.nr_zones + i];
 			if (!p->valid)
 				continue;
-			seq_printf(m, "pcp seq=%llu when=%s nid=%d zone=%s cpu=%u count=%d high=%d batch=%d lists=%u,%u,%u\n",
+			seq_printf(m, "pcp seq=%llu when=%s nid=%d zone=%s cpu=%u count=%d high=%d batch=%d lists=",
 				   op->seq, w, zone_to_nid(z), z->name, cpu,
-				   p->count, p->high, p->batch, p->lists[0],
-				   p->lists[1], p->lists[2]);
+				   p->count, p->high, p->batch);
+			/* A value for each per-CPU list, in list order. */
+			seq_printf(m, "%u", p->lists[0]);
+			for (t = 1; t < BL_PCP_LISTS; t++)
+				seq_printf(m, ",%u", p->lists[t]);
+			if (BL_PCP_BY_ORDER) {
+				seq_printf(m, " orders=%u", bl_pcp_order(0));
+				for (t = 1; t < BL_PCP_LISTS; t++)
+					seq_printf(m, ",%u", bl_pcp_order(t));
+			}
+			seq_putc(m, '\n');
 		}
 	}
 }
@@ -1333,10 +1538,10 @@ static int bl_log_show(struct seq_file *m, void *v)
 
 	if (v == SEQ_START_TOKEN) {
 		seq_printf(m, "log capacity=%u records=%u dropped=%llu\n",
-			   bl_log_cap, bl_log_count, bl_log_dropped);
+			   bl.log_cap, bl.log_count, bl.log_dropped);
 		return 0;
 	}
-	slot = op - bl_ops;
+	slot = op - bl.ops;
 	bl_log_show_op(m, op);
 	bl_log_show_snap(m, op, slot, BL_BEFORE);
 	bl_log_show_snap(m, op, slot, BL_AFTER);
@@ -1350,6 +1555,8 @@ static const struct seq_operations bl_log_sops = {
 	.show = bl_log_show,
 };
 
+DEFINE_SEQ_ATTRIBUTE(bl_log);
+
 /* A captured image, served by seq_file; position 0 is the header. */
 
 enum bl_kind { BL_BLOCK, BL_PCPAGE, BL_PAGEBLOCK };
@@ -1361,8 +1568,8 @@ struct bl_dent {
 	u16 nid;
 	u8 zidx;
 	u8 kind;
-	u8 order;	/* BL_BLOCK */
-	u8 type;	/* migratetype or pcp list */
+	u8 order;	/* BL_BLOCK, and BL_PCPAGE on 6.1 */
+	u8 type;	/* migratetype, or the migratetype naming a pcp list */
 };
 
 struct bl_image {
@@ -1408,11 +1615,16 @@ static void bl_capture_list(struct bl_image *img, struct zone *zone,
 			    struct list_head *head, u8 kind, u8 type, u8 order,
 			    u32 cpu)
 {
+	struct list_head *entry;
 	struct page *page;
 	struct bl_dent *d;
 	u32 pos = 0;
 
-	list_for_each_entry(page, head, lru) {
+	list_for_each(entry, head) {
+		if (kind == BL_PCPAGE)
+			page = list_entry(entry, struct page, bl_pcp_lru);
+		else
+			page = list_entry(entry, struct page, bl_buddy_lru);
 		d = bl_image_add(img, zone, kind, type, page_to_pfn(page));
 		if (!d)
 			return;
@@ -1445,26 +1657,35 @@ static void bl_capture_pcp(struct bl_image *img, struct zone *zone)
 	int cpu;
 
 	for_each_online_cpu(cpu) {
-		pcp = &per_cpu_ptr(zone->pageset, cpu)->pcp;
-		for (t = 0; t < MIGRATE_PCPTYPES; t++)
+		pcp = bl_pcp(zone, cpu);
+		bl_pcp_lock(pcp);
+		for (t = 0; t < BL_PCP_LISTS; t++)
 			bl_capture_list(img, zone, &pcp->lists[t], BL_PCPAGE,
-					t, 0, cpu);
+					bl_pcp_mt(t), bl_pcp_order(t), cpu);
+		bl_pcp_unlock(pcp);
 	}
 	img->npcp += img->used - used;
 }
 
-/* Under stop_machine(): every CPU spins with interrupts off. */
+/*
+ * Under stop_machine(): every CPU spins with interrupts off while this
+ * runs.  It walks every free list and per-CPU list, but stores at most
+ * img->cap entries: bl_capture_list() returns at the first entry that does
+ * not fit, so the walk lasts at most img->cap list steps plus one per
+ * list, and img->cap is the estimate of blocks plus per-CPU pages with a
+ * margin (see bl_freelists_image()).
+ */
 static int bl_capture(void *arg)
 {
 	struct bl_image *img = arg;
 	unsigned int i;
 
-	for (i = 0; i < bl_nr_zones; i++)
-		bl_capture_zone(img, bl_zones[i]);
-	for (i = 0; i < bl_nr_zones; i++)
-		bl_capture_pcp(img, bl_zones[i]);
-	/* The generation this image gets once taken (bl_lock is held). */
-	trace_buddylab_dump(bl_dump_gen + 1);
+	for (i = 0; i < bl.nr_zones; i++)
+		bl_capture_zone(img, bl.zones[i]);
+	for (i = 0; i < bl.nr_zones; i++)
+		bl_capture_pcp(img, bl.zones[i]);
+	/* The generation this image gets once taken (bl.lock is held). */
+	trace_buddylab_dump(bl.dump_gen + 1);
 	return 0;
 }
 
@@ -1475,13 +1696,13 @@ static size_t bl_freelists_estimate(void)
 	unsigned int i, o;
 	int cpu;
 
-	for (i = 0; i < bl_nr_zones; i++) {
-		struct zone *zone = bl_zones[i];
+	for (i = 0; i < bl.nr_zones; i++) {
+		struct zone *zone = bl.zones[i];
 
 		for (o = 0; o < MAX_ORDER; o++)
 			n += READ_ONCE(zone->free_area[o].nr_free);
 		for_each_online_cpu(cpu)
-			n += READ_ONCE(per_cpu_ptr(zone->pageset, cpu)->pcp.count);
+			n += READ_ONCE(bl_pcp(zone, cpu)->count);
 	}
 	return n;
 }
@@ -1498,6 +1719,12 @@ static struct bl_image *bl_freelists_image(void)
 		if (!img)
 			return ERR_PTR(-ENOMEM);
 		img->header = true;
+		/*
+		 * Every CPU is held with interrupts off for one bl_capture():
+		 * at most cap list steps (see there).  cap is the estimated
+		 * free blocks plus per-CPU pages (at most the managed pages)
+		 * with a margin, and grows on each of BL_DUMP_TRIES tries.
+		 */
 		ret = stop_machine(bl_capture, img, NULL);
 		if (!ret && !img->overflow)
 			return img;
@@ -1515,6 +1742,10 @@ static void bl_capture_pageblocks(struct bl_image *img, struct zone *zone)
 	unsigned long pb, pfn, flags;
 	struct bl_dent *d;
 
+	/*
+	 * Interrupts stay off for one step per pageblock of the zone:
+	 * spanned pages / 512 (248 in DMA32 of the 512 MiB guest).
+	 */
 	spin_lock_irqsave(&zone->lock, flags);
 	for (pb = round_down(start, pageblock_nr_pages); pb < end;
 	     pb += pageblock_nr_pages) {
@@ -1536,13 +1767,13 @@ static struct bl_image *bl_pageblocks_image(void)
 	size_t cap = 0;
 	unsigned int i;
 
-	for (i = 0; i < bl_nr_zones; i++)
-		cap += bl_zones[i]->spanned_pages / pageblock_nr_pages + 2;
+	for (i = 0; i < bl.nr_zones; i++)
+		cap += bl.zones[i]->spanned_pages / pageblock_nr_pages + 2;
 	img = bl_image_new(cap);
 	if (!img)
 		return ERR_PTR(-ENOMEM);
-	for (i = 0; i < bl_nr_zones; i++)
-		bl_capture_pageblocks(img, bl_zones[i]);
+	for (i = 0; i < bl.nr_zones; i++)
+		bl_capture_pageblocks(img, bl.zones[i]);
 	return img;
 }
 
@@ -1577,9 +1808,12 @@ static void bl_image_show_ent(struct seq_file *m, const struct bl_dent *d)
 			   d->pos, d->pfn);
 		break;
 	case BL_PCPAGE:
-		seq_printf(m, "pcpage nid=%u zone=%s cpu=%u list=%s pos=%u pfn=%lu\n",
-			   d->nid, zone, d->cpu, bl_mt_names[d->type], d->pos,
-			   d->pfn);
+		seq_printf(m, "pcpage nid=%u zone=%s cpu=%u", d->nid, zone,
+			   d->cpu);
+		if (BL_PCP_BY_ORDER)
+			seq_printf(m, " order=%u", d->order);
+		seq_printf(m, " list=%s pos=%u pfn=%lu\n",
+			   bl_mt_names[d->type], d->pos, d->pfn);
 		break;
 	default:
 		seq_printf(m, "pageblock nid=%u zone=%s pfn=%lu mt=%s\n",
@@ -1593,7 +1827,7 @@ static int bl_image_show(struct seq_file *m, void *v)
 
 	if (v == SEQ_START_TOKEN)
 		seq_printf(m, "dump gen=%llu zones=%u blocks=%zu pcp_pages=%zu\n",
-			   img->gen, bl_nr_zones, img->nblocks, img->npcp);
+			   img->gen, bl.nr_zones, img->nblocks, img->npcp);
 	else
 		bl_image_show_ent(m, v);
 	return 0;
@@ -1606,16 +1840,21 @@ static const struct seq_operations bl_image_sops = {
 	.show = bl_image_show,
 };
 
+/*
+ * freelists and pageblocks keep their own open and release: the image is
+ * taken at open (under bl.lock) and freed at release, which
+ * DEFINE_SEQ_ATTRIBUTE()'s seq_open()/seq_release() pair would not do.
+ */
 static int bl_image_open(struct file *file, struct bl_image *(*take)(void))
 {
 	struct bl_image *img;
 	int ret;
 
-	mutex_lock(&bl_lock);
+	mutex_lock(&bl.lock);
 	img = take();
 	if (!IS_ERR(img))
-		img->gen = ++bl_dump_gen;
-	mutex_unlock(&bl_lock);
+		img->gen = ++bl.dump_gen;
+	mutex_unlock(&bl.lock);
 	if (IS_ERR(img))
 		return PTR_ERR(img);
 
@@ -1660,24 +1899,14 @@ static const struct file_operations bl_pageblocks_fops = {
 	.release = bl_image_release,
 };
 
-/* allocs, log, zones */
-
-static int bl_allocs_open(struct inode *inode, struct file *file)
-{
-	return seq_open(file, &bl_allocs_sops);
-}
-
-static int bl_log_open(struct inode *inode, struct file *file)
-{
-	return seq_open(file, &bl_log_sops);
-}
+/* zones: one line per zone, read at once */
 
 static int bl_zones_show(struct seq_file *m, void *v)
 {
 	unsigned int i;
 
-	for (i = 0; i < bl_nr_zones; i++) {
-		struct zone *z = bl_zones[i];
+	for (i = 0; i < bl.nr_zones; i++) {
+		struct zone *z = bl.zones[i];
 
 		seq_printf(m, "zone nid=%d zone=%s start_pfn=%lu spanned=%lu present=%lu managed=%lu free_pages=%lu\n",
 			   zone_to_nid(z), z->name, z->zone_start_pfn,
@@ -1688,34 +1917,7 @@ static int bl_zones_show(struct seq_file *m, void *v)
 	return 0;
 }
 
-static int bl_zones_open(struct inode *inode, struct file *file)
-{
-	return single_open(file, bl_zones_show, NULL);
-}
-
-static const struct file_operations bl_allocs_fops = {
-	.owner = THIS_MODULE,
-	.open = bl_allocs_open,
-	.read = seq_read,
-	.llseek = seq_lseek,
-	.release = seq_release,
-};
-
-static const struct file_operations bl_log_fops = {
-	.owner = THIS_MODULE,
-	.open = bl_log_open,
-	.read = seq_read,
-	.llseek = seq_lseek,
-	.release = seq_release,
-};
-
-static const struct file_operations bl_zones_fops = {
-	.owner = THIS_MODULE,
-	.open = bl_zones_open,
-	.read = seq_read,
-	.llseek = seq_lseek,
-	.release = single_release,
-};
+DEFINE_SHOW_ATTRIBUTE(bl_zones);
 
 /* Load and unload */
 
@@ -1723,11 +1925,11 @@ static int bl_zones_init(void)
 {
 	unsigned int n = bl_collect_zones(NULL, 0);
 
-	bl_zones = kcalloc(n, sizeof(*bl_zones), BL_GFP_OWN);
-	if (!bl_zones)
+	bl.zones = kcalloc(n, sizeof(*bl.zones), BL_GFP_OWN);
+	if (!bl.zones)
 		return -ENOMEM;
 	/* A zone populated meanwhile by memory hotplug is left out. */
-	bl_nr_zones = min(n, bl_collect_zones(bl_zones, n));
+	bl.nr_zones = min(n, bl_collect_zones(bl.zones, n));
 	return 0;
 }
 
@@ -1747,14 +1949,14 @@ static int bl_debugfs_init(void)
 	struct dentry *d;
 	unsigned int i;
 
-	bl_dir = debugfs_create_dir(KBUILD_MODNAME, NULL);
-	if (IS_ERR(bl_dir))
-		return PTR_ERR(bl_dir);
+	bl.dir = debugfs_create_dir(KBUILD_MODNAME, NULL);
+	if (IS_ERR(bl.dir))
+		return PTR_ERR(bl.dir);
 	for (i = 0; i < ARRAY_SIZE(files); i++) {
-		d = debugfs_create_file(files[i].name, 0600, bl_dir, NULL,
+		d = debugfs_create_file(files[i].name, 0600, bl.dir, NULL,
 					files[i].fops);
 		if (IS_ERR(d)) {
-			debugfs_remove_recursive(bl_dir);
+			debugfs_remove_recursive(bl.dir);
 			return PTR_ERR(d);
 		}
 	}
@@ -1765,7 +1967,7 @@ static void bl_release_all(void)
 {
 	struct rb_node *n;
 
-	while ((n = rb_first(&bl_allocs))) {
+	while ((n = rb_first(&bl.allocs))) {
 		struct bl_alloc *a = rb_entry(n, struct bl_alloc, node);
 
 		bl_put(a);
@@ -1788,8 +1990,8 @@ static int __init bl_init(void)
 	ret = bl_pool_init();
 	if (ret)
 		goto err_log;
-	bl_wq = alloc_workqueue(KBUILD_MODNAME, WQ_CPU_INTENSIVE, 1);
-	if (!bl_wq) {
+	bl.wq = alloc_workqueue(KBUILD_MODNAME, WQ_CPU_INTENSIVE, 1);
+	if (!bl.wq) {
 		ret = -ENOMEM;
 		goto err_pool;
 	}
@@ -1799,23 +2001,23 @@ static int __init bl_init(void)
 	return 0;
 
 err_wq:
-	destroy_workqueue(bl_wq);
+	destroy_workqueue(bl.wq);
 err_pool:
-	kvfree(bl_pool);
+	kvfree(bl.pool);
 err_log:
 	bl_log_free();
-	kfree(bl_zones);
+	kfree(bl.zones);
 	return ret;
 }
 
 static void __exit bl_exit(void)
 {
-	debugfs_remove_recursive(bl_dir);
-	destroy_workqueue(bl_wq);
+	debugfs_remove_recursive(bl.dir);
+	destroy_workqueue(bl.wq);
 	bl_release_all();
-	kvfree(bl_pool);
+	kvfree(bl.pool);
 	bl_log_free();
-	kfree(bl_zones);
+	kfree(bl.zones);
 }
 
 module_init(bl_init);

@@ -19,7 +19,11 @@ from buddylab.guest.cpio import CpioWriter
 from buddylab.errors import SetupError
 from buddylab.kernel.provision import Kernel
 
-NET_MODULES = ("virtio", "virtio_ring", "virtio_pci", "failover", "net_failover", "virtio_net")
+# In load order (images/init.sh).  6.1's virtio needs virtio_ring, and its
+# virtio_pci needs the two *_dev libraries, which 5.10 does not have.
+NET_MODULES = ("virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev",
+               "virtio_pci", "failover", "net_failover", "virtio_net")
+OPTIONAL_NET_MODULES = ("virtio_pci_legacy_dev", "virtio_pci_modern_dev")
 BUSYBOX = Path("/bin/busybox")
 DROPBEAR = Path("/usr/sbin/dropbear")
 DROPBEARKEY = Path("/usr/bin/dropbearkey")
@@ -105,6 +109,8 @@ def _net_module_paths(kernel: Kernel) -> list[Path]:
     paths = []
     for name in NET_MODULES:
         found = sorted(kernel.modules_dir.rglob(f"{name}.ko"))
+        if not found and name in OPTIONAL_NET_MODULES:
+            continue
         if not found:
             raise SetupError(f"{name}.ko not found under {kernel.modules_dir}")
         paths.append(found[0].relative_to(kernel.modules_dir))

@@ -27,10 +27,10 @@ RECORD_KEYS: dict[tuple[str, str], str] = {
     ("log", "log"): "capacity records dropped",
     ("log", "op"): "seq verb ret cpu [id] [n pages] [api gfp order bytes] [nid zone pfn] [stop]",
     ("log", "zone"): "seq when nid zone mt free",
-    ("log", "pcp"): "seq when nid zone cpu count high batch lists",
+    ("log", "pcp"): "seq when nid zone cpu count high batch lists [orders]",
     ("freelists", "dump"): "gen zones blocks pcp_pages",
     ("freelists", "block"): "nid zone order mt pos pfn",
-    ("freelists", "pcpage"): "nid zone cpu list pos pfn",
+    ("freelists", "pcpage"): "nid zone cpu [order] list pos pfn",
     ("pageblocks", "pageblock"): "nid zone pfn mt",
     ("zones", "zone"): "nid zone start_pfn spanned present managed free_pages",
 }
@@ -153,6 +153,11 @@ def _uints(count: int) -> Callable[[str], tuple[int, ...]]:
     return conv
 
 
+def _uint_list(v: str) -> tuple[int, ...]:
+    """1 or more comma-separated counts (6.1 has a per-CPU list per order and type)."""
+    return tuple(_uint(p) for p in v.split(","))
+
+
 def _name(names: tuple[str, ...]) -> Callable[[str], str]:
     def conv(v: str) -> str:
         if v not in names:
@@ -171,7 +176,7 @@ def _gfp(v: str) -> tuple[str, bool]:
 _CONVERTERS: dict[str, Callable[[str], object]] = {
     "seq": _positive, "id": _positive, "gen": _positive,
     "ret": _int, "order": _order,
-    "free": _uints(MAX_ORDER), "lists": _uints(len(PCP_TYPES)),
+    "free": _uints(MAX_ORDER), "lists": _uint_list, "orders": _uint_list,
     "gfp": _gfp,
     **{k: _name(v) for k, v in VALUE_NAMES.items() if k != "gfp"},
 }
@@ -303,6 +308,7 @@ class PcpCounts:
     high: int
     batch: int
     lists: tuple[int, ...]
+    orders: tuple[int, ...] | None = None   # 6.1: the order of each list
 
 
 @dataclass
@@ -409,6 +415,9 @@ def _snapshot_line(snap: Snapshot, line: Line, seq: int, when: str) -> None:
     else:
         if not snap.zones:
             raise RecordError("pcp line before any zone line", line.lineno, line.text)
+        orders = f.get("orders")
+        if len(f["lists"]) != (len(orders) if orders else len(PCP_TYPES)):  # type: ignore
+            raise RecordError("lists= and orders= do not match", line.lineno, line.text)
         snap.pcp.append(PcpCounts(**f))  # type: ignore[arg-type]
 
 
@@ -495,6 +504,7 @@ class PcpPage:
     list: str
     pos: int
     pfn: int
+    order: int = 0          # 6.1 only: the list's order
 
 
 @dataclass
@@ -519,7 +529,7 @@ class FreeListDump:
         return out
 
     def free_pages(self) -> int:
-        return sum(1 << b.order for b in self.blocks) + len(self.pcp_pages)
+        return sum(1 << b.order for b in self.blocks) + sum(1 << p.order for p in self.pcp_pages)
 
 
 def _zone_rank(ranks: dict[tuple[int, str], int], nid: int, zone: str) -> int:
@@ -548,6 +558,7 @@ def parse_freelists(text: str) -> FreeListDump:
     ranks: dict[tuple[int, str], int] = {}
     pranks: dict[tuple[int, str], int] = {}
     prev: tuple = ()
+    key: tuple[int, ...]
     for line in lines[1:]:
         f = line.fields
         if line.name == "dump":
@@ -562,7 +573,8 @@ def parse_freelists(text: str) -> FreeListDump:
             p = PcpPage(**f)  # type: ignore[arg-type]
             if not pcp:
                 prev = ()
-            key = (_zone_rank(pranks, p.nid, p.zone), p.cpu, PCP_TYPES.index(p.list), p.pos)
+            key = (_zone_rank(pranks, p.nid, p.zone), p.cpu, p.order, PCP_TYPES.index(p.list),
+                   p.pos)
             pcp.append(p)
         _check_position(prev, key, key[-1], line)
         prev = key
