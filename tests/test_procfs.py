@@ -264,6 +264,16 @@ def test_buddyinfo_malformed():
     _raises(parse_buddyinfo, "\n", 1, "")
 
 
+def test_buddyinfo_cut_inside_its_last_number_is_refused():
+    """A capture cut in "105": "10" would parse as a wrong order-10 count."""
+    good = _text("buddyinfo", "5.10-512m-1cpu")
+    assert good.endswith("    105 \n")
+    assert parse_buddyinfo(good)[-1].free[10] == 105
+    for cut in (good[:-3], good[:-4], good[:-2], good[:-1]):   # "10", "1", "105", "105 "
+        err = _raises(parse_buddyinfo, cut, 2, "DMA32")
+        assert "cut short" in err.message
+
+
 def test_pagetypeinfo_malformed():
     good = _text("pagetypeinfo", "5.10-512m-1cpu")
     # missing free-list header: the first row has no order count to check against

@@ -150,7 +150,17 @@ _ZONE_ROW = re.compile(r"Node\s+(\d+),\s*zone\s+([^\s,]+)\s+(.*)")
 
 
 def parse_buddyinfo(text: str) -> list[BuddyInfoZone]:
+    """The rows of /proc/buddyinfo.
+
+    frag_show_print() (mm/vmstat.c) ends every row the same way: each count
+    as "%6lu " and then '\n'.  A row without its newline was cut short (in
+    its last number, perhaps: "226" cut to "22" still parses) and is refused.
+    """
     zones: list[BuddyInfoZone] = []
+    if text.strip() and not text.endswith("\n"):
+        lines = text.splitlines()
+        raise ProcParseError("row cut short (the kernel ends every row with a newline)",
+                             len(lines), lines[-1])
     for lineno, line in _lines(text):
         m = _ZONE_ROW.fullmatch(line.strip())
         if not m:
