@@ -89,12 +89,22 @@ class GuestShell:
                 chan.shutdown_write()
             # stderr is drained beside stdout: an unread stream would hold
             # the channel's window and stall the other.
+            # The thread keeps what it read or the error it met: an exception
+            # left to escape a thread would print a traceback.
             err_parts: list[bytes] = []
-            reader = threading.Thread(target=lambda: err_parts.append(_read_all(chan, True)),
+            err_failure: list[BaseException] = []
+            reader = threading.Thread(target=_read_into, args=(chan, err_parts, err_failure),
                                       daemon=True)
             reader.start()
-            out = _read_all(chan, stderr=False)
+            try:
+                out = _read_all(chan, stderr=False)
+            except BaseException:
+                chan.close()             # ends the reader's wait at once
+                reader.join(timeout)
+                raise
             reader.join(timeout)
+            if err_failure:
+                raise err_failure[0]
             err = b"".join(err_parts)
             rc = chan.recv_exit_status()
         except socket.timeout as e:
@@ -113,6 +123,13 @@ class GuestShell:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _read_into(chan: paramiko.Channel, parts: list[bytes], failure: list[BaseException]) -> None:
+    try:
+        parts.append(_read_all(chan, stderr=True))
+    except Exception as e:
+        failure.append(e)
 
 
 def _read_all(chan: paramiko.Channel, stderr: bool) -> bytes:
