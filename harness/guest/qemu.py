@@ -23,7 +23,9 @@ from typing import Callable
 
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
+from buddylab.cachefs import write_atomic
 from buddylab.errors import GuestCrashed, GuestTimeout, SetupError
+from buddylab.kernel.bzimage import check_bzimage
 
 QEMU = "qemu-system-x86_64"
 READY_MARKER = "BUDDYLAB-SSHD-READY"
@@ -148,6 +150,8 @@ class Qemu:
             raise SetupError(f"{QEMU} not found: install qemu-system-x86 (make host-deps)")
         if not config.kernel.is_file():
             raise SetupError(f"kernel {config.kernel} missing")
+        # A cut image would boot into a silent crash: refuse it as a set-up error.
+        check_bzimage(config.kernel)
         self.config = config
         self.workdir = workdir
         self.qmp_path = workdir / "qmp.sock"
@@ -296,6 +300,8 @@ def probe_kvm(kernel: Path, timeout: float = 3.0) -> tuple[bool, str]:
         why = f"KVM QEMU exited at once ({message[0] if message else 'no message'})"
     else:
         why = f"KVM guest printed nothing in {timeout:.0f} s"
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({"key": key, "ok": ok, "why": why}))
+    try:
+        write_atomic(cache, json.dumps({"key": key, "ok": ok, "why": why}).encode())
+    except OSError:
+        pass  # only a cache: probed again next time
     return ok, why
