@@ -9,7 +9,6 @@ Stages and their timings are recorded in `Session.timings`.
 from __future__ import annotations
 
 import contextlib
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from buddylab.protocol import GUEST_MODULE_PATH
 from buddylab.kernel.kbuild import build_module
 from buddylab.kernel.provision import Kernel, provision_kernel
 from buddylab.guest.qemu import Qemu, QemuConfig, free_port, probe_kvm
+from buddylab.guest.workdir import private_workdir
 from buddylab.guest.ssh import ClientKey, CommandResult, GuestShell, make_client_key
 
 
@@ -103,8 +103,7 @@ def boot(prepared: Prepared, memory_mib: int = 512, cpus: int = 1,
          ) -> Iterator[Session]:
     """Boot the prepared guest and yield a Session; QEMU is gone on exit."""
     timings = timings or Timings()
-    with tempfile.TemporaryDirectory(prefix="buddylab-") as tmp:
-        workdir = Path(tmp)
+    with private_workdir() as workdir:
         client_key = make_client_key(workdir)
         config = QemuConfig(prepared.vmlinuz, prepared.image.initramfs,
                             memory_mib=memory_mib, cpus=cpus, accel=prepared.accel,
