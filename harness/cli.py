@@ -17,7 +17,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
-from buddylab import errors
+from buddylab import cachefs, errors
 from buddylab.guest.session import Prepared, Session, Timings, boot, prepare
 from buddylab.kernel.recipe import DEFAULT_KERNEL, load_kernel_pins
 from buddylab.results import RunMetadata, new_run_dir, write_json, write_text
@@ -70,7 +70,8 @@ class Guest:
 def _metadata(command: str, opts: GuestOptions, prepared: Prepared | None) -> RunMetadata:
     if prepared is None:
         return RunMetadata(command, opts.kernel, "none", opts.memory_mib, opts.cpus)
-    return RunMetadata(command, prepared.kernel.release, prepared.accel, opts.memory_mib, opts.cpus)
+    return RunMetadata(command, prepared.kernel.release, prepared.accel, opts.memory_mib, opts.cpus,
+                       prepared.module.parent.name)
 
 
 def _print_timings(timings: Timings, total: float) -> None:
@@ -117,7 +118,7 @@ def qemu_test(args: argparse.Namespace) -> int:
     timings = Timings()
     prepared = args.guest.prepare(pins=load_kernel_pins(opts.kernel), timings=timings)
     print(f"buddylab: kernel {prepared.kernel.release}, accelerator {prepared.accel} "
-          f"({prepared.accel_why})", flush=True)
+          f"({prepared.accel_why}), module build {prepared.module.parent.name}", flush=True)
     run_dir = new_run_dir("qemu-test")
     with args.guest.boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
                          ready_timeout=opts.boot_timeout, timings=timings,
@@ -252,6 +253,13 @@ def main(argv: list[str] | None = None, guest: Guest = Guest()) -> int:
     except KeyboardInterrupt:
         print("buddylab: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        # A full disk met where no stage expected it: still one line, exit 3.
+        if e.errno not in cachefs.FULL_ERRNOS:
+            raise
+        where = Path(e.filename).parent if e.filename else "the cache or results directory"
+        print(f"buddylab: no space left in {where}: {e.strerror}", file=sys.stderr)
+        return errors.EXIT_SETUP
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ class RunMetadata:
     accel: str             # kvm, tcg, or "none" (replayed offline)
     memory_mib: int
     cpus: int
+    module_build: str = ""  # the content-keyed build directory the module came from
 
     def as_json(self) -> dict[str, object]:
         return asdict(self)

@@ -68,6 +68,8 @@ FORBIDDEN = {
     "protocol": {"kernel", "guest", "records", "models", "experiments", "cli"},
     "paths": {"kernel", "guest", "records", "models", "experiments", "cli"},
     "results": {"kernel", "guest", "records", "models", "experiments", "cli"},
+    "cachefs": {"kernel", "guest", "records", "models", "experiments", "cli", "allocator",
+                "protocol", "paths", "results"},
 }
 
 

@@ -2,17 +2,23 @@
 
 Written by buddylab.guest.cpio without root.  The image is cached under a key
 made of everything that goes into it, so an unchanged warm run reuses it.
+It is written to a private temporary file and renamed into place; beside it a
+manifest records the image's SHA256 and the public half of the host key it
+was built with, both checked whenever it is reused: an image that was
+replaced or cut, or a host key that changed, makes a new image.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
-import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from buddylab import cachefs
 from buddylab.protocol import GUEST_MODULE_PATH
 from buddylab.paths import cache_dir, images_dir
 from buddylab.guest.cpio import CpioWriter
@@ -45,19 +51,42 @@ def _require(path: Path, package: str) -> None:
     if not path.exists():
         raise SetupError(f"{path} missing: install the Debian package {package} (make host-deps)")
 
+TOOL_TIMEOUT = 60.0
+
+
+def _tool(cmd: list[str], what: str) -> str:
+    proc = cachefs.run_tool(cmd, what, TOOL_TIMEOUT)
+    if proc.returncode != 0:
+        raise SetupError(f"{what} failed (exit {proc.returncode}): {proc.stderr.strip()[-1000:]}")
+    return proc.stdout
+
+
 def ensure_host_key(directory: Path) -> HostKey:
-    """An ed25519 dropbear host key, made once and kept in the cache."""
+    """An ed25519 dropbear host key, made once and kept in the cache (directory 0700, key 0600).
+
+    The cache is the trust anchor here: whoever can write this file decides
+    which guest the client trusts (README, "Security").
+    """
     _require(DROPBEARKEY, "dropbear-bin")
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
     private = directory / "dropbear_ed25519_host_key"
     if not private.is_file():
-        tmp = directory / "host_key.tmp"
-        tmp.unlink(missing_ok=True)
-        subprocess.run([str(DROPBEARKEY), "-t", "ed25519", "-f", str(tmp)],
-                       check=True, capture_output=True)
-        tmp.rename(private)
-    out = subprocess.run([str(DROPBEARKEY), "-y", "-f", str(private)],
-                         check=True, capture_output=True, text=True).stdout
+        staging = cachefs.private_dir(private)
+        try:
+            tmp = staging / "key"
+            _tool([str(DROPBEARKEY), "-t", "ed25519", "-f", str(tmp)], "dropbearkey -t ed25519")
+            os.chmod(tmp, 0o600)
+            # link(2) fails if another run made its key first: both use that one.
+            try:
+                os.link(tmp, private)
+            except FileExistsError:
+                pass
+        finally:
+            for f in staging.iterdir():
+                f.unlink()
+            staging.rmdir()
+    out = _tool([str(DROPBEARKEY), "-y", "-f", str(private)], "dropbearkey -y")
     for line in out.splitlines():
         words = line.split()
         if len(words) >= 2 and words[0].startswith("ssh-"):
@@ -66,7 +95,7 @@ def ensure_host_key(directory: Path) -> HostKey:
 
 def shared_libraries(binary: Path) -> list[Path]:
     """The libraries `ldd` resolves for `binary`, loader included."""
-    out = subprocess.run(["ldd", str(binary)], check=True, capture_output=True, text=True).stdout
+    out = _tool(["ldd", str(binary)], f"ldd {binary}")
     libs = []
     for line in out.splitlines():
         m = re.search(r"(/\S+)\s+\(0x", line)
@@ -77,25 +106,46 @@ def shared_libraries(binary: Path) -> list[Path]:
     return libs
 
 def busybox_applets() -> list[str]:
-    out = subprocess.run([str(BUSYBOX), "--list-full"], check=True,
-                         capture_output=True, text=True).stdout
+    out = _tool([str(BUSYBOX), "--list-full"], "busybox --list-full")
     return [a for a in out.split() if a]
 
+GCC_FLAGS = ("-static", "-Os", "-s", "-Wall")
+GCC_TIMEOUT = 300.0
+TOOLS_SPACE = 4 * cachefs.MIB      # one static tool is 0.7 MiB
+
+
 def build_guest_tools() -> list[Path]:
-    """Static helper programs for the guest (busybox has no byte-exact writer)."""
+    """Static helper programs for the guest (busybox has no byte-exact writer).
+
+    Each is cached under a key of its source, the flags and `gcc --version`,
+    built to a private file and renamed into place.
+    """
     out_dir = cache_dir() / "guest-tools"
     out_dir.mkdir(parents=True, exist_ok=True)
+    compiler = _tool(["gcc", "--version"], "gcc --version").split("\n", 1)[0]
     built = []
     for src in sorted((images_dir() / "guest-tools").glob("*.c")):
-        exe = out_dir / src.stem
-        if not exe.is_file() or exe.stat().st_mtime < src.stat().st_mtime:
-            tmp = exe.with_suffix(".tmp")
-            proc = subprocess.run(["gcc", "-static", "-Os", "-s", "-Wall", "-o", str(tmp),
-                                   str(src)], capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise SetupError(f"building {src.name} failed (static glibc comes with the "
-                                 f"Debian package libc6-dev):\n{proc.stderr[-2000:]}")
-            tmp.rename(exe)
+        h = hashlib.sha256(src.read_bytes())
+        h.update(" ".join((compiler, *GCC_FLAGS)).encode())
+        exe = out_dir / f"{src.stem}-{h.hexdigest()[:16]}"
+        if not exe.is_file():
+            cachefs.require_space(out_dir, TOOLS_SPACE, f"the guest tool {src.stem}")
+            staging = cachefs.private_dir(exe)
+            try:
+                tmp = staging / src.stem
+                proc = cachefs.run_tool(["gcc", *GCC_FLAGS, "-o", str(tmp), str(src)],
+                                        f"building {src.name}", GCC_TIMEOUT)
+                if proc.returncode != 0 and cachefs.says_disk_full(proc.stderr):
+                    raise SetupError(f"no space left in {out_dir} for the guest tool "
+                                     f"{src.stem}: needs about {TOOLS_SPACE >> 20} MiB")
+                if proc.returncode != 0:
+                    raise SetupError(f"building {src.name} failed (static glibc comes with the "
+                                     f"Debian package libc6-dev):\n{proc.stderr[-2000:]}")
+                tmp.rename(exe)
+            finally:
+                for f in staging.iterdir():
+                    f.unlink()
+                staging.rmdir()
         built.append(exe)
     return built
 
@@ -104,6 +154,11 @@ def _image_inputs(kernel: Kernel, module: Path, host_key: HostKey,
     mods = [kernel.modules_dir / p for p in _net_module_paths(kernel)]
     return [BUSYBOX, DROPBEAR, *shared_libraries(DROPBEAR), *mods, module, *tools,
             images_dir() / "init.sh", host_key.private, Path(__file__)]
+
+
+def _tool_name(tool: Path) -> str:
+    """A guest tool's name in the image: its cache name without the key."""
+    return tool.name.rsplit("-", 1)[0]
 
 def _net_module_paths(kernel: Kernel) -> list[Path]:
     paths = []
@@ -119,9 +174,27 @@ def _net_module_paths(kernel: Kernel) -> list[Path]:
 def _cache_key(inputs: list[Path]) -> str:
     h = hashlib.sha256()
     for p in inputs:
-        h.update(str(p).encode() + b"\0")
+        # The name inside the image, not where the cache lies: a moved cache
+        # keeps its images.
+        h.update(p.name.encode() + b"\0")
         h.update(hashlib.sha256(p.read_bytes()).digest())
     return h.hexdigest()[:16]
+
+
+def _manifest_path(image: Path) -> Path:
+    return image.with_suffix(".json")
+
+
+def _image_intact(image: Path, host_key: HostKey) -> bool:
+    """The cached image is the one its manifest describes, built with this host key."""
+    try:
+        manifest = json.loads(_manifest_path(image).read_text())
+        digest = hashlib.sha256(image.read_bytes()).hexdigest()
+    except (OSError, ValueError):
+        return False
+    return (manifest.get("sha256") == digest
+            and manifest.get("host_key") == f"{host_key.key_type} {host_key.public_b64}")
+
 
 def build_image(kernel: Kernel, module: Path) -> GuestImage:
     """The initramfs for `kernel` with `module` at /buddylab.ko (cached)."""
@@ -133,23 +206,55 @@ def build_image(kernel: Kernel, module: Path) -> GuestImage:
     images = cache_dir() / "images"
     images.mkdir(parents=True, exist_ok=True)
     target = images / f"initramfs-{_cache_key(inputs)}.cpio"
-    if not target.is_file():
-        tmp = target.with_suffix(f".tmp{os.getpid()}")
-        try:
-            with tmp.open("wb") as f:
-                _write_image(CpioWriter(f), kernel, module, host_key, tools)
-            tmp.rename(target)
-        finally:
-            tmp.unlink(missing_ok=True)
-        _prune(images, keep=target)
+    if _image_intact(target, host_key):
+        os.utime(target)                 # in use: _prune keeps it
+        return GuestImage(target, host_key)
+    # The image is about as large as what goes into it.
+    need = sum(p.stat().st_size for p in inputs) + cachefs.MIB
+    cachefs.require_space(images, need, "the guest image")
+    tmp = cachefs.private_dir(target)
+    try:
+        with (tmp / target.name).open("wb") as f:
+            _write_image(CpioWriter(f), kernel, module, host_key, tools)
+        digest = hashlib.sha256((tmp / target.name).read_bytes()).hexdigest()
+        manifest = {"sha256": digest, "host_key": f"{host_key.key_type} {host_key.public_b64}"}
+        (tmp / "manifest").write_text(json.dumps(manifest) + "\n")
+        # The manifest first: an image without its manifest is never reused.
+        (tmp / "manifest").rename(_manifest_path(target))
+        (tmp / target.name).rename(target)
+    except OSError as e:
+        if e.errno in cachefs.FULL_ERRNOS:
+            raise cachefs.full_disk_error(e, images, need, "the guest image") from e
+        raise
+    finally:
+        for left in tmp.iterdir():
+            left.unlink()
+        tmp.rmdir()
+    _prune(images, keep=target)
     return GuestImage(target, host_key)
 
+
+PRUNE_AGE = 3600.0       # an image used within the last hour is kept
+
+
 def _prune(images: Path, keep: Path) -> None:
-    """Keep the newest few images; each is a few MiB."""
-    old = sorted((p for p in images.glob("initramfs-*.cpio") if p != keep),
-                 key=lambda p: p.stat().st_mtime, reverse=True)
-    for p in old[3:]:
-        p.unlink(missing_ok=True)
+    """Keep the newest few images (each is a few MiB) and any used in the last hour.
+
+    A run that is about to boot an image has just touched it, so no run
+    loses its image to another run's pruning.
+    """
+    now = time.time()
+    old = []
+    for p in images.glob("initramfs-*.cpio"):
+        try:
+            old.append((p.stat().st_mtime, p))
+        except FileNotFoundError:
+            continue
+    old.sort(reverse=True)
+    for mtime, p in old[4:]:
+        if p != keep and now - mtime > PRUNE_AGE:
+            p.unlink(missing_ok=True)
+            _manifest_path(p).unlink(missing_ok=True)
 
 def _write_image(w: CpioWriter, kernel: Kernel, module: Path, host_key: HostKey,
                  tools: list[Path]) -> None:
@@ -176,6 +281,6 @@ def _write_image(w: CpioWriter, kernel: Kernel, module: Path, host_key: HostKey,
         w.file(f"lib/modules/{rel.name}", (kernel.modules_dir / rel).read_bytes())
     w.file(GUEST_MODULE_PATH, module.read_bytes())
     for tool in tools:
-        w.file(f"usr/bin/{tool.name}", tool.read_bytes(), 0o755)
+        w.file(f"usr/bin/{_tool_name(tool)}", tool.read_bytes(), 0o755)
     w.file("init", (images_dir() / "init.sh").read_bytes(), 0o755)
     w.close()

@@ -1,25 +1,42 @@
 """Provision a kernel: fetch its pinned .debs with a project-local apt, verify, extract.
 
 Nothing of the host's apt configuration or /usr/src changes: apt runs with its
-own sources list, lists, cache and (empty) status under the cache directory.
+own sources list, lists, cache and (empty) status under the cache directory,
+one apt directory per kernel recipe.
+
+Safe when runs overlap (see buddylab.cachefs): apt and the extraction of a
+recipe run under that recipe's lock; a kernel is extracted into a private
+directory named by the SHA256s of its packages and renamed into place, and
+is never changed after that, so a run building against it cannot have it
+re-extracted under its feet.  The extracted headers hold no absolute path
+into the cache, so a moved or copied cache still builds.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from buddylab import cachefs
+from buddylab.kernel.bzimage import check_bzimage
 from buddylab.kernel.recipe import KernelPins, PinnedDeb
 from buddylab.paths import cache_dir
 from buddylab.errors import SetupError
 from buddylab.kernel.mirror import debian_mirrors
 
 DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+# Deadlines of the external programs (seconds).  apt-get update fetches a few
+# MiB of package lists, apt-get download some 35 MiB; dpkg-deb -x is local.
+APT_UPDATE_TIMEOUT = 300.0
+APT_DOWNLOAD_TIMEOUT = 600.0
+DPKG_DEB_TIMEOUT = 120.0
+# Space a fetch needs before it starts: the package lists of two suites
+# (18 MiB measured for bullseye + bullseye-security, main) and the .debs
+# (32 MiB for debian-5.10-cloud), with room to spare.
+FETCH_SPACE = 80 * cachefs.MIB
 
 
 @dataclass(frozen=True)
@@ -97,14 +114,18 @@ class LocalApt:
         (self.base / "preferences").write_text("")
         (self.base / "status").touch()
 
-    def _run(self, args: list[str], cwd: Path | None = None) -> None:
+    def _run(self, args: list[str], timeout: float, written: Path,
+             cwd: Path | None = None) -> None:
         cmd = ["apt-get", "-q", *self._options(), *args]
-        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+        what = f"apt-get {args[0]}"
+        proc = cachefs.run_tool(cmd, what, timeout, cwd=cwd)
+        output = (proc.stderr or proc.stdout).strip()
+        if proc.returncode != 0 and cachefs.says_disk_full(output):
+            raise SetupError(f"no space left in {written} for {what}: needs about "
+                             f"{FETCH_SPACE >> 20} MiB, {cachefs.free_bytes(written) >> 20} MiB free")
         if proc.returncode != 0:
-            raise SetupError(
-                f"apt-get {' '.join(args)} failed (exit {proc.returncode}):\n"
-                + (proc.stderr or proc.stdout).strip()[-2000:]
-            )
+            raise SetupError(f"apt-get {' '.join(args)} failed (exit {proc.returncode}):\n"
+                             + output[-2000:])
 
     def update(self) -> None:
         if shutil.which("apt-get") is None:
@@ -112,28 +133,41 @@ class LocalApt:
         if not DEBIAN_KEYRING.is_file():
             raise SetupError(f"{DEBIAN_KEYRING} missing: install debian-archive-keyring")
         self._write_config()
-        self._run(["update"])
+        self._run(["update"], APT_UPDATE_TIMEOUT, self.base)
 
     def download(self, debs: list[PinnedDeb], dest: Path) -> None:
-        self._run(["download", *(f"{d.name}={d.version}" for d in debs)], cwd=dest)
+        self._run(["download", *(f"{d.name}={d.version}" for d in debs)],
+                  APT_DOWNLOAD_TIMEOUT, dest, cwd=dest)
 
 
 def fetch_debs(debs: tuple[PinnedDeb, ...], suites: tuple[str, ...],
-               downloads: Path) -> dict[PinnedDeb, Path]:
-    """Every pinned .deb in `downloads`, fetched if missing, SHA256 verified."""
+               downloads: Path, apt_dir: Path) -> dict[PinnedDeb, Path]:
+    """Every pinned .deb in `downloads`, fetched if missing, SHA256 verified.
+
+    `apt_dir` is the project-local apt directory to fetch with (one per
+    recipe); apt runs under its lock.  Each .deb is downloaded into a
+    private directory, verified there, then renamed into `downloads`.
+    """
     downloads.mkdir(parents=True, exist_ok=True)
     missing = [d for d in debs if not (downloads / d.filename).is_file()]
     if missing:
-        apt = LocalApt(cache_dir() / "apt", suites)
-        apt.update()
-        with tempfile.TemporaryDirectory(dir=downloads) as tmp:
-            apt.download(missing, Path(tmp))
-            for d in missing:
-                got = Path(tmp) / d.filename
-                if not got.is_file():
-                    raise SetupError(f"apt-get download gave no {d.filename}")
-                _verify(d, got)
-                got.rename(downloads / d.filename)
+        cachefs.require_space(downloads, FETCH_SPACE, "the kernel packages and apt lists")
+        with cachefs.locked(apt_dir.with_name(apt_dir.name + ".lock"), f"apt in {apt_dir}"):
+            missing = [d for d in debs if not (downloads / d.filename).is_file()]
+            if missing:
+                apt = LocalApt(apt_dir, suites)
+                apt.update()
+                tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=downloads))
+                try:
+                    apt.download(missing, tmp)
+                    for d in missing:
+                        got = tmp / d.filename
+                        if not got.is_file():
+                            raise SetupError(f"apt-get download gave no {d.filename}")
+                        _verify(d, got)
+                        got.rename(downloads / d.filename)
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
     paths = {}
     for d in debs:
         path = downloads / d.filename
@@ -152,49 +186,119 @@ def _verify(deb: PinnedDeb, path: Path) -> None:
         )
 
 
+# Bump when the extracted layout changes, so older extractions are redone.
+_LAYOUT = "2 relocatable headers Makefile"
+
+
 def _stamp(pins: KernelPins) -> str:
-    return "".join(f"{d.name} {d.version} {d.sha256}\n" for d in pins.debs)
+    return f"layout {_LAYOUT}\n" + "".join(f"{d.name} {d.version} {d.sha256}\n" for d in pins.debs)
 
 
-def fix_headers_makefile(headers: Path, root: Path) -> None:
-    """Point the headers' absolute `include /usr/src/...` into `root`."""
+def kernel_dir(pins: KernelPins) -> Path:
+    """Where the kernel of `pins` is extracted: named by the packages' SHA256s."""
+    key = hashlib.sha256(_stamp(pins).encode()).hexdigest()[:16]
+    return cache_dir() / "kernels" / f"{pins.name}-{key}"
+
+
+# The Debian headers' Makefile is one line, `include /usr/src/linux-headers-
+# <version>-common/Makefile`: an absolute path.  Rewritten relative to the
+# Makefile's own directory ($(MAKEFILE_LIST) names it as make was given it),
+# it holds no absolute path and the tree builds wherever it lies.
+_HERE = "$(dir $(lastword $(MAKEFILE_LIST)))"
+
+
+def fix_headers_makefile(headers: Path) -> None:
+    """Make the headers' absolute `include /usr/src/...` relative to the Makefile itself."""
     makefile = headers / "Makefile"
     lines = []
     for line in makefile.read_text().splitlines():
         if line.startswith("include /usr/src/"):
-            line = f"include {root}{line[len('include '):]}"
+            target = Path(line[len("include "):].strip())
+            if target.parent.parent != Path("/usr/src"):
+                raise SetupError(f"{makefile}: unexpected include {target}")
+            line = f"include {_HERE}../{target.parent.name}/{target.name}"
         lines.append(line)
     makefile.write_text("\n".join(lines) + "\n")
 
 
-def provision_kernel(pins: KernelPins) -> Kernel:
-    """The extracted kernel of `pins`, made once and reused from the cache."""
-    base = cache_dir() / "kernels" / pins.name
-    root = base / "root"
-    stamp = base / "extracted.stamp"
-    kernel = Kernel(pins.release, root)
-    if stamp.is_file() and stamp.read_text() == _stamp(pins) and kernel.vmlinuz.is_file():
-        return kernel
-    if shutil.which("dpkg-deb") is None:
-        raise SetupError("dpkg-deb not found")
-    debs = fetch_debs(pins.debs, pins.suites, cache_dir() / "debs")
-    base.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix="root.", dir=base))
+def _installed_size(debs: list[Path]) -> int:
+    """Bytes the .debs take once extracted (their Installed-Size fields, in KiB)."""
+    total = 0
+    for path in debs:
+        proc = cachefs.run_tool(["dpkg-deb", "-f", str(path), "Installed-Size"],
+                                f"dpkg-deb -f {path.name}", DPKG_DEB_TIMEOUT)
+        try:
+            total += int(proc.stdout.strip()) * 1024
+        except ValueError:
+            raise SetupError(f"{path.name}: no Installed-Size field") from None
+    return total
+
+
+def _extract(debs: list[Path], base: Path, root: Path) -> None:
+    """Extract `debs` into a private directory and rename it to `root`."""
+    need = _installed_size(debs)
+    cachefs.require_space(base, need, "the extracted kernel")
+    staging = cachefs.private_dir(root)
     try:
-        for path in debs.values():
-            proc = subprocess.run(["dpkg-deb", "-x", str(path), str(staging)],
-                                  capture_output=True, text=True)
+        for path in debs:
+            proc = cachefs.run_tool(["dpkg-deb", "-x", str(path), str(staging)],
+                                    f"dpkg-deb -x {path.name}", DPKG_DEB_TIMEOUT)
             if proc.returncode != 0:
+                if cachefs.says_disk_full(proc.stderr):
+                    raise SetupError(f"no space left in {base} for the extracted kernel: needs "
+                                     f"about {need >> 20} MiB, "
+                                     f"{cachefs.free_bytes(base) >> 20} MiB free")
                 raise SetupError(f"dpkg-deb -x {path.name}: {proc.stderr.strip()}")
-        # The include path must name the final location, not the staging one.
-        fix_headers_makefile(staging / kernel.headers.relative_to(root), root)
+        for headers in (staging / "usr" / "src").glob("linux-headers-*"):
+            if (headers / "Makefile").is_file():
+                fix_headers_makefile(headers)
         if root.exists():
+            # Left by a run that died before its stamp: not in use by anyone.
             shutil.rmtree(root)
-        os.rename(staging, root)
+        staging.rename(root)
+    except OSError as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        if e.errno in cachefs.FULL_ERRNOS:
+            raise cachefs.full_disk_error(e, base, need, "the extracted kernel") from e
+        raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    stamp.write_text(_stamp(pins))
+
+
+def provision_kernel(pins: KernelPins) -> Kernel:
+    """The extracted kernel of `pins`, made once and reused from the cache.
+
+    A complete extraction has its stamp; it is never modified afterwards.
+    """
+    base = kernel_dir(pins)
+    root = base / "root"
+    stamp = base / "extracted.stamp"
+    kernel = Kernel(pins.release, root)
+    if not _complete(stamp, pins):
+        if shutil.which("dpkg-deb") is None:
+            raise SetupError("dpkg-deb not found")
+        with cachefs.locked(base.with_name(base.name + ".lock"), f"provisioning {pins.name}"):
+            if not _complete(stamp, pins):
+                debs = fetch_debs(pins.debs, pins.suites, cache_dir() / "debs",
+                                  cache_dir() / "apt" / pins.name)
+                base.mkdir(parents=True, exist_ok=True)
+                _extract(list(debs.values()), base, root)
+                try:
+                    cachefs.write_atomic(stamp, _stamp(pins).encode())
+                except OSError as e:
+                    if e.errno in cachefs.FULL_ERRNOS:
+                        raise cachefs.full_disk_error(e, base, 4096, "the kernel's stamp") from e
+                    raise
     if not kernel.vmlinuz.is_file():
-        raise SetupError(f"{kernel.vmlinuz} missing after extraction")
+        raise SetupError(f"{kernel.vmlinuz} missing from the cached kernel: remove {base} "
+                         f"to extract it again")
+    check_bzimage(kernel.vmlinuz, f"remove {base} to extract it again")
     return kernel
+
+
+def _complete(stamp: Path, pins: KernelPins) -> bool:
+    try:
+        return stamp.read_text() == _stamp(pins)
+    except FileNotFoundError:
+        return False

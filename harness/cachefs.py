@@ -1,0 +1,153 @@
+"""Safe writes into the cache: locks, atomic renames, space checks, deadlines.
+
+Several buddylab runs (two clones, two terminals, a test suite run in
+parallel) may share one cache.  The rules every stage follows:
+
+- an entry that is complete is never changed in place: it is made in a
+  private directory or file next to its final name and renamed into place
+  (rename(2) is atomic within one filesystem), so a reader sees all of it or
+  nothing;
+- work that must not run twice at once (apt-get in one apt directory, the
+  extraction of one kernel) holds an exclusive flock(2) on a lock file;
+  the kernel drops the lock when its holder dies, even by SIGKILL;
+- before writing much, a stage checks the free space and refuses with one
+  line naming the directory and the space it needs; a write that still
+  hits ENOSPC is turned into the same kind of error;
+- every external program runs with a deadline, in its own process group,
+  which is killed as a whole when the deadline passes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from buddylab.errors import SetupError
+
+MIB = 1 << 20
+# errno values that mean "the filesystem is full" (disk or quota).
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _mib(n: int) -> str:
+    return f"{n / MIB:.0f} MiB" if n >= MIB else f"{max(n, 1) / 1024:.0f} KiB"
+
+
+def free_bytes(directory: Path) -> int:
+    """Free bytes on the filesystem of `directory` (or of its nearest existing parent)."""
+    d = directory
+    while not d.exists() and d != d.parent:
+        d = d.parent
+    return shutil.disk_usage(d).free
+
+
+def require_space(directory: Path, need: int, what: str) -> None:
+    """Refuse to start `what` when `directory`'s filesystem has less than `need` bytes free."""
+    free = free_bytes(directory)
+    if free < need:
+        raise SetupError(f"not enough space in {directory} for {what}: needs about {_mib(need)}, "
+                         f"{_mib(free)} free")
+
+
+def full_disk_error(e: OSError, directory: Path, need: int, what: str) -> SetupError:
+    """The one-line SetupError for an ENOSPC/EDQUOT met while writing `what`."""
+    return SetupError(f"no space left in {directory} while writing {what}: needs about "
+                      f"{_mib(need)}, {_mib(free_bytes(directory))} free")
+
+
+@contextlib.contextmanager
+def locked(lock_file: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive flock on `lock_file` (made if missing) for `what`.
+
+    If another run holds it, say so once and wait: the other run's own
+    deadlines bound the wait, and its death releases the lock.
+    """
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"buddylab: waiting for another run ({what}, lock {lock_file})",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def private_dir(final: Path) -> Path:
+    """A fresh directory next to `final` (same filesystem) to build it in."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+
+
+def publish_dir(staging: Path, final: Path) -> bool:
+    """Rename `staging` to `final`; False (and `staging` removed) if another run got there first."""
+    try:
+        os.rename(staging, final)
+        return True
+    except OSError as e:
+        if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+            raise
+        shutil.rmtree(staging, ignore_errors=True)
+        return False
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write `path` through a private temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, mode)
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def run_tool(cmd: Sequence[str], what: str, timeout: float, cwd: Path | None = None,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `cmd` with a deadline; past it, kill its whole process group and raise SetupError.
+
+    The output is captured (text); the caller judges the exit status.
+    """
+    try:
+        proc = subprocess.Popen(list(cmd), cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+    except FileNotFoundError as e:
+        raise SetupError(f"{what}: {cmd[0]} not found") from e
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        raise SetupError(f"{what} did not finish within {timeout:.0f} s and was stopped "
+                         f"({' '.join(cmd[:2])} ...)") from None
+    except BaseException:
+        _kill_group(proc)
+        raise
+    return subprocess.CompletedProcess(list(cmd), proc.returncode, out, err)
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+
+
+def says_disk_full(output: str) -> bool:
+    """Whether a tool's output reports a full filesystem (its errno text)."""
+    return os.strerror(errno.ENOSPC) in output or os.strerror(errno.EDQUOT) in output

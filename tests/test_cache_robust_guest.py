@@ -1,0 +1,55 @@
+"""Overlapping cold runs on one empty cache, and a command past its deadline (boot the real guest)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from buddylab import errors
+from buddylab.kernel.recipe import load_kernel_pins
+
+pytestmark = pytest.mark.qemu
+
+
+def _buddylab(*args: str, env: dict[str, str] | None = None,
+              timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "buddylab.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_command_past_its_deadline_prints_one_message_and_no_traceback(prepared):
+    proc = _buddylab("run", "--timeout", "3", "sleep 10")
+    assert proc.returncode == errors.EXIT_GUEST_TIMEOUT, proc.stderr
+    assert proc.stderr.strip() == "buddylab: guest command timed out after 3 s: sleep 10"
+
+
+def test_two_cold_runs_at_once_on_one_empty_cache_both_pass(tmp_path: Path):
+    """Download, extraction, module build, image and boot, twice at the same time."""
+    cache = tmp_path / "cache"
+    env = {**os.environ, "BUDDYLAB_CACHE": str(cache)}
+    runs = []
+    for n in (1, 2):
+        env_n = {**env, "BUDDYLAB_RESULTS": str(tmp_path / f"results{n}")}
+        runs.append(subprocess.Popen([sys.executable, "-m", "buddylab.cli", "qemu-test"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=env_n))
+    outputs = [run.communicate(timeout=1200) for run in runs]
+    for run, (out, err) in zip(runs, outputs):
+        assert run.returncode == 0, out[-2000:] + err[-3000:]
+        assert "verdict: PASS" in out
+    # Both used the one build of the one kernel, each fetched with the recipe's own apt.
+    builds = {line.rsplit("module build ", 1)[1] for out, _ in outputs
+              for line in out.splitlines() if line.startswith("buddylab: kernel ")}
+    assert len(builds) == 1, builds
+    # They did overlap: one waited for the other's lock.
+    assert any("buddylab: waiting for another run" in err for _, err in outputs)
+    pins = load_kernel_pins()
+    assert (cache / "apt" / pins.name / "sources.list").is_file()
+    assert not (cache / "apt" / "sources.list").exists()
+    assert [p.name for p in (cache / "build").iterdir()] == list(builds)
+    # No private staging directory or file was left behind.
+    assert not [p for p in cache.rglob(".*tmp-*")]
