@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -20,6 +21,7 @@ from pathlib import Path
 from buddylab import cachefs, errors
 from buddylab.guest.session import Prepared, Session, Timings, boot, prepare
 from buddylab.kernel.recipe import DEFAULT_KERNEL, load_kernel_pins
+from buddylab.paths import cache_dir, results_root
 from buddylab.results import RunMetadata, new_run_dir, write_json, write_text
 
 
@@ -257,7 +259,8 @@ def main(argv: list[str] | None = None, guest: Guest = Guest()) -> int:
         # A full disk met where no stage expected it: still one line, exit 3.
         if e.errno not in cachefs.FULL_ERRNOS:
             raise
-        where = Path(e.filename).parent if e.filename else "the cache or results directory"
+        where = (Path(e.filename).parent if e.filename
+                 else f"{results_root()} or {cache_dir()} or {tempfile.gettempdir()}")
         print(f"buddylab: no space left in {where}: {e.strerror}", file=sys.stderr)
         return errors.EXIT_SETUP
 

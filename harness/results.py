@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from buddylab.errors import SetupError
 from buddylab.paths import results_root
 
 
@@ -42,12 +44,17 @@ def new_run_dir(kind: str) -> Path:
 
 def write_json(path: Path, data: object) -> None:
     """Write via a temporary file and rename, so no reader sees half a result."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    tmp.rename(path)
+    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    try:
+        tmp.write_text(text)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise SetupError(f"no space left in {path.parent} for {path.name}: needs about "
+                             f"{max(len(text.encode()) >> 10, 1)} KiB") from e
+        raise
     tmp.rename(path)

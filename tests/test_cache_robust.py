@@ -260,3 +260,18 @@ def test_a_replaced_host_key_or_image_is_never_reused(kernel, module_ko, tmp_pat
     assert second.initramfs != first.initramfs
     manifest = json.loads(second.initramfs.with_suffix(".json").read_text())
     assert manifest["host_key"] == f"{second.host_key.key_type} {second.host_key.public_b64}"
+
+
+def test_results_on_a_full_disk_give_one_line_and_exit_3(tmp_path: Path):
+    """A write no stage checked for (the results) meets ENOSPC: still exit 3, no traceback."""
+    capture = Path(__file__).parent / "fixtures" / "tracerun" / "small-1cpu"
+    with _tiny_filesystem(tmp_path / "full", size="64k") as full:
+        with contextlib.suppress(OSError), (full / "filler").open("wb", buffering=0) as f:
+            while True:
+                f.write(bytes(4096))
+        proc = _buddylab("trace-replay", "--from", str(capture),
+                         env={"BUDDYLAB_RESULTS": str(full / "results")})
+        assert proc.returncode == errors.EXIT_SETUP, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"buddylab: no space left in {full}"), lines
+        assert "Traceback" not in proc.stderr

@@ -7,6 +7,7 @@ from an orderly power-off to QMP `quit` to SIGKILL.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -94,6 +95,7 @@ class SerialLog:
         self._text = ""
         self._cond = threading.Condition()
         self.closed = False
+        self.write_error = False
         self._thread = threading.Thread(target=self._pump, daemon=True)
         self._thread.start()
 
@@ -104,9 +106,15 @@ class SerialLog:
                 chunk = os.read(fd, 65536)
             except OSError:
                 chunk = b""
-            if chunk:
-                self._file.write(chunk)
-                self._file.flush()
+            if chunk and not self._file.closed:
+                try:
+                    self._file.write(chunk)
+                    self._file.flush()
+                except OSError:
+                    # A full disk: the log in memory (self._text) goes on.
+                    self.write_error = True
+                    with contextlib.suppress(OSError):
+                        self._file.close()
             with self._cond:
                 if chunk:
                     self._text += chunk.decode(errors="replace")
@@ -114,7 +122,9 @@ class SerialLog:
                     self.closed = True
                 self._cond.notify_all()
             if not chunk:
-                self._file.close()
+                if not self._file.closed:
+                    with contextlib.suppress(OSError):
+                        self._file.close()
                 return
 
     @property
