@@ -24,7 +24,10 @@ class RunMetadata:
     module_build: str = ""  # the content-keyed build directory the module came from
 
     def as_json(self) -> dict[str, object]:
-        return asdict(self)
+        data = asdict(self)
+        if not self.module_build:       # no guest, no module
+            del data["module_build"]
+        return data
 
 
 def new_run_dir(kind: str) -> Path:
