@@ -28,6 +28,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -89,6 +90,26 @@ def private_dir(final: Path) -> Path:
     """A fresh directory next to `final` (same filesystem) to build it in."""
     final.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+
+
+def remove_stale_staging(parent: Path, older_than: float) -> None:
+    """Remove private staging entries (see private_dir) in `parent` older than `older_than` s.
+
+    A run killed mid-way leaves its staging directory behind; one older than
+    the longest a live run can take (its deadlines) belongs to no live run.
+    """
+    now = time.time()
+    for p in parent.glob(".*.tmp-*"):
+        try:
+            if now - p.lstat().st_mtime <= older_than:
+                continue
+        except FileNotFoundError:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
 
 
 def publish_dir(staging: Path, final: Path) -> bool:

@@ -49,7 +49,13 @@ def test_two_source_dirs_never_get_each_others_build(kernel, tmp_path: Path, mon
     with (clone_b / "buddylab.c").open("a") as f:
         f.write('MODULE_INFO(buddylab_clone, "b");\n')
 
+    # What a build killed mid-way leaves: its private staging directory.
+    dead = cachefs.private_dir(cache_dir() / "build" / "x")
+    (dead / "buddylab.o").write_bytes(b"half")
+    os.utime(dead, (0, 0))
+
     ko_a = kbuild.build_module(kernel, clone_a)
+    assert not dead.exists()
     ko_b = kbuild.build_module(kernel, clone_b)
     assert ko_a.parent != ko_b.parent
     assert b"buddylab_clone=b" in _modinfo(ko_b)
@@ -67,6 +73,17 @@ def test_two_source_dirs_never_get_each_others_build(kernel, tmp_path: Path, mon
     again = kbuild.build_module(kernel, clone_a)
     assert again == ko_a and ko_a.read_bytes()[:4] == b"\x7fELF"
     assert not [p for p in ko_a.parent.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_only_staging_older_than_the_deadline_is_removed(tmp_path: Path):
+    old = cachefs.private_dir(tmp_path / "a")
+    fresh = cachefs.private_dir(tmp_path / "b")
+    done = tmp_path / "c"
+    done.mkdir()
+    for d in (old, done):
+        os.utime(d, (0, 0))
+    cachefs.remove_stale_staging(tmp_path, older_than=600)
+    assert not old.exists() and fresh.exists() and done.exists()
 
 
 def test_every_input_is_part_of_the_key(kernel, tmp_path: Path):

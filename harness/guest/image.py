@@ -212,6 +212,7 @@ def build_image(kernel: Kernel, module: Path) -> GuestImage:
     # The image is about as large as what goes into it.
     need = sum(p.stat().st_size for p in inputs) + cachefs.MIB
     cachefs.require_space(images, need, "the guest image")
+    cachefs.remove_stale_staging(images, older_than=PRUNE_AGE)
     tmp = cachefs.private_dir(target)
     try:
         with (tmp / target.name).open("wb") as f:

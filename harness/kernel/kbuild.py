@@ -111,6 +111,8 @@ def build_module(kernel: Kernel, src_dir: Path | None = None, force: bool = Fals
     if not force and _reusable(final, inputs):
         return final / ko_name
     cachefs.require_space(final.parent, BUILD_SPACE, "the module build")
+    # A live build ends within its deadline: older staging is a killed run's.
+    cachefs.remove_stale_staging(final.parent, older_than=2 * MAKE_TIMEOUT)
     staging = cachefs.private_dir(final)
     try:
         _make(kernel, src_dir, staging, final)

@@ -283,6 +283,8 @@ def provision_kernel(pins: KernelPins) -> Kernel:
                 debs = fetch_debs(pins.debs, pins.suites, cache_dir() / "debs",
                                   cache_dir() / "apt" / pins.name)
                 base.mkdir(parents=True, exist_ok=True)
+                # Under the lock no other run extracts here: any staging left is a dead run's.
+                cachefs.remove_stale_staging(base, older_than=0)
                 _extract(list(debs.values()), base, root)
                 try:
                     cachefs.write_atomic(stamp, _stamp(pins).encode())
