@@ -236,7 +236,9 @@ def _installed_size(debs: list[Path]) -> int:
 
 def _extract(debs: list[Path], base: Path, root: Path) -> None:
     """Extract `debs` into a private directory and rename it to `root`."""
-    need = _installed_size(debs)
+    # Thousands of small header files take more blocks than Installed-Size
+    # says (debian-5.10-cloud: 137 MiB declared, 164 MiB by du): a quarter more.
+    need = _installed_size(debs) * 5 // 4
     cachefs.require_space(base, need, "the extracted kernel")
     staging = cachefs.private_dir(root)
     try:
