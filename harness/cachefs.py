@@ -15,6 +15,11 @@ parallel) may share one cache.  The rules every stage follows:
   hits ENOSPC is turned into the same kind of error;
 - every external program runs with a deadline, in its own process group,
   which is killed as a whole when the deadline passes.
+
+A new kind of cache entry (a saved guest, say) follows the same pattern:
+a name keyed by everything it depends on, `private_dir()` or
+`write_atomic()` to make it, `publish_dir()` to put it in place, a check of
+its content before reuse, and `locked()` only where two makers would clash.
 """
 
 from __future__ import annotations
