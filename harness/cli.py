@@ -22,6 +22,7 @@ from buddylab import cachefs, errors
 from buddylab.guest.session import Prepared, Session, Timings, boot, prepare
 from buddylab.kernel.recipe import DEFAULT_KERNEL, load_kernel_pins
 from buddylab.paths import cache_dir, results_root
+from buddylab.report.output import add_output_options, outputs
 from buddylab.results import RunMetadata, new_run_dir, write_json, write_text
 
 
@@ -76,6 +77,12 @@ def _metadata(command: str, opts: GuestOptions, prepared: Prepared | None) -> Ru
                        prepared.module.parent.name)
 
 
+def _properties(opts: GuestOptions, prepared: Prepared | None, command: str) -> dict[str, str]:
+    """What a result's suites say about the run (KTAP diagnostics, JUnit properties)."""
+    meta = _metadata(command, opts, prepared).as_json()
+    return {"recipe": opts.kernel, **{k: str(v) for k, v in meta.items() if k != "command"}}
+
+
 def _print_timings(timings: Timings, total: float) -> None:
     parts = ", ".join(f"{name} {secs:.2f}s" for name, secs in timings.stages.items())
     print(f"stages: {parts}; total {total:.2f}s")
@@ -112,33 +119,53 @@ def _no_args(p: argparse.ArgumentParser) -> None:
     pass
 
 
+def _qemu_test_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--from", dest="from_dir", type=Path, metavar="DIR",
+                   help="check the guest output an earlier run saved in DIR (no guest is booted)")
+    p.add_argument("--plant-failure", action="store_true",
+                   help="make one check expect a wrong figure (alloc_pages_exact keeping one page "
+                        "more): the run must fail with exit 1, which proves a CI pipeline sees failures")
+    add_output_options(p)
+
+
 def qemu_test(args: argparse.Namespace) -> int:
     from buddylab.experiments import downfall
 
     opts = guest_options(args)
-    start = time.monotonic()
-    timings = Timings()
-    prepared = args.guest.prepare(pins=load_kernel_pins(opts.kernel), timings=timings)
-    print(f"buddylab: kernel {prepared.kernel.release}, accelerator {prepared.accel} "
-          f"({prepared.accel_why}), module build {prepared.module.parent.name}", flush=True)
-    run_dir = new_run_dir("qemu-test")
-    with args.guest.boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
-                         ready_timeout=opts.boot_timeout, timings=timings,
-                         keep_dir=run_dir) as session:
-        with timings.stage("experiment"):
-            report = downfall.run(session)
-    total = time.monotonic() - start
-    text = downfall.format_report(report)
-    result = {**_metadata("qemu-test", opts, prepared).as_json(), "experiment": "downfall",
-              "passed": report.passed, "timings": {**timings.stages, "total": total},
-              **downfall.report_json(report)}
-    write_json(run_dir / "result.json", result)
-    write_text(run_dir / "report.txt", text)
-    print(text)
-    _print_timings(timings, total)
-    print(f"results: {run_dir}")
-    print("verdict: PASS" if report.passed else "verdict: FAIL")
-    return errors.EXIT_OK if report.passed else errors.EXIT_CHECKS_FAILED
+    if args.from_dir is not None and args.plant_failure:
+        raise errors.UsageError("--plant-failure applies to a new run; a saved output keeps "
+                                "the expectations it was run with")
+    with outputs(args, "downfall", _properties(opts, None, "qemu-test")) as out:
+        start = time.monotonic()
+        timings = Timings()
+        prepared = None
+        if args.from_dir is not None:
+            report = downfall.load(args.from_dir)
+            out.run_dir = run_dir = new_run_dir("qemu-test")
+        else:
+            prepared = args.guest.prepare(pins=load_kernel_pins(opts.kernel), timings=timings)
+            print(f"buddylab: kernel {prepared.kernel.release}, accelerator {prepared.accel} "
+                  f"({prepared.accel_why}), module build {prepared.module.parent.name}", flush=True)
+            out.run_dir = run_dir = new_run_dir("qemu-test")
+            with args.guest.boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
+                                 ready_timeout=opts.boot_timeout, timings=timings,
+                                 keep_dir=run_dir) as session:
+                with timings.stage("experiment"):
+                    report = downfall.run(session, downfall.Expectations(planted=args.plant_failure))
+        total = time.monotonic() - start
+        text = downfall.format_report(report)
+        suite = downfall.suite(report, _properties(opts, prepared, "qemu-test"), total)
+        result = {**_metadata("qemu-test", opts, prepared).as_json(), "experiment": "downfall",
+                  "passed": report.passed, "timings": {**timings.stages, "total": total},
+                  **downfall.report_json(report), "suite": suite.as_json()}
+        downfall.save(report, run_dir)
+        write_json(run_dir / "result.json", result)
+        write_text(run_dir / "report.txt", text)
+        print(text)
+        _print_timings(timings, total)
+        print(f"results: {run_dir}")
+        print("verdict: PASS" if report.passed else "verdict: FAIL")
+        return out.finish([suite], run_dir)
 
 
 def _accuracy_args(p: argparse.ArgumentParser) -> None:
@@ -148,6 +175,7 @@ def _accuracy_args(p: argparse.ArgumentParser) -> None:
                    help="operations between two exact dumps (%(default)s, at most 1000)")
     p.add_argument("--trace", action="store_true",
                    help="record the kmem tracepoints too and apply what else the kernel did")
+    add_output_options(p)
 
 
 def accuracy_command(args: argparse.Namespace) -> int:
@@ -157,49 +185,59 @@ def accuracy_command(args: argparse.Namespace) -> int:
     if not 1 <= args.ops <= 1_000_000 or not 1 <= args.chunk <= 1000:
         raise errors.UsageError("--ops must be 1..1000000 and --chunk 1..1000")
     request = accuracy.AccuracyRequest(args.seed, args.ops, args.chunk, args.trace)
-    prepared = args.guest.prepare(pins=load_kernel_pins(opts.kernel))
-    run_dir = new_run_dir("accuracy")
-    with args.guest.boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
-                         ready_timeout=opts.boot_timeout, keep_dir=run_dir) as session:
-        result = accuracy.measure(session, request)
-    table = accuracy.format_table(result, request.seed)
-    write_json(run_dir / "result.json",
-               accuracy.result_json(result, request, _metadata("accuracy", opts, prepared)))
-    write_text(run_dir / "report.txt", table + "\n")
-    print(table)
-    print(f"results: {run_dir}")
-    return errors.EXIT_OK
+    with outputs(args, "accuracy", _properties(opts, None, "accuracy")) as out:
+        start = time.monotonic()
+        prepared = args.guest.prepare(pins=load_kernel_pins(opts.kernel))
+        out.run_dir = run_dir = new_run_dir("accuracy")
+        with args.guest.boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
+                             ready_timeout=opts.boot_timeout, keep_dir=run_dir) as session:
+            result = accuracy.measure(session, request)
+        table = accuracy.format_table(result, request.seed)
+        suite = accuracy.suite(result, request, _properties(opts, prepared, "accuracy"),
+                               time.monotonic() - start)
+        write_json(run_dir / "result.json",
+                   {**accuracy.result_json(result, request, _metadata("accuracy", opts, prepared)),
+                    "suite": suite.as_json()})
+        write_text(run_dir / "report.txt", table + "\n")
+        print(table)
+        print(f"results: {run_dir}")
+        return out.finish([suite], run_dir)
 
 
 def _trace_replay_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="from_dir", type=Path, metavar="DIR",
                    help="replay a capture saved by an earlier run (no guest is booted)")
+    add_output_options(p)
 
 
 def trace_replay_command(args: argparse.Namespace) -> int:
     from buddylab.experiments import trace_replay
 
     opts = guest_options(args)
-    prepared = None
-    if args.from_dir is not None:
-        cap = trace_replay.load_capture(args.from_dir)
-        run_dir = new_run_dir("trace-replay")
-    else:
-        prepared = args.guest.prepare(pins=load_kernel_pins(opts.kernel))
-        run_dir = new_run_dir("trace-replay")
-        with args.guest.boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
-                             ready_timeout=opts.boot_timeout, keep_dir=run_dir) as session:
-            cap = trace_replay.capture(session)
-        trace_replay.save_capture(cap, run_dir / "capture")
-    result = trace_replay.replay_capture(cap)
-    text = trace_replay.format_result(result)
-    write_json(run_dir / "result.json",
-               {**_metadata("trace-replay", opts, prepared).as_json(),
-                **trace_replay.result_json(result)})
-    write_text(run_dir / "report.txt", text + "\n")
-    print(text)
-    print(f"results: {run_dir}")
-    return errors.EXIT_OK
+    with outputs(args, "trace-replay", _properties(opts, None, "trace-replay")) as out:
+        start = time.monotonic()
+        prepared = None
+        if args.from_dir is not None:
+            cap = trace_replay.load_capture(args.from_dir)
+            out.run_dir = run_dir = new_run_dir("trace-replay")
+        else:
+            prepared = args.guest.prepare(pins=load_kernel_pins(opts.kernel))
+            out.run_dir = run_dir = new_run_dir("trace-replay")
+            with args.guest.boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
+                                 ready_timeout=opts.boot_timeout, keep_dir=run_dir) as session:
+                cap = trace_replay.capture(session)
+            trace_replay.save_capture(cap, run_dir / "capture")
+        result = trace_replay.replay_capture(cap)
+        text = trace_replay.format_result(result)
+        suite = trace_replay.suite(result, _properties(opts, prepared, "trace-replay"),
+                                   time.monotonic() - start)
+        write_json(run_dir / "result.json",
+                   {**_metadata("trace-replay", opts, prepared).as_json(),
+                    **trace_replay.result_json(result), "suite": suite.as_json()})
+        write_text(run_dir / "report.txt", text + "\n")
+        print(text)
+        print(f"results: {run_dir}")
+        return out.finish([suite], run_dir)
 
 
 @dataclass(frozen=True)
@@ -213,7 +251,7 @@ class Command:
 
 COMMANDS = (
     Command("qemu-test", "boot the real kernel and run the downfall-case experiment",
-            _no_args, qemu_test),
+            _qemu_test_args, qemu_test),
     Command("accuracy", "share of generated operations each model predicts exactly",
             _accuracy_args, accuracy_command),
     Command("trace-replay", "replay an ordinary workload's kmem trace from an exact dump",

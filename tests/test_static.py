@@ -61,7 +61,11 @@ FORBIDDEN = {
     "models": {"kernel", "guest", "experiments", "cli"},
     "kernel": {"guest", "records", "models", "experiments", "cli"},
     "guest": {"records", "models", "experiments", "cli"},
-    "experiments": {"cli"},
+    "experiments": {"cli", "ci"},
+    # CI front ends (matrix, LAVA) drive experiments; only the cli drives them.
+    "ci": {"cli"},
+    # Results and their formats: base, no stage.
+    "report": {"kernel", "guest", "records", "models", "experiments", "ci", "cli"},
     "errors": {"kernel", "guest", "records", "models", "experiments", "cli", "allocator",
                "protocol", "paths", "results"},
     "allocator": {"kernel", "guest", "records", "models", "experiments", "cli"},

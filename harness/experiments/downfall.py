@@ -9,9 +9,14 @@ under zone->lock) are compared with the 5.10 model's prediction from the
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 
-from buddylab.allocator import GFP_TYPES
+from buddylab.allocator import GFP_TYPES, get_order
+from buddylab.errors import RecordError, SetupError
+from buddylab.results import write_text
+from buddylab.report import Case, Measurement, Suite
 from buddylab.models import kernel_state, operations
 from buddylab.records import kmod
 from buddylab import protocol
@@ -23,6 +28,44 @@ PAGE_SIZE = 4096
 REQUEST_BYTES = 132 * 1024
 # What a clean kernel log must not contain after the experiment.
 KERNEL_LOG_PROBLEMS = ("WARNING:", "BUG:", "Oops", "page allocation failure", "Call Trace")
+
+
+@dataclass(frozen=True)
+class Expectations:
+    """What the checks expect of the kernel; printed at the head of the guest's output.
+
+    `planted` makes one check expect a wrong figure (one page more kept by
+    alloc_pages_exact): a real run whose check fails, for proving that a CI
+    pipeline sees the failure (`--plant-failure`).
+    """
+
+    planted: bool = False
+
+    @property
+    def asked(self) -> int:
+        return -(-REQUEST_BYTES // PAGE_SIZE)
+
+    @property
+    def taken(self) -> int:
+        return 1 << get_order(REQUEST_BYTES)
+
+    @property
+    def kept_exact(self) -> int:
+        return self.asked + (1 if self.planted else 0)
+
+    def header(self) -> str:
+        return f"downfall expect_asked={self.asked} expect_taken={self.taken} expect_kept={self.kept_exact}"
+
+    @classmethod
+    def parse(cls, line: str) -> Expectations:
+        m = re.fullmatch(r"downfall expect_asked=(\d+) expect_taken=(\d+) expect_kept=(\d+)",
+                         line.strip())
+        if not m:
+            raise RecordError(f"not a downfall header: {line.strip()[:200]!r}")
+        expect = cls(planted=int(m[3]) != cls().asked)
+        if expect.header() != line.strip():
+            raise RecordError(f"downfall header expects other figures than 132 KiB gives: {line.strip()!r}")
+        return expect
 
 
 @dataclass(frozen=True)
@@ -71,7 +114,13 @@ class OpResult:
 class Report:
     operations: list[OpResult] = field(default_factory=list)
     kernel_log_problems: list[str] = field(default_factory=list)
-    checks: list[tuple[str, bool]] = field(default_factory=list)
+    cases: list[Case] = field(default_factory=list)
+    expect: Expectations = field(default_factory=Expectations)
+    guest_output: str = ""       # what the guest printed: `analyse` reads it again
+
+    @property
+    def checks(self) -> list[tuple[str, bool]]:
+        return [(c.name, c.status.value == "ok") for c in self.cases]
 
     @property
     def passed(self) -> bool:
@@ -131,30 +180,54 @@ def evaluate(op: Operation, record: kmod.OpRecord, kept: int) -> OpResult:
     )
 
 
-def _guest_script() -> str:
-    """One SSH command: load, capture the exact state, run both operations, read, unload.
+def guest_script(expect: Expectations = Expectations()) -> str:
+    """The guest's part, one shell command: load, capture, run both operations, read, unload.
 
     `exec N< file` opens a dump in the shell itself: the module captures
     the image at open(2), so no forked process runs between the capture and
     the operations, and the module allocates nothing between two of them.
+    The output starts with the expectations, so a saved output (or one read
+    back from a LAVA job's log) is checked as it was when it ran.
     """
     cmds = " && ".join(f"echo '{op.command}' >&7" for op in OPERATIONS)
     capture = protocol.exact_dump_script(cmds, reads=("cat allocs", "cat log"))
-    return (f"dmesg -c > /dev/null; {protocol.insmod()} && {capture} && cd / "
+    return (f"echo '{expect.header()}' && echo {protocol.SEPARATOR} && "
+            f"dmesg -c > /dev/null; {protocol.insmod()} && {capture} && cd / "
             f"&& echo free_all > {protocol.DEBUGFS}/control && rmmod {protocol.MODULE_NAME} "
             f"&& echo {protocol.SEPARATOR} && dmesg")
 
 
-def run(session: Session) -> Report:
+def run(session: Session, expect: Expectations = Expectations()) -> Report:
     """Load the module, run both operations, read the records, unload."""
-    out = session.run(_guest_script()).check().stdout
-    zones_t, pageblocks_t, dump_t, allocs_t, log_t, dmesg = protocol.split_output(out, 6)
+    return analyse(session.run(guest_script(expect)).check().stdout)
+
+
+GUEST_OUTPUT = "guest-output.txt"
+
+
+def save(report: Report, directory: Path) -> None:
+    """Keep what the guest printed, so the run can be checked again without a guest (`load`)."""
+    write_text(directory / GUEST_OUTPUT, report.guest_output)
+
+
+def load(directory: Path) -> Report:
+    """The report of a guest output saved by `save` (a run directory, or the file itself)."""
+    path = directory / GUEST_OUTPUT if directory.is_dir() else directory
+    if not path.is_file():
+        raise SetupError(f"{directory}: no saved guest output ({GUEST_OUTPUT})")
+    return analyse(path.read_text())
+
+
+def analyse(out: str) -> Report:
+    """The report of a guest's output (from `guest_script`): records parsed, models run, checked."""
+    header, zones_t, pageblocks_t, dump_t, allocs_t, log_t, dmesg = protocol.split_output(out, 7)
+    expect = Expectations.parse(header)
     infos = protocol.parse_part("zones", kmod.parse_zones, zones_t)
     pageblocks = protocol.parse_part("pageblocks", kmod.parse_pageblocks, pageblocks_t)
     dump = protocol.parse_part("freelists", kmod.parse_freelists, dump_t)
     allocs = protocol.parse_part("allocs", kmod.parse_allocs, allocs_t)
     log = protocol.parse_part("log", kmod.parse_log, log_t)
-    report = Report()
+    report = Report(expect=expect, guest_output=out)
     records = [r for r in log.ops if r.verb == "alloc"]
     kept = {a.id: a.pages for a in allocs}
     if records:
@@ -184,18 +257,45 @@ def _page_verdict(outcome: operations.OpOutcome) -> str:
 
 
 def _checks(report: Report, allocs: list[kmod.AllocRecord], records: list) -> None:
-    c = report.checks
-    c.append(("both allocations succeeded", len(records) == 2 and all(r.ret == 0 for r in records)
-              and len(allocs) == 2))
+    c = report.cases
+    e = report.expect
+    rets = [r.ret for r in records]
+    c.append(Case.check("both allocations succeeded",
+                        len(records) == 2 and all(r == 0 for r in rets) and len(allocs) == 2,
+                        f"{len(records)} allocation records (returns {rets}), {len(allocs)} held",
+                        [Measurement("allocations held", len(allocs))]))
     if len(report.operations) == 2:
         plain, exact_op = report.operations
-        c.append(("alloc_pages took 64 pages for 33 asked (124 KiB wasted)",
-                  plain.pages_taken == 64 and plain.pages_kept == 64 and plain.pages_asked == 33))
-        c.append(("alloc_pages_exact kept 33 pages", exact_op.pages_kept == 33))
+        wasted_kib = (e.taken - e.asked) * PAGE_SIZE // 1024
+        c.append(Case.check(
+            f"alloc_pages took {e.taken} pages for {e.asked} asked ({wasted_kib} KiB wasted)",
+            plain.pages_taken == e.taken and plain.pages_kept == e.taken and plain.pages_asked == e.asked,
+            f"took {plain.pages_taken}, kept {plain.pages_kept} for {plain.pages_asked} asked",
+            [Measurement("pages taken", plain.pages_taken, "pages"),
+             Measurement("wasted", (plain.pages_kept - plain.pages_asked) * PAGE_SIZE // 1024, "KiB")]))
+        c.append(Case.check(
+            f"alloc_pages_exact kept {e.kept_exact} pages", exact_op.pages_kept == e.kept_exact,
+            f"kept {exact_op.pages_kept}",
+            [Measurement("pages kept", exact_op.pages_kept, "pages"),
+             Measurement("per-CPU list", exact_op.pcp_after - exact_op.pcp_before, "pages")]))
         for r in report.operations:
-            c.append((f"5.10 model predicted {r.label} page for page", r.page_model == "match"))
-    c.append(("kernel log clean (no WARN, BUG, Oops, allocation failure)",
-              not report.kernel_log_problems))
+            c.append(Case.check(
+                f"5.10 model predicted {r.label} page for page", r.page_model == "match",
+                f"page model: {r.page_model}",
+                [Measurement("kernel pfn", r.pfn), Measurement("predicted pfn", str(r.pfn_predicted)),
+                 Measurement("split order", str(r.observed_order_split))],
+                r.page_model_differences))
+    c.append(Case.check("kernel log clean (no WARN, BUG, Oops, allocation failure)",
+                        not report.kernel_log_problems,
+                        f"{len(report.kernel_log_problems)} problem lines", (),
+                        report.kernel_log_problems))
+
+
+def suite(report: Report, properties: dict[str, str] | None = None,
+          duration: float | None = None) -> Suite:
+    """The report as a test suite: one case per check; the textbook's verdicts as figures."""
+    figures = [Measurement(f"textbook model, {r.label}", r.textbook) for r in report.operations]
+    return Suite("downfall", tuple(report.cases), properties or {}, tuple(figures), duration)
 
 
 def report_json(report: Report) -> dict[str, object]:
@@ -225,6 +325,7 @@ def format_report(report: Report) -> str:
         lines += [f"    ~ {d}" for d in r.textbook_differences]
         lines.append("")
     lines.append("checks:")
-    lines += [f"  [{'ok' if ok else 'FAIL'}] {name}" for name, ok in report.checks]
+    lines += [f"  [{c.status.value if c.status.value != 'fail' else 'FAIL'}] {c.name}"
+              + (f": {c.reason}" if c.reason else "") for c in report.cases]
     lines += [f"  kernel log: {line}" for line in report.kernel_log_problems]
     return "\n".join(lines)

@@ -20,6 +20,7 @@ from buddylab.models import kernel_state
 from buddylab.records import kmod
 from buddylab.records import procfs
 from buddylab.errors import RecordError, SetupError
+from buddylab.report import Case, Measurement, Suite
 from buddylab.results import write_text
 from buddylab.models.kmem_replay import ReplayReport, KmemTraceReplayer, block_share
 from buddylab.guest.session import Session
@@ -171,3 +172,23 @@ def format_result(result: TraceResult) -> str:
     else:
         lines.append("  the final dump is identical, list order included")
     return "\n".join(lines)
+
+
+def suite(result: TraceResult, properties: dict[str, str] | None = None,
+          duration: float | None = None) -> Suite:
+    """Three checks: every take predicted, every free block right, the final dump identical."""
+    r = result.report
+    events = Measurement("events replayed", result.events_replayed)
+    cases = (
+        Case.check("the kernel took the block the model predicted, every time", r.mismatch_count == 0,
+                   f"{r.mismatch_count} takes differed", [events], r.mismatches[:20]),
+        Case.check("every free block right at the end", result.blocks_right == result.blocks_kernel,
+                   f"{result.blocks_right} of {result.blocks_kernel} right",
+                   [Measurement("free blocks right", result.blocks_right),
+                    Measurement("free blocks in the kernel", result.blocks_kernel)]),
+        Case.check("final dump identical, list order included", not result.list_differences,
+                   f"{len(result.list_differences)} differences (first ones in the details)", (),
+                   result.list_differences[:20]),
+    )
+    figures = (Measurement("events skipped", len(r.skipped)),)
+    return Suite("trace-replay", cases, properties or {}, figures, duration)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from buddylab import protocol
 from buddylab.experiments.accuracy.guestrun import enable_tracing, run_chunk
-from buddylab.experiments.accuracy.report import AccuracyRequest, format_table, result_json
+from buddylab.experiments.accuracy.report import AccuracyRequest, format_table, result_json, suite
 from buddylab.experiments.accuracy.scoring import Accuracy, evaluate
 from buddylab.experiments.accuracy.workload import generate
 from buddylab.guest.session import Session
 
-__all__ = ["Accuracy", "AccuracyRequest", "format_table", "measure", "result_json"]
+__all__ = ["Accuracy", "AccuracyRequest", "format_table", "measure", "result_json", "suite"]
 
 
 def measure(session: Session, request: AccuracyRequest) -> Accuracy:

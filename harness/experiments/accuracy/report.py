@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from buddylab.experiments.accuracy.scoring import Accuracy, Tally
+from buddylab.report import Case, Measurement, Suite
 from buddylab.results import RunMetadata
 
 
@@ -47,3 +48,21 @@ def format_table(result: Accuracy, seed: int) -> str:
             lines.append(f"  op {d.seq} `{d.command}`: {d.cause}")
             lines += [f"      {w}" for w in d.what]
     return "\n".join(lines)
+
+
+def suite(result: Accuracy, request: AccuracyRequest, properties: dict[str, str] | None = None,
+          duration: float | None = None) -> Suite:
+    """The check: the page model predicted every operation; the other models' shares as figures."""
+    page = result.page
+    details = [f"op {d.seq} `{d.command}`: {d.cause}" for d in result.divergences[:20]]
+    case = Case.check(
+        "5.10 model, page for page, predicted every operation exactly", page.exact == page.ops,
+        f"{page.ops - page.exact} of {page.ops} operations not predicted exactly",
+        [Measurement("operations", page.ops), Measurement("exact", page.exact),
+         Measurement("share", round(100 * page.share, 2), "%")], details)
+    figures = (Measurement("seed", request.seed), Measurement("traced", str(request.traced)),
+               Measurement("5.10 counts-only model exact", round(100 * result.counts.share, 2), "%"),
+               Measurement("textbook model exact", round(100 * result.textbook.share, 2), "%"),
+               Measurement("operations with concurrent events", result.concurrent),
+               Measurement("reordered", result.reordered))
+    return Suite("accuracy", (case,), properties or {}, figures, duration)
