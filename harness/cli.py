@@ -36,10 +36,11 @@ class GuestOptions:
     boot_timeout: float
 
 
-def add_guest_options(p: argparse.ArgumentParser) -> None:
+def add_guest_options(p: argparse.ArgumentParser, kernel: bool = True) -> None:
     g = p.add_argument_group("guest")
-    g.add_argument("--kernel", default=DEFAULT_KERNEL, metavar="RECIPE",
-                   help="kernel recipe, a name in images/ (%(default)s)")
+    if kernel:
+        g.add_argument("--kernel", default=DEFAULT_KERNEL, metavar="RECIPE",
+                       help="kernel recipe, a name in images/ (%(default)s)")
     g.add_argument("--memory", type=int, default=512, metavar="MIB",
                    help="guest memory in MiB, 64..65536 (%(default)s)")
     g.add_argument("--cpus", type=int, default=1, help="guest CPUs, 1..64 (%(default)s)")
@@ -54,7 +55,8 @@ def guest_options(args: argparse.Namespace) -> GuestOptions:
         raise errors.UsageError("--cpus must be between 1 and 64")
     if not 0 < args.boot_timeout <= 3600:
         raise errors.UsageError("--boot-timeout must be more than 0 and at most 3600 seconds")
-    return GuestOptions(args.kernel, args.memory, args.cpus, args.boot_timeout)
+    return GuestOptions(getattr(args, "kernel", DEFAULT_KERNEL), args.memory, args.cpus,
+                        args.boot_timeout)
 
 
 @dataclass(frozen=True)
@@ -240,6 +242,20 @@ def trace_replay_command(args: argparse.Namespace) -> int:
         return out.finish([suite], run_dir)
 
 
+def _matrix_args(p: argparse.ArgumentParser) -> None:
+    from buddylab.ci import matrix
+
+    matrix.add_arguments(p)
+    add_guest_options(p, kernel=False)
+
+
+def matrix_command(args: argparse.Namespace) -> int:
+    from buddylab.ci import matrix
+
+    opts = guest_options(args)
+    return matrix.main(args, opts.memory_mib, opts.cpus, opts.boot_timeout)
+
+
 @dataclass(frozen=True)
 class Command:
     name: str
@@ -258,6 +274,8 @@ COMMANDS = (
             _trace_replay_args, trace_replay_command),
     Command("run", "boot the guest, load nothing, run one shell command in it",
             _run_args, run_command),
+    Command("matrix", "run experiments on several kernels at once; one table, KTAP and JUnit",
+            _matrix_args, matrix_command, boots_guest=False),
 )
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from buddylab import errors
 from buddylab.experiments import downfall
-from buddylab.kernel.kunit_tool import kunit_parse
+from buddylab.kernel.kunit_tool import ensure_kunit_tool
 from buddylab.report import Case, Measurement, Suite, exit_code, junit, ktap, suite_from_json
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -31,7 +31,7 @@ def buddylab(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def kunit_cases(ktap_file: Path, tmp_path: Path) -> tuple[int, dict[str, dict[str, str]]]:
     """kunit.py parse --json: its exit status and, per top-level test, each case's status."""
     out = tmp_path / "kunit.json"
-    script = Path(kunit_parse.__globals__["ensure_kunit_tool"]())
+    script = ensure_kunit_tool()
     proc = subprocess.run([sys.executable, str(script), "parse", f"--json={out}", str(ktap_file)],
                           capture_output=True, text=True, cwd=script.parent)
     data = json.loads(out.read_text())

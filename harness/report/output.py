@@ -1,6 +1,7 @@
 """The result options every experiment command shares: --ktap [FILE], --junit FILE.
 
-Each run directory gets `result.ktap` and `junit.xml` beside `result.json`;
+Each run directory gets `result.ktap`, `junit.xml` and `suites.json` (the
+suites as JSON, which the matrix reads) beside `result.json`;
 `--ktap` and `--junit` write them where CI wants them too.  `--ktap` without
 a file prints KTAP on stdout and moves the human report to stderr, so the
 stream parses as it is.  When the experiment cannot run to its checks
@@ -20,7 +21,7 @@ from pathlib import Path
 from buddylab import errors
 from buddylab.report import junit, ktap
 from buddylab.report.model import Suite, exit_code
-from buddylab.results import write_text
+from buddylab.results import write_json, write_text
 
 
 def add_output_options(p: argparse.ArgumentParser) -> None:
@@ -38,6 +39,7 @@ def write_outputs(suites: Sequence[Suite], run_dir: Path | None, ktap_to: str | 
     ktap_text = ktap.render(suites, group_by=group)
     junit_text = junit.render(suites)
     if run_dir is not None:
+        write_json(run_dir / "suites.json", [s.as_json() for s in suites])
         write_text(run_dir / "result.ktap", ktap_text)
         write_text(run_dir / "junit.xml", junit_text)
     if ktap_to == "-":
@@ -71,9 +73,9 @@ class Outputs:
             if target and target != "-" and not Path(target).parent.is_dir():
                 raise errors.UsageError(f"{target}: no such directory")
 
-    def finish(self, suites: Sequence[Suite], run_dir: Path | None) -> int:
+    def finish(self, suites: Sequence[Suite], run_dir: Path | None, group_kernels: bool = False) -> int:
         """Write every format; the exit code the suites call for (0, or 1 if a check failed)."""
-        write_outputs(suites, run_dir, self.ktap_to, self.junit_to, stdout=self._stdout)
+        write_outputs(suites, run_dir, self.ktap_to, self.junit_to, group_kernels, self._stdout)
         self.finished = True
         return exit_code(suites)
 

@@ -1,0 +1,1 @@
+"""Kernel CI front ends: a matrix of kernels run at once, and LAVA jobs for labs."""
