@@ -6,7 +6,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: qemu-test test bench host-deps venv clean
+.PHONY: qemu-test test bench host-deps lava-deps venv clean
 
 qemu-test: venv
 	$(VENV)/bin/buddylab qemu-test
@@ -20,6 +20,10 @@ bench: venv
 
 host-deps:
 	@bash images/install-host-deps.sh
+
+# Optional: LAVA's dispatcher (lava-run), for the LAVA tests (skipped without it).
+lava-deps:
+	@bash images/install-host-deps.sh images/lava-packages.txt
 
 venv: host-deps $(STAMP)
 

@@ -256,6 +256,31 @@ def matrix_command(args: argparse.Namespace) -> int:
     return matrix.main(args, opts.memory_mib, opts.cpus, opts.boot_timeout)
 
 
+def _lava_job_args(p: argparse.ArgumentParser) -> None:
+    from buddylab.ci import lava_commands
+
+    lava_commands.add_job_arguments(p)
+
+
+def lava_job_command(args: argparse.Namespace) -> int:
+    from buddylab.ci import lava_commands
+
+    opts = guest_options(args)
+    return lava_commands.job_main(args, opts.kernel, opts.memory_mib, opts.cpus)
+
+
+def _lava_results_args(p: argparse.ArgumentParser) -> None:
+    from buddylab.ci import lava_commands
+
+    lava_commands.add_results_arguments(p)
+
+
+def lava_results_command(args: argparse.Namespace) -> int:
+    from buddylab.ci import lava_commands
+
+    return lava_commands.results_main(args)
+
+
 @dataclass(frozen=True)
 class Command:
     name: str
@@ -276,6 +301,10 @@ COMMANDS = (
             _run_args, run_command),
     Command("matrix", "run experiments on several kernels at once; one table, KTAP and JUnit",
             _matrix_args, matrix_command, boots_guest=False),
+    Command("lava-job", "write a LAVA job that runs the downfall case on a lab's QEMU device",
+            _lava_job_args, lava_job_command),
+    Command("lava-results", "read a LAVA job's log back into the checks (KTAP, JUnit, JSON)",
+            _lava_results_args, lava_results_command, boots_guest=False),
 )
 
 

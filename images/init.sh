@@ -1,6 +1,9 @@
 #!/bin/sh
 # /init of the buddylab guest: mounts, network, dropbear, then waits forever.
 # Markers on the console tell the host how far it got.
+# With bl_console=shell on the kernel command line (a LAVA job, where the
+# test shell runs on the serial console), no network and no sshd: a root
+# shell on the console instead.
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 
 mount -t proc proc /proc
@@ -10,6 +13,19 @@ mkdir -p /dev/pts
 mount -t devpts devpts /dev/pts
 mount -t debugfs debugfs /sys/kernel/debug
 mount -t tmpfs tmpfs /tmp
+
+for word in $(cat /proc/cmdline); do
+	case "$word" in
+	bl_console=shell)
+		export PS1='buddylab# ' HOME=/root
+		cd /
+		echo "BUDDYLAB-CONSOLE-SHELL"
+		# setsid makes the shell a session leader with ttyS0 as its
+		# controlling tty (cttyhack), so it has job control; respawned.
+		while :; do setsid cttyhack /bin/sh; done
+		;;
+	esac
+done
 
 # In dependency order; the image holds the *_dev ones only for kernels that
 # have them (6.1, not 5.10).

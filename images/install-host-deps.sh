@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Install the Debian packages buddylab needs on the host, only those missing.
+# Install the Debian packages buddylab needs on the host, only those missing:
+# those of images/host-packages.txt, or of the list given as the argument
+# (images/lava-packages.txt for the optional LAVA tests).
 # Uses the host's own apt as it is configured; changes no apt configuration.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-mapfile -t wanted < <(grep -v '^\s*#' "$here/host-packages.txt" | grep -v '^\s*$')
+list=${1:-$here/host-packages.txt}
+mapfile -t wanted < <(grep -v '^\s*#' "$list" | grep -v '^\s*$')
 missing=()
 for pkg in "${wanted[@]}"; do
 	status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
