@@ -176,3 +176,25 @@ def test_qemu_test_ktap_on_stdout_has_every_check(tmp_path: Path):
     assert rc == 0 and len(cases) == 6
     assert found == {"downfall": {c["name"]: "PASS" for c in cases}}
     assert ET.parse(tmp_path / "junit.xml").getroot().get("tests") == "6"
+
+
+def test_the_ci_job_file_runs_what_exists():
+    """.github/workflows/kernel-ci.yml: its make targets and buddylab commands exist."""
+    import re
+
+    import yaml
+
+    from buddylab.cli import COMMANDS
+    from buddylab.paths import images_dir
+
+    repo = Path(__file__).resolve().parent.parent
+    workflow = yaml.safe_load((repo / ".github" / "workflows" / "kernel-ci.yml").read_text())
+    (job,) = workflow["jobs"].values()
+    runs = " ".join(step.get("run", "") for step in job["steps"])
+    makefile = (repo / "Makefile").read_text()
+    targets = [step["run"].split()[1] for step in job["steps"] if step.get("run", "").startswith("make ")]
+    assert targets and all(re.search(rf"^{t}:", makefile, re.M) for t in targets)
+    commands = re.findall(r"buddylab (\S+)", runs)
+    assert commands and set(commands) <= {c.name for c in COMMANDS}
+    for kernel in job["env"]["KERNELS"].split(","):
+        assert (images_dir() / f"{kernel}.toml").is_file()
