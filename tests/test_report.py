@@ -198,3 +198,18 @@ def test_the_ci_job_file_runs_what_exists():
     assert commands and set(commands) <= {c.name for c in COMMANDS}
     for kernel in job["env"]["KERNELS"].split(","):
         assert (images_dir() / f"{kernel}.toml").is_file()
+
+
+def test_model_checks_are_skipped_on_a_kernel_the_model_does_not_follow(tmp_path: Path):
+    text = (GOLDEN / "guest-output.txt").read_text()
+    header = text.splitlines()[0]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "guest-output.txt").write_text(text.replace(header, header + " kernel=6.1.0-57-cloud-amd64", 1))
+    proc = buddylab(tmp_path, "qemu-test", "--from", str(other), "--ktap", str(tmp_path / "r.ktap"))
+    assert proc.returncode == errors.EXIT_OK, proc.stdout + proc.stderr
+    ktap_text = (tmp_path / "r.ktap").read_text()
+    skip = "# SKIP the page model follows Linux 5.10, the kernel is 6.1.0-57-cloud-amd64"
+    assert ktap_text.count(skip) == 2
+    rc, found = kunit_cases(tmp_path / "r.ktap", tmp_path)
+    assert rc == 0 and sorted(found["downfall"].values()) == ["PASS"] * 4 + ["SKIP"] * 2
