@@ -182,7 +182,8 @@ def run_matrix(root: Path, jobs: Sequence[Job], parallel: int, guest_args: Seque
         say(f"matrix: done  {job.name}: exit {result.exit_code} in {result.seconds:.1f}s")
         return result
 
-    with _stopping(runner), ThreadPoolExecutor(max_workers=parallel) as pool:
+    # On an interrupt the children are told to stop first; then the pool waits for them.
+    with ThreadPoolExecutor(max_workers=parallel) as pool, _stopping(runner):
         return list(pool.map(one, jobs))
 
 
