@@ -123,6 +123,7 @@ class Runner:
         self.guest_args = list(guest_args)
         self._procs: set[subprocess.Popen[bytes]] = set()
         self._lock = threading.Lock()
+        self.stopped = False
 
     def run(self, job: Job) -> JobResult:
         results = self.root / job.directory
@@ -133,9 +134,11 @@ class Runner:
                 *self.guest_args, *job.args]
         start = time.monotonic()
         with open(results / f"{job.command}.log", "wb") as log:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                    stderr=subprocess.STDOUT, env=env, preexec_fn=_child_setup)
             with self._lock:
+                if self.stopped:          # interrupted before this job started
+                    return JobResult(job, 130, 0.0, None)
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                        stderr=subprocess.STDOUT, env=env, preexec_fn=_child_setup)
                 self._procs.add(proc)
             rc = proc.wait()
             with self._lock:
@@ -166,6 +169,7 @@ class Runner:
 
     def stop(self) -> None:
         with self._lock:
+            self.stopped = True
             for proc in self._procs:
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(signal.SIGTERM)
