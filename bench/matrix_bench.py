@@ -7,7 +7,9 @@ Every kernel is made ready first (not timed); then each kernel's
 `buddylab qemu-test --kernel K` is timed alone (whole process, median of
 --runs), then `buddylab matrix --kernels A,B,C -j N` (median of --runs).
 The figure of merit is the matrix's time over the slowest single kernel's.
-Uses $BUDDYLAB_CACHE as it is; results go to a temporary directory.
+A run that fails (e.g. a guest that panics at boot on an overloaded host)
+is not timed; it is counted and its last line printed.  Uses
+$BUDDYLAB_CACHE as it is; results go to a temporary directory.
 """
 
 from __future__ import annotations
@@ -24,15 +26,26 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def timed(argv: list[str], results: Path) -> float:
+FAILED: list[str] = []
+
+
+def timed(argv: list[str], results: Path) -> float | None:
     env = dict(os.environ, BUDDYLAB_RESULTS=str(results))
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "buddylab.cli", *argv], cwd=REPO, env=env,
                           capture_output=True, text=True)
     wall = time.monotonic() - start
     if proc.returncode != 0:
-        sys.exit(f"{' '.join(argv)} failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        why = next((line for line in proc.stderr.splitlines() if line.startswith("buddylab:")), "")
+        FAILED.append(f"{' '.join(argv)}: exit {proc.returncode} {why}")
+        return None
     return wall
+
+
+def _stats(values: list[float]) -> str:
+    if not values:
+        return f"{'-':>9} {'-':>7} {'-':>7}"
+    return f"{statistics.median(values):>9.2f} {min(values):>7.2f} {max(values):>7.2f}"
 
 
 def main() -> None:
@@ -48,22 +61,25 @@ def main() -> None:
         results = Path(tmp)
         for k in kernels:                       # warm every kernel, untimed
             timed(["qemu-test", "--kernel", k], results)
-        single = {k: [] for k in kernels}
-        matrix = []
+        single: dict[str, list[float]] = {k: [] for k in kernels}
+        matrix: list[float] = []
         for _ in range(args.runs):              # interleaved, so load changes hit both alike
             for k in kernels:
-                single[k].append(timed(["qemu-test", "--kernel", k], results))
-            matrix.append(timed(["matrix", "--kernels", ",".join(kernels), "-j", str(args.jobs)],
-                                results))
+                t = timed(["qemu-test", "--kernel", k], results)
+                single[k] += [t] if t is not None else []
+            t = timed(["matrix", "--kernels", ",".join(kernels), "-j", str(args.jobs)], results)
+            matrix += [t] if t is not None else []
     print(f"{'run':<40} {'median s':>9} {'min s':>7} {'max s':>7}")
     for k, values in single.items():
-        print(f"{'qemu-test --kernel ' + k:<40} {statistics.median(values):>9.2f} "
-              f"{min(values):>7.2f} {max(values):>7.2f}")
-    name = f"matrix ({len(kernels)} kernels, -j {args.jobs})"
-    print(f"{name:<40} {statistics.median(matrix):>9.2f} {min(matrix):>7.2f} {max(matrix):>7.2f}")
-    slowest = max(statistics.median(v) for v in single.values())
-    print(f"matrix / slowest single kernel: {statistics.median(matrix) / slowest:.2f}"
-          f" (cores: {len(os.sched_getaffinity(0))}, load average: {os.getloadavg()[0]:.1f})")
+        print(f"{'qemu-test --kernel ' + k:<40} {_stats(values)}")
+    print(f"{f'matrix ({len(kernels)} kernels, -j {args.jobs})':<40} {_stats(matrix)}")
+    if matrix and all(single.values()):
+        slowest = max(statistics.median(v) for v in single.values())
+        print(f"matrix / slowest single kernel: {statistics.median(matrix) / slowest:.2f}")
+    print(f"cores: {len(os.sched_getaffinity(0))}, load average (1 min) at the end: "
+          f"{os.getloadavg()[0]:.1f}; failed runs, not timed: {len(FAILED)}")
+    for f in FAILED:
+        print(f"  {f}")
 
 
 if __name__ == "__main__":
