@@ -117,10 +117,6 @@ def run_command(args: argparse.Namespace) -> int:
     return result.rc
 
 
-def _no_args(p: argparse.ArgumentParser) -> None:
-    pass
-
-
 def _qemu_test_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="from_dir", type=Path, metavar="DIR",
                    help="check the guest output an earlier run saved in DIR (no guest is booted)")
