@@ -31,7 +31,7 @@ GARBAGE = "garbage 1 2 3 : not a record\n"
 # (the rest, e.g. dmesg, is free text).  `accuracy --trace` parses the same
 # parts as `accuracy`, and a trace: only the trace is corrupted there.
 PARSED = {
-    "qemu-test": ("zones", "pageblocks", "freelists", "allocs", "log"),
+    "qemu-test": ("header", "zones", "pageblocks", "freelists", "allocs", "log"),
     "accuracy": ("zones", "pageblocks", "freelists", "log", "allocs"),
     "accuracy-trace": ("zones", "pageblocks", "freelists", "log", "allocs", "trace"),
     "trace-replay": ("zones", "pageblocks", "freelists-first", "freelists-last", "zoneinfo", "trace"),
@@ -140,7 +140,7 @@ def test_a_log_with_an_operation_missing(tmp_path: Path, monkeypatch: pytest.Mon
 def test_a_dump_block_in_no_listed_zone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                         capsys: pytest.CaptureFixture[str]):
     """A dump that parses but names a zone its zone list lacks: exit 6, not a KeyError."""
-    t = _with_part(TRANSCRIPTS["qemu-test"], FIRST_DUMP["qemu-test"], 0, lambda s: _drop_lines(s, "DMA32"))
+    t = _with_part(TRANSCRIPTS["qemu-test"], FIRST_DUMP["qemu-test"], 1, lambda s: _drop_lines(s, "DMA32"))
     rc, err = run_cli(RUNS["qemu-test"], replay_guest(t)[0], tmp_path, monkeypatch, capsys)
     assert_one_clear_line(rc, err, errors.EXIT_BAD_RECORDS, "DMA32")
 
