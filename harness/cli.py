@@ -34,6 +34,7 @@ class GuestOptions:
     memory_mib: int
     cpus: int
     boot_timeout: float
+    fresh_boot: bool = False
 
 
 def add_guest_options(p: argparse.ArgumentParser, kernel: bool = True) -> None:
@@ -46,6 +47,8 @@ def add_guest_options(p: argparse.ArgumentParser, kernel: bool = True) -> None:
     g.add_argument("--cpus", type=int, default=1, help="guest CPUs, 1..64 (%(default)s)")
     g.add_argument("--boot-timeout", type=float, default=60.0, metavar="S",
                    help="deadline for boot to SSH in seconds (%(default)s)")
+    g.add_argument("--fresh-boot", action="store_true",
+                   help="boot from scratch: neither restore nor save a snapshot of the guest")
 
 
 def guest_options(args: argparse.Namespace) -> GuestOptions:
@@ -56,7 +59,7 @@ def guest_options(args: argparse.Namespace) -> GuestOptions:
     if not 0 < args.boot_timeout <= 3600:
         raise errors.UsageError("--boot-timeout must be more than 0 and at most 3600 seconds")
     return GuestOptions(getattr(args, "kernel", DEFAULT_KERNEL), args.memory, args.cpus,
-                        args.boot_timeout)
+                        args.boot_timeout, getattr(args, "fresh_boot", False))
 
 
 @dataclass(frozen=True)
@@ -72,11 +75,13 @@ class Guest:
     boot: Callable[..., AbstractContextManager[Session]] = boot
 
 
-def _metadata(command: str, opts: GuestOptions, prepared: Prepared | None) -> RunMetadata:
+def _metadata(command: str, opts: GuestOptions, prepared: Prepared | None,
+              session: Session | None = None) -> RunMetadata:
     if prepared is None:
         return RunMetadata(command, opts.kernel, "none", opts.memory_mib, opts.cpus)
+    start = session.start.as_json() if session is not None else None
     return RunMetadata(command, prepared.kernel.release, prepared.accel, opts.memory_mib, opts.cpus,
-                       prepared.module.parent.name)
+                       prepared.module.parent.name, start)
 
 
 def _properties(opts: GuestOptions, prepared: Prepared | None, command: str) -> dict[str, str]:
@@ -110,7 +115,7 @@ def run_command(args: argparse.Namespace) -> int:
             raise errors.SetupError(f"--vmlinuz {args.vmlinuz}: no such file")
         prepared = dataclasses.replace(prepared, vmlinuz=args.vmlinuz.resolve())
     with args.guest.boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
-                         ready_timeout=opts.boot_timeout) as session:
+                         ready_timeout=opts.boot_timeout, fresh_boot=opts.fresh_boot) as session:
         result = session.run(args.shell_command, timeout=args.timeout)
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
@@ -137,6 +142,7 @@ def qemu_test(args: argparse.Namespace) -> int:
         start = time.monotonic()
         timings = Timings()
         prepared = None
+        session = None
         if args.from_dir is not None:
             report = downfall.load(args.from_dir)
             out.run_dir = run_dir = new_run_dir("qemu-test")
@@ -146,14 +152,16 @@ def qemu_test(args: argparse.Namespace) -> int:
                   f"({prepared.accel_why}), module build {prepared.module.parent.name}", flush=True)
             out.run_dir = run_dir = new_run_dir("qemu-test")
             with args.guest.boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
-                                 ready_timeout=opts.boot_timeout, timings=timings,
-                                 keep_dir=run_dir) as session:
+                                 ready_timeout=opts.boot_timeout, fresh_boot=opts.fresh_boot,
+                                 timings=timings, keep_dir=run_dir) as session:
+                print(f"buddylab: guest {session.start.describe()}", flush=True)
                 with timings.stage("experiment"):
                     report = downfall.run(session, downfall.Expectations(planted=args.plant_failure))
         total = time.monotonic() - start
         text = downfall.format_report(report)
         suite = downfall.suite(report, _properties(opts, prepared, "qemu-test"), total)
-        result = {**_metadata("qemu-test", opts, prepared).as_json(), "experiment": "downfall",
+        result = {**_metadata("qemu-test", opts, prepared, session).as_json(),
+                  "experiment": "downfall",
                   "passed": report.passed, "timings": {**timings.stages, "total": total},
                   **downfall.report_json(report), "suite": suite.as_json()}
         downfall.save(report, run_dir)
@@ -188,13 +196,15 @@ def accuracy_command(args: argparse.Namespace) -> int:
         prepared = args.guest.prepare(pins=load_kernel_pins(opts.kernel))
         out.run_dir = run_dir = new_run_dir("accuracy")
         with args.guest.boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
-                             ready_timeout=opts.boot_timeout, keep_dir=run_dir) as session:
+                             ready_timeout=opts.boot_timeout, fresh_boot=opts.fresh_boot,
+                             keep_dir=run_dir) as session:
             result = accuracy.measure(session, request)
         table = accuracy.format_table(result, request.seed)
         suite = accuracy.suite(result, request, _properties(opts, prepared, "accuracy"),
                                time.monotonic() - start)
         write_json(run_dir / "result.json",
-                   {**accuracy.result_json(result, request, _metadata("accuracy", opts, prepared)),
+                   {**accuracy.result_json(result, request,
+                                           _metadata("accuracy", opts, prepared, session)),
                     "suite": suite.as_json()})
         write_text(run_dir / "report.txt", table + "\n")
         print(table)
@@ -215,6 +225,7 @@ def trace_replay_command(args: argparse.Namespace) -> int:
     with outputs(args, "trace-replay", _properties(opts, None, "trace-replay")) as out:
         start = time.monotonic()
         prepared = None
+        session = None
         if args.from_dir is not None:
             cap = trace_replay.load_capture(args.from_dir)
             out.run_dir = run_dir = new_run_dir("trace-replay")
@@ -222,7 +233,8 @@ def trace_replay_command(args: argparse.Namespace) -> int:
             prepared = args.guest.prepare(pins=load_kernel_pins(opts.kernel))
             out.run_dir = run_dir = new_run_dir("trace-replay")
             with args.guest.boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
-                                 ready_timeout=opts.boot_timeout, keep_dir=run_dir) as session:
+                                 ready_timeout=opts.boot_timeout, fresh_boot=opts.fresh_boot,
+                                 keep_dir=run_dir) as session:
                 cap = trace_replay.capture(session)
             trace_replay.save_capture(cap, run_dir / "capture")
         result = trace_replay.replay_capture(cap)
@@ -230,7 +242,7 @@ def trace_replay_command(args: argparse.Namespace) -> int:
         suite = trace_replay.suite(result, _properties(opts, prepared, "trace-replay"),
                                    time.monotonic() - start)
         write_json(run_dir / "result.json",
-                   {**_metadata("trace-replay", opts, prepared).as_json(),
+                   {**_metadata("trace-replay", opts, prepared, session).as_json(),
                     **trace_replay.result_json(result), "suite": suite.as_json()})
         write_text(run_dir / "report.txt", text + "\n")
         print(text)

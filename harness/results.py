@@ -22,11 +22,16 @@ class RunMetadata:
     memory_mib: int
     cpus: int
     module_build: str = ""  # the content-keyed build directory the module came from
+    # How the guest came up (buddylab.guest.snapshot.StartState.as_json): booted
+    # or restored, and whether from the snapshot's reference state.
+    start: dict[str, object] | None = None
 
     def as_json(self) -> dict[str, object]:
         data = asdict(self)
         if not self.module_build:       # no guest, no module
             del data["module_build"]
+        if self.start is None:          # no guest: nothing came up
+            del data["start"]
         return data
 
 

@@ -1,5 +1,5 @@
 #!/bin/sh
-# /init of the buddylab guest: mounts, network, dropbear, then waits forever.
+# /init of the buddylab guest: mounts, network, then bl-resume (SSH), forever.
 # Markers on the console tell the host how far it got.
 # With bl_console=shell on the kernel command line (a LAVA job, where the
 # test shell runs on the serial console), no network and no sshd: a root
@@ -41,25 +41,13 @@ ip link set lo up
 ip link set eth0 up
 ip addr add 10.0.2.15/24 dev eth0
 
-# The host hands this boot's client key over on the command line
-# (bl_sshkey=<type>:<base64>), so the cached image holds no client key.
-for word in $(cat /proc/cmdline); do
-	case "$word" in
-	bl_sshkey=*) key=${word#bl_sshkey=} ;;
-	esac
-done
-if [ -n "$key" ]; then
-	echo "${key%%:*} ${key#*:}" > /root/.ssh/authorized_keys
-	chmod 600 /root/.ssh/authorized_keys
-fi
-
-dropbear -s -r /etc/dropbear/host_key -p 22 -P /run/dropbear.pid
-# dropbear daemonises before it listens: wait for the listening socket
-# (port 22 = 0016, state 0A = LISTEN) before telling the host.
-while ! grep -q ':0016 00000000:0000 0A' /proc/net/tcp; do
-	usleep 2000
-done
-echo "BUDDYLAB-SSHD-READY"
+# bl-resume (images/guest-tools/bl-resume.c) waits until the kernel is
+# quiet, prints BUDDYLAB-WAIT-RESUME (where the host may snapshot the guest),
+# reads the host's resume line from the console (entropy seed, time, this
+# run's client key), then serves SSH with `dropbear -i` and prints
+# BUDDYLAB-SSHD-READY.  No SSH server runs before the reseed.
+bl-resume /etc/dropbear/host_key
+echo "BUDDYLAB-INIT-FAILED bl-resume exited"
 
 while :; do
 	sleep 3600

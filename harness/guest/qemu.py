@@ -30,6 +30,9 @@ from buddylab.kernel.bzimage import check_bzimage
 
 QEMU = "qemu-system-x86_64"
 READY_MARKER = "BUDDYLAB-SSHD-READY"
+# Printed by the guest's bl-resume at its quiet point, before it reads the
+# host's resume line from the console (images/guest-tools/bl-resume.c).
+WAIT_MARKER = "BUDDYLAB-WAIT-RESUME"
 INIT_FAILED_MARKER = "BUDDYLAB-INIT-FAILED"
 # What the kernel prints when it oopses or panics (oops=panic turns every
 # oops into a panic; panic=-1 with -no-reboot then ends QEMU).
@@ -171,11 +174,14 @@ class Qemu:
         self.qmp: QEMUMonitorProtocol | None = None
         self._stderr_path = workdir / "qemu.stderr"
 
-    def start(self, qmp_timeout: float = 10.0) -> None:
+    def start(self, qmp_timeout: float = 10.0, incoming: bool = False) -> None:
+        """Start QEMU; with `incoming`, it waits for QMP migrate-incoming (a restore)."""
         self.qmp = QEMUMonitorProtocol(str(self.qmp_path), server=True)
         stderr = self._stderr_path.open("wb")
+        argv = self.config.argv(self.qmp_path) + (["-incoming", "defer"] if incoming else [])
+        # stdin is the guest console's input (the resume line, images/init.sh).
         self.proc = subprocess.Popen(
-            self.config.argv(self.qmp_path), stdin=subprocess.DEVNULL,
+            argv, stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=stderr, preexec_fn=_die_with_parent,
         )
         stderr.close()
@@ -199,16 +205,29 @@ class Qemu:
         assert isinstance(reply, dict)
         return str(reply["status"])
 
-    def wait_ready(self, timeout: float) -> None:
-        """Wait for the guest's SSH-ready marker; raise on crash, exit or deadline."""
+    def console_write(self, data: bytes) -> None:
+        """Type `data` on the guest's serial console."""
+        assert self.proc is not None and self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(data)
+            self.proc.stdin.flush()
+        except OSError as e:
+            raise GuestCrashed(f"QEMU exited before the guest read its console "
+                               f"({self.stderr_text() or e})", self.serial_tail()) from e
+
+    def serial_tail(self) -> str:
+        return self.serial.tail() if self.serial is not None else ""
+
+    def wait_ready(self, timeout: float, marker: str = READY_MARKER) -> None:
+        """Wait for the guest's `marker` (SSH ready); raise on crash, exit or deadline."""
         assert self.serial is not None
-        stop_at = (READY_MARKER, INIT_FAILED_MARKER, *CRASH_MARKERS)
+        stop_at = (marker, INIT_FAILED_MARKER, *CRASH_MARKERS)
         seen = self.serial.wait_for(lambda t: any(m in t for m in stop_at), timeout)
         self.check_crash()
         text = self.serial.text
         if INIT_FAILED_MARKER in text:
             raise SetupError(f"guest /init failed:\n{self.serial.tail()}")
-        if READY_MARKER in text:
+        if marker in text:
             return
         if self.serial.closed:
             raise GuestCrashed(f"QEMU exited before the guest was ready "
@@ -253,6 +272,11 @@ class Qemu:
             except Exception:
                 pass
             self.qmp = None
+        if self.proc.stdin is not None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
         if self.serial is not None:
             self.serial.join(2.0)
 

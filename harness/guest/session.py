@@ -16,12 +16,13 @@ from typing import Iterator
 
 from buddylab.kernel import elfcheck
 from buddylab.kernel.recipe import KernelPins, load_kernel_pins
-from buddylab.errors import BuddylabError, GuestTimeout
+from buddylab.errors import BuddylabError
 from buddylab.guest.image import GuestImage, HostKey, build_image
 from buddylab.protocol import GUEST_MODULE_PATH
 from buddylab.kernel.kbuild import build_module
 from buddylab.kernel.provision import Kernel, provision_kernel
 from buddylab.guest.qemu import Qemu, QemuConfig, free_port, probe_kvm
+from buddylab.guest.snapshot import StartState, start_guest
 from buddylab.guest.workdir import private_workdir
 from buddylab.guest.ssh import ClientKey, CommandResult, GuestShell, make_client_key
 
@@ -72,8 +73,10 @@ class Session:
     """A running guest: QEMU, its serial log, and one SSH connection."""
 
     def __init__(self, qemu: Qemu, shell: GuestShell, workdir: Path, timings: Timings,
-                 host_key: HostKey, client_key: ClientKey) -> None:
+                 host_key: HostKey, client_key: ClientKey, start: StartState) -> None:
         self.qemu = qemu
+        # Booted or restored, and whether from the snapshot's reference state.
+        self.start = start
         self.shell = shell
         self.workdir = workdir
         self.timings = timings
@@ -100,50 +103,59 @@ class Session:
 def boot(prepared: Prepared, memory_mib: int = 512, cpus: int = 1,
          ready_timeout: float = 60.0, extra_append: list[str] | None = None,
          timings: Timings | None = None, keep_dir: Path | None = None,
-         ) -> Iterator[Session]:
-    """Boot the prepared guest and yield a Session; QEMU is gone on exit."""
+         fresh_boot: bool = False) -> Iterator[Session]:
+    """Bring the prepared guest up and yield a Session; QEMU is gone on exit.
+
+    The guest is restored from a snapshot of an earlier boot of the same
+    guest when there is one (buddylab.guest.snapshot), unless `fresh_boot`.
+    """
     timings = timings or Timings()
     with private_workdir() as workdir:
         client_key = make_client_key(workdir)
         config = QemuConfig(prepared.vmlinuz, prepared.image.initramfs,
                             memory_mib=memory_mib, cpus=cpus, accel=prepared.accel,
-                            ssh_port=free_port(),
-                            extra_append=[client_key.cmdline_word, *(extra_append or [])])
-        qemu = Qemu(config, workdir)
+                            ssh_port=free_port(), extra_append=list(extra_append or []))
+        qemu: Qemu | None = None
         shell = None
         try:
             with timings.stage("boot to ssh"):
-                qemu.start()
-                qemu.wait_ready(ready_timeout)
-                status = qemu.status()
-                if status != "running":
-                    raise GuestTimeout(f"guest signalled ready but QMP says {status!r}")
-                shell = GuestShell(config.ssh_port, prepared.image.host_key, client_key)
-            yield Session(qemu, shell, workdir, timings, prepared.image.host_key, client_key)
+                started = start_guest(config, workdir, prepared.image.host_key, client_key,
+                                      ready_timeout, fresh_boot)
+                qemu, shell = started.qemu, started.shell
+            yield Session(qemu, shell, workdir, timings, prepared.image.host_key, client_key,
+                          started.start)
         finally:
-            with timings.stage("power-off"):
-                grace = 0.0
-                if shell is not None and qemu.proc is not None and qemu.proc.poll() is None:
-                    # The orderly way out: the guest powers itself off and
-                    # QEMU exits; QMP quit and SIGKILL only if it does not.
-                    try:
-                        shell.start("poweroff -f")
-                        grace = 3.0
-                    except Exception:
-                        pass
-                    shell.close()
-                qemu.stop(grace=grace)
-            if keep_dir is not None and qemu.serial_path.exists():
+            if qemu is not None:
+                with timings.stage("power-off"):
+                    _power_off(qemu, shell)
+            # start_guest stops any QEMU it could not bring up; its log stays.
+            serial = workdir / "serial.log"
+            if keep_dir is not None and serial.exists():
                 keep_dir.mkdir(parents=True, exist_ok=True)
-                (keep_dir / "serial.log").write_bytes(qemu.serial_path.read_bytes())
+                (keep_dir / "serial.log").write_bytes(serial.read_bytes())
+
+
+def _power_off(qemu: Qemu, shell: GuestShell | None) -> None:
+    grace = 0.0
+    if shell is not None and qemu.proc is not None and qemu.proc.poll() is None:
+        # The orderly way out: the guest powers itself off and QEMU exits;
+        # QMP quit and SIGKILL only if it does not.
+        try:
+            shell.start("poweroff -f")
+            grace = 3.0
+        except Exception:
+            pass
+        shell.close()
+    qemu.stop(grace=grace)
 
 
 @contextlib.contextmanager
 def guest_session(ko: Path | None = None, memory_mib: int = 512, cpus: int = 1,
-                  extra_append: list[str] | None = None) -> Iterator[Session]:
+                  extra_append: list[str] | None = None,
+                  fresh_boot: bool = False) -> Iterator[Session]:
     """Prepare and boot in one step (for tests and quick experiments)."""
     timings = Timings()
     prepared = prepare(ko=ko, timings=timings)
     with boot(prepared, memory_mib=memory_mib, cpus=cpus, extra_append=extra_append,
-              timings=timings) as session:
+              timings=timings, fresh_boot=fresh_boot) as session:
         yield session

@@ -35,11 +35,6 @@ class ClientKey:
     key_type: str
     public_b64: str
 
-    @property
-    def cmdline_word(self) -> str:
-        """How /init is handed the key (see images/init.sh)."""
-        return f"bl_sshkey={self.key_type}:{self.public_b64}"
-
 
 def make_client_key(directory: Path) -> ClientKey:
     """A fresh ECDSA key in `directory` (a private temporary directory), mode 0600."""

@@ -1,0 +1,540 @@
+"""Restore a saved, ready guest instead of booting it (QEMU migration to a file).
+
+The first boot for a key (kernel image, initramfs - which holds the module
+build and the guest tools -, QEMU's binary and its arguments: memory, CPUs,
+accelerator, CPU model, kernel command line) stops at the guest's quiet
+point: /init has mounted everything and set up the network, the module is
+*not* loaded (every experiment loads it itself), and `bl-resume`
+(images/guest-tools/bl-resume.c) waits for the page allocator's event
+counters to stand still, then for a resume line on the console.  There the
+guest is paused and saved with QMP `migrate` to an `fd:` pipe read by zstd
+(QEMU 7.2 has no `file:` URI), then continued.  Later runs start QEMU with
+`-incoming defer` and load it with `migrate-incoming` from a pipe fed by
+`zstd -d`; zstd's frame checksum and the recorded size catch a truncated or
+corrupt file, QEMU refuses a stream it cannot load.  A snapshot that cannot
+be restored is thrown away with one line saying why, and the run boots
+fresh.
+
+Whether booted or restored, the guest then gets its resume line on the
+serial console (a channel that exists before SSH does): 64 bytes from the
+host's os.urandom, credited to the kernel's input pool followed by a CRNG
+reseed, the host's time, and this run's client key.  Only then does the
+guest start serving SSH, so dropbear's session keys and everything else
+that asks for randomness see fresh entropy.
+
+Same start: right after SSH is up, the session reads a fingerprint of the
+free-page state (/proc/pagetypeinfo's free counts per zone, migratetype and
+order, each zone's free pages and per-CPU list counts).  The run that saves
+a snapshot records its own as the reference; every restored run says
+whether it started from that state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from buddylab.errors import BuddylabError, GuestTimeout, SetupError
+from buddylab.guest.image import HostKey
+from buddylab.guest.qemu import QEMU, WAIT_MARKER, Qemu, QemuConfig, _die_with_parent
+from buddylab.guest.ssh import ClientKey, GuestShell
+from buddylab.paths import cache_dir
+
+FORMAT = 1
+# Bounds of the snapshot store (cache_dir()/snapshots): at most this many
+# snapshots and this many bytes in all; the least recently used go first.
+MAX_SNAPSHOTS = 6
+MAX_TOTAL_BYTES = 256 << 20
+ZSTD = "zstd"
+ZSTD_LEVEL = 1
+# A restore that takes longer than this is abandoned for a fresh boot.
+RESTORE_TIMEOUT = 30.0
+SEED_BYTES = 64
+# Waits for the kernel to be quiet, then prints pagetypeinfo, "@@", zoneinfo.
+FINGERPRINT_COMMAND = "bl-resume --fingerprint"
+
+
+class SnapshotUnusable(Exception):
+    """A snapshot that cannot be saved or restored; never ends a run."""
+
+
+@dataclass(frozen=True)
+class StartState:
+    """How this run's guest came up, for the result files."""
+
+    how: str                  # "restored", "booted, snapshot saved", "booted"
+    why: str                  # why it booted (no snapshot, --fresh-boot, thrown away: ...)
+    snapshot: str | None      # the snapshot's key
+    fingerprint: str          # digest of the free-page state when SSH came up
+    reference: str | None     # the one recorded when the snapshot was saved
+    differences: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def from_reference(self) -> bool | None:
+        """Whether the run started from the snapshot's reference state (None: no snapshot)."""
+        if self.reference is None:
+            return None
+        return self.fingerprint == self.reference
+
+    def as_json(self) -> dict[str, object]:
+        return {**dataclasses.asdict(self), "from_reference": self.from_reference}
+
+    def describe(self) -> str:
+        if self.how == "restored":
+            same = ("the snapshot's reference state" if self.from_reference
+                    else "a state that differs from the snapshot's reference")
+            return f"restored from snapshot {self.snapshot}, started from {same}"
+        return f"{self.how} ({self.why})"
+
+
+@dataclass(frozen=True)
+class Started:
+    qemu: Qemu
+    shell: GuestShell
+    start: StartState
+
+
+# --- the store ----------------------------------------------------------------
+
+def store_dir() -> Path:
+    return cache_dir() / "snapshots"
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _qemu_identity() -> list[object]:
+    binary = shutil.which(QEMU)
+    if binary is None:
+        raise SetupError(f"{QEMU} not found: install qemu-system-x86 (make host-deps)")
+    real = Path(binary).resolve()
+    st = real.stat()
+    return [str(real), st.st_size, st.st_mtime_ns]
+
+
+def snapshot_key(config: QemuConfig) -> tuple[str, dict[str, object]]:
+    """The key of a guest: everything that makes it, and its description."""
+    argv = dataclasses.replace(config, ssh_port=0).argv(Path("qmp.sock"))
+    desc: dict[str, object] = {
+        "format": FORMAT,
+        "argv": argv,
+        "kernel_sha256": _sha256_file(config.kernel),
+        "initrd_sha256": _sha256_file(config.initrd),
+        "qemu": _qemu_identity(),
+    }
+    key = hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:20]
+    return key, desc
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    key: str
+    directory: Path
+    meta: dict[str, Any]
+
+    @property
+    def state(self) -> Path:
+        return self.directory / "state.zst"
+
+    @property
+    def reference(self) -> str:
+        return str(self.meta["fingerprint"])
+
+    @property
+    def reference_lines(self) -> list[str]:
+        return [str(x) for x in self.meta.get("fingerprint_lines", [])]
+
+
+def _say(message: str) -> None:
+    print(f"buddylab: {message}", file=sys.stderr, flush=True)
+
+
+def _remove(directory: Path) -> None:
+    """Rename out of the way first: a reader sees the whole directory or none."""
+    trash = directory.with_name(f".trash-{directory.name}-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        directory.rename(trash)
+    except OSError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def discard(directory: Path, reason: str) -> None:
+    _say(f"snapshot {directory.name} thrown away: {reason}; booting fresh")
+    _remove(directory)
+
+
+def lookup(key: str) -> Snapshot | None:
+    """The stored snapshot for `key`, None if there is none or it is unusable (thrown away)."""
+    directory = store_dir() / key
+    if not directory.is_dir():
+        return None
+    try:
+        meta = json.loads((directory / "meta.json").read_text())
+        if not isinstance(meta, dict):
+            raise ValueError("not an object")
+    except (OSError, ValueError) as e:
+        discard(directory, f"unreadable meta.json ({e})")
+        return None
+    snap = Snapshot(key, directory, meta)
+    try:
+        size = snap.state.stat().st_size
+    except OSError:
+        discard(directory, "state.zst missing")
+        return None
+    if meta.get("format") != FORMAT or meta.get("key") != key or "fingerprint" not in meta:
+        discard(directory, "meta.json of another format or key")
+        return None
+    if size != meta.get("size"):
+        discard(directory, f"truncated or grown: {size} bytes, {meta.get('size')} saved")
+        return None
+    return snap
+
+
+def _touch(snap: Snapshot) -> None:
+    try:
+        os.utime(snap.directory / "meta.json")
+    except OSError:
+        pass
+
+
+def evict(keep: str | None = None) -> None:
+    """Remove the least recently used snapshots beyond MAX_SNAPSHOTS and MAX_TOTAL_BYTES."""
+    entries = []
+    for d in store_dir().iterdir() if store_dir().is_dir() else []:
+        if d.name.startswith("."):
+            continue
+        try:
+            used = (d / "meta.json").stat().st_mtime
+            size = sum(p.stat().st_size for p in d.iterdir())
+        except OSError:
+            used, size = 0.0, 0
+        entries.append((d.name != keep, -used, size, d))
+    entries.sort(key=lambda e: (e[0], e[1]))
+    total = 0
+    for n, (_, _, size, d) in enumerate(entries):
+        total += size
+        if n >= MAX_SNAPSHOTS or (total > MAX_TOTAL_BYTES and d.name != keep):
+            _remove(d)
+
+
+# --- migration ------------------------------------------------------------------
+
+def _zstd() -> str:
+    path = shutil.which(ZSTD)
+    if path is None:
+        raise SnapshotUnusable("zstd not found (install the Debian package zstd: make host-deps)")
+    return path
+
+
+def _wait_migration(qemu: Qemu, deadline: float) -> None:
+    """Wait for QMP's MIGRATION event `completed`; SnapshotUnusable on failure or deadline."""
+    assert qemu.qmp is not None and qemu.proc is not None
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise SnapshotUnusable("migration did not finish in time")
+        try:
+            event = qemu.qmp.pull_event(wait=min(left, 0.5))
+        except Exception:
+            # No event within the wait (or QMP is gone): did QEMU exit?
+            if qemu.proc.poll() is not None:
+                raise SnapshotUnusable(f"QEMU exited: {_last_line(qemu.stderr_text())}") from None
+            continue
+        if event is None or event.get("event") != "MIGRATION":
+            continue
+        status = event.get("data", {}).get("status")
+        if status == "completed":
+            return
+        if status in ("failed", "cancelled"):
+            raise SnapshotUnusable(f"migration {status}: {_last_line(qemu.stderr_text())}")
+
+
+def _last_line(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "no message"
+
+
+def _send_pipe_end(qemu: Qemu, fd: int, name: str) -> None:
+    assert qemu.qmp is not None
+    qemu.qmp.send_fd_scm(fd)
+    qemu.qmp.cmd("getfd", fdname=name)
+
+
+def _migration_events(qemu: Qemu) -> None:
+    assert qemu.qmp is not None
+    qemu.qmp.cmd("migrate-set-capabilities",
+                 capabilities=[{"capability": "events", "state": True}])
+
+
+@dataclass
+class PendingSnapshot:
+    """A saved state in a private directory, committed once its reference is known."""
+
+    key: str
+    directory: Path
+    meta: dict[str, object]
+
+    def commit(self, lines: list[str]) -> None:
+        meta = {**self.meta, "fingerprint": digest(lines), "fingerprint_lines": lines}
+        (self.directory / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+        target = store_dir() / self.key
+        try:
+            self.directory.rename(target)
+        except OSError:
+            # Another run saved the same key first: keep theirs.
+            shutil.rmtree(self.directory, ignore_errors=True)
+        evict(keep=self.key)
+
+    def abandon(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def save(qemu: Qemu, key: str, desc: dict[str, object], timeout: float = 60.0) -> PendingSnapshot:
+    """Pause the guest at its quiet point, save it through zstd, continue it."""
+    assert qemu.qmp is not None
+    zstd = _zstd()
+    store_dir().mkdir(parents=True, exist_ok=True)
+    directory = store_dir() / f".tmp-{key}-{os.getpid()}"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir()
+    state = directory / "state.zst"
+    start = time.monotonic()
+    read_end, write_end = os.pipe()
+    try:
+        with state.open("wb") as out:
+            comp = subprocess.Popen([zstd, "-q", f"-{ZSTD_LEVEL}", "-c"], stdin=read_end,
+                                    stdout=out, stderr=subprocess.PIPE,
+                                    preexec_fn=_die_with_parent)
+        os.close(read_end)
+        read_end = -1
+        try:
+            _migration_events(qemu)
+            # The default bandwidth cap (32 MiB/s) is for networks, not for a pipe.
+            qemu.qmp.cmd("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
+            _send_pipe_end(qemu, write_end, "bl-save")
+            os.close(write_end)
+            write_end = -1
+            qemu.qmp.cmd("stop")
+            qemu.qmp.cmd("migrate", uri="fd:bl-save")
+            _wait_migration(qemu, start + timeout)
+        finally:
+            if qemu.status() != "running":
+                qemu.qmp.cmd("cont")
+        try:
+            rc = comp.wait(max(1.0, start + timeout - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            comp.kill()
+            raise SnapshotUnusable("zstd did not finish") from None
+        if rc != 0:
+            raise SnapshotUnusable(f"zstd failed: {comp.stderr.read().decode().strip()[:200]}"
+                                   if comp.stderr else "zstd failed")
+        if comp.stderr is not None:
+            comp.stderr.close()
+        seconds = time.monotonic() - start
+    except BaseException:
+        for fd in (read_end, write_end):
+            if fd >= 0:
+                os.close(fd)
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    meta: dict[str, object] = {"format": FORMAT, "key": key, "size": state.stat().st_size,
+                               "compression": f"zstd -{ZSTD_LEVEL}", "save_seconds": seconds,
+                               "created": time.time(), "describes": desc,
+                               "qemu_version": _qemu_version()}
+    return PendingSnapshot(key, directory, meta)
+
+
+def _qemu_version() -> str:
+    try:
+        out = subprocess.run([QEMU, "--version"], capture_output=True, text=True,
+                             timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.splitlines()[0] if out else ""
+
+
+def restore_state(qemu: Qemu, snap: Snapshot, timeout: float) -> None:
+    """Start `qemu` waiting for a migration and load `snap` into it; the guest runs after."""
+    zstd = _zstd()
+    deadline = time.monotonic() + timeout
+    qemu.start(incoming=True)
+    assert qemu.qmp is not None
+    read_end, write_end = os.pipe()
+    try:
+        with snap.state.open("rb") as src:
+            dec = subprocess.Popen([zstd, "-q", "-d", "-c"], stdin=src, stdout=write_end,
+                                   stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
+        os.close(write_end)
+        write_end = -1
+        try:
+            _migration_events(qemu)
+            _send_pipe_end(qemu, read_end, "bl-restore")
+            os.close(read_end)
+            read_end = -1
+            qemu.qmp.cmd("migrate-incoming", uri="fd:bl-restore")
+            _wait_migration(qemu, deadline)
+            # zstd checks its frame checksum at the end: a corrupt file is
+            # refused here even if QEMU happened to load every section.
+            try:
+                rc = dec.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                raise SnapshotUnusable("zstd did not finish") from None
+            if rc != 0:
+                err = dec.stderr.read().decode(errors="replace") if dec.stderr else ""
+                raise SnapshotUnusable(f"zstd: {_last_line(err)}")
+        finally:
+            if dec.poll() is None:
+                dec.kill()
+                dec.wait()
+            if dec.stderr is not None:
+                dec.stderr.close()
+    finally:
+        for fd in (read_end, write_end):
+            if fd >= 0:
+                os.close(fd)
+    # The source was paused when saved, so the loaded guest is paused too.
+    if qemu.status() != "running":
+        qemu.qmp.cmd("cont")
+
+
+# --- resume and fingerprint --------------------------------------------------
+
+def resume_line(client_key: ClientKey) -> bytes:
+    """The line bl-resume reads: seed, time in ns, the client key (images/guest-tools)."""
+    seed = os.urandom(SEED_BYTES).hex()
+    return (f"R {seed} {time.time_ns()} {client_key.key_type} {client_key.public_b64}\n"
+            ).encode()
+
+
+def fingerprint_lines(pagetypeinfo: str, zoneinfo: str) -> list[str]:
+    """The free-page state, one self-describing line per figure: free blocks per
+    zone, migratetype and order (mm/vmstat.c pagetypeinfo_showfree_print), each
+    zone's free pages and each CPU's per-CPU list count (zoneinfo_show_print)."""
+    lines = []
+    for ln in pagetypeinfo.splitlines():
+        words = ln.replace(",", " ").split()
+        if words[:1] == ["Node"] and "type" in words:
+            t = words.index("type")
+            lines.append(f"{words[3]} {words[t + 1]} free blocks by order: "
+                         f"{' '.join(words[t + 2:])}")
+    zone, cpu = "?", "?"
+    for ln in zoneinfo.splitlines():
+        words = ln.replace(",", " ").split()
+        if words[:1] == ["Node"] and "zone" in words:
+            zone = words[words.index("zone") + 1]
+        elif words[:2] == ["pages", "free"]:
+            lines.append(f"{zone} pages free: {words[2]}")
+        elif words[:1] == ["cpu:"]:
+            cpu = words[1]
+        elif words[:1] == ["count:"]:
+            lines.append(f"{zone} cpu {cpu} per-CPU list count: {words[1]}")
+    return lines
+
+
+def fingerprint(shell: GuestShell) -> list[str]:
+    out = shell.run(FINGERPRINT_COMMAND, timeout=30.0).check().stdout
+    pti, _, zi = out.partition("@@\n")
+    lines = fingerprint_lines(pti, zi)
+    if not lines:
+        raise SnapshotUnusable(f"no free-page state in /proc: {out[:200]!r}")
+    return lines
+
+
+def digest(lines: list[str]) -> str:
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+
+def differences(lines: list[str], reference: list[str], limit: int = 8) -> list[str]:
+    """Where a fingerprint differs from the reference, as "now (reference: ...)"."""
+    if len(lines) != len(reference):
+        return [f"{len(lines)} figures, the reference has {len(reference)}"]
+    diffs = [f"{a} (reference: {b.rsplit(': ', 1)[-1]})"
+             for a, b in zip(lines, reference) if a != b]
+    return diffs[:limit] + ([f"... {len(diffs) - limit} more"] if len(diffs) > limit else [])
+
+
+def _resume(qemu: Qemu, host_key: HostKey, client_key: ClientKey,
+            timeout: float) -> tuple[GuestShell, list[str]]:
+    qemu.console_write(resume_line(client_key))
+    qemu.wait_ready(timeout)
+    status = qemu.status()
+    if status != "running":
+        raise GuestTimeout(f"guest signalled ready but QMP says {status!r}")
+    shell = GuestShell(qemu.config.ssh_port, host_key, client_key)
+    try:
+        return shell, fingerprint(shell)
+    except BaseException:
+        shell.close()
+        raise
+
+
+def start_guest(config: QemuConfig, workdir: Path, host_key: HostKey, client_key: ClientKey,
+                ready_timeout: float, fresh_boot: bool = False) -> Started:
+    """A running guest with an SSH shell: restored from a snapshot if one fits, else booted.
+
+    A restore gets at most RESTORE_TIMEOUT; if it fails, the snapshot is
+    thrown away and the fresh boot gets the whole `ready_timeout`.
+    """
+    key: str | None = None
+    desc: dict[str, object] = {}
+    why = "--fresh-boot"
+    if not fresh_boot:
+        key, desc = snapshot_key(config)
+        snap = lookup(key)
+        why = "no snapshot for this guest yet"
+        if snap is not None:
+            qemu = Qemu(config, workdir)
+            try:
+                restore_state(qemu, snap, min(ready_timeout, RESTORE_TIMEOUT))
+                shell, fp = _resume(qemu, host_key, client_key,
+                                    min(ready_timeout, RESTORE_TIMEOUT))
+                _touch(snap)
+                return Started(qemu, shell, StartState(
+                    "restored", "", key, digest(fp), snap.reference,
+                    differences(fp, snap.reference_lines)))
+            except (SnapshotUnusable, BuddylabError, OSError) as e:
+                qemu.stop(grace=0.0)
+                reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+                discard(snap.directory, reason)
+                why = f"snapshot thrown away: {reason}"
+            except BaseException:
+                qemu.stop(grace=0.0)
+                raise
+    qemu = Qemu(config, workdir)
+    pending: PendingSnapshot | None = None
+    try:
+        deadline = time.monotonic() + ready_timeout
+        qemu.start()
+        qemu.wait_ready(ready_timeout, marker=WAIT_MARKER)
+        if key is not None:
+            try:
+                pending = save(qemu, key, desc)
+            except (SnapshotUnusable, OSError) as e:
+                _say(f"snapshot not saved: {e}")
+        shell, fp = _resume(qemu, host_key, client_key, max(1.0, deadline - time.monotonic()))
+        if pending is not None:
+            pending.commit(fp)
+            start = StartState("booted, snapshot saved", why, key, digest(fp), digest(fp))
+        else:
+            start = StartState("booted", why, None, digest(fp), None)
+        return Started(qemu, shell, start)
+    except BaseException:
+        if pending is not None:
+            pending.abandon()
+        qemu.stop(grace=0.0)
+        raise
