@@ -9,7 +9,9 @@ pytestmark = pytest.mark.qemu
 
 
 def test_downfall_case_on_the_real_kernel(prepared):
-    with boot(prepared) as session:
+    """From scratch: a fresh boot (the CLI's qemu-test restores, tests/test_snapshot.py)."""
+    with boot(prepared, fresh_boot=True) as session:
+        assert session.start.how == "booted"
         report = downfall.run(session)
     failed = [name for name, ok in report.checks if not ok]
     assert not failed, downfall.format_report(report)

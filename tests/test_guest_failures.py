@@ -71,8 +71,9 @@ def test_missing_kernel_image_is_a_setup_error(prepared, tmp_path: Path):
     assert "no such file" in proc.stderr
 
 
-def test_panic_is_caught_from_the_serial_log(prepared):
-    proc = _buddylab("run", "echo c > /proc/sysrq-trigger")
+@pytest.mark.parametrize("how", [["--fresh-boot"], []], ids=["fresh-boot", "restored"])
+def test_panic_is_caught_from_the_serial_log(prepared, how: list[str]):
+    proc = _buddylab("run", "echo c > /proc/sysrq-trigger", *how)
     assert proc.returncode == errors.EXIT_GUEST_CRASHED, proc.stderr
     assert "guest kernel crashed" in proc.stderr
     assert "sysrq triggered crash" in proc.stderr  # the serial log's tail is quoted

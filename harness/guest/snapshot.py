@@ -225,11 +225,13 @@ def evict(keep: str | None = None) -> None:
             used, size = 0.0, 0
         entries.append((d.name != keep, -used, size, d))
     entries.sort(key=lambda e: (e[0], e[1]))
-    total = 0
-    for n, (_, _, size, d) in enumerate(entries):
-        total += size
-        if n >= MAX_SNAPSHOTS or (total > MAX_TOTAL_BYTES and d.name != keep):
+    total = kept = 0
+    for _, _, size, d in entries:
+        if d.name != keep and (kept >= MAX_SNAPSHOTS or total + size > MAX_TOTAL_BYTES):
             _remove(d)
+        else:
+            total += size
+            kept += 1
 
 
 # --- migration ------------------------------------------------------------------
