@@ -17,6 +17,7 @@ test: venv
 bench: venv
 	$(VPY) bench/model_bench.py
 	$(VPY) bench/run_bench.py
+	$(VPY) bench/snapshot_bench.py
 
 host-deps:
 	@bash images/install-host-deps.sh

@@ -171,3 +171,17 @@ def test_fresh_boot_neither_restores_nor_saves(prepared):
         assert g.start.how == "booted" and g.start.why == "--fresh-boot"
         assert g.start.from_reference is None
     assert (d / "meta.json").read_bytes() == before
+
+
+def test_half_saved_snapshot_of_a_killed_run_is_removed(tmp_path, monkeypatch):
+    monkeypatch.setenv("BUDDYLAB_CACHE", str(tmp_path))
+    store = snapshot.store_dir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = store / f".tmp-k1-{dead.pid}"
+    mine = store / f".tmp-k2-{os.getpid()}"
+    for d in (stale, mine):
+        d.mkdir(parents=True)
+        (d / "state.zst").write_bytes(b"x")
+    snapshot.evict()
+    assert not stale.exists() and mine.is_dir()

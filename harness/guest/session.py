@@ -136,17 +136,11 @@ def boot(prepared: Prepared, memory_mib: int = 512, cpus: int = 1,
 
 
 def _power_off(qemu: Qemu, shell: GuestShell | None) -> None:
-    grace = 0.0
-    if shell is not None and qemu.proc is not None and qemu.proc.poll() is None:
-        # The orderly way out: the guest powers itself off and QEMU exits;
-        # QMP quit and SIGKILL only if it does not.
-        try:
-            shell.start("poweroff -f")
-            grace = 3.0
-        except Exception:
-            pass
+    # The guest has no disk and nothing to flush: QMP quit ends it at once
+    # (a power-off from inside took 0.3 s), SIGKILL if QEMU does not exit.
+    if shell is not None:
         shell.close()
-    qemu.stop(grace=grace)
+    qemu.stop(grace=0.0)
 
 
 @contextlib.contextmanager

@@ -110,10 +110,33 @@ def store_dir() -> Path:
 
 
 def _sha256_file(path: Path) -> str:
+    """SHA-256 of a file's content, remembered by its inode, size, mtime and ctime
+    (hashing the kernel and the initramfs costs ~0.1 s of CPU on every run; any
+    write to a file changes its ctime)."""
+    st = path.stat()
+    stamp = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    memo_path = store_dir() / "digests.json"
+    try:
+        memo = json.loads(memo_path.read_text())
+        if not isinstance(memo, dict):
+            memo = {}
+    except (OSError, ValueError):
+        memo = {}
+    entry = memo.get(str(path.resolve()))
+    if isinstance(entry, list) and entry[:-1] == stamp:
+        return str(entry[-1])
     h = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(1 << 20):
             h.update(chunk)
+    memo[str(path.resolve())] = [*stamp, h.hexdigest()]
+    try:
+        memo_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo_path.with_name(f".digests.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(memo))
+        tmp.rename(memo_path)
+    except OSError:
+        pass
     return h.hexdigest()
 
 
@@ -205,6 +228,22 @@ def lookup(key: str) -> Snapshot | None:
     return snap
 
 
+def _owner_alive(name: str) -> bool:
+    """Whether the process that named a .tmp-KEY-PID or .trash-KEY-PID-N entry still runs."""
+    parts = name.split("-")
+    try:
+        pid = int(parts[2])
+    except (IndexError, ValueError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 def _touch(snap: Snapshot) -> None:
     try:
         os.utime(snap.directory / "meta.json")
@@ -216,7 +255,9 @@ def evict(keep: str | None = None) -> None:
     """Remove the least recently used snapshots beyond MAX_SNAPSHOTS and MAX_TOTAL_BYTES."""
     entries = []
     for d in store_dir().iterdir() if store_dir().is_dir() else []:
-        if d.name.startswith("."):
+        if d.name.startswith((".tmp-", ".trash-")) and not _owner_alive(d.name):
+            shutil.rmtree(d, ignore_errors=True)     # left by a killed run
+        if d.name.startswith(".") or not d.is_dir():
             continue
         try:
             used = (d / "meta.json").stat().st_mtime
@@ -335,8 +376,11 @@ def save(qemu: Qemu, key: str, desc: dict[str, object], timeout: float = 60.0) -
             qemu.qmp.cmd("migrate", uri="fd:bl-save")
             _wait_migration(qemu, start + timeout)
         finally:
-            if qemu.status() != "running":
-                qemu.qmp.cmd("cont")
+            try:
+                if qemu.status() != "running":
+                    qemu.qmp.cmd("cont")
+            except Exception:
+                pass    # QEMU is gone: the wait for the guest says so
         try:
             rc = comp.wait(max(1.0, start + timeout - time.monotonic()))
         except subprocess.TimeoutExpired:

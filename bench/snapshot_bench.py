@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""Warm `buddylab qemu-test`, whole process: restored from the snapshot and booted fresh.
+
+    make bench       # or: .venv/bin/python bench/snapshot_bench.py [--runs N] [--make-test]
+
+Uses the cache as it is ($BUDDYLAB_CACHE, else the default): one untimed run
+first makes sure the kernel, module, image and snapshot are there.  Then N
+runs of `buddylab qemu-test` (restored) and N of `buddylab qemu-test
+--fresh-boot`, interleaved, each timed from process start to exit.  It also
+prints the snapshot's size raw and compressed, and how long zstd takes to
+compress and expand it, which is what decided for zstd -1
+(buddylab.guest.snapshot).  --make-test also times `make test` (the whole
+suite) with this warm cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from buddylab.paths import cache_dir
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def qemu_test(results: Path, *extra: str) -> tuple[float, dict[str, object]]:
+    env = dict(os.environ, BUDDYLAB_RESULTS=str(results))
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "buddylab.cli", "qemu-test", *extra], cwd=REPO,
+                          env=env, capture_output=True, text=True)
+    wall = time.monotonic() - start
+    if proc.returncode != 0:
+        sys.exit(f"qemu-test {' '.join(extra)} failed (exit {proc.returncode}):\n"
+                 f"{proc.stdout}\n{proc.stderr}")
+    newest = max(results.glob("qemu-test-*/result.json"), key=lambda p: p.stat().st_mtime)
+    return wall, json.loads(newest.read_text())
+
+
+def timed(argv: list[str], **kw: object) -> float:
+    start = time.monotonic()
+    subprocess.run(argv, check=True, **kw)  # type: ignore[call-overload]
+    return time.monotonic() - start
+
+
+def compression(state: Path) -> None:
+    """Sizes and zstd times of the snapshot, raw against levels 1 and 3."""
+    with tempfile.TemporaryDirectory(prefix="buddylab-snapbench-") as tmp:
+        raw = Path(tmp) / "state.raw"
+        with raw.open("wb") as out:
+            subprocess.run(["zstd", "-q", "-d", "-c", str(state)], stdout=out, check=True)
+        print(f"snapshot raw (QEMU's stream, zero pages skipped): {raw.stat().st_size / 1e6:.1f} MB")
+        for level in (1, 3):
+            packed = Path(tmp) / f"state.{level}.zst"
+            comp = timed(["zstd", "-q", f"-{level}", "-f", "-o", str(packed), str(raw)])
+            with open(os.devnull, "wb") as null:
+                dec = min(timed(["zstd", "-q", "-d", "-c", str(packed)], stdout=null)
+                          for _ in range(3))
+                cat = min(timed(["cat", str(raw)], stdout=null) for _ in range(3))
+            print(f"zstd -{level}: {packed.stat().st_size / 1e6:.1f} MB, compress {comp:.2f} s, "
+                  f"expand {dec:.2f} s (reading the raw file: {cat:.2f} s)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--make-test", action="store_true",
+                    help="also time `make test` with the warm cache")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="buddylab-bench-") as tmp:
+        results = Path(tmp)
+        _, first = qemu_test(results)          # warms every cache, saves the snapshot
+        restored: list[float] = []
+        fresh: list[float] = []
+        boot_restored: list[float] = []
+        boot_fresh: list[float] = []
+        same = 0
+        for _ in range(args.runs):
+            wall, res = qemu_test(results)
+            start = res["start"]
+            assert isinstance(start, dict) and start["how"] == "restored", start
+            same += bool(start["from_reference"])
+            restored.append(wall)
+            boot_restored.append(float(res["timings"]["boot to ssh"]))  # type: ignore[index]
+            wall, res = qemu_test(results, "--fresh-boot")
+            fresh.append(wall)
+            boot_fresh.append(float(res["timings"]["boot to ssh"]))  # type: ignore[index]
+    print(f"buddylab qemu-test, warm cache, whole process (median of {args.runs}; min-max):")
+    for name, walls, boots in (("restored", restored, boot_restored),
+                               ("--fresh-boot", fresh, boot_fresh)):
+        print(f"  {name:<13} {statistics.median(walls):6.2f} s  ({min(walls):.2f}-{max(walls):.2f})"
+              f"   of which boot to ssh {statistics.median(boots):.2f} s")
+    print(f"restored runs that started from the snapshot's reference state: {same} of {args.runs}")
+    start = first["start"]
+    assert isinstance(start, dict)
+    snap = cache_dir() / "snapshots" / str(start["snapshot"])
+    meta = json.loads((snap / "meta.json").read_text())
+    print(f"snapshot {snap.name}: {meta['size'] / 1e6:.1f} MB on disk ({meta['compression']}), "
+          f"saved in {meta['save_seconds']:.2f} s")
+    compression(snap / "state.zst")
+    if args.make_test:
+        wall = timed(["make", "test"], cwd=REPO)
+        print(f"make test, warm cache: {wall:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
