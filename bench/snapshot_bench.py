@@ -81,11 +81,15 @@ def main() -> None:
         boot_restored: list[float] = []
         boot_fresh: list[float] = []
         same = 0
+        differing: dict[str, int] = {}
         for _ in range(args.runs):
             wall, res = qemu_test(results)
             start = res["start"]
             assert isinstance(start, dict) and start["how"] == "restored", start
             same += bool(start["from_reference"])
+            for line in start["differences"]:
+                figure = line.split(":")[0]
+                differing[figure] = differing.get(figure, 0) + 1
             restored.append(wall)
             boot_restored.append(float(res["timings"]["boot to ssh"]))  # type: ignore[index]
             wall, res = qemu_test(results, "--fresh-boot")
@@ -97,6 +101,8 @@ def main() -> None:
         print(f"  {name:<13} {statistics.median(walls):6.2f} s  ({min(walls):.2f}-{max(walls):.2f})"
               f"   of which boot to ssh {statistics.median(boots):.2f} s")
     print(f"restored runs that started from the snapshot's reference state: {same} of {args.runs}")
+    for figure, n in sorted(differing.items()):
+        print(f"  differed in {n} of {args.runs}: {figure}")
     start = first["start"]
     assert isinstance(start, dict)
     snap = cache_dir() / "snapshots" / str(start["snapshot"])

@@ -1,19 +1,19 @@
 """Restore a saved, ready guest instead of booting it (QEMU migration to a file).
 
-The first boot for a key (kernel image, initramfs - which holds the module
+The first run for a key (kernel image, initramfs - which holds the module
 build and the guest tools -, QEMU's binary and its arguments: memory, CPUs,
-accelerator, CPU model, kernel command line) stops at the guest's quiet
+accelerator, CPU model, kernel command line) boots the guest to its quiet
 point: /init has mounted everything and set up the network, the module is
 *not* loaded (every experiment loads it itself), and `bl-resume`
 (images/guest-tools/bl-resume.c) waits for the page allocator's event
 counters to stand still, then for a resume line on the console.  There the
 guest is paused and saved with QMP `migrate` to an `fd:` pipe read by zstd
-(QEMU 7.2 has no `file:` URI), then continued.  Later runs start QEMU with
-`-incoming defer` and load it with `migrate-incoming` from a pipe fed by
-`zstd -d`; zstd's frame checksum and the recorded size catch a truncated or
-corrupt file, QEMU refuses a stream it cannot load.  A snapshot that cannot
-be restored is thrown away with one line saying why, and the run boots
-fresh.
+(QEMU 7.2 has no `file:` URI), and that QEMU ends.  Every run, the first
+included, then starts QEMU with `-incoming defer` and loads the snapshot with
+`migrate-incoming` from a pipe fed by `zstd -d`; zstd's frame checksum and
+the recorded size catch a truncated or corrupt file, QEMU refuses a stream
+it cannot load.  A snapshot that cannot be restored is thrown away with one
+line saying why, and the run boots fresh and saves it anew.
 
 Whether booted or restored, the guest then gets its resume line on the
 serial console (a channel that exists before SSH does): 64 bytes from the
@@ -25,8 +25,8 @@ that asks for randomness see fresh entropy.
 Same start: right after SSH is up, the session reads a fingerprint of the
 free-page state (/proc/pagetypeinfo's free counts per zone, migratetype and
 order, each zone's free pages and per-CPU list counts).  The run that saves
-a snapshot records its own as the reference; every restored run says
-whether it started from that state.
+a snapshot records its own (after its restore) as the reference; every
+later run says whether it started from that state.
 """
 
 from __future__ import annotations
@@ -71,8 +71,8 @@ class SnapshotUnusable(Exception):
 class StartState:
     """How this run's guest came up, for the result files."""
 
-    how: str                  # "restored", "booted, snapshot saved", "booted"
-    why: str                  # why it booted (no snapshot, --fresh-boot, thrown away: ...)
+    how: str                  # "restored" or "booted"
+    why: str                  # --fresh-boot, snapshot saved by this run, thrown away: ...
     snapshot: str | None      # the snapshot's key
     fingerprint: str          # digest of the free-page state when SSH came up
     reference: str | None     # the one recorded when the snapshot was saved
@@ -92,7 +92,8 @@ class StartState:
         if self.how == "restored":
             same = ("the snapshot's reference state" if self.from_reference
                     else "a state that differs from the snapshot's reference")
-            return f"restored from snapshot {self.snapshot}, started from {same}"
+            why = f" ({self.why})" if self.why else ""
+            return f"restored from snapshot {self.snapshot}{why}, started from {same}"
         return f"{self.how} ({self.why})"
 
 
@@ -348,7 +349,9 @@ class PendingSnapshot:
 
 
 def save(qemu: Qemu, key: str, desc: dict[str, object], timeout: float = 60.0) -> PendingSnapshot:
-    """Pause the guest at its quiet point, save it through zstd, continue it."""
+    """Pause the guest at its quiet point and save it through zstd.
+
+    The guest stays paused if it was saved, and runs on if it was not."""
     assert qemu.qmp is not None
     zstd = _zstd()
     store_dir().mkdir(parents=True, exist_ok=True)
@@ -375,12 +378,13 @@ def save(qemu: Qemu, key: str, desc: dict[str, object], timeout: float = 60.0) -
             qemu.qmp.cmd("stop")
             qemu.qmp.cmd("migrate", uri="fd:bl-save")
             _wait_migration(qemu, start + timeout)
-        finally:
+        except BaseException:
             try:
                 if qemu.status() != "running":
                     qemu.qmp.cmd("cont")
             except Exception:
                 pass    # QEMU is gone: the wait for the guest says so
+            raise
         try:
             rc = comp.wait(max(1.0, start + timeout - time.monotonic()))
         except subprocess.TimeoutExpired:
@@ -529,58 +533,90 @@ def _resume(qemu: Qemu, host_key: HostKey, client_key: ClientKey,
         raise
 
 
-def start_guest(config: QemuConfig, workdir: Path, host_key: HostKey, client_key: ClientKey,
-                ready_timeout: float, fresh_boot: bool = False) -> Started:
-    """A running guest with an SSH shell: restored from a snapshot if one fits, else booted.
-
-    A restore gets at most RESTORE_TIMEOUT; if it fails, the snapshot is
-    thrown away and the fresh boot gets the whole `ready_timeout`.
-    """
-    key: str | None = None
-    desc: dict[str, object] = {}
-    why = "--fresh-boot"
-    if not fresh_boot:
-        key, desc = snapshot_key(config)
-        snap = lookup(key)
-        why = "no snapshot for this guest yet"
-        if snap is not None:
-            qemu = Qemu(config, workdir)
-            try:
-                restore_state(qemu, snap, min(ready_timeout, RESTORE_TIMEOUT))
-                shell, fp = _resume(qemu, host_key, client_key,
-                                    min(ready_timeout, RESTORE_TIMEOUT))
-                _touch(snap)
-                return Started(qemu, shell, StartState(
-                    "restored", "", key, digest(fp), snap.reference,
-                    differences(fp, snap.reference_lines)))
-            except (SnapshotUnusable, BuddylabError, OSError) as e:
-                qemu.stop(grace=0.0)
-                reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-                discard(snap.directory, reason)
-                why = f"snapshot thrown away: {reason}"
-            except BaseException:
-                qemu.stop(grace=0.0)
-                raise
-    qemu = Qemu(config, workdir)
-    pending: PendingSnapshot | None = None
+def _booted(qemu: Qemu, host_key: HostKey, client_key: ClientKey, deadline: float,
+            why: str) -> Started:
+    """Resume a guest that waits at its quiet point; QEMU is stopped if that fails."""
     try:
-        deadline = time.monotonic() + ready_timeout
-        qemu.start()
-        qemu.wait_ready(ready_timeout, marker=WAIT_MARKER)
-        if key is not None:
-            try:
-                pending = save(qemu, key, desc)
-            except (SnapshotUnusable, OSError) as e:
-                _say(f"snapshot not saved: {e}")
         shell, fp = _resume(qemu, host_key, client_key, max(1.0, deadline - time.monotonic()))
-        if pending is not None:
-            pending.commit(fp)
-            start = StartState("booted, snapshot saved", why, key, digest(fp), digest(fp))
-        else:
-            start = StartState("booted", why, None, digest(fp), None)
-        return Started(qemu, shell, start)
     except BaseException:
-        if pending is not None:
-            pending.abandon()
         qemu.stop(grace=0.0)
         raise
+    return Started(qemu, shell, StartState("booted", why, None, digest(fp), None))
+
+
+def _boot_to_quiet_point(config: QemuConfig, workdir: Path, timeout: float) -> Qemu:
+    qemu = Qemu(config, workdir)
+    try:
+        qemu.start()
+        qemu.wait_ready(timeout, marker=WAIT_MARKER)
+    except BaseException:
+        qemu.stop(grace=0.0)
+        raise
+    return qemu
+
+
+def start_guest(config: QemuConfig, workdir: Path, host_key: HostKey, client_key: ClientKey,
+                ready_timeout: float, fresh_boot: bool = False) -> Started:
+    """A running guest with an SSH shell, restored from this guest's snapshot.
+
+    With no snapshot yet, the guest is booted to its quiet point, saved, and
+    this run restores what it saved, so its start state is the reference
+    and every run of a key comes up the same way.  A snapshot that does not
+    restore (within RESTORE_TIMEOUT) is thrown away and made anew; one just
+    saved that does not restore is dropped and the run boots.  `fresh_boot`
+    neither restores nor saves.
+    """
+    if fresh_boot:
+        qemu = _boot_to_quiet_point(config, workdir, ready_timeout)
+        return _booted(qemu, host_key, client_key, time.monotonic() + ready_timeout,
+                       "--fresh-boot")
+    key, desc = snapshot_key(config)
+    why = ""
+    for _ in range(2):
+        pending: PendingSnapshot | None = None
+        snap = lookup(key)
+        if snap is None:
+            deadline = time.monotonic() + ready_timeout
+            source = _boot_to_quiet_point(config, workdir, ready_timeout)
+            try:
+                pending = save(source, key, desc)
+            except (SnapshotUnusable, OSError) as e:
+                _say(f"snapshot not saved: {e}")
+                return _booted(source, host_key, client_key, deadline, f"snapshot not saved: {e}")
+            except BaseException:
+                source.stop(grace=0.0)
+                raise
+            source.stop(grace=0.0)
+            snap = Snapshot(key, pending.directory, pending.meta)
+        qemu = Qemu(config, workdir)
+        try:
+            restore_state(qemu, snap, min(ready_timeout, RESTORE_TIMEOUT))
+            shell, fp = _resume(qemu, host_key, client_key, min(ready_timeout, RESTORE_TIMEOUT))
+        except (SnapshotUnusable, BuddylabError, OSError) as e:
+            qemu.stop(grace=0.0)
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if pending is not None:
+                pending.abandon()
+                _say(f"snapshot not saved: it does not restore ({reason}); booting fresh")
+                qemu = _boot_to_quiet_point(config, workdir, ready_timeout)
+                return _booted(qemu, host_key, client_key, time.monotonic() + ready_timeout,
+                               f"snapshot not saved: it does not restore ({reason})")
+            discard(snap.directory, reason)
+            why = f"snapshot thrown away: {reason}; saved anew"
+            continue
+        except BaseException:
+            qemu.stop(grace=0.0)
+            if pending is not None:
+                pending.abandon()
+            raise
+        if pending is not None:
+            pending.commit(fp)
+            return Started(qemu, shell, StartState(
+                "restored", why or "snapshot saved by this run", key, digest(fp), digest(fp)))
+        _touch(snap)
+        return Started(qemu, shell, StartState(
+            "restored", why, key, digest(fp), snap.reference,
+            differences(fp, snap.reference_lines)))
+    # Only if other runs keep saving snapshots of this key that do not restore.
+    qemu = _boot_to_quiet_point(config, workdir, ready_timeout)
+    return _booted(qemu, host_key, client_key, time.monotonic() + ready_timeout, why)
