@@ -25,6 +25,7 @@ from typing import Any, Iterator
 from buddylab.cli import Guest
 from buddylab.guest import session as real
 from buddylab.guest.image import GuestImage, HostKey
+from buddylab.guest.snapshot import StartState
 from buddylab.guest.ssh import CommandResult
 from buddylab.kernel.provision import Kernel
 
@@ -83,6 +84,7 @@ class RecordingSession:
     def __init__(self, session: real.Session, transcript: Transcript) -> None:
         self._session = session
         self._transcript = transcript
+        self.start = session.start
 
     def run(self, command: str, timeout: float = 60.0, stdin: bytes | None = None) -> CommandResult:
         result = self._session.run(command, timeout=timeout, stdin=stdin)
@@ -116,6 +118,8 @@ class ReplaySession:
     def __init__(self, transcript: Transcript) -> None:
         self._calls = list(transcript.calls)
         self._next = 0
+        # Neither booted nor restored: what the results say of a replayed run.
+        self.start = StartState("replayed", "recorded transcript", None, "", None)
 
     def run(self, command: str, timeout: float = 60.0, stdin: bytes | None = None) -> CommandResult:
         if self._next >= len(self._calls):
