@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -49,6 +50,14 @@ def timed(argv: list[str], **kw: object) -> float:
     return time.monotonic() - start
 
 
+def cpu(argv: list[str]) -> float:
+    """CPU seconds (user + system) of one run of `argv`, its output thrown away."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
 def compression(state: Path) -> None:
     """Sizes and zstd times of the snapshot, raw against levels 1 and 3."""
     with tempfile.TemporaryDirectory(prefix="buddylab-snapbench-") as tmp:
@@ -64,7 +73,9 @@ def compression(state: Path) -> None:
                           for _ in range(3))
                 cat = min(timed(["cat", str(raw)], stdout=null) for _ in range(3))
             print(f"zstd -{level}: {packed.stat().st_size / 1e6:.1f} MB, compress {comp:.2f} s, "
-                  f"expand {dec:.2f} s (reading the raw file: {cat:.2f} s)")
+                  f"expand {dec:.2f} s (reading the raw file: {cat:.2f} s); CPU to expand "
+                  f"{cpu(['zstd', '-q', '-d', '-c', str(packed)]):.2f} s")
+        print(f"CPU to hash the raw file (SHA-256): {cpu(['sha256sum', str(raw)]):.2f} s")
 
 
 def main() -> None:
