@@ -361,6 +361,7 @@ def save(qemu: Qemu, key: str, desc: dict[str, object], timeout: float = 60.0) -
     state = directory / "state.zst"
     start = time.monotonic()
     read_end, write_end = os.pipe()
+    comp: subprocess.Popen[bytes] | None = None
     try:
         with state.open("wb") as out:
             comp = subprocess.Popen([zstd, "-q", f"-{ZSTD_LEVEL}", "-c"], stdin=read_end,
@@ -368,23 +369,15 @@ def save(qemu: Qemu, key: str, desc: dict[str, object], timeout: float = 60.0) -
                                     preexec_fn=_die_with_parent)
         os.close(read_end)
         read_end = -1
-        try:
-            _migration_events(qemu)
-            # The default bandwidth cap (32 MiB/s) is for networks, not for a pipe.
-            qemu.qmp.cmd("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
-            _send_pipe_end(qemu, write_end, "bl-save")
-            os.close(write_end)
-            write_end = -1
-            qemu.qmp.cmd("stop")
-            qemu.qmp.cmd("migrate", uri="fd:bl-save")
-            _wait_migration(qemu, start + timeout)
-        except BaseException:
-            try:
-                if qemu.status() != "running":
-                    qemu.qmp.cmd("cont")
-            except Exception:
-                pass    # QEMU is gone: the wait for the guest says so
-            raise
+        _migration_events(qemu)
+        # The default bandwidth cap (32 MiB/s) is for networks, not for a pipe.
+        qemu.qmp.cmd("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
+        _send_pipe_end(qemu, write_end, "bl-save")
+        os.close(write_end)
+        write_end = -1
+        qemu.qmp.cmd("stop")
+        qemu.qmp.cmd("migrate", uri="fd:bl-save")
+        _wait_migration(qemu, start + timeout)
         try:
             rc = comp.wait(max(1.0, start + timeout - time.monotonic()))
         except subprocess.TimeoutExpired:
@@ -400,7 +393,16 @@ def save(qemu: Qemu, key: str, desc: dict[str, object], timeout: float = 60.0) -
         for fd in (read_end, write_end):
             if fd >= 0:
                 os.close(fd)
+        if comp is not None and comp.poll() is None:
+            comp.kill()
+            comp.wait()
         shutil.rmtree(directory, ignore_errors=True)
+        # Not saved: the guest runs on (the caller resumes it).
+        try:
+            if qemu.status() != "running":
+                qemu.qmp.cmd("cont")
+        except Exception:
+            pass    # QEMU is gone: the wait for the guest says so
         raise
     meta: dict[str, object] = {"format": FORMAT, "key": key, "size": state.stat().st_size,
                                "compression": f"zstd -{ZSTD_LEVEL}", "save_seconds": seconds,
