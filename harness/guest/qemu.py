@@ -54,9 +54,11 @@ class QemuConfig:
         # page_alloc.shuffle=0 keeps the free lists in a deterministic order
         # (the Debian kernel builds in SHUFFLE_PAGE_ALLOCATOR).  quiet keeps
         # the slow emulated serial port from delaying boot; panics and oopses
-        # are printed at levels quiet still shows.
+        # are printed at levels quiet still shows.  no_timer_check: on a
+        # loaded host a TCG guest's timer interrupt can miss check_timer()'s
+        # short window, and the kernel panics ("IO-APIC + timer doesn't work").
         words = ["console=ttyS0", "oops=panic", "panic=-1", "page_alloc.shuffle=0",
-                 "quiet", *self.extra_append]
+                 "no_timer_check", "quiet", *self.extra_append]
         return " ".join(words)
 
     def argv(self, qmp_path: Path) -> list[str]:
