@@ -322,7 +322,7 @@ class Zone:
             self.move_free_tail(pfn, start_type)
             return False
         block = pfn & ~(PAGEBLOCK_PAGES - 1)
-        free_pages = self._move_freepages_block(block, start_type)
+        free_pages = self._move_freepages_block(block, start_type, pfn)
         if free_pages == 0:
             self.move_free_tail(pfn, start_type)
             return False
@@ -341,13 +341,22 @@ class Zone:
             self.set_pageblock_type(block, start_type)
         return change
 
-    def _move_freepages_block(self, block: int, mt: str) -> int:
-        """move_freepages_block(): every free block of the pageblock, in pfn order, to mt's tails."""
-        start = max(block, self.start_pfn)
-        end = min(block + PAGEBLOCK_PAGES, self.end_pfn)
+    def _move_freepages_block(self, block: int, mt: str, page: int | None = None) -> int:
+        """move_freepages_block(): every free block of the pageblock, in pfn order, to mt's tails.
+
+        5.10 does not clamp the pageblock to the zone: when the pageblock's
+        last pfn lies outside the zone it moves nothing and returns 0 (the
+        caller then steals the single block); when its first pfn lies outside
+        the zone it starts at `page`, the block being stolen (or reserved),
+        instead of at the zone's start.  move_freepages() then walks pfn by
+        pfn to the pageblock's last pfn, moving each free block it meets.
+        """
+        last = block + PAGEBLOCK_PAGES - 1
+        if not self.start_pfn <= last < self.end_pfn:
+            return 0
+        pfn = block if block >= self.start_pfn else (page if page is not None else block)
         moved = 0
-        pfn = start
-        while pfn < end:
+        while pfn <= last:
             if pfn in self.free:
                 order, _ = self.free[pfn]
                 self.move_free_tail(pfn, mt)
@@ -391,7 +400,7 @@ class Zone:
         self.nr_reserved_highatomic += PAGEBLOCK_PAGES
         block = pfn & ~(PAGEBLOCK_PAGES - 1)
         self.set_pageblock_type(block, HIGHATOMIC)
-        self._move_freepages_block(block, HIGHATOMIC)
+        self._move_freepages_block(block, HIGHATOMIC, pfn)
 
     def _rmqueue_pcplist(self, mt: str, cpu: int) -> int | None:
         """rmqueue_pcplist(): head of this CPU's list, refilled in a batch when empty."""

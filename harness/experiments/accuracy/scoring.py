@@ -38,12 +38,34 @@ from buddylab.records.kmemtrace import TraceEvent
 
 @dataclass
 class Tally:
+    """A model's score: over all operations, and over those it attempts.
+
+    `attempted` are the operations the model makes a prediction for (the
+    counts-only model attempts single successful allocations; the page model
+    attempts every operation that is not named unpredictable).
+    """
+
     ops: int = 0
+    attempted: int = 0
     exact: int = 0
 
     @property
     def share(self) -> float:
+        """Exact over all operations."""
         return self.exact / self.ops if self.ops else 0.0
+
+    @property
+    def attempted_share(self) -> float:
+        return self.exact / self.attempted if self.attempted else 0.0
+
+    @property
+    def missed(self) -> int:
+        return self.attempted - self.exact
+
+    def add(self, attempted: bool, exact: bool) -> None:
+        self.ops += 1
+        self.attempted += attempted
+        self.exact += attempted and exact
 
 
 @dataclass
@@ -65,6 +87,19 @@ class Accuracy:
     # and how many of those matched only with those events after the op.
     concurrent: int = 0
     reordered: int = 0
+    # Operations the page model does not attempt, by cause (e.g. "partial
+    # steal: ownership unknowable"); they are not counted as predicted.
+    unpredictable: dict[str, int] = field(default_factory=dict)
+    # `alloc` commands the module's own watermark guard refused before the
+    # allocator was called (n=0 stop=watermark): nothing to predict.
+    guard_refused: int = 0
+    # alloc commands that stopped early (ret -12): how many blocks they got is
+    # the kernel's (or the guard's) answer, which the replay is given.
+    told_count: int = 0
+
+    def passed(self, min_share: float = 1.0) -> bool:
+        """The page model missed no operation it attempts (or no more than min_share allows)."""
+        return self.page.attempted == 0 or self.page.attempted_share >= min_share
 
 
 def _zone_totals(snap: kmod.Snapshot) -> dict[str, list[int]]:
@@ -76,11 +111,18 @@ def _zone_totals(snap: kmod.Snapshot) -> dict[str, list[int]]:
     return totals
 
 
+def _counts_attempts(op: kmod.OpRecord) -> bool:
+    """The count-level model predicts single successful allocations only."""
+    return (op.verb == "alloc" and op.ret == 0 and op.n == 1 and op.zone is not None
+            and op.order is not None)
+
+
 def _counts_exact(op: kmod.OpRecord) -> bool:
     """The count-level 5.10 model from the kernel's before-counts."""
-    if op.verb != "alloc" or op.ret != 0 or op.n != 1 or op.zone is None or op.order is None:
+    if not _counts_attempts(op):
         return False
-    assert op.gfp is not None and op.api is not None
+    assert op.gfp is not None and op.api is not None and op.zone is not None
+    assert op.order is not None
     before = kernel_state.counts_state(op.before, op.zone, op.cpu)
     after = kernel_state.counts_state(op.after, op.zone, op.cpu)
     kept = op.pages if op.api == "alloc_pages_exact" else None
@@ -99,6 +141,13 @@ FreeSnapshot = dict[str, tuple[int, int, dict[int, int]]]  # zone -> (start, end
 def _free_snapshot(zones: dict[kernel_state.ZoneKey, pagemodel.Zone]) -> FreeSnapshot:
     return {z.name: (z.start_pfn, z.end_pfn, {pfn: o for pfn, (o, _) in z.free.items()})
             for z in zones.values()}
+
+
+def _textbook_attempts(op: kmod.OpRecord) -> bool:
+    """The textbook predicts single successful allocations and frees."""
+    if op.verb == "alloc":
+        return op.ret == 0 and op.zone is not None and op.order is not None and op.n == 1
+    return op.verb in ("free", "free_ids", "free_all")
 
 
 def _textbook_exact(op: kmod.OpRecord, free_before: FreeSnapshot,
@@ -139,26 +188,56 @@ def evaluate(chunk: Chunk, result: Accuracy) -> None:
     replayer = operations.OperationReplayer(zones)
     replayer.adopt(chunk.allocs)
     windows = op_windows(chunk.events, chunk.dump.gen) if chunk.events is not None else {}
+    stopped: str | None = None   # why the page model could not go on in this chunk
     for op, command in zip(ops, chunk.commands):
         window = windows.get(op.seq, OpWindow())
         concurrent = not_the_op(window.during, op)
-        freed = _blocks_freed(replayer, op, command_args(command))
+        freed = _blocks_freed(replayer, op, command_args(command)) if stopped is None else []
         free_before = _free_snapshot(replayer.zones) if freed else {}
-        if chunk.events is not None:
-            replayer, outcome, later = replay_traced(replayer, op, command, window.before,
-                                                      concurrent)
-            result.concurrent += bool(concurrent)
-            result.reordered += later
-        else:
-            outcome = replayer.replay(op, command_args(command))
-        for tally, ok in ((result.page, outcome.exact and not outcome.before),
-                          (result.counts, _counts_exact(op)),
-                          (result.textbook, _textbook_exact(op, free_before, freed))):
-            tally.ops += 1
-            tally.exact += ok
-        if not (outcome.exact and not outcome.before):
+        outcome: operations.OpOutcome | None = None
+        if stopped is None:
+            try:
+                if chunk.events is not None:
+                    replayer, outcome, later = replay_traced(replayer, op, command, window.before,
+                                                             concurrent)
+                    result.concurrent += bool(concurrent)
+                    result.reordered += later
+                else:
+                    outcome = replayer.replay(op, command_args(command))
+            except (pagemodel.ModelStopped, KeyError) as e:
+                # The model's state is no longer the kernel's: a miss, and the
+                # rest of the chunk is not predicted (the next chunk's dump
+                # re-synchronises it).
+                stopped = f"op {op.seq}: {type(e).__name__}: {e}"
+                result.divergences.append(Divergence(
+                    op.seq, command, "5.10 page for page", [],
+                    f"the model stopped ({type(e).__name__}: {e}); the rest of the chunk "
+                    "counts as missed"))
+        guard = op.verb == "alloc" and op.n == 0 and op.stop == "watermark"
+        unpredictable = outcome is not None and outcome.unknowable is not None
+        if guard:
+            result.guard_refused += 1
+        elif unpredictable:
+            assert outcome is not None and outcome.unknowable is not None
+            cause = _unpredictable_cause(outcome.unknowable)
+            result.unpredictable[cause] = result.unpredictable.get(cause, 0) + 1
+        if op.verb in ("alloc", "fill") and op.ret != 0 and not guard:
+            result.told_count += 1
+        page_ok = outcome is not None and outcome.exact and not outcome.before
+        result.page.add(not (guard or unpredictable), page_ok)
+        result.counts.add(_counts_attempts(op), _counts_exact(op))
+        result.textbook.add(_textbook_attempts(op),
+                            stopped is None and _textbook_exact(op, free_before, freed))
+        if outcome is not None and not page_ok and not guard:
             result.divergences.append(
                 _divergence(op, command, outcome, window.before + concurrent, concurrent))
+
+
+def _unpredictable_cause(why: str) -> str:
+    """A short name for why an operation cannot be predicted (the table's row)."""
+    if "allocated movable pages" in why:
+        return "partial steal: pageblock ownership depends on allocated pages no dump shows"
+    return why.split(":", 1)[0]
 
 
 def _blocks_freed(replayer: operations.OperationReplayer, op: kmod.OpRecord,
