@@ -128,7 +128,8 @@ def _script(workload: str, buffer_kb: int, groups: tuple[str, ...] = ()) -> str:
 
 
 def capture(session: Session, workload: str = DEFAULT_WORKLOAD,
-            buffer_kb: int = 16384, groups: tuple[str, ...] = ()) -> TraceCapture:
+            buffer_kb: int = 16384, groups: tuple[str, ...] = ("compaction", "vmscan"),
+            ) -> TraceCapture:
     session.run(protocol.insmod()).check()
     out = session.run(_script(workload, buffer_kb, groups), timeout=600).check().stdout
     session.run(f"rmmod {protocol.MODULE_NAME}").check()

@@ -14,10 +14,28 @@ from dataclasses import dataclass, field
 
 from buddylab.errors import RecordError
 from buddylab.models import pagemodel
-from buddylab.allocator import GFP_HIGHEST_ZONE, GFP_TYPES, ZONE_ORDER
+from buddylab.allocator import GFP_HIGHEST_ZONE, GFP_TYPES, HIGHATOMIC, PCP_TYPES, ZONE_ORDER
 from buddylab.models.kernel_state import ZoneKey, compare_snapshot
 from buddylab.models.pagemodel import Zone
 from buddylab.records import kmod
+
+
+def suitable_block(zone: Zone, order: int, harder: bool = False) -> bool:
+    """The high-order part of __zone_watermark_ok(): a free block of at least `order`.
+
+    For order > 0 the zone passes only if one of its Unmovable, Movable or
+    Reclaimable lists (HighAtomic too with ALLOC_HARDER) holds a block of that
+    order or larger; otherwise get_page_from_freelist() goes on to the next
+    zone of the zonelist (DMA32, then DMA).  The free-page part (the low
+    watermark plus the zone's lowmem_reserve for the request) is not checked:
+    the chunk's records hold no watermarks, and the module's guard keeps the
+    preferred zone above its high watermark.  An order-0 request passes.
+    """
+    if order == 0:
+        return True
+    types = PCP_TYPES + ((HIGHATOMIC,) if harder else ())
+    return any(zone.lists[(o, mt)].length for o in range(order, pagemodel.MAX_ORDER)
+               for mt in types)
 
 
 @dataclass
@@ -78,8 +96,8 @@ class OperationReplayer:
             order = pagemodel.get_order(size)
         for nofragment in passes:
             for z in zonelist:
-                if z.name == "DMA":
-                    continue  # lowmem_reserve keeps these requests out of DMA
+                if not suitable_block(z, order, harder):
+                    continue
                 pfn = z.alloc(order, mt, cpu, harder, nofragment)
                 if pfn is None:
                     continue

@@ -27,6 +27,21 @@ class OpWindow:
     during: list[TraceEvent] = field(default_factory=list)
 
 
+def after_last_op(events: list[TraceEvent], end_gen: int) -> list[TraceEvent] | None:
+    """The events after the last operation's after-snapshot, up to dump `end_gen`'s capture.
+
+    None when the trace lacks that capture's `buddylab_dump` event.
+    """
+    ends = [i for i, e in enumerate(events) if e.name == "buddylab_dump" and e["gen"] == end_gen]
+    if not ends:
+        return None
+    end = ends[-1]   # a retried capture emits it again: the last one is the image
+    start = max((i for i, e in enumerate(events[:end])
+                 if e.name == "buddylab_snapshot" and e["after"]), default=-1)
+    return [e for e in events[start + 1:end] if e.name not in ("buddylab_dump",
+                                                                "buddylab_snapshot")]
+
+
 def op_windows(events: list[TraceEvent], dump_gen: int) -> dict[int, OpWindow]:
     """Cut a chunk's trace at its dump's capture and at every snapshot of the module."""
     windows: dict[int, OpWindow] = {}

@@ -18,6 +18,8 @@ class AccuracyRequest:
     chunk: int
     traced: bool
     min_share: float = 1.0
+    workload: str = "default"
+    memory_mib: int = 512
 
 
 def result_json(result: Accuracy, request: AccuracyRequest, meta: RunMetadata) -> dict[str, object]:
@@ -28,7 +30,10 @@ def result_json(result: Accuracy, request: AccuracyRequest, meta: RunMetadata) -
             "chunk": request.chunk, "traced": request.traced,
             "min_share": request.min_share, "passed": result.passed(request.min_share),
             "unpredictable": result.unpredictable, "guard_refused": result.guard_refused,
-            "count_from_kernel": result.told_count,
+            "count_from_kernel": result.told_count, "workload": request.workload,
+            "coverage": result.coverage, "end_dumps_compared": result.end_dumps,
+            "end_dumps_not_predictable": result.end_dumps_skipped,
+            "end_dump_differences": result.end_dump_differences,
             "models": {"5.10 page for page": tally(result.page),
                        "5.10 counts only": tally(result.counts),
                        "textbook": tally(result.textbook)},
@@ -36,11 +41,12 @@ def result_json(result: Accuracy, request: AccuracyRequest, meta: RunMetadata) -
             "divergences": [vars(d) for d in result.divergences]}
 
 
-def format_table(result: Accuracy, seed: int, min_share: float = 1.0) -> str:
+def format_table(result: Accuracy, seed: int, min_share: float = 1.0,
+                 workload: str = "default") -> str:
     rows = [("5.10 model, page for page", result.page),
             ("5.10 model, counts only", result.counts),
             ("textbook (one list per order)", result.textbook)]
-    lines = [f"Operations predicted exactly (seed {seed}):", "",
+    lines = [f"Operations predicted exactly ({workload} workload, seed {seed}):", "",
              "| model | operations | attempted | exact | of attempted | of all |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {name} | {t.ops} | {t.attempted} | {t.exact} | {100 * t.attempted_share:.1f}% "
@@ -58,6 +64,11 @@ def format_table(result: Accuracy, seed: int, min_share: float = 1.0) -> str:
         lines += ["", "Operations named unpredictable (not scored for the page model):", "",
                   "| cause | operations |", "|---|---|"]
         lines += [f"| {cause} | {n} |" for cause, n in sorted(result.unpredictable.items())]
+    if result.coverage:
+        lines += ["", "Paths the page model took (counted in the model; traced runs include "
+                  "the other events it applied):", "",
+                  "| path | times |", "|---|---|"]
+        lines += [f"| {path} | {n} |" for path, n in result.coverage.items()]
     if result.concurrent:
         lines += ["", f"{result.concurrent} operations had other CPUs' or interrupts' events "
                   f"inside their window (from the trace); {result.reordered} of them matched "
@@ -67,10 +78,19 @@ def format_table(result: Accuracy, seed: int, min_share: float = 1.0) -> str:
         for d in result.divergences[:20]:
             lines.append(f"  op {d.seq} `{d.command}`: {d.cause}")
             lines += [f"      {w}" for w in d.what]
+    if result.end_dumps or result.end_dumps_skipped:
+        lines += ["", f"End-of-chunk exact dumps (list order, per-CPU lists, pageblock types): "
+                  f"{result.end_dumps - len(result.end_dump_differences)} of {result.end_dumps} "
+                  f"identical; {result.end_dumps_skipped} not compared (compaction or reclaim ran "
+                  "or the model stopped in the chunk)."]
+        for diffs in result.end_dump_differences[:5]:
+            lines += [f"  {d}" for d in diffs[:3]]
     page = result.page
     verdict = "PASS" if result.passed(min_share) else "FAIL"
     lines += ["", f"verdict: {verdict}: the page model missed {page.missed} of the {page.attempted} "
-              f"operations it attempts (at least {100 * min_share:g}% must be exact)"]
+              f"operations it attempts (at least {100 * min_share:g}% must be exact)"
+              + (f"; {len(result.end_dump_differences)} end-of-chunk dumps differ"
+                 if result.end_dump_differences else "")]
     return "\n".join(lines)
 
 

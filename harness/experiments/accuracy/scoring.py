@@ -26,14 +26,15 @@ from dataclasses import dataclass, field
 from buddylab.allocator import GFP_TYPES, MAX_ORDER
 from buddylab.errors import RecordError
 from buddylab.experiments.accuracy.guestrun import Chunk
-from buddylab.experiments.accuracy.placement import (OpWindow, not_the_op, op_windows,
-                                                     replay_traced)
+from buddylab.experiments.accuracy.placement import (OpWindow, after_last_op, not_the_op,
+                                                     op_windows, replay_traced)
 from buddylab.experiments.accuracy.workload import command_args
 from buddylab.models import kernel_state, operations, pagemodel
 from buddylab.models.counts import ZoneState, predict_alloc
+from buddylab.models.kmem_replay import KmemTraceReplayer
 from buddylab.models.textbook import predict_textbook
 from buddylab.records import kmod
-from buddylab.records.kmemtrace import TraceEvent
+from buddylab.records.kmemtrace import TraceEvent, unseen_cause
 
 
 @dataclass
@@ -96,9 +97,23 @@ class Accuracy:
     # alloc commands that stopped early (ret -12): how many blocks they got is
     # the kernel's (or the guard's) answer, which the replay is given.
     told_count: int = 0
+    # Paths the page model took while replaying (pagemodel.COVERAGE, summed
+    # over the zones, plus DMA-zone allocations and the module's records of
+    # guard refusals and allocator failures).
+    coverage: dict[str, int] = field(default_factory=dict)
+    # Traced runs: end-of-chunk exact dumps compared, skipped (not predictable)
+    # and the differences of each one that did not match.
+    end_dumps: int = 0
+    end_dumps_skipped: int = 0
+    end_dump_differences: list[list[str]] = field(default_factory=list)
+
+    def cover(self, path: str, n: int = 1) -> None:
+        self.coverage[path] = self.coverage.get(path, 0) + n
 
     def passed(self, min_share: float = 1.0) -> bool:
         """The page model missed no operation it attempts (or no more than min_share allows)."""
+        if self.end_dump_differences:
+            return False
         return self.page.attempted == 0 or self.page.attempted_share >= min_share
 
 
@@ -189,8 +204,14 @@ def evaluate(chunk: Chunk, result: Accuracy) -> None:
     replayer.adopt(chunk.allocs)
     windows = op_windows(chunk.events, chunk.dump.gen) if chunk.events is not None else {}
     stopped: str | None = None   # why the page model could not go on in this chunk
+    unseen: str | None = None    # compaction or reclaim ran: the rest of the chunk is not predictable
     for op, command in zip(ops, chunk.commands):
         window = windows.get(op.seq, OpWindow())
+        if unseen is None:
+            causes = sorted({c for e in window.before + window.during
+                             if (c := unseen_cause(e.name)) is not None})
+            if causes:
+                unseen = " and ".join(causes) + f" ran (op {op.seq})"
         concurrent = not_the_op(window.during, op)
         freed = _blocks_freed(replayer, op, command_args(command)) if stopped is None else []
         free_before = _free_snapshot(replayer.zones) if freed else {}
@@ -214,9 +235,12 @@ def evaluate(chunk: Chunk, result: Accuracy) -> None:
                     f"the model stopped ({type(e).__name__}: {e}); the rest of the chunk "
                     "counts as missed"))
         guard = op.verb == "alloc" and op.n == 0 and op.stop == "watermark"
-        unpredictable = outcome is not None and outcome.unknowable is not None
+        unpredictable = unseen is not None or (outcome is not None and outcome.unknowable is not None)
         if guard:
             result.guard_refused += 1
+        elif unseen is not None:
+            cause = f"not predictable: {unseen.split(' (')[0]} in the operation or before it in its chunk"
+            result.unpredictable[cause] = result.unpredictable.get(cause, 0) + 1
         elif unpredictable:
             assert outcome is not None and outcome.unknowable is not None
             cause = _unpredictable_cause(outcome.unknowable)
@@ -228,9 +252,45 @@ def evaluate(chunk: Chunk, result: Accuracy) -> None:
         result.counts.add(_counts_attempts(op), _counts_exact(op))
         result.textbook.add(_textbook_attempts(op),
                             stopped is None and _textbook_exact(op, free_before, freed))
-        if outcome is not None and not page_ok and not guard:
+        if outcome is not None and not page_ok and not guard and unseen is None:
             result.divergences.append(
                 _divergence(op, command, outcome, window.before + concurrent, concurrent))
+        if op.verb in ("alloc", "fill") and op.stop == "watermark":
+            result.cover("module guard refusals")
+        if op.verb in ("alloc", "fill") and op.stop == "nomem":
+            result.cover("allocator failures (stop=nomem)")
+    if chunk.end_dump is not None and chunk.events is not None:
+        _compare_end_dump(chunk, replayer, result, stopped or unseen)
+    for z in replayer.zones.values():
+        for path, n in z.coverage.items():
+            result.cover(path, n)
+        if z.name == "DMA":
+            result.cover("DMA-zone allocations", z.coverage["allocations"])
+
+
+def _compare_end_dump(chunk: Chunk, replayer: operations.OperationReplayer, result: Accuracy,
+                      not_predictable: str | None) -> None:
+    """The whole exact dump after the chunk (list order, per-CPU lists, pageblock types).
+
+    The trace's events after the last operation (the dump's own buffer among
+    them) are applied first.  A chunk in which the model stopped, or compaction
+    or reclaim ran, is counted apart: its end is not predictable.
+    """
+    assert chunk.end_dump is not None and chunk.events is not None
+    if not_predictable is not None:
+        result.end_dumps_skipped += 1
+        return
+    tail = after_last_op(chunk.events, chunk.end_dump.gen)
+    if tail is None:
+        raise RecordError(f"the trace lacks the capture of dump {chunk.end_dump.gen} "
+                          "(was the trace buffer too small?)")
+    KmemTraceReplayer(list(replayer.zones.values())).replay(
+        [e for e in tail if unseen_cause(e.name) is None])
+    diffs = kernel_state.compare_dump(replayer.zones, chunk.end_dump, chunk.end_pageblocks,
+                                      limit=6)
+    result.end_dumps += 1
+    if diffs:
+        result.end_dump_differences.append(diffs)
 
 
 def _unpredictable_cause(why: str) -> str:
