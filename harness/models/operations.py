@@ -72,6 +72,20 @@ class OperationReplayer:
     zones: dict[ZoneKey, Zone]
     allocations: dict[int, ModelAllocation] = field(default_factory=dict)
     next_id: int = 1
+    # The operation's own steals as the trace shows them (mm_page_alloc_extfrag:
+    # pfn, change_ownership), in order: they answer the question a partial
+    # pageblock steal asks (pagemodel.Ownership).  Set before each replay.
+    steal_answers: list[tuple[int, bool]] = field(default_factory=list)
+
+    def _ownership(self, block: int, start_type: str, free_pages: int) -> bool:
+        for i, (pfn, changed) in enumerate(self.steal_answers):
+            if pfn & ~(pagemodel.PAGEBLOCK_PAGES - 1) == block:
+                del self.steal_answers[: i + 1]
+                return changed
+        raise pagemodel.Unknowable(
+            f"a {start_type} request stole {free_pages} free pages of the pageblock at pfn "
+            f"{block}; whether the block changes type depends on its allocated movable pages, "
+            "which no dump shows, and the trace shows no steal of it here")
 
     def zonelist(self, gfp: str, nid: int = 0) -> list[Zone]:
         """The node's populated zones, highest first, up to the gfp's highest zone."""
@@ -137,10 +151,16 @@ class OperationReplayer:
         `args` are the command's own key=value arguments, which `free_ids`
         needs (its record does not repeat first, last and step).
         """
+        if self.steal_answers:
+            for z in self.zones.values():
+                z.ownership = self._ownership
         try:
             return self._apply(op, args or {}), None
         except pagemodel.Unknowable as e:
             return None, str(e)
+        finally:
+            for z in self.zones.values():
+                z.ownership = None
 
     def _apply(self, op: kmod.OpRecord, args: dict[str, str]) -> int | None:
         if op.verb == "alloc" and op.api is not None and op.gfp is not None:

@@ -204,7 +204,10 @@ def evaluate(chunk: Chunk, result: Accuracy) -> None:
     replayer.adopt(chunk.allocs)
     windows = op_windows(chunk.events, chunk.dump.gen) if chunk.events is not None else {}
     stopped: str | None = None   # why the page model could not go on in this chunk
-    unseen: str | None = None    # compaction or reclaim ran: the rest of the chunk is not predictable
+    # Compaction, reclaim or the slow path ran, or a partial steal's outcome is
+    # unknown: from there on the chunk is not predictable (the next dump
+    # re-synchronises the model).
+    unseen: str | None = None
     for op, command in zip(ops, chunk.commands):
         window = windows.get(op.seq, OpWindow())
         if unseen is None:
@@ -212,10 +215,18 @@ def evaluate(chunk: Chunk, result: Accuracy) -> None:
                              if (c := unseen_cause(e.name)) is not None})
             if causes:
                 unseen = " and ".join(causes) + f" ran (op {op.seq})"
+            elif chunk.events is None and op.stop == "nomem":
+                # The fast path failed: the slow path (reclaim, compaction,
+                # draining the per-CPU lists) ran, which an untraced run cannot see.
+                unseen = f"the slow path ran (op {op.seq} failed a block, untraced)"
         concurrent = not_the_op(window.during, op)
         freed = _blocks_freed(replayer, op, command_args(command)) if stopped is None else []
         free_before = _free_snapshot(replayer.zones) if freed else {}
         outcome: operations.OpOutcome | None = None
+        # The operation's own steals (its CPU's kworker, not interrupted):
+        # their change_ownership answers a partial steal's question.
+        replayer.steal_answers = [(e["pfn"], bool(e["change_ownership"])) for e in window.during
+                                  if e.name == "mm_page_alloc_extfrag" and e not in concurrent]
         if stopped is None:
             try:
                 if chunk.events is not None:
@@ -239,7 +250,9 @@ def evaluate(chunk: Chunk, result: Accuracy) -> None:
         if guard:
             result.guard_refused += 1
         elif unseen is not None:
-            cause = f"not predictable: {unseen.split(' (')[0]} in the operation or before it in its chunk"
+            cause = f"not predictable: {unseen.split(' (')[0]}"
+            if "ran" in cause:
+                cause += " in this operation or earlier in its chunk"
             result.unpredictable[cause] = result.unpredictable.get(cause, 0) + 1
         elif unpredictable:
             assert outcome is not None and outcome.unknowable is not None
@@ -255,6 +268,10 @@ def evaluate(chunk: Chunk, result: Accuracy) -> None:
         if outcome is not None and not page_ok and not guard and unseen is None:
             result.divergences.append(
                 _divergence(op, command, outcome, window.before + concurrent, concurrent))
+        if unseen is None and outcome is not None and outcome.unknowable is not None:
+            # Half-way through the operation: the rest of the chunk starts from
+            # a state the model does not know.
+            unseen = f"an unknowable partial steal earlier in the chunk (op {op.seq})"
         if op.verb in ("alloc", "fill") and op.stop == "watermark":
             result.cover("module guard refusals")
         if op.verb in ("alloc", "fill") and op.stop == "nomem":
