@@ -25,6 +25,8 @@ class OpWindow:
 
     before: list[TraceEvent] = field(default_factory=list)
     during: list[TraceEvent] = field(default_factory=list)
+    # The task that ran the operation: the pid of its `buddylab_snapshot` events.
+    pid: int | None = None
 
 
 def after_last_op(events: list[TraceEvent], end_gen: int) -> list[TraceEvent] | None:
@@ -56,6 +58,7 @@ def op_windows(events: list[TraceEvent], dump_gen: int) -> dict[int, OpWindow]:
             continue  # already in the dump
         if ev.name == "buddylab_snapshot":
             window = windows.setdefault(ev["seq"], OpWindow())
+            window.pid = ev.pid
             if ev["after"]:
                 window.during = current
                 current = pending = []
@@ -67,10 +70,17 @@ def op_windows(events: list[TraceEvent], dump_gen: int) -> dict[int, OpWindow]:
     return windows
 
 
-def not_the_op(events: list[TraceEvent], op: kmod.OpRecord) -> list[TraceEvent]:
-    """Events in an operation's window that its own kworker did not cause."""
+def not_the_op(events: list[TraceEvent], op: kmod.OpRecord, pid: int | None = None,
+               ) -> list[TraceEvent]:
+    """Events in an operation's window that its own kworker did not cause.
+
+    With `pid` (the task that emitted the operation's snapshots), another
+    kworker that ran on the same CPU while the operation rescheduled
+    (cond_resched() after each block) is not taken for the operation.
+    """
     return [e for e in events
-            if e.cpu != op.cpu or e.in_interrupt or not e.task.startswith("kworker")]
+            if e.cpu != op.cpu or e.in_interrupt or not e.task.startswith("kworker")
+            or (pid is not None and e.pid != pid)]
 
 
 def replay_traced(replayer: operations.OperationReplayer, op: kmod.OpRecord, command: str,

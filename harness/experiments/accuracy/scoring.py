@@ -219,7 +219,7 @@ def evaluate(chunk: Chunk, result: Accuracy) -> None:
                 # The fast path failed: the slow path (reclaim, compaction,
                 # draining the per-CPU lists) ran, which an untraced run cannot see.
                 unseen = f"the slow path ran (op {op.seq} failed a block, untraced)"
-        concurrent = not_the_op(window.during, op)
+        concurrent = not_the_op(window.during, op, window.pid)
         freed = _blocks_freed(replayer, op, command_args(command)) if stopped is None else []
         free_before = _free_snapshot(replayer.zones) if freed else {}
         outcome: operations.OpOutcome | None = None
