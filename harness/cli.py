@@ -187,6 +187,9 @@ def _accuracy_args(p: argparse.ArgumentParser) -> None:
                         "operations it attempts (%(default)s)")
     p.add_argument("--workload", default="default", metavar="NAME",
                    help="default (far from the watermarks) or pressure (near them) (%(default)s)")
+    p.add_argument("--no-boost", action="store_true",
+                   help="switch watermark boosting off in the guest (vm.watermark_boost_factor=0); "
+                        "the report says so")
 
 
 def accuracy_command(args: argparse.Namespace) -> int:
@@ -200,7 +203,8 @@ def accuracy_command(args: argparse.Namespace) -> int:
     if args.workload not in accuracy.WORKLOADS:
         raise errors.UsageError(f"--workload must be one of {', '.join(accuracy.WORKLOADS)}")
     request = accuracy.AccuracyRequest(args.seed, args.ops, args.chunk, args.trace,
-                                       args.min_share, args.workload, opts.memory_mib)
+                                       args.min_share, args.workload, opts.memory_mib,
+                                       not args.no_boost)
     with outputs(args, "accuracy", _properties(opts, None, "accuracy")) as out:
         start = time.monotonic()
         prepared = args.guest.prepare(pins=load_kernel_pins(opts.kernel))
@@ -209,7 +213,8 @@ def accuracy_command(args: argparse.Namespace) -> int:
                              ready_timeout=opts.boot_timeout, fresh_boot=opts.fresh_boot,
                              keep_dir=run_dir) as session:
             result = accuracy.measure(session, request)
-        table = accuracy.format_table(result, request.seed, request.min_share, request.workload)
+        table = accuracy.format_table(result, request.seed, request.min_share,
+                                      request.workload, request.boost)
         suite = accuracy.suite(result, request, _properties(opts, prepared, "accuracy"),
                                time.monotonic() - start)
         write_json(run_dir / "result.json",

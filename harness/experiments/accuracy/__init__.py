@@ -25,6 +25,8 @@ def measure(session: Session, request: AccuracyRequest) -> Accuracy:
     `request.traced` records the kmem tracepoints too: what else the kernel did
     between and during the operations is then applied to the model.
     """
+    if not request.boost:
+        session.run("echo 0 > /proc/sys/vm/watermark_boost_factor").check()
     session.run(protocol.insmod()).check()
     if request.traced:
         enable_tracing(session)

@@ -20,6 +20,8 @@ class AccuracyRequest:
     min_share: float = 1.0
     workload: str = "default"
     memory_mib: int = 512
+    # False: vm.watermark_boost_factor set to 0 for the run (--no-boost).
+    boost: bool = True
 
 
 def result_json(result: Accuracy, request: AccuracyRequest, meta: RunMetadata) -> dict[str, object]:
@@ -31,6 +33,7 @@ def result_json(result: Accuracy, request: AccuracyRequest, meta: RunMetadata) -
             "min_share": request.min_share, "passed": result.passed(request.min_share),
             "unpredictable": result.unpredictable, "guard_refused": result.guard_refused,
             "count_from_kernel": result.told_count, "workload": request.workload,
+            "watermark_boost": request.boost,
             "coverage": result.coverage, "end_dumps_compared": result.end_dumps,
             "end_dumps_not_predictable": result.end_dumps_skipped,
             "end_dump_differences": result.end_dump_differences,
@@ -42,7 +45,7 @@ def result_json(result: Accuracy, request: AccuracyRequest, meta: RunMetadata) -
 
 
 def format_table(result: Accuracy, seed: int, min_share: float = 1.0,
-                 workload: str = "default") -> str:
+                 workload: str = "default", boost: bool = True) -> str:
     rows = [("5.10 model, page for page", result.page),
             ("5.10 model, counts only", result.counts),
             ("textbook (one list per order)", result.textbook)]
@@ -51,6 +54,9 @@ def format_table(result: Accuracy, seed: int, min_share: float = 1.0,
              "|---|---|---|---|---|---|"]
     lines += [f"| {name} | {t.ops} | {t.attempted} | {t.exact} | {100 * t.attempted_share:.1f}% "
               f"| {100 * t.share:.1f}% |" for name, t in rows]
+    if not boost:
+        lines += ["", "Watermark boosting was switched off for this run "
+                  "(vm.watermark_boost_factor=0, --no-boost)."]
     lines += ["", "The page model attempts every operation not named below; the counts-only "
               "model attempts single successful allocations; the textbook model single "
               "successful allocations and frees."]
