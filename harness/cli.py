@@ -182,6 +182,14 @@ def _accuracy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trace", action="store_true",
                    help="record the kmem tracepoints too and apply what else the kernel did")
     add_output_options(p)
+    p.add_argument("--min-share", type=float, default=1.0, metavar="F",
+                   help="exit 1 unless the page model predicts at least this share of the "
+                        "operations it attempts (%(default)s)")
+    p.add_argument("--workload", default="default", metavar="NAME",
+                   help="default (far from the watermarks) or pressure (near them) (%(default)s)")
+    p.add_argument("--no-boost", action="store_true",
+                   help="switch watermark boosting off in the guest (vm.watermark_boost_factor=0); "
+                        "the report says so")
 
 
 def accuracy_command(args: argparse.Namespace) -> int:
@@ -190,7 +198,13 @@ def accuracy_command(args: argparse.Namespace) -> int:
     opts = guest_options(args)
     if not 1 <= args.ops <= 1_000_000 or not 1 <= args.chunk <= 1000:
         raise errors.UsageError("--ops must be 1..1000000 and --chunk 1..1000")
-    request = accuracy.AccuracyRequest(args.seed, args.ops, args.chunk, args.trace)
+    if not 0.0 <= args.min_share <= 1.0:
+        raise errors.UsageError("--min-share must be between 0 and 1")
+    if args.workload not in accuracy.WORKLOADS:
+        raise errors.UsageError(f"--workload must be one of {', '.join(accuracy.WORKLOADS)}")
+    request = accuracy.AccuracyRequest(args.seed, args.ops, args.chunk, args.trace,
+                                       args.min_share, args.workload, opts.memory_mib,
+                                       not args.no_boost)
     with outputs(args, "accuracy", _properties(opts, None, "accuracy")) as out:
         start = time.monotonic()
         prepared = args.guest.prepare(pins=load_kernel_pins(opts.kernel))
@@ -199,7 +213,8 @@ def accuracy_command(args: argparse.Namespace) -> int:
                              ready_timeout=opts.boot_timeout, fresh_boot=opts.fresh_boot,
                              keep_dir=run_dir) as session:
             result = accuracy.measure(session, request)
-        table = accuracy.format_table(result, request.seed)
+        table = accuracy.format_table(result, request.seed, request.min_share,
+                                      request.workload, request.boost)
         suite = accuracy.suite(result, request, _properties(opts, prepared, "accuracy"),
                                time.monotonic() - start)
         write_json(run_dir / "result.json",

@@ -30,3 +30,20 @@ def test_trace_replay_predicts_the_final_dump(prepared):
     assert result.events_replayed > 1000
     assert result.report.mismatch_count == 0, trace_replay.format_result(result)
     assert result.blocks_right == result.blocks_kernel, trace_replay.format_result(result)
+
+
+def test_a_short_pressure_run_is_scored_and_covers_the_fallback(prepared):
+    """Memory near the watermarks: the run ends in a table (never a traceback), every
+    operation is either attempted, refused by the module's guard or named unpredictable,
+    and the model's coverage shows the paths the pressure workload is for."""
+    request = accuracy.AccuracyRequest(seed=5, ops=200, chunk=200, traced=True,
+                                       workload="pressure")
+    with boot(prepared) as session:
+        result = accuracy.measure(session, request)
+    table = accuracy.format_table(result, 5, workload="pressure")
+    assert result.page.ops == 200
+    assert (result.page.attempted + result.guard_refused + sum(result.unpredictable.values())
+            == 200), table
+    assert result.coverage["fallback steals"] > 0, table
+    assert result.coverage["order-9/10 splits"] > 0, table
+    assert "verdict: " in table

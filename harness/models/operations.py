@@ -14,10 +14,28 @@ from dataclasses import dataclass, field
 
 from buddylab.errors import RecordError
 from buddylab.models import pagemodel
-from buddylab.allocator import GFP_HIGHEST_ZONE, GFP_TYPES, ZONE_ORDER
+from buddylab.allocator import GFP_HIGHEST_ZONE, GFP_TYPES, HIGHATOMIC, PCP_TYPES, ZONE_ORDER
 from buddylab.models.kernel_state import ZoneKey, compare_snapshot
 from buddylab.models.pagemodel import Zone
 from buddylab.records import kmod
+
+
+def suitable_block(zone: Zone, order: int, harder: bool = False) -> bool:
+    """The high-order part of __zone_watermark_ok(): a free block of at least `order`.
+
+    For order > 0 the zone passes only if one of its Unmovable, Movable or
+    Reclaimable lists (HighAtomic too with ALLOC_HARDER) holds a block of that
+    order or larger; otherwise get_page_from_freelist() goes on to the next
+    zone of the zonelist (DMA32, then DMA).  The free-page part (the low
+    watermark plus the zone's lowmem_reserve for the request) is not checked:
+    the chunk's records hold no watermarks, and the module's guard keeps the
+    preferred zone above its high watermark.  An order-0 request passes.
+    """
+    if order == 0:
+        return True
+    types = PCP_TYPES + ((HIGHATOMIC,) if harder else ())
+    return any(zone.lists[(o, mt)].length for o in range(order, pagemodel.MAX_ORDER)
+               for mt in types)
 
 
 @dataclass
@@ -54,6 +72,20 @@ class OperationReplayer:
     zones: dict[ZoneKey, Zone]
     allocations: dict[int, ModelAllocation] = field(default_factory=dict)
     next_id: int = 1
+    # The operation's own steals as the trace shows them (mm_page_alloc_extfrag:
+    # pfn, change_ownership), in order: they answer the question a partial
+    # pageblock steal asks (pagemodel.Ownership).  Set before each replay.
+    steal_answers: list[tuple[int, bool]] = field(default_factory=list)
+
+    def _ownership(self, block: int, start_type: str, free_pages: int) -> bool:
+        for i, (pfn, changed) in enumerate(self.steal_answers):
+            if pfn & ~(pagemodel.PAGEBLOCK_PAGES - 1) == block:
+                del self.steal_answers[: i + 1]
+                return changed
+        raise pagemodel.Unknowable(
+            f"a {start_type} request stole {free_pages} free pages of the pageblock at pfn "
+            f"{block}; whether the block changes type depends on its allocated movable pages, "
+            "which no dump shows, and the trace shows no steal of it here")
 
     def zonelist(self, gfp: str, nid: int = 0) -> list[Zone]:
         """The node's populated zones, highest first, up to the gfp's highest zone."""
@@ -78,8 +110,8 @@ class OperationReplayer:
             order = pagemodel.get_order(size)
         for nofragment in passes:
             for z in zonelist:
-                if z.name == "DMA":
-                    continue  # lowmem_reserve keeps these requests out of DMA
+                if not suitable_block(z, order, harder):
+                    continue
                 pfn = z.alloc(order, mt, cpu, harder, nofragment)
                 if pfn is None:
                     continue
@@ -119,10 +151,16 @@ class OperationReplayer:
         `args` are the command's own key=value arguments, which `free_ids`
         needs (its record does not repeat first, last and step).
         """
+        if self.steal_answers:
+            for z in self.zones.values():
+                z.ownership = self._ownership
         try:
             return self._apply(op, args or {}), None
         except pagemodel.Unknowable as e:
             return None, str(e)
+        finally:
+            for z in self.zones.values():
+                z.ownership = None
 
     def _apply(self, op: kmod.OpRecord, args: dict[str, str]) -> int | None:
         if op.verb == "alloc" and op.api is not None and op.gfp is not None:

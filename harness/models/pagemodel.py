@@ -29,12 +29,26 @@ from buddylab.allocator import (FALLBACKS, HIGHATOMIC, ISOLATE, MAX_ORDER, MIGRA
 
 __all__ = ["FALLBACKS", "HIGHATOMIC", "ISOLATE", "MAX_ORDER", "MIGRATETYPES", "MOVABLE",
            "PAGEBLOCK_ORDER", "PAGEBLOCK_PAGES", "PCP_TYPES", "RECLAIMABLE", "UNMOVABLE", "get_order",
-           "Ownership", "Unknowable", "ModelError", "FreeList", "Pcp", "Event", "Zone", "Allocation",
+           "COVERAGE", "Ownership", "Unknowable", "ModelError", "FreeList", "Pcp", "Event", "Zone",
+           "Allocation",
            "make_alloc_exact", "alloc_pages_exact", "free_pages_exact", "pfn_ranges_overlap"]
 
 # Decides whether a partial steal changes the pageblock's type:
 # (pageblock start pfn, requested type, free pages moved) -> bool.
 Ownership = Callable[[int, str, int], bool]
+
+
+# The allocator paths a zone counts as it takes them (Zone.coverage).
+COVERAGE = (
+    "allocations",              # blocks handed out (rmqueue() of this zone)
+    "fallback steals",          # __rmqueue_fallback() stole a foreign block
+    "partial-pageblock steals",  # ... smaller than a pageblock (steal_suitable_fallback())
+    "ownership changes",        # ... and the pageblock changed type
+    "per-CPU refills",          # rmqueue_pcplist() refilled an empty list (rmqueue_bulk())
+    "per-CPU drains",           # free_pcppages_bulk() ran
+    "order-9/10 splits",        # __rmqueue_smallest() split a block of order 9 or 10
+    "order-9/10 merges",        # __free_one_page() merged up to order 9 or 10
+)
 
 
 class Unknowable(ModelStopped):
@@ -148,6 +162,11 @@ class Zone:
         # A trace replay drains when the trace says so, not on its own.
         self.auto_drain = True
         self.record_events = True
+        # Which paths of the allocator this zone took (COVERAGE names).
+        self.coverage: dict[str, int] = dict.fromkeys(COVERAGE, 0)
+
+    def count(self, path: str, n: int = 1) -> None:
+        self.coverage[path] += n
 
     # -- the state -------------------------------------------------------
     def add_free(self, pfn: int, order: int, mt: str, tail: bool = False) -> None:
@@ -207,6 +226,8 @@ class Zone:
                 continue
             pfn = lst.head
             self.del_free(pfn)
+            if current >= PAGEBLOCK_ORDER and current > order:
+                self.count("order-9/10 splits")
             self._expand(pfn, order, current, mt)
             if self.record_events:
                 self.events.append(Event("zone_locked", pfn, order, mt, f"from order {current}"))
@@ -300,7 +321,12 @@ class Zone:
         current, fallback, can_steal = found
         pfn = self.lists[(current, fallback)].head
         assert pfn is not None
+        self.count("fallback steals")
+        if current < PAGEBLOCK_ORDER:
+            self.count("partial-pageblock steals")
         changed = self._steal_suitable_fallback(pfn, mt, can_steal)
+        if changed and current < PAGEBLOCK_ORDER:
+            self.count("ownership changes")
         if self.record_events:
             self.events.append(Event("extfrag", pfn, current, fallback,
                                  f"alloc type {mt}, change_ownership={int(changed)}"))
@@ -322,7 +348,7 @@ class Zone:
             self.move_free_tail(pfn, start_type)
             return False
         block = pfn & ~(PAGEBLOCK_PAGES - 1)
-        free_pages = self._move_freepages_block(block, start_type)
+        free_pages = self._move_freepages_block(block, start_type, pfn)
         if free_pages == 0:
             self.move_free_tail(pfn, start_type)
             return False
@@ -341,13 +367,22 @@ class Zone:
             self.set_pageblock_type(block, start_type)
         return change
 
-    def _move_freepages_block(self, block: int, mt: str) -> int:
-        """move_freepages_block(): every free block of the pageblock, in pfn order, to mt's tails."""
-        start = max(block, self.start_pfn)
-        end = min(block + PAGEBLOCK_PAGES, self.end_pfn)
+    def _move_freepages_block(self, block: int, mt: str, page: int | None = None) -> int:
+        """move_freepages_block(): every free block of the pageblock, in pfn order, to mt's tails.
+
+        5.10 does not clamp the pageblock to the zone: when the pageblock's
+        last pfn lies outside the zone it moves nothing and returns 0 (the
+        caller then steals the single block); when its first pfn lies outside
+        the zone it starts at `page`, the block being stolen (or reserved),
+        instead of at the zone's start.  move_freepages() then walks pfn by
+        pfn to the pageblock's last pfn, moving each free block it meets.
+        """
+        last = block + PAGEBLOCK_PAGES - 1
+        if not self.start_pfn <= last < self.end_pfn:
+            return 0
+        pfn = block if block >= self.start_pfn else (page if page is not None else block)
         moved = 0
-        pfn = start
-        while pfn < end:
+        while pfn <= last:
             if pfn in self.free:
                 order, _ = self.free[pfn]
                 self.move_free_tail(pfn, mt)
@@ -378,6 +413,8 @@ class Zone:
             pfn = self.rmqueue(order, mt, nofragment)
         if pfn is not None and harder:
             self._reserve_highatomic_pageblock(pfn)
+        if pfn is not None:
+            self.count("allocations")
         return pfn
 
     def _reserve_highatomic_pageblock(self, pfn: int) -> None:
@@ -391,13 +428,14 @@ class Zone:
         self.nr_reserved_highatomic += PAGEBLOCK_PAGES
         block = pfn & ~(PAGEBLOCK_PAGES - 1)
         self.set_pageblock_type(block, HIGHATOMIC)
-        self._move_freepages_block(block, HIGHATOMIC)
+        self._move_freepages_block(block, HIGHATOMIC, pfn)
 
     def _rmqueue_pcplist(self, mt: str, cpu: int) -> int | None:
         """rmqueue_pcplist(): head of this CPU's list, refilled in a batch when empty."""
         pcp = self.pcp[cpu]
         lst = pcp.lists[mt]
         if not lst:
+            self.count("per-CPU refills")
             for _ in range(pcp.batch):
                 pfn = self.rmqueue(0, mt)
                 if pfn is None:
@@ -406,6 +444,7 @@ class Zone:
             if not lst:
                 return None
         pfn, _ = lst.popleft()
+        self.count("allocations")
         return pfn
 
     # -- freeing ---------------------------------------------------------
@@ -414,6 +453,7 @@ class Zone:
         if pfn in self.free:
             raise ModelError(f"{self.name}: double free of pfn {pfn}")
         max_order = min(MAX_ORDER - 1, PAGEBLOCK_ORDER)
+        start_order = order
         buddy_pfn = pfn
         while True:
             stopped = False
@@ -434,6 +474,8 @@ class Zone:
                 if mt != bmt and ISOLATE in (mt, bmt):
                     break
             max_order = order + 1
+        if order >= PAGEBLOCK_ORDER and order > start_order:
+            self.count("order-9/10 merges")
         to_tail = self._buddy_merge_likely(pfn, buddy_pfn, order)
         self.add_free(pfn, order, mt, tail=to_tail)
         return pfn
@@ -471,6 +513,7 @@ class Zone:
         """free_pcppages_bulk(): oldest pages first, round-robin M, R, U."""
         pcp = self.pcp[cpu]
         count = min(pcp.count, count)
+        self.count("per-CPU drains")
         taken: list[tuple[int, str]] = []
         mt_index = 0
         batch_free = 0

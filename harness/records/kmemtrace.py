@@ -34,6 +34,26 @@ _REQUIRED = {
 }
 
 
+# Events of the `compaction` and `vmscan` groups: compaction and reclaim move
+# pages without a per-page kmem event, so the model cannot follow them; their
+# presence is kept (name, CPU, time; no fields) so that a replay can name it.
+UNSEEN_GROUPS = {"mm_compaction_": "compaction", "mm_vmscan_": "reclaim"}
+
+
+def unseen_cause(name: str) -> str | None:
+    """"compaction" or "reclaim" for an event of those groups, else None.
+
+    kswapd's and kcompactd's `*_sleep` events say a thread went to sleep: no
+    page moved, so they name nothing.
+    """
+    if name.endswith("_sleep"):
+        return None
+    for prefix, cause in UNSEEN_GROUPS.items():
+        if name.startswith(prefix):
+            return cause
+    return None
+
+
 class TraceParseError(RecordError):
     """A trace line that does not parse; a RecordError (exit code 6, README.md)."""
 
@@ -65,7 +85,10 @@ class TraceEvent:
 
 
 def parse_trace(text: str) -> list[TraceEvent]:
-    """Every kmem event of a `trace` file, in file order; other events are skipped."""
+    """Every kmem event of a `trace` file, in file order; other events are skipped.
+
+    Compaction and reclaim events (UNSEEN_GROUPS) are kept by name only.
+    """
     events = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -74,6 +97,10 @@ def parse_trace(text: str) -> list[TraceEvent]:
         if m is None:
             raise TraceParseError(lineno, line, "not a trace line")
         name = m["event"]
+        if unseen_cause(name) is not None:
+            events.append(TraceEvent(int(m["cpu"]), float(m["ts"]), m["task"].strip(),
+                                     int(m["pid"]), name, {}, "", m["flags"] or ""))
+            continue
         if name not in _REQUIRED:
             continue
         fields: dict[str, int] = {}

@@ -12,10 +12,11 @@ from buddylab import protocol
 from buddylab.experiments.accuracy.guestrun import enable_tracing, run_chunk
 from buddylab.experiments.accuracy.report import AccuracyRequest, format_table, result_json, suite
 from buddylab.experiments.accuracy.scoring import Accuracy, evaluate
-from buddylab.experiments.accuracy.workload import generate
+from buddylab.experiments.accuracy.workload import WORKLOADS, generate
 from buddylab.guest.session import Session
 
-__all__ = ["Accuracy", "AccuracyRequest", "format_table", "measure", "result_json", "suite"]
+__all__ = ["Accuracy", "AccuracyRequest", "WORKLOADS", "format_table", "measure", "result_json",
+           "suite"]
 
 
 def measure(session: Session, request: AccuracyRequest) -> Accuracy:
@@ -24,10 +25,12 @@ def measure(session: Session, request: AccuracyRequest) -> Accuracy:
     `request.traced` records the kmem tracepoints too: what else the kernel did
     between and during the operations is then applied to the model.
     """
+    if not request.boost:
+        session.run("echo 0 > /proc/sys/vm/watermark_boost_factor").check()
     session.run(protocol.insmod()).check()
     if request.traced:
         enable_tracing(session)
-    commands = generate(request.seed, request.ops)
+    commands = generate(request.seed, request.ops, request.workload, request.memory_mib)
     result = Accuracy()
     for start in range(0, len(commands), request.chunk):
         evaluate(run_chunk(session, commands[start:start + request.chunk], request.traced), result)

@@ -21,11 +21,20 @@ class Chunk:
     allocs: list[kmod.AllocRecord]
     commands: list[str]
     events: list[TraceEvent] | None = None
+    # Traced runs: an exact dump right after the chunk's last operation.
+    end_dump: kmod.FreeListDump | None = None
+    end_pageblocks: list[kmod.Pageblock] | None = None
+
+
+# Tracepoint groups recorded with the kmem events: compaction and reclaim move
+# pages without a kmem event, so an operation near them is named unpredictable.
+UNSEEN_GROUPS = ("compaction", "vmscan")
 
 
 def enable_tracing(session: Session, buffer_kb: int = 8192) -> None:
-    """The kmem events and the module's own, into a buffer large enough for a chunk."""
-    events = [f"kmem/{e}" for e in KMEM_EVENTS] + list(protocol.TRACE_EVENTS)
+    """The kmem events, compaction's and reclaim's, and the module's own."""
+    events = ([f"kmem/{e}" for e in KMEM_EVENTS] + list(UNSEEN_GROUPS)
+              + list(protocol.TRACE_EVENTS))
     session.run(protocol.tracing_setup(events, buffer_kb)).check()
 
 
@@ -33,20 +42,28 @@ def run_chunk(session: Session, commands: list[str], traced: bool = False) -> Ch
     """Run `commands` in one shell after an exact dump, and read everything back."""
     session.run(f"cat > {CHUNK_FILE}", stdin=("\n".join(commands) + "\n").encode()).check()
     tracing = protocol.TRACING
+    # Traced: a second exact dump (fd 8, then the pageblocks, fd 9) right after
+    # the last command; the trace holds what happened in between.
+    body = protocol.write_commands(CHUNK_FILE)
+    if traced:
+        body += "; exec 8< freelists 9< pageblocks"
     script = protocol.exact_dump_script(
-        protocol.write_commands(CHUNK_FILE),
+        body,
         # The allocations held before the chunk, read before the dump's capture.
         before_dump="echo clear_log >&7 && cat allocs > /tmp/allocs && ",
         between_opens=f"echo > {tracing}/trace && echo 1 > {tracing}/tracing_on && "
         if traced else "",
         after_body=f"echo 0 > {tracing}/tracing_on; " if traced else "",
-        reads=("cat log", "cat /tmp/allocs", *((f"cat {tracing}/trace",) if traced else ())))
+        reads=("cat log", "cat /tmp/allocs",
+               *((f"cat {tracing}/trace", "cat <&8", "cat <&9") if traced else ())))
     out = session.run(script, timeout=600).check().stdout
-    parts = protocol.split_output(out, 6 if traced else 5)
+    parts = protocol.split_output(out, 8 if traced else 5)
     part = protocol.parse_part
     return Chunk(part("zones", kmod.parse_zones, parts[0]),
                  part("pageblocks", kmod.parse_pageblocks, parts[1]),
                  part("freelists", kmod.parse_freelists, parts[2]),
                  part("log", kmod.parse_log, parts[3]),
                  part("allocs", kmod.parse_allocs, parts[4]), commands,
-                 part("trace", parse_trace, parts[5]) if traced else None)
+                 part("trace", parse_trace, parts[5]) if traced else None,
+                 part("end freelists", kmod.parse_freelists, parts[6]) if traced else None,
+                 part("end pageblocks", kmod.parse_pageblocks, parts[7]) if traced else None)

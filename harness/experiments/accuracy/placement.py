@@ -25,6 +25,23 @@ class OpWindow:
 
     before: list[TraceEvent] = field(default_factory=list)
     during: list[TraceEvent] = field(default_factory=list)
+    # The task that ran the operation: the pid of its `buddylab_snapshot` events.
+    pid: int | None = None
+
+
+def after_last_op(events: list[TraceEvent], end_gen: int) -> list[TraceEvent] | None:
+    """The events after the last operation's after-snapshot, up to dump `end_gen`'s capture.
+
+    None when the trace lacks that capture's `buddylab_dump` event.
+    """
+    ends = [i for i, e in enumerate(events) if e.name == "buddylab_dump" and e["gen"] == end_gen]
+    if not ends:
+        return None
+    end = ends[-1]   # a retried capture emits it again: the last one is the image
+    start = max((i for i, e in enumerate(events[:end])
+                 if e.name == "buddylab_snapshot" and e["after"]), default=-1)
+    return [e for e in events[start + 1:end] if e.name not in ("buddylab_dump",
+                                                                "buddylab_snapshot")]
 
 
 def op_windows(events: list[TraceEvent], dump_gen: int) -> dict[int, OpWindow]:
@@ -41,6 +58,7 @@ def op_windows(events: list[TraceEvent], dump_gen: int) -> dict[int, OpWindow]:
             continue  # already in the dump
         if ev.name == "buddylab_snapshot":
             window = windows.setdefault(ev["seq"], OpWindow())
+            window.pid = ev.pid
             if ev["after"]:
                 window.during = current
                 current = pending = []
@@ -52,10 +70,17 @@ def op_windows(events: list[TraceEvent], dump_gen: int) -> dict[int, OpWindow]:
     return windows
 
 
-def not_the_op(events: list[TraceEvent], op: kmod.OpRecord) -> list[TraceEvent]:
-    """Events in an operation's window that its own kworker did not cause."""
+def not_the_op(events: list[TraceEvent], op: kmod.OpRecord, pid: int | None = None,
+               ) -> list[TraceEvent]:
+    """Events in an operation's window that its own kworker did not cause.
+
+    With `pid` (the task that emitted the operation's snapshots), another
+    kworker that ran on the same CPU while the operation rescheduled
+    (cond_resched() after each block) is not taken for the operation.
+    """
     return [e for e in events
-            if e.cpu != op.cpu or e.in_interrupt or not e.task.startswith("kworker")]
+            if e.cpu != op.cpu or e.in_interrupt or not e.task.startswith("kworker")
+            or (pid is not None and e.pid != pid)]
 
 
 def replay_traced(replayer: operations.OperationReplayer, op: kmod.OpRecord, command: str,

@@ -26,24 +26,47 @@ from dataclasses import dataclass, field
 from buddylab.allocator import GFP_TYPES, MAX_ORDER
 from buddylab.errors import RecordError
 from buddylab.experiments.accuracy.guestrun import Chunk
-from buddylab.experiments.accuracy.placement import (OpWindow, not_the_op, op_windows,
-                                                     replay_traced)
+from buddylab.experiments.accuracy.placement import (OpWindow, after_last_op, not_the_op,
+                                                     op_windows, replay_traced)
 from buddylab.experiments.accuracy.workload import command_args
 from buddylab.models import kernel_state, operations, pagemodel
 from buddylab.models.counts import ZoneState, predict_alloc
+from buddylab.models.kmem_replay import KmemTraceReplayer
 from buddylab.models.textbook import predict_textbook
 from buddylab.records import kmod
-from buddylab.records.kmemtrace import TraceEvent
+from buddylab.records.kmemtrace import TraceEvent, unseen_cause
 
 
 @dataclass
 class Tally:
+    """A model's score: over all operations, and over those it attempts.
+
+    `attempted` are the operations the model makes a prediction for (the
+    counts-only model attempts single successful allocations; the page model
+    attempts every operation that is not named unpredictable).
+    """
+
     ops: int = 0
+    attempted: int = 0
     exact: int = 0
 
     @property
     def share(self) -> float:
+        """Exact over all operations."""
         return self.exact / self.ops if self.ops else 0.0
+
+    @property
+    def attempted_share(self) -> float:
+        return self.exact / self.attempted if self.attempted else 0.0
+
+    @property
+    def missed(self) -> int:
+        return self.attempted - self.exact
+
+    def add(self, attempted: bool, exact: bool) -> None:
+        self.ops += 1
+        self.attempted += attempted
+        self.exact += attempted and exact
 
 
 @dataclass
@@ -65,6 +88,33 @@ class Accuracy:
     # and how many of those matched only with those events after the op.
     concurrent: int = 0
     reordered: int = 0
+    # Operations the page model does not attempt, by cause (e.g. "partial
+    # steal: ownership unknowable"); they are not counted as predicted.
+    unpredictable: dict[str, int] = field(default_factory=dict)
+    # `alloc` commands the module's own watermark guard refused before the
+    # allocator was called (n=0 stop=watermark): nothing to predict.
+    guard_refused: int = 0
+    # alloc commands that stopped early (ret -12): how many blocks they got is
+    # the kernel's (or the guard's) answer, which the replay is given.
+    told_count: int = 0
+    # Paths the page model took while replaying (pagemodel.COVERAGE, summed
+    # over the zones, plus DMA-zone allocations and the module's records of
+    # guard refusals and allocator failures).
+    coverage: dict[str, int] = field(default_factory=dict)
+    # Traced runs: end-of-chunk exact dumps compared, skipped (not predictable)
+    # and the differences of each one that did not match.
+    end_dumps: int = 0
+    end_dumps_skipped: int = 0
+    end_dump_differences: list[list[str]] = field(default_factory=list)
+
+    def cover(self, path: str, n: int = 1) -> None:
+        self.coverage[path] = self.coverage.get(path, 0) + n
+
+    def passed(self, min_share: float = 1.0) -> bool:
+        """The page model missed no operation it attempts (or no more than min_share allows)."""
+        if self.end_dump_differences:
+            return False
+        return self.page.attempted == 0 or self.page.attempted_share >= min_share
 
 
 def _zone_totals(snap: kmod.Snapshot) -> dict[str, list[int]]:
@@ -76,11 +126,18 @@ def _zone_totals(snap: kmod.Snapshot) -> dict[str, list[int]]:
     return totals
 
 
+def _counts_attempts(op: kmod.OpRecord) -> bool:
+    """The count-level model predicts single successful allocations only."""
+    return (op.verb == "alloc" and op.ret == 0 and op.n == 1 and op.zone is not None
+            and op.order is not None)
+
+
 def _counts_exact(op: kmod.OpRecord) -> bool:
     """The count-level 5.10 model from the kernel's before-counts."""
-    if op.verb != "alloc" or op.ret != 0 or op.n != 1 or op.zone is None or op.order is None:
+    if not _counts_attempts(op):
         return False
-    assert op.gfp is not None and op.api is not None
+    assert op.gfp is not None and op.api is not None and op.zone is not None
+    assert op.order is not None
     before = kernel_state.counts_state(op.before, op.zone, op.cpu)
     after = kernel_state.counts_state(op.after, op.zone, op.cpu)
     kept = op.pages if op.api == "alloc_pages_exact" else None
@@ -99,6 +156,13 @@ FreeSnapshot = dict[str, tuple[int, int, dict[int, int]]]  # zone -> (start, end
 def _free_snapshot(zones: dict[kernel_state.ZoneKey, pagemodel.Zone]) -> FreeSnapshot:
     return {z.name: (z.start_pfn, z.end_pfn, {pfn: o for pfn, (o, _) in z.free.items()})
             for z in zones.values()}
+
+
+def _textbook_attempts(op: kmod.OpRecord) -> bool:
+    """The textbook predicts single successful allocations and frees."""
+    if op.verb == "alloc":
+        return op.ret == 0 and op.zone is not None and op.order is not None and op.n == 1
+    return op.verb in ("free", "free_ids", "free_all")
 
 
 def _textbook_exact(op: kmod.OpRecord, free_before: FreeSnapshot,
@@ -139,26 +203,118 @@ def evaluate(chunk: Chunk, result: Accuracy) -> None:
     replayer = operations.OperationReplayer(zones)
     replayer.adopt(chunk.allocs)
     windows = op_windows(chunk.events, chunk.dump.gen) if chunk.events is not None else {}
+    stopped: str | None = None   # why the page model could not go on in this chunk
+    # Compaction, reclaim or the slow path ran, or a partial steal's outcome is
+    # unknown: from there on the chunk is not predictable (the next dump
+    # re-synchronises the model).
+    unseen: str | None = None
     for op, command in zip(ops, chunk.commands):
         window = windows.get(op.seq, OpWindow())
-        concurrent = not_the_op(window.during, op)
-        freed = _blocks_freed(replayer, op, command_args(command))
+        if unseen is None:
+            causes = sorted({c for e in window.before + window.during
+                             if (c := unseen_cause(e.name)) is not None})
+            if causes:
+                unseen = " and ".join(causes) + f" ran (op {op.seq})"
+            elif chunk.events is None and op.stop == "nomem":
+                # The fast path failed: the slow path (reclaim, compaction,
+                # draining the per-CPU lists) ran, which an untraced run cannot see.
+                unseen = f"the slow path ran (op {op.seq} failed a block, untraced)"
+        concurrent = not_the_op(window.during, op, window.pid)
+        freed = _blocks_freed(replayer, op, command_args(command)) if stopped is None else []
         free_before = _free_snapshot(replayer.zones) if freed else {}
-        if chunk.events is not None:
-            replayer, outcome, later = replay_traced(replayer, op, command, window.before,
-                                                      concurrent)
-            result.concurrent += bool(concurrent)
-            result.reordered += later
-        else:
-            outcome = replayer.replay(op, command_args(command))
-        for tally, ok in ((result.page, outcome.exact and not outcome.before),
-                          (result.counts, _counts_exact(op)),
-                          (result.textbook, _textbook_exact(op, free_before, freed))):
-            tally.ops += 1
-            tally.exact += ok
-        if not (outcome.exact and not outcome.before):
+        outcome: operations.OpOutcome | None = None
+        # The operation's own steals (its CPU's kworker, not interrupted):
+        # their change_ownership answers a partial steal's question.
+        replayer.steal_answers = [(e["pfn"], bool(e["change_ownership"])) for e in window.during
+                                  if e.name == "mm_page_alloc_extfrag" and e not in concurrent]
+        if stopped is None:
+            try:
+                if chunk.events is not None:
+                    replayer, outcome, later = replay_traced(replayer, op, command, window.before,
+                                                             concurrent)
+                    result.concurrent += bool(concurrent)
+                    result.reordered += later
+                else:
+                    outcome = replayer.replay(op, command_args(command))
+            except (pagemodel.ModelStopped, KeyError) as e:
+                # The model's state is no longer the kernel's: a miss, and the
+                # rest of the chunk is not predicted (the next chunk's dump
+                # re-synchronises it).
+                stopped = f"op {op.seq}: {type(e).__name__}: {e}"
+                result.divergences.append(Divergence(
+                    op.seq, command, "5.10 page for page", [],
+                    f"the model stopped ({type(e).__name__}: {e}); the rest of the chunk "
+                    "counts as missed"))
+        guard = op.verb == "alloc" and op.n == 0 and op.stop == "watermark"
+        unpredictable = unseen is not None or (outcome is not None and outcome.unknowable is not None)
+        if guard:
+            result.guard_refused += 1
+        elif unseen is not None:
+            cause = f"not predictable: {unseen.split(' (')[0]}"
+            if "ran" in cause:
+                cause += " in this operation or earlier in its chunk"
+            result.unpredictable[cause] = result.unpredictable.get(cause, 0) + 1
+        elif unpredictable:
+            assert outcome is not None and outcome.unknowable is not None
+            cause = _unpredictable_cause(outcome.unknowable)
+            result.unpredictable[cause] = result.unpredictable.get(cause, 0) + 1
+        if op.verb in ("alloc", "fill") and op.ret != 0 and not guard:
+            result.told_count += 1
+        page_ok = outcome is not None and outcome.exact and not outcome.before
+        result.page.add(not (guard or unpredictable), page_ok)
+        result.counts.add(_counts_attempts(op), _counts_exact(op))
+        result.textbook.add(_textbook_attempts(op),
+                            stopped is None and _textbook_exact(op, free_before, freed))
+        if outcome is not None and not page_ok and not guard and unseen is None:
             result.divergences.append(
                 _divergence(op, command, outcome, window.before + concurrent, concurrent))
+        if unseen is None and outcome is not None and outcome.unknowable is not None:
+            # Half-way through the operation: the rest of the chunk starts from
+            # a state the model does not know.
+            unseen = f"an unknowable partial steal earlier in the chunk (op {op.seq})"
+        if op.verb in ("alloc", "fill") and op.stop == "watermark":
+            result.cover("module guard refusals")
+        if op.verb in ("alloc", "fill") and op.stop == "nomem":
+            result.cover("allocator failures (stop=nomem)")
+    if chunk.end_dump is not None and chunk.events is not None:
+        _compare_end_dump(chunk, replayer, result, stopped or unseen)
+    for z in replayer.zones.values():
+        for path, n in z.coverage.items():
+            result.cover(path, n)
+        if z.name == "DMA":
+            result.cover("DMA-zone allocations", z.coverage["allocations"])
+
+
+def _compare_end_dump(chunk: Chunk, replayer: operations.OperationReplayer, result: Accuracy,
+                      not_predictable: str | None) -> None:
+    """The whole exact dump after the chunk (list order, per-CPU lists, pageblock types).
+
+    The trace's events after the last operation (the dump's own buffer among
+    them) are applied first.  A chunk in which the model stopped, or compaction
+    or reclaim ran, is counted apart: its end is not predictable.
+    """
+    assert chunk.end_dump is not None and chunk.events is not None
+    if not_predictable is not None:
+        result.end_dumps_skipped += 1
+        return
+    tail = after_last_op(chunk.events, chunk.end_dump.gen)
+    if tail is None:
+        raise RecordError(f"the trace lacks the capture of dump {chunk.end_dump.gen} "
+                          "(was the trace buffer too small?)")
+    KmemTraceReplayer(list(replayer.zones.values())).replay(
+        [e for e in tail if unseen_cause(e.name) is None])
+    diffs = kernel_state.compare_dump(replayer.zones, chunk.end_dump, chunk.end_pageblocks,
+                                      limit=6)
+    result.end_dumps += 1
+    if diffs:
+        result.end_dump_differences.append(diffs)
+
+
+def _unpredictable_cause(why: str) -> str:
+    """A short name for why an operation cannot be predicted (the table's row)."""
+    if "allocated movable pages" in why:
+        return "partial steal: pageblock ownership depends on allocated pages no dump shows"
+    return why.split(":", 1)[0]
 
 
 def _blocks_freed(replayer: operations.OperationReplayer, op: kmod.OpRecord,

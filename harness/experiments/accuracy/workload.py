@@ -1,7 +1,18 @@
-"""The seeded workload: module commands over every API, order, size and GFP type.
+"""The seeded workloads: module commands over every API, order, size and GFP type.
 
 The same seed gives the same commands.  The generator keeps its own count of
-the ids the module will hand out, so frees name live allocations.
+the ids the module will hand out, so frees name live allocations (under
+pressure the module's watermark guard refuses some blocks, whose ids are then
+never handed out: a later free of such an id is a no-op that the module
+records with ret -2).
+
+* `default`: at most 64 MiB live, far from any watermark.
+* `pressure`: memory filled to near the watermarks (the module's guard, which
+  keeps each zone above its high watermark, refuses the rest), large batches
+  of all orders, Unmovable (GFP_KERNEL, GFP_ATOMIC) and Movable lifetimes
+  interleaved, step frees that leave holes, so pageblocks of mixed type form
+  and the fallback steals.  The module has no Reclaimable GFP, so no
+  Reclaimable allocation is made.
 """
 
 from __future__ import annotations
@@ -19,7 +30,20 @@ def _order_weighted(rng: random.Random) -> int:
     return min(int(rng.expovariate(0.6)), MAX_ORDER - 1)
 
 
-def generate(seed: int, count: int) -> list[str]:
+WORKLOADS = ("default", "pressure")
+
+
+def generate(seed: int, count: int, workload: str = "default", memory_mib: int = 512,
+             ) -> list[str]:
+    """`count` module commands of the named workload, the same for the same seed."""
+    if workload == "pressure":
+        return generate_pressure(seed, count, memory_mib)
+    if workload != "default":
+        raise ValueError(f"unknown workload {workload!r}")
+    return generate_default(seed, count)
+
+
+def generate_default(seed: int, count: int) -> list[str]:
     """`count` module commands, the same for the same seed."""
     rng = random.Random(seed)
     commands: list[str] = []
@@ -59,6 +83,76 @@ def generate(seed: int, count: int) -> list[str]:
             words.append(f"count={n}")
         if rng.random() < 0.1:
             words.append("zero=1")
+        commands.append(" ".join(words))
+        for _ in range(n):
+            live[next_id] = pages
+            live_pages += pages
+            next_id += 1
+    return commands
+
+
+# At most this many live allocations, below the module's 65,536-entry pool, so
+# that no batch needs a tracking block of its own (kmod/README.md).
+MAX_LIVE_BLOCKS = 48_000
+
+
+def generate_pressure(seed: int, count: int, memory_mib: int) -> list[str]:
+    """`count` commands that keep memory near the watermarks, the same for the same seed."""
+    rng = random.Random(seed)
+    budget = memory_mib * 256 * 9 // 10     # pages: more than the guard lets through
+    commands: list[str] = []
+    live: dict[int, int] = {}   # expected id -> pages
+    next_id = 1
+    live_pages = 0
+
+    def free_window() -> None:
+        nonlocal live_pages
+        ids = sorted(live)
+        lo = rng.randrange(len(ids))
+        hi = min(len(ids) - 1, lo + rng.randint(16, 4000))
+        step = rng.choice((2, 3, 2, 1))
+        first, last = ids[lo], ids[hi]
+        for i in range(first, last + 1, step):
+            live_pages -= live.pop(i, 0)
+        commands.append(f"free_ids first={first} last={last} step={step}")
+
+    while len(commands) < count:
+        roll = rng.random()
+        full = live_pages > budget or len(live) > MAX_LIVE_BLOCKS
+        if live and ((full and rng.random() < 0.5) or (not full and 0.22 <= roll < 0.30)):
+            free_window()
+            continue
+        if live and (full or roll < 0.22):
+            victim = rng.choice(sorted(live))
+            live_pages -= live.pop(victim)
+            commands.append(f"free id={victim}")
+            continue
+        low = live_pages > budget * 0.7
+        gfp = rng.choices(GFPS, weights=(40, 35 if low else 10, 45))[0]
+        if roll < 0.40:
+            # A single block of any api, as the default workload makes.
+            api = rng.choice(APIS)
+            words = [f"alloc api={api} gfp={gfp}"]
+            if api in ("alloc_pages", "__get_free_pages"):
+                order = min(int(rng.expovariate(0.35)), MAX_ORDER - 1)
+                words.append(f"order={order}")
+                pages = 1 << order
+            elif api == "alloc_pages_exact":
+                size = rng.randint(1, 4096 << min(int(rng.expovariate(0.35)), MAX_ORDER - 1))
+                words.append(f"size={size}")
+                pages = -(-size // 4096)
+            else:
+                pages = 1
+            n = 1
+        else:
+            # A batch: all orders, up to a few thousand pages at once.
+            order = rng.choice((0, 0, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10))
+            pages = 1 << order
+            n = max(1, min(rng.randint(1, 6000) >> order,
+                           MAX_LIVE_BLOCKS - len(live), 20000))
+            words = [f"alloc api=alloc_pages gfp={gfp} order={order}"]
+            if n > 1:
+                words.append(f"count={n}")
         commands.append(" ".join(words))
         for _ in range(n):
             live[next_id] = pages
