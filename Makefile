@@ -21,6 +21,7 @@ bench: venv
 	$(VPY) bench/model_bench.py
 	$(VPY) bench/run_bench.py
 	$(VPY) bench/snapshot_bench.py
+	$(VPY) bench/chapter8_bench.py
 
 host-deps:
 	@bash images/install-host-deps.sh
