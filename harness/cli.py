@@ -194,11 +194,11 @@ def experiment_command(args: argparse.Namespace) -> int:
                                 f"known: {', '.join(registry.EXPERIMENTS)}, all")
     progress = registry.Progress()
     progress("preparing the kernel, the module and the guest image")
-    prepared = prepare(pins=load_kernel_pins(opts.kernel))
+    prepared = args.guest.prepare(pins=load_kernel_pins(opts.kernel))
     run_dir = new_run_dir("experiment-" + (names[0] if len(names) == 1 else "all"))
     progress(f"booting ({prepared.accel})")
-    with boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
-              ready_timeout=opts.boot_timeout, keep_dir=run_dir) as session:
+    with args.guest.boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
+                         ready_timeout=opts.boot_timeout, keep_dir=run_dir) as session:
         results = registry.run_experiments(session, names, run_dir, prepared.kernel.config,
                                            progress)
     meta = _metadata("experiment", opts, prepared).as_json()
@@ -358,7 +358,7 @@ def check_module_command(args: argparse.Namespace) -> int:
                                     opts.memory_mib, opts.cpus, opts.boot_timeout)
     run_dir = new_run_dir("check-module")
     report = check_module.run_check(req, load_kernel_pins(opts.kernel), run_dir,
-                                    Progress(enabled=True))
+                                    Progress(enabled=True), args.guest)
     write_json(run_dir / "result.json", {**report.as_json(), "run_dir": str(run_dir)})
     write_text(run_dir / "report.txt", report.render() + "\n")
     if args.json:

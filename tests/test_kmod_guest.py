@@ -514,7 +514,7 @@ class FuzzRound:
 def fuzz_round(g: Session, shells: list, tool: str, writers: list[list[Record]]) -> FuzzRound:
     """Load, run both writers at once (g and shells[0]) while shells[1] reads every file
     in a loop, free_all, unload."""
-    g.run(f"insmod {g.module_path} && rm -f /tmp/fuzz-stop").check()
+    g.run(f"insmod {g.module_path} allow_leak=1 && rm -f /tmp/fuzz-stop").check()
     results: dict[int, list[str]] = {}
     reads: list[str] = []
     errors: list[BaseException] = []
@@ -780,7 +780,7 @@ def test_load_allocate_unload_cycles_leave_no_pages_behind(prepared):
     with boot(prepared) as g:
         m = g.module_path
         start = time.monotonic()
-        out = g.run(f"for i in $(seq {CYCLES + 1}); do insmod {m} && cd {D} && {cycle} && cd / "
+        out = g.run(f"for i in $(seq {CYCLES + 1}); do insmod {m} allow_leak=1 && cd {D} && {cycle} && cd / "
                     f"&& rmmod buddylab || exit 1; {GUEST_MEM}; echo '##'; done",
                     timeout=600).check().stdout
         seconds = time.monotonic() - start
@@ -788,7 +788,7 @@ def test_load_allocate_unload_cycles_leave_no_pages_behind(prepared):
 
         before, _ = mem_median(g)
         n = CONTROL_CYCLES
-        control = g.run(f"insmod {m} && cd {D} && exec 7> control && for i in $(seq {n}); do "
+        control = g.run(f"insmod {m} allow_leak=1 && cd {D} && exec 7> control && for i in $(seq {n}); do "
                         f"{LEAK_CYCLE}; done && cat log && echo '##' && for i in "
                         f"$(seq {n + 1} {2 * n}); do {LEAK_CYCLE}; {GUEST_MEM}; echo '##'; done; "
                         "exec 7>&-; cat allocs",

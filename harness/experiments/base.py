@@ -37,6 +37,16 @@ class Result:
     explanations: list[str] = field(default_factory=list)   # where the book or model is wrong, why
     figures: list[Path] = field(default_factory=list)       # PNG and data files written
     data: dict[str, object] = field(default_factory=dict)   # the measured and predicted values
+    base_dir: Path | None = None     # figures are named relative to it (the results directory)
+
+    def figure_names(self) -> list[str]:
+        out = []
+        for p in self.figures:
+            try:
+                out.append(str(p.relative_to(self.base_dir)) if self.base_dir else str(p))
+            except ValueError:
+                out.append(str(p))
+        return out
 
     @property
     def passed(self) -> bool:
@@ -51,7 +61,7 @@ class Result:
                 "passed": self.passed,
                 "checks": [{"check": c.name, "ok": c.ok, "note": c.note} for c in self.checks],
                 "explanations": self.explanations,
-                "figures": [str(p) for p in self.figures], "data": self.data}
+                "figures": self.figure_names(), "data": self.data}
 
     def render(self) -> str:
         lines = [f"{self.name}: {self.title}", f"  the book: {self.book_claim}", ""]
@@ -61,7 +71,7 @@ class Result:
         lines += ["", "  checks:"]
         for c in self.checks:
             lines.append(f"    [{'ok' if c.ok else 'FAIL'}] {c.name}" + (f" ({c.note})" if c.note else ""))
-        lines += [f"  figure: {p}" for p in self.figures]
+        lines += [f"  figure (in the results directory): {p}" for p in self.figure_names()]
         lines.append(f"  verdict: {'PASS' if self.passed else 'FAIL'}")
         return "\n".join(lines)
 

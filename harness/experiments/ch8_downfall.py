@@ -156,7 +156,7 @@ def evaluate(label: str, exact: bool, record: kmod.OpRecord, free_before: FreeBl
 
 def run(ctx: Context) -> Result:
     """Load the module, run the four steps with a dump after each, check each dump."""
-    result = Result(NAME, TITLE, BOOK_CLAIM)
+    result = Result(NAME, TITLE, BOOK_CLAIM, base_dir=ctx.out_dir)
     ctx.progress("4 steps, an exact dump after each (traced)")
     sr = steps.run_steps(ctx.session, COMMANDS)
     checks = steps.verify(sr, keep_zones=True)

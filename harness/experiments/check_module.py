@@ -21,7 +21,7 @@ import math
 import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from buddylab import errors, protocol
 from buddylab.experiments.base import kernel_log_problems
@@ -312,10 +312,17 @@ class CheckRequest:
     boot_timeout: float = 60.0
 
 
-def run_check(req: CheckRequest, pins: object, run_dir: Path, progress: ProgressFn) -> CheckReport:
-    """Build (a source directory), check the ELF, boot, run the control and the module's cycles."""
-    from buddylab.guest.session import boot, prepare
+def run_check(req: CheckRequest, pins: object, run_dir: Path, progress: ProgressFn,
+              guest: Any = None) -> CheckReport:
+    """Build (a source directory), check the ELF, boot, run the control and the module's cycles.
+
+    `guest` has prepare() and boot() (the CLI's seam, buddylab.cli.Guest); by
+    default those of buddylab.guest.session."""
+    from buddylab.guest import session as guest_session
     from buddylab.kernel import elfcheck, extbuild
+
+    prepare = guest.prepare if guest is not None else guest_session.prepare
+    boot = guest.boot if guest is not None else guest_session.boot
     from buddylab.paths import cache_dir
 
     report = CheckReport(str(req.path), threshold=req.threshold)

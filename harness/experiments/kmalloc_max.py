@@ -51,7 +51,7 @@ def predict_max(config: dict[str, str]) -> tuple[int | None, str]:
 
 
 def run(ctx: Context) -> Result:
-    result = Result(NAME, TITLE, BOOK_CLAIM)
+    result = Result(NAME, TITLE, BOOK_CLAIM, base_dir=ctx.out_dir)
     ctx.progress("kmalloc 4 KiB .. 16 MiB in 4 KiB steps until it fails")
     coarse = run_sweeps(ctx.session, [(4096, 1 << 24, 4096)])
     sizes = coarse.sweeps[0].sizes

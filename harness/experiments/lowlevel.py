@@ -91,7 +91,7 @@ def ranges(pfns: list[int]) -> str:
 
 
 def run(ctx: Context) -> Result:
-    result = Result(NAME, TITLE, BOOK_CLAIM)
+    result = Result(NAME, TITLE, BOOK_CLAIM, base_dir=ctx.out_dir)
     ctx.progress(f"{len(COMMANDS)} steps, an exact dump after each (traced)")
     sr = steps.run_steps(ctx.session, COMMANDS, params="allow_leak=1")
     checks = steps.verify(sr, keep_zones=True)

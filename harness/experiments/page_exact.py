@@ -46,7 +46,7 @@ def contiguous_run(dump: kmod.FreeListDump, zone: str, pfn: int, limit: int) -> 
 
 
 def run(ctx: Context) -> Result:
-    result = Result(NAME, TITLE, BOOK_CLAIM)
+    result = Result(NAME, TITLE, BOOK_CLAIM, base_dir=ctx.out_dir)
     ctx.progress(f"{len(COMMANDS)} steps, an exact dump after each (traced)")
     sr = steps.run_steps(ctx.session, COMMANDS)
     checks = steps.verify(sr)

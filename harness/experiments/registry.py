@@ -30,7 +30,7 @@ def run_experiments(session: Session, names: list[str], run_dir: Path, kernel_co
         result: Result = module.run(Context(session, out_dir, kernel_config,
                                             functools.partial(_prefixed, progress, name)))
         seconds = time.monotonic() - start
-        result.data["wall_seconds"] = round(seconds, 3)
+        result.base_dir = run_dir
         write_json(out_dir / "result.json", result.as_json())
         write_text(out_dir / "report.txt", result.render() + "\n")
         out.append((result, seconds))

@@ -21,7 +21,7 @@ SHOWN = [1, 8, 9, 16, 17, 32, 33, 64, 65, 96, 97, 128, 129, 192, 193, 256, 257, 
 
 
 def run(ctx: Context) -> Result:
-    result = Result(NAME, TITLE, BOOK_CLAIM)
+    result = Result(NAME, TITLE, BOOK_CLAIM, base_dir=ctx.out_dir)
     ctx.progress("ksize() of every size 1..8192, then 4 KiB steps to 4 MiB")
     sr = run_sweeps(ctx.session, RANGES)
     got = measured(sr)

@@ -76,11 +76,13 @@ def run_steps(session: Session, commands: list[str], timeout: float = 120.0,
     out = session.run(script(commands, params=params), timeout=timeout).check().stdout
     n = len(commands) + 1
     parts = protocol.split_output(out, n + 6)
-    dumps = [kmod.parse_freelists(p) for p in parts[2:2 + n]]
+    part = protocol.parse_part
+    dumps = [part(f"freelists-{i}", kmod.parse_freelists, p) for i, p in enumerate(parts[2:2 + n])]
     log_t, allocs_t, trace_t, dmesg = parts[2 + n:]
-    return StepRun(commands, kmod.parse_zones(parts[0]), kmod.parse_pageblocks(parts[1]), dumps,
-                   kmod.parse_log(log_t), kmod.parse_allocs(allocs_t), parse_trace(trace_t),
-                   dmesg, {"log": log_t, "trace": trace_t})
+    return StepRun(commands, part("zones", kmod.parse_zones, parts[0]),
+                   part("pageblocks", kmod.parse_pageblocks, parts[1]), dumps,
+                   part("log", kmod.parse_log, log_t), part("allocs", kmod.parse_allocs, allocs_t),
+                   part("trace", parse_trace, trace_t), dmesg, {"log": log_t, "trace": trace_t})
 
 
 @dataclass

@@ -109,7 +109,7 @@ def plot(rows: list[dict[str, object]], png: Path) -> None:
 
 
 def run(ctx: Context) -> Result:
-    result = Result(NAME, TITLE, BOOK_CLAIM)
+    result = Result(NAME, TITLE, BOOK_CLAIM, base_dir=ctx.out_dir)
     ctx.progress("kmalloc: ksize() of 1..8192 and 4 KiB steps to 4 MiB")
     sr = run_sweeps(ctx.session, KMALLOC_RANGES)
     ks = measured(sr)
