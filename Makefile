@@ -6,10 +6,13 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: qemu-test test bench host-deps lava-deps venv clean
+.PHONY: qemu-test test bench experiments host-deps lava-deps venv clean
 
 qemu-test: venv
 	$(VENV)/bin/buddylab qemu-test
+
+experiments: venv
+	$(VENV)/bin/buddylab experiment all
 
 test: venv
 	$(VPY) -m pytest -q -ra
@@ -18,6 +21,7 @@ bench: venv
 	$(VPY) bench/model_bench.py
 	$(VPY) bench/run_bench.py
 	$(VPY) bench/snapshot_bench.py
+	$(VPY) bench/chapter8_bench.py
 
 host-deps:
 	@bash images/install-host-deps.sh

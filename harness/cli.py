@@ -174,6 +174,48 @@ def qemu_test(args: argparse.Namespace) -> int:
         return out.finish([suite], run_dir)
 
 
+def _experiment_args(p: argparse.ArgumentParser) -> None:
+    from buddylab.experiments.registry import EXPERIMENTS
+
+    p.add_argument("names", nargs="+", metavar="NAME",
+                   help=f"experiment(s): {', '.join(EXPERIMENTS)}, or all")
+    p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+
+
+def experiment_command(args: argparse.Namespace) -> int:
+    """Boot once, run the named chapter-8 experiments; exit 1 if any check failed."""
+    from buddylab.experiments import registry
+
+    opts = guest_options(args)
+    names = list(registry.EXPERIMENTS) if args.names == ["all"] else args.names
+    unknown = [n for n in names if n not in registry.EXPERIMENTS]
+    if unknown:
+        raise errors.UsageError(f"unknown experiment {unknown[0]!r}; "
+                                f"known: {', '.join(registry.EXPERIMENTS)}, all")
+    progress = registry.Progress()
+    progress("preparing the kernel, the module and the guest image")
+    prepared = args.guest.prepare(pins=load_kernel_pins(opts.kernel))
+    run_dir = new_run_dir("experiment-" + (names[0] if len(names) == 1 else "all"))
+    progress(f"booting ({prepared.accel})")
+    with args.guest.boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
+                         ready_timeout=opts.boot_timeout, keep_dir=run_dir) as session:
+        results = registry.run_experiments(session, names, run_dir, prepared.kernel.config,
+                                           progress)
+    meta = _metadata("experiment", opts, prepared).as_json()
+    summary = {**meta, "run_dir": str(run_dir), "passed": all(r.passed for r, _ in results),
+               "experiments": [{**r.as_json(), "wall_seconds": round(t, 3)} for r, t in results]}
+    write_json(run_dir / "summary.json", summary)
+    if args.json:
+        import json
+        print(json.dumps(summary, indent=2))
+    else:
+        for r, t in results:
+            print(r.render())
+            print(f"  wall time: {t:.2f}s\n")
+        print(f"results: {run_dir}")
+    return errors.EXIT_OK if summary["passed"] else errors.EXIT_CHECKS_FAILED
+
+
 def _accuracy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--ops", type=int, default=5000, help="operations to generate (%(default)s)")
@@ -304,6 +346,67 @@ def lava_results_command(args: argparse.Namespace) -> int:
     return lava_commands.results_main(args)
 
 
+def _check_module_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", type=Path, help="a .ko file, or a source directory with Kbuild/Makefile")
+    p.add_argument("--params", default="", help="module parameters for insmod, e.g. 'order=3 n=2'")
+    p.add_argument("--cycles", type=int, default=10, help="load/unload cycles, 3..1000 (%(default)s)")
+    p.add_argument("--threshold", type=float, default=4.0, metavar="PAGES",
+                   help="pages kept per cycle beyond the control that count as a leak "
+                        "(at least the noise band; %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+
+
+def check_module_command(args: argparse.Namespace) -> int:
+    """Build, ELF-check, load/unload N times against a control; the verdict is the exit code."""
+    import json
+    import re
+
+    from buddylab.experiments import check_module
+    from buddylab.experiments.registry import Progress
+
+    opts = guest_options(args)
+    if not 3 <= args.cycles <= 1000 or not 0 <= args.threshold <= 1e6:
+        raise errors.UsageError("--cycles must be 3..1000 and --threshold 0..1000000")
+    if not re.fullmatch(r"[A-Za-z0-9_.,=:/ -]*", args.params):
+        raise errors.UsageError("--params: only name=value words (letters, digits, _.,:/-)")
+    req = check_module.CheckRequest(args.path, args.params, args.cycles, args.threshold,
+                                    opts.memory_mib, opts.cpus, opts.boot_timeout)
+    run_dir = new_run_dir("check-module")
+    report = check_module.run_check(req, load_kernel_pins(opts.kernel), run_dir,
+                                    Progress(enabled=True), args.guest)
+    write_json(run_dir / "result.json", {**report.as_json(), "run_dir": str(run_dir)})
+    write_text(run_dir / "report.txt", report.render() + "\n")
+    if args.json:
+        print(json.dumps({**report.as_json(), "run_dir": str(run_dir)}, indent=2))
+    else:
+        print(report.render())
+        print(f"results: {run_dir}")
+    return report.exit_code
+
+
+def _elfcheck_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("ko", type=Path, help="the module file")
+    p.add_argument("--kernel", default=DEFAULT_KERNEL, metavar="RECIPE",
+                   help="kernel recipe, a name in images/ (%(default)s)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+
+
+def elfcheck_command(args: argparse.Namespace) -> int:
+    """What insmod would say: vermagic, symbols, GPL-only symbols, modversion CRCs."""
+    import json
+
+    from buddylab.kernel import elfcheck
+    from buddylab.kernel.provision import provision_kernel
+
+    if not args.ko.is_file():
+        raise errors.UsageError(f"{args.ko}: no such file")
+    kernel = provision_kernel(load_kernel_pins(args.kernel))
+    report = elfcheck.elf_report(args.ko, elfcheck.kernel_vermagic(kernel.modules_dir),
+                                 kernel.symvers.read_text())
+    print(json.dumps(report.as_json(), indent=2) if args.json else report.render())
+    return errors.EXIT_OK if report.ok else errors.EXIT_CHECKS_FAILED
+
+
 @dataclass(frozen=True)
 class Command:
     name: str
@@ -328,6 +431,12 @@ COMMANDS = (
             _lava_job_args, lava_job_command),
     Command("lava-results", "read a LAVA job's log back into the checks (KTAP, JUnit, JSON)",
             _lava_results_args, lava_results_command, boots_guest=False),
+    Command("experiment", "run chapter-8 experiments (book, kernel and model side by side)",
+            _experiment_args, experiment_command),
+    Command("check-module", "build, ELF-check and load/unload an out-of-tree module N times: leaks?",
+            _check_module_args, check_module_command),
+    Command("elfcheck", "what insmod would say of a .ko (vermagic, symbols, GPL-only, CRCs)",
+            _elfcheck_args, elfcheck_command, boots_guest=False),
 )
 
 

@@ -21,7 +21,7 @@ DEBUGFS = f"/sys/kernel/debug/{MODULE_NAME}"
 TRACING = "/sys/kernel/debug/tracing"
 
 # Names as the module prints and parses them.
-VERBS = ("alloc", "free", "free_ids", "free_all", "leak", "fill", "clear_log")
+VERBS = ("alloc", "free", "free_ids", "free_all", "leak", "fill", "clear_log", "ksweep")
 APIS = ("alloc_pages", "alloc_page", "__get_free_pages", "__get_free_page",
         "get_zeroed_page", "alloc_pages_exact")
 ORDER0_APIS = ("alloc_page", "__get_free_page", "get_zeroed_page")
@@ -32,6 +32,9 @@ WHENS = ("before", "after")
 STATES = ("live", "leaked")
 STOPS = ("count", "nomem", "watermark")
 ENOENT, ENOMEM, EINVAL = 2, 12, 22
+# ksweep: the most sizes of one sweep and the largest size it may try.
+KSWEEP_MAX = 8192
+KSWEEP_LIMIT = 1 << 24
 
 # The module's own trace events (kmod/buddylab_trace.h).
 TRACE_EVENTS = ("buddylab/buddylab_dump", "buddylab/buddylab_snapshot")

@@ -211,6 +211,7 @@ enum bl_verb {
 	BL_LEAK,
 	BL_FILL,
 	BL_CLEAR_LOG,
+	BL_KSWEEP,
 	BL_NR_VERBS
 };
 
@@ -222,6 +223,7 @@ static const char * const bl_verb_names[BL_NR_VERBS] = {
 	[BL_LEAK] = "leak",
 	[BL_FILL] = "fill",
 	[BL_CLEAR_LOG] = "clear_log",
+	[BL_KSWEEP] = "ksweep",
 };
 
 /* Indexed by migratetype, as /proc/pagetypeinfo names them. */
@@ -297,6 +299,8 @@ static const struct bl_verbdef bl_verbs[BL_NR_VERBS] = {
 	[BL_FILL] = { BIT_K(API) | BIT_K(GFP) | BIT_K(ORDER) | BIT_K(MAX),
 		      BIT_K(API) | BIT_K(GFP) | BIT_K(ORDER) },
 	[BL_CLEAR_LOG] = { 0, 0 },
+	[BL_KSWEEP] = { BIT_K(FIRST) | BIT_K(LAST) | BIT_K(STEP),
+			BIT_K(FIRST) | BIT_K(LAST) },
 };
 
 struct bl_cmd {
@@ -1135,6 +1139,8 @@ static unsigned long bl_fill_bound(unsigned int order)
 	return (pages >> order) + 1;
 }
 
+static int bl_exec_ksweep(struct bl_op *op, u64 first, u64 last, u64 step);
+
 static int bl_exec(struct bl_run *run)
 {
 	const struct bl_cmd *cmd = run->cmd;
@@ -1154,6 +1160,9 @@ static int bl_exec(struct bl_run *run)
 		return bl_exec_free_ids(run->op, 1, U64_MAX, 1);
 	case BL_LEAK:
 		return bl_exec_leak(run->op, v[BL_K_ID], v[BL_K_ORDER]);
+	case BL_KSWEEP:
+		return bl_exec_ksweep(run->op, v[BL_K_FIRST], v[BL_K_LAST],
+				      v[BL_K_STEP]);
 	default:
 		return 0;
 	}
@@ -1286,6 +1295,8 @@ static bool bl_needs_order(unsigned int api)
 	return api == BL_ALLOC_PAGES || api == BL_GFP_PAGES;
 }
 
+static int bl_ksweep_check(struct bl_cmd *cmd);
+
 /* Rules that tie keys together. */
 static int bl_check(struct bl_cmd *cmd)
 {
@@ -1310,6 +1321,8 @@ static int bl_check(struct bl_cmd *cmd)
 		if (!(cmd->seen & BIT_K(STEP)))
 			v[BL_K_STEP] = 1;
 		return v[BL_K_FIRST] <= v[BL_K_LAST] ? 0 : -EINVAL;
+	case BL_KSWEEP:
+		return bl_ksweep_check(cmd);
 	default:
 		return 0;
 	}
@@ -1919,6 +1932,115 @@ static int bl_zones_show(struct seq_file *m, void *v)
 
 DEFINE_SHOW_ATTRIBUTE(bl_zones);
 
+/*
+ * kmalloc sizes: kmalloc(), ksize() and kfree() over a range of sizes
+ *
+ * ksweep first=A last=B [step=S] calls, for each size A, A+S, ... <= B,
+ * kmalloc(size, BL_GFP_KSWEEP), notes ksize() of the object (what the slab
+ * cache, or for a large request the page allocator, reserved: the book's
+ * ch8/slab4_actualsize) and kfree()s it at once, so the command holds
+ * nothing afterwards.  It stops at the first size kmalloc() refuses,
+ * quietly (__GFP_NOWARN), or that the watermark guard refuses.  The
+ * file ksizes lists the last sweep: one line per size tried.
+ */
+
+#define BL_KSWEEP_MAX		8192		/* sizes of one sweep */
+#define BL_KSWEEP_LIMIT		BIT_ULL(24)	/* largest size tried */
+#define BL_GFP_KSWEEP		(GFP_KERNEL | __GFP_NOWARN | __GFP_NORETRY)
+
+struct bl_ksize {
+	u32 size;
+	u32 ksize;	/* 0: kmalloc() returned NULL or the guard refused */
+};
+
+static struct bl_ksize bl_ksizes[BL_KSWEEP_MAX];
+static unsigned int bl_nr_ksizes;
+static u64 bl_ksizes_seq;
+
+static int bl_ksweep_check(struct bl_cmd *cmd)
+{
+	u64 *v = cmd->val;
+
+	if (!(cmd->seen & BIT_K(STEP)))
+		v[BL_K_STEP] = 1;
+	if (v[BL_K_FIRST] > v[BL_K_LAST] || v[BL_K_LAST] > BL_KSWEEP_LIMIT)
+		return -EINVAL;
+	if ((v[BL_K_LAST] - v[BL_K_FIRST]) / v[BL_K_STEP] >= BL_KSWEEP_MAX)
+		return -EINVAL;
+	return 0;
+}
+
+/* Whether the guard lets a kmalloc() of @size take its pages. */
+static bool bl_ksweep_headroom(size_t size)
+{
+	if (size <= KMALLOC_MAX_CACHE_SIZE)
+		return true;	/* a slab page at most; the guard's batch covers it */
+	if (get_order(size) >= MAX_ORDER)
+		return true;	/* the allocator refuses it without taking a page */
+	return bl_headroom(BL_GFP_KSWEEP, 1UL << get_order(size), 0);
+}
+
+static int bl_exec_ksweep(struct bl_op *op, u64 first, u64 last, u64 step)
+{
+	u64 size;
+	void *p;
+
+	op->flags |= BL_OP_COUNT | BL_OP_STOP;
+	op->stop = BL_STOP_COUNT;
+	bl_nr_ksizes = 0;
+	bl_ksizes_seq = op->seq;
+	for (size = first; size <= last; size += step) {
+		struct bl_ksize *k = &bl_ksizes[bl_nr_ksizes++];
+
+		k->size = size;
+		k->ksize = 0;
+		if (!bl_ksweep_headroom(size)) {
+			op->stop = BL_STOP_WATERMARK;
+			return -ENOMEM;
+		}
+		p = kmalloc(size, BL_GFP_KSWEEP);
+		if (!p) {
+			op->stop = BL_STOP_NOMEM;
+			return -ENOMEM;
+		}
+		k->ksize = ksize(p);
+		kfree(p);
+		op->n++;
+		cond_resched();
+	}
+	return 0;
+}
+
+static void *bl_ksizes_start(struct seq_file *m, loff_t *pos)
+{
+	mutex_lock(&bl.lock);
+	return *pos < bl_nr_ksizes ? &bl_ksizes[*pos] : NULL;
+}
+
+static void *bl_ksizes_next(struct seq_file *m, void *v, loff_t *pos)
+{
+	++*pos;
+	return *pos < bl_nr_ksizes ? &bl_ksizes[*pos] : NULL;
+}
+
+static int bl_ksizes_show(struct seq_file *m, void *v)
+{
+	const struct bl_ksize *k = v;
+
+	seq_printf(m, "kmalloc seq=%llu size=%u ksize=%u\n", bl_ksizes_seq,
+		   k->size, k->ksize);
+	return 0;
+}
+
+static const struct seq_operations bl_ksizes_sops = {
+	.start = bl_ksizes_start,
+	.next = bl_ksizes_next,
+	.stop = bl_unlock_stop,
+	.show = bl_ksizes_show,
+};
+
+DEFINE_SEQ_ATTRIBUTE(bl_ksizes);
+
 /* Load and unload */
 
 static int bl_zones_init(void)
@@ -1945,6 +2067,7 @@ static int bl_debugfs_init(void)
 		{ "freelists", &bl_freelists_fops },
 		{ "pageblocks", &bl_pageblocks_fops },
 		{ "zones", &bl_zones_fops },
+		{ "ksizes", &bl_ksizes_fops },
 	};
 	struct dentry *d;
 	unsigned int i;

@@ -263,11 +263,12 @@ VERB_KEYS = {"alloc": ({"api", "gfp", "order", "size", "zero", "count"}, {"api",
              "free_all": (set(), set()),
              "leak": ({"id", "order"}, {"id", "order"}),
              "fill": ({"api", "gfp", "order", "max"}, {"api", "gfp", "order"}),
-             "clear_log": (set(), set())}
+             "clear_log": (set(), set()),
+             "ksweep": ({"first", "last", "step"}, {"first", "last"})}
 # What a command that parses may return, besides its length (kmod/README.md, "Errors").
 LOGGED_ERRORS = {"alloc": {ENOMEM}, "fill": {ENOMEM}, "free": {ENOENT},
                  "leak": {ENOENT, EINVAL}, "free_ids": set(), "free_all": set(),
-                 "clear_log": set()}
+                 "clear_log": set(), "ksweep": {ENOMEM}}
 
 
 def parse_command(data: bytes) -> str | None:
@@ -306,7 +307,11 @@ def parse_command(data: bytes) -> str | None:
             return None
     if verb == "fill" and args["api"] != "alloc_pages":
         return None
-    if verb == "free_ids" and int(args["first"]) > int(args["last"]):
+    if verb in ("free_ids", "ksweep") and int(args["first"]) > int(args["last"]):
+        return None
+    if verb == "ksweep" and (int(args["last"]) > 1 << 24
+                             or (int(args["last"]) - int(args["first"])) // int(args.get("step", 1))
+                             >= 8192):
         return None
     return verb
 
@@ -378,8 +383,12 @@ class FuzzGenerator:
             if order >= 9 and rng.random() < 0.3:
                 return f"fill api=alloc_pages gfp={rng.choice(GFPS)} order={order}"
             return f"fill api=alloc_pages gfp={rng.choice(GFPS)} order={order} max={rng.randint(1, 64)}"
-        if roll < 0.97:
+        if roll < 0.95:
             return "free_all"
+        if roll < 0.97:
+            first = rng.choice([1, 8192, 8193, 4 << 20, rng.randint(1, 1 << 16)])
+            return (f"ksweep first={first} last={first + rng.randint(0, 64)}"
+                    + rng.choice(["", " step=1", " step=7", f" step={rng.randint(1, 1 << 20)}"]))
         return "clear_log"
 
     def mutate(self, command: str) -> bytes:
@@ -505,7 +514,7 @@ class FuzzRound:
 def fuzz_round(g: Session, shells: list, tool: str, writers: list[list[Record]]) -> FuzzRound:
     """Load, run both writers at once (g and shells[0]) while shells[1] reads every file
     in a loop, free_all, unload."""
-    g.run(f"insmod {g.module_path} && rm -f /tmp/fuzz-stop").check()
+    g.run(f"insmod {g.module_path} allow_leak=1 && rm -f /tmp/fuzz-stop").check()
     results: dict[int, list[str]] = {}
     reads: list[str] = []
     errors: list[BaseException] = []
@@ -771,7 +780,7 @@ def test_load_allocate_unload_cycles_leave_no_pages_behind(prepared):
     with boot(prepared) as g:
         m = g.module_path
         start = time.monotonic()
-        out = g.run(f"for i in $(seq {CYCLES + 1}); do insmod {m} && cd {D} && {cycle} && cd / "
+        out = g.run(f"for i in $(seq {CYCLES + 1}); do insmod {m} allow_leak=1 && cd {D} && {cycle} && cd / "
                     f"&& rmmod buddylab || exit 1; {GUEST_MEM}; echo '##'; done",
                     timeout=600).check().stdout
         seconds = time.monotonic() - start
@@ -779,7 +788,7 @@ def test_load_allocate_unload_cycles_leave_no_pages_behind(prepared):
 
         before, _ = mem_median(g)
         n = CONTROL_CYCLES
-        control = g.run(f"insmod {m} && cd {D} && exec 7> control && for i in $(seq {n}); do "
+        control = g.run(f"insmod {m} allow_leak=1 && cd {D} && exec 7> control && for i in $(seq {n}); do "
                         f"{LEAK_CYCLE}; done && cat log && echo '##' && for i in "
                         f"$(seq {n + 1} {2 * n}); do {LEAK_CYCLE}; {GUEST_MEM}; echo '##'; done; "
                         "exec 7>&-; cat allocs",

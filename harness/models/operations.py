@@ -45,6 +45,7 @@ class ModelAllocation:
     pfn: int
     order: int
     pages: int
+    leak_order: int | None = None     # set by `leak`: pages 0 .. 2^k - 1 went back
 
 
 @dataclass
@@ -133,12 +134,29 @@ class OperationReplayer:
             self.allocations[a.id] = ModelAllocation(zone, a.api, a.pfn, a.order, a.pages)
             self.next_id = max(self.next_id, a.id + 1)
 
+    def leak(self, alloc_id: int, k: int, cpu: int) -> None:
+        """The book's mistake (the module's `leak`): free an order-m block as order k < m.
+
+        __free_pages(page, k) frees pages 0 .. 2^k - 1 as one order-k block;
+        the module keeps the rest as blocks of order k .. m - 1.
+        """
+        a = self.allocations.get(alloc_id)
+        if a is None:
+            raise pagemodel.ModelError(f"the kernel leaked allocation {alloc_id}, "
+                                       "which the model does not hold")
+        a.zone.free_block(a.pfn, k, cpu)
+        a.leak_order = k
+        a.pages -= 1 << k
+
     def free(self, alloc_id: int, cpu: int) -> None:
         a = self.allocations.pop(alloc_id, None)
         if a is None:
             raise pagemodel.ModelError(f"the kernel freed allocation {alloc_id}, "
                                        "which the model does not hold")
-        if a.api == "alloc_pages_exact":
+        if a.leak_order is not None:
+            for j in range(a.leak_order, a.order):
+                a.zone.free_block(a.pfn + (1 << j), j, cpu)
+        elif a.api == "alloc_pages_exact":
             for pfn in range(a.pfn, a.pfn + a.pages):
                 a.zone.free_unref_page(pfn, cpu)
         else:
@@ -177,7 +195,11 @@ class OperationReplayer:
                 self.next_id += 1
                 first = a.pfn if first is None else first
             return first
-        if op.verb == "free" and op.id is not None and op.ret == 0:
+        if op.verb == "leak" and op.id is not None and op.ret == 0:
+            if "order" not in args:
+                raise pagemodel.Unknowable("leak replay needs the command's order")
+            self.leak(op.id, int(args["order"]), op.cpu)
+        elif op.verb == "free" and op.id is not None and op.ret == 0:
             self.free(op.id, op.cpu)
         elif op.verb == "free_all":
             for alloc_id in sorted(self.allocations):

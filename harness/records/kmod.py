@@ -33,6 +33,7 @@ RECORD_KEYS: dict[tuple[str, str], str] = {
     ("freelists", "pcpage"): "nid zone cpu [order] list pos pfn",
     ("pageblocks", "pageblock"): "nid zone pfn mt",
     ("zones", "zone"): "nid zone start_pfn spanned present managed free_pages",
+    ("ksizes", "kmalloc"): "seq size ksize",
 }
 
 OP_KEYS: dict[str, str] = {
@@ -43,6 +44,7 @@ OP_KEYS: dict[str, str] = {
     "free_ids": "seq verb ret cpu [id] n pages",
     "free_all": "seq verb ret cpu [id] n pages",
     "clear_log": "seq verb ret cpu",
+    "ksweep": "seq verb ret cpu n pages stop",
 }
 
 OP_RETS: dict[str, tuple[int, ...]] = {
@@ -53,6 +55,7 @@ OP_RETS: dict[str, tuple[int, ...]] = {
     "free_ids": (0,),
     "free_all": (0,),
     "clear_log": (0,),
+    "ksweep": (0, -ENOMEM),
 }
 
 # The README's values table: key -> the names it may take.
@@ -382,12 +385,12 @@ def _check_op(op: OpRecord) -> None:
         assert op.n is not None
         if (op.id is not None) != (op.n >= 1):
             raise RecordError("id must be present exactly when n >= 1")
+    if op.verb in ("alloc", "fill", "ksweep") and (op.stop == "count") != (op.ret == 0):
+        raise RecordError("stop=count exactly when ret=0")
     if op.verb in ("alloc", "fill"):
         assert op.n is not None
         if (op.pfn is not None) != (op.n >= 1):
             raise RecordError("nid zone pfn must be present exactly when n >= 1")
-        if (op.stop == "count") != (op.ret == 0):
-            raise RecordError("stop=count exactly when ret=0")
         if op.verb == "fill" and op.api != "alloc_pages":
             raise RecordError("fill uses alloc_pages")
     if op.verb in ("free", "leak"):
@@ -625,4 +628,28 @@ def parse_zones(text: str) -> list[ZoneSpan]:
     out = [ZoneSpan(**line.fields) for line in _lines("zones", text)]  # type: ignore[arg-type]
     if len({(z.nid, z.zone) for z in out}) != len(out):
         raise RecordError("zones: a zone appears twice")
+    return out
+
+
+# ksizes (the last ksweep)
+
+
+@dataclass(frozen=True)
+class KsizeRecord:
+    seq: int
+    size: int
+    ksize: int          # 0: kmalloc() refused the size (or the guard did)
+
+
+def parse_ksizes(text: str) -> list[KsizeRecord]:
+    """The `ksizes` file: every size of the last sweep, increasing; a 0 ksize only last."""
+    out: list[KsizeRecord] = []
+    for line in _lines("ksizes", text):
+        r = KsizeRecord(**line.fields)  # type: ignore[arg-type]
+        if out and (r.seq != out[-1].seq or r.size <= out[-1].size or out[-1].ksize == 0):
+            raise RecordError("one sweep, sizes increasing, a refusal only last",
+                              line.lineno, line.text)
+        if r.size < 1 or (r.ksize and r.ksize < r.size):
+            raise RecordError("ksize below the size asked", line.lineno, line.text)
+        out.append(r)
     return out

@@ -1,0 +1,206 @@
+"""Run module commands one step at a time, with an exact dump after every step, and check
+each dump against the page-for-page model.
+
+The guest script loads the module, turns the kmem tracepoints on, and then
+takes a `freelists` dump, runs one command, takes a dump, runs the next, and
+so on.  A dump allocates its own image buffer and forks a `cat`; that traffic
+is in the trace.  The model starts from the first dump; before each
+operation and each later dump it applies what the trace says the rest of
+the kernel did (buddylab.models.kmem_replay), predicts the operation itself
+(buddylab.models.operations, the way mm/page_alloc.c's
+__alloc_pages_nodemask() and __free_pages() do), and compares itself with
+every later dump list by list, in list order, per-CPU lists included
+(buddylab.models.kernel_state.compare_dump).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+from buddylab import protocol
+from buddylab.experiments.accuracy.placement import not_the_op, replay_traced
+from buddylab.experiments.base import kernel_log_problems
+from buddylab.guest.session import Session
+from buddylab.models import kernel_state, operations, pagemodel
+from buddylab.models.kmem_replay import KmemTraceReplayer
+from buddylab.records import kmod
+from buddylab.records.kmemtrace import KMEM_EVENTS, TraceEvent, parse_trace
+
+DUMP_DIR = "/tmp/bl-steps"
+
+
+@dataclass
+class StepRun:
+    """What the guest returned: the zones, the pageblocks, a dump before and after each step."""
+
+    commands: list[str]
+    zones: list[kmod.ZoneSpan]
+    pageblocks: list[kmod.Pageblock]
+    dumps: list[kmod.FreeListDump]          # len(commands) + 1
+    log: kmod.OpLog
+    allocs_before_free: list[kmod.AllocRecord]
+    events: list[TraceEvent]
+    dmesg: str
+    raw: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def kernel_log_problems(self) -> list[str]:
+        return kernel_log_problems(self.dmesg)
+
+
+def script(commands: list[str], buffer_kb: int = 16384, params: str = "") -> str:
+    """The guest shell text for `commands` (see the module docstring)."""
+    events = [f"kmem/{e}" for e in KMEM_EVENTS] + list(protocol.TRACE_EVENTS)
+    t = protocol.TRACING
+    steps = "".join(f"echo '{c}' >&7; cat freelists > {DUMP_DIR}/{i + 1}; "
+                    for i, c in enumerate(commands))
+    reads = " ".join(f"echo {protocol.SEPARATOR}; cat {DUMP_DIR}/{i};"
+                     for i in range(len(commands) + 1))
+    return (f"dmesg -c > /dev/null; rm -rf {DUMP_DIR}; mkdir -p {DUMP_DIR}; "
+            f"{protocol.insmod(params)} && {protocol.tracing_setup(events, buffer_kb)} "
+            f"&& cd {protocol.DEBUGFS} && cat zones > {DUMP_DIR}/zones "
+            f"&& cat pageblocks > {DUMP_DIR}/pageblocks && exec 7> control "
+            f"&& echo 1 > {t}/tracing_on && cat freelists > {DUMP_DIR}/0; {steps}"
+            f"echo 0 > {t}/tracing_on; exec 7>&-; cat allocs > {DUMP_DIR}/allocs; "
+            f"cat {DUMP_DIR}/zones; echo {protocol.SEPARATOR}; cat {DUMP_DIR}/pageblocks; "
+            f"{reads} echo {protocol.SEPARATOR}; cat log; echo {protocol.SEPARATOR}; "
+            f"cat {DUMP_DIR}/allocs; echo {protocol.SEPARATOR}; cat {t}/trace; "
+            f"echo 0 > {t}/events/enable; cd /; echo free_all > {protocol.DEBUGFS}/control; "
+            f"rmmod {protocol.MODULE_NAME}; echo {protocol.SEPARATOR}; dmesg")
+
+
+def run_steps(session: Session, commands: list[str], timeout: float = 120.0,
+              params: str = "") -> StepRun:
+    """`params` go to the module's insmod (`allow_leak=1` for a `leak` command)."""
+    out = session.run(script(commands, params=params), timeout=timeout).check().stdout
+    n = len(commands) + 1
+    parts = protocol.split_output(out, n + 6)
+    part = protocol.parse_part
+    dumps = [part(f"freelists-{i}", kmod.parse_freelists, p) for i, p in enumerate(parts[2:2 + n])]
+    log_t, allocs_t, trace_t, dmesg = parts[2 + n:]
+    return StepRun(commands, part("zones", kmod.parse_zones, parts[0]),
+                   part("pageblocks", kmod.parse_pageblocks, parts[1]), dumps,
+                   part("log", kmod.parse_log, log_t), part("allocs", kmod.parse_allocs, allocs_t),
+                   part("trace", parse_trace, trace_t), dmesg, {"log": log_t, "trace": trace_t})
+
+
+@dataclass
+class StepCheck:
+    """One step: the model's prediction of the operation and of the dump after it."""
+
+    command: str
+    op: kmod.OpRecord | None
+    outcome: operations.OpOutcome | None
+    dump_differences: list[str]
+    trace_mismatches: list[str]
+    zones_after: dict[kernel_state.ZoneKey, pagemodel.Zone] | None = None
+    # Every free block (zone, pfn, order, migratetype) just before the operation, as the
+    # model holds them after applying what the trace says happened since the last dump.
+    free_before: list[tuple[str, int, int, str]] = field(default_factory=list)
+
+    @property
+    def exact(self) -> bool:
+        return (self.op is not None and self.outcome is not None and self.outcome.exact
+                and not self.outcome.before and not self.dump_differences
+                and not self.trace_mismatches)
+
+
+@dataclass
+class Segment:
+    """A piece of the trace: events of the rest of the kernel, an operation, or a dump."""
+
+    kind: str                                   # "events", "op" or "dump"
+    events: list[TraceEvent] = field(default_factory=list)
+    seq: int = 0                                # op: its seq; its events: the ones during it
+    gen: int = 0                                # dump: its gen
+
+
+def _segments(events: list[TraceEvent], first_gen: int) -> list[Segment]:
+    """The trace after dump `first_gen`, cut at every later dump and every operation.
+
+    A capture retried because the lists outgrew its buffer emits its event
+    again; the last one of a gen is the image served.
+    """
+    last_at: dict[int, int] = {}
+    for i, ev in enumerate(events):
+        if ev.name == "buddylab_dump":
+            last_at[ev["gen"]] = i
+    if first_gen not in last_at:
+        raise kmod.RecordError(f"the trace has no buddylab_dump gen={first_gen}: "
+                               "the trace buffer overflowed or tracing was off")
+    out: list[Segment] = []
+    pending: list[TraceEvent] = []
+    during: list[TraceEvent] | None = None
+    for i in range(last_at[first_gen] + 1, len(events)):
+        ev = events[i]
+        if ev.name == "buddylab_dump":
+            if last_at.get(ev["gen"]) == i:
+                out += [Segment("events", pending), Segment("dump", gen=ev["gen"])]
+                pending = []
+            continue
+        if ev.name == "buddylab_snapshot":
+            if ev["after"]:
+                out.append(Segment("op", during or [], seq=ev["seq"]))
+                during = None
+            else:
+                out.append(Segment("events", pending))
+                pending, during = [], []
+            continue
+        (during if during is not None else pending).append(ev)
+    out.append(Segment("events", pending))
+    return out
+
+
+def verify(run: StepRun, keep_zones: bool = False) -> list[StepCheck]:
+    """Replay every step on the model, comparing it with every dump after the first."""
+    ops = {op.seq: op for op in run.log.ops}
+    if not run.log.ops:
+        raise kmod.RecordError("the module logged no operation")
+    zones = kernel_state.zones_from_dump(run.dumps[0], run.pageblocks, run.zones,
+                                         kernel_state.pcp_limits(run.log.ops[0].before.pcp))
+    replayer = operations.OperationReplayer(zones)
+    gens = [d.gen for d in run.dumps]
+    checks: list[StepCheck] = []
+    seqs = [op.seq for op in run.log.ops]
+    step = 0
+    pending: list[TraceEvent] = []
+    current: StepCheck | None = None
+    mismatches: list[str] = []
+    for seg in _segments(run.events, gens[0]):
+        if seg.kind == "events":
+            pending += seg.events
+        elif seg.kind == "op":
+            op = ops.get(seg.seq)
+            if op is None or step >= len(run.commands):
+                continue
+            concurrent = not_the_op(seg.events, op)
+            tracer = KmemTraceReplayer(list(replayer.zones.values()))
+            tracer.replay(pending)
+            mismatches += tracer.report.mismatches
+            free_before = [(z.name, pfn, order, mt) for z in replayer.zones.values()
+                           for pfn, (order, mt) in z.free.items()]
+            replayer, outcome, _ = replay_traced(replayer, op, run.commands[step], [], concurrent)
+            pending = []
+            current = StepCheck(run.commands[step], op, outcome, [], [], free_before=free_before)
+        elif seg.kind == "dump" and seg.gen in gens[1:]:
+            tracer = KmemTraceReplayer(list(replayer.zones.values()))
+            tracer.replay(pending)
+            mismatches += tracer.report.mismatches
+            pending = []
+            index = gens.index(seg.gen)
+            diffs = kernel_state.compare_dump(replayer.zones, run.dumps[index])
+            if current is None:
+                current = StepCheck(run.commands[index - 1], None, None, [], [])
+            current.dump_differences = diffs
+            current.trace_mismatches += mismatches
+            if keep_zones:
+                current.zones_after = copy.deepcopy(replayer.zones)
+            checks.append(current)
+            current = None
+            mismatches = []
+            step += 1
+    if len(checks) != len(run.commands) or len(seqs) < len(run.commands):
+        raise kmod.RecordError(f"{len(run.commands)} steps run, {len(checks)} dumps and "
+                               f"{len(seqs)} operations found in the trace and log")
+    return checks
