@@ -9,10 +9,12 @@ source's format strings.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
-from buddylab.allocator import MIGRATETYPES
+from buddylab.allocator import GFPS, MAX_ORDER, MIGRATETYPES, PAGE_SIZE
 from buddylab.errors import RecordError
 
 MODULE_NAME = "buddylab"
@@ -35,6 +37,87 @@ ENOENT, ENOMEM, EINVAL = 2, 12, 22
 # ksweep: the most sizes of one sweep and the largest size it may try.
 KSWEEP_MAX = 8192
 KSWEEP_LIMIT = 1 << 24
+
+# The command grammar: kmod/README.md's "Verbs" table, and the C parser's
+# bl_keys[] and bl_verbs[] (tests/test_kmodrec.py checks both against it).
+U64_MAX = 2**64 - 1
+COMMAND_MAX_BYTES = 256                 # BL_CMD_MAX
+ORDER_APIS = ("alloc_pages", "__get_free_pages")    # `alloc` takes order= iff api is one
+SIZE_APIS = ("alloc_pages_exact",)                  # `alloc` takes size= iff api is one
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One key a verb takes: a name from `names`, or a number in low..high."""
+
+    key: str
+    names: tuple[str, ...] = ()
+    low: int = 0
+    high: int = 0
+    optional: bool = False
+
+    def accepts(self, value: str) -> bool:
+        if self.names:
+            return value in self.names
+        return (re.fullmatch(r"[0-9]{1,20}", value) is not None
+                and self.low <= int(value) <= self.high)
+
+
+def _number(key: str, low: int, high: int, optional: bool = False) -> Arg:
+    return Arg(key, low=low, high=high, optional=optional)
+
+
+_ORDER = (0, MAX_ORDER - 1)
+COMMANDS: dict[str, tuple[Arg, ...]] = {
+    "alloc": (Arg("api", APIS), Arg("gfp", GFPS), _number("order", *_ORDER, optional=True),
+              _number("size", 1, PAGE_SIZE << (MAX_ORDER - 1), optional=True),
+              _number("zero", 1, 1, optional=True), _number("count", 1, 65536, optional=True)),
+    "free": (_number("id", 1, U64_MAX),),
+    "free_ids": (_number("first", 1, U64_MAX), _number("last", 1, U64_MAX),
+                 _number("step", 1, U64_MAX, optional=True)),
+    "free_all": (),
+    "leak": (_number("id", 1, U64_MAX), _number("order", *_ORDER)),
+    "fill": (Arg("api", ("alloc_pages",)), Arg("gfp", GFPS), _number("order", *_ORDER),
+             _number("max", 1, 1 << 20, optional=True)),
+    "clear_log": (),
+    "ksweep": (_number("first", 1, U64_MAX), _number("last", 1, U64_MAX),
+               _number("step", 1, U64_MAX, optional=True)),
+}
+
+
+def parse_command(data: bytes) -> str | None:
+    """The verb if `data`, one write(2) to `control`, is a command that parses, else None.
+
+    A reference of what kmod/README.md ("Commands") says the module's
+    bl_parse() and bl_check() accept: anything else gets -EINVAL.
+    """
+    if not 1 <= len(data) <= COMMAND_MAX_BYTES or b"\0" in data:
+        return None
+    body = data[:-1] if data.endswith(b"\n") else data
+    if not body or any(not 0x20 <= c <= 0x7e for c in body):
+        return None
+    verb, *tokens = body.decode().split(" ")
+    if verb not in COMMANDS:
+        return None
+    spec = {a.key: a for a in COMMANDS[verb]}
+    args: dict[str, str] = {}
+    for token in tokens:
+        key, eq, value = token.partition("=")
+        if not eq or key not in spec or key in args or not spec[key].accepts(value):
+            return None
+        args[key] = value
+    if any(not a.optional and a.key not in args for a in spec.values()):
+        return None
+    if verb == "alloc" and ((args["api"] in ORDER_APIS) != ("order" in args)
+                            or (args["api"] in SIZE_APIS) != ("size" in args)):
+        return None
+    if verb in ("free_ids", "ksweep") and int(args["first"]) > int(args["last"]):
+        return None
+    if verb == "ksweep" and (int(args["last"]) > KSWEEP_LIMIT or (int(args["last"]) - int(args["first"]))
+                             // int(args.get("step", "1")) >= KSWEEP_MAX):
+        return None
+    return verb
+
 
 # The module's own trace events (kmod/buddylab_trace.h).
 TRACE_EVENTS = ("buddylab/buddylab_dump", "buddylab/buddylab_snapshot")

@@ -135,6 +135,92 @@ def test_module_prints_exactly_the_documented_records():
     assert printed == documented
 
 
+# The command grammar: one table (buddylab.protocol.COMMANDS), checked against the
+# README's and the C parser's; the fuzz test's oracle (protocol.parse_command) reads it.
+
+
+def readme_commands() -> dict[str, dict[str, tuple[bool, tuple]]]:
+    """verb -> key -> (optional, accepted): ("names", ...) or ("range", low, high)."""
+    out: dict[str, dict[str, tuple[bool, tuple]]] = {}
+    names = {"<api>": protocol.APIS, "<gfp>": k.GFPS}
+    for verb, keys, _ in readme_table("commands"):
+        spec: dict[str, tuple[bool, tuple]] = {}
+        for optional, key, value in re.findall(r"(\[?)([a-z_]+)=(\S+?)\]?(?=[ `]|$)",
+                                               unquote(keys)):
+            m = re.fullmatch(r"([0-9]+)\.\.([0-9]*)", value)
+            if m:
+                accepted: tuple = ("range", int(m[1]), int(m[2] or protocol.U64_MAX))
+            elif value.isdigit():
+                accepted = ("range", int(value), int(value))
+            else:
+                accepted = ("names", *names.get(value, (value,)))
+            spec[key] = (bool(optional), accepted)
+        out[unquote(verb)] = spec
+    return out
+
+
+def protocol_commands() -> dict[str, dict[str, tuple[bool, tuple]]]:
+    return {verb: {a.key: (a.optional, ("names", *a.names) if a.names
+                           else ("range", a.low, a.high)) for a in args}
+            for verb, args in protocol.COMMANDS.items()}
+
+
+def test_readme_command_table_equals_the_protocol():
+    assert list(readme_commands()) == list(protocol.VERBS)
+    assert readme_commands() == protocol_commands()
+
+
+def c_value(expr: str) -> int:
+    text = SOURCE.read_text()
+    names = {"MAX_ORDER": 11, "PAGE_SIZE": 4096, "U64_MAX": protocol.U64_MAX}
+    for name in re.findall(r"\b(BL_[A-Z_]+)\b", expr):
+        names[name] = c_value(re.search(rf"#define {name}\s+(.*?)\s*(?:/\*|$)", text, re.M)[1])
+    return int(eval(re.sub(r"BIT\((\w+)\)", r"(1 << \1)", expr), {}, names))
+
+
+def test_module_parser_tables_equal_the_protocol():
+    """bl_keys[] (each key's range or names) and bl_verbs[] (allowed and required keys)."""
+    text = SOURCE.read_text()
+    keys = {}
+    for name, names, low, high in re.findall(
+            r'\[BL_K_\w+\] = \{ "(\w+)", (\w+), \w+, ([^,]+), ([^}]+?) \}', text):
+        keys[name] = (("names", *c_string_array(names)) if names != "NULL"
+                      else ("range", c_value(low), c_value(high)))
+    verbs = {}
+    body = re.search(r"bl_verbs\[BL_NR_VERBS\] = \{(.*?)\n\};", text, re.S)[1]
+    for verb, allowed, required in re.findall(r"\[BL_(\w+)\] = \{(.*?),\s*([^,]*?) \}", body, re.S):
+        allowed_keys = {b.lower() for b in re.findall(r"BIT_K\((\w+)\)", allowed)}
+        required_keys = {b.lower() for b in re.findall(r"BIT_K\((\w+)\)", required)}
+        verbs[verb.lower()] = {key: key not in required_keys for key in allowed_keys}
+    ours = protocol_commands()
+    assert verbs == {verb: {key: opt for key, (opt, _) in spec.items()} for verb, spec in ours.items()}
+    for verb, spec in ours.items():
+        for key, (_, accepted) in spec.items():
+            if verb == "fill" and key == "api":     # bl_check(): fill takes alloc_pages only
+                assert accepted == ("names", "alloc_pages") and "api == BL_ALLOC_PAGES ? 0" in text
+            else:
+                assert accepted == keys[key], (verb, key)
+    assert c_value("BL_CMD_MAX") == protocol.COMMAND_MAX_BYTES
+
+
+def test_command_oracle_agrees_with_the_readme_examples():
+    """The fuzz test's reference parser on the cases kmod/README.md spells out."""
+    ok = [b"alloc api=alloc_pages gfp=GFP_KERNEL order=6", b"free_all\n", b"free id=0001",
+          b"alloc gfp=GFP_ATOMIC api=alloc_page", b"fill api=alloc_pages gfp=GFP_KERNEL order=0",
+          b"free id=18446744073709551615", b"free_ids first=3 last=3", b"leak id=1 order=10"]
+    bad = [b"", b"free_all\n\n", b"free_all ", b" free_all", b"alloc  api=alloc_page gfp=GFP_KERNEL",
+           b"free id=18446744073709551616", b"free id=0", b"free id=+1", b"free_ids first=4 last=3",
+           b"alloc api=alloc_page gfp=GFP_KERNEL order=0", b"alloc api=alloc_pages gfp=GFP_KERNEL",
+           b"fill api=alloc_page gfp=GFP_KERNEL order=0", b"free id=1\0", b"leak id=1 order=11",
+           b"free_all" + b" " * 249, b"Free_all", b"free id=1 id=2", b"clear_log id=1",
+           b"alloc api=alloc_page gfp=GFP_KERNEL|__GFP_ZERO", b"free id=\xd9\xa3"]
+    parse = protocol.parse_command
+    assert [parse(c) for c in ok] == ["alloc", "free_all", "free", "alloc", "fill", "free",
+                                      "free_ids", "leak"]
+    assert [parse(c) for c in bad] == [None] * len(bad)
+    assert len(b"free_all" + b" " * 248) == 256
+
+
 # Real output captured from the guest (tests/fixtures/kmod/scenario.sh)
 
 
