@@ -1,0 +1,96 @@
+"""Allocate until failure: `fill` stops cleanly at the watermark guard or when the
+blocks run out, free_all gives everything back, and the guest keeps answering."""
+
+from __future__ import annotations
+
+import time
+
+from buddylab import protocol
+from buddylab.guest.session import boot
+from buddylab.records import kmod, procfs
+from guestlib import ENOMEM, exact_args, kernel_log_problems
+
+D = protocol.DEBUGFS
+
+
+FILL_BACK_TOLERANCE = 32
+
+
+def test_fill_until_failure_then_free_all(prepared):
+    """`fill` with each gfp at orders 0 and 10 runs until it fails, cleanly: ret=-12 and
+    n > 0; at order 0 the watermark guard stops it (stop=watermark) with DMA32 just above
+    its high watermark, at order 10 the allocator runs out of order-10 blocks
+    (stop=nomem).  free_all, written in the same shell command so that nothing forks
+    while memory is lowest, returns every block, and the guest keeps answering.
+
+    The buddy + per-CPU total after free_all (its after snapshot) equals the total
+    before the fill (its before snapshot) within FILL_BACK_TOLERANCE = 32 pages (one
+    per-CPU batch); measured: 2 to 12 pages, the shell's own activity in between.
+
+    Last, with memory held down to the guard, an alloc that does not fit in what is
+    left of the tracking pool is refused before its tracking block is allocated:
+    n=0, stop=watermark, and no memory taken (a kvzalloc() there used to wake the
+    OOM killer, which killed dropbear; the fuzz test found it)."""
+    results = []
+    with boot(prepared) as g:
+        zoneinfo = {z.zone: z for z in procfs.parse_zoneinfo(g.run("cat /proc/zoneinfo").stdout)
+                    if z.populated}
+        g.run(f"dmesg -c > /dev/null; insmod {g.module_path}").check()
+        for gfp in kmod.GFPS:
+            for order in (0, 10):
+                fill = f"fill api=alloc_pages gfp={gfp} order={order}"
+                start = time.monotonic()
+                out = g.run(f"cd {D} && echo clear_log > control; echo '{fill}' > control; "
+                            "echo $?; echo free_all > control; echo $?; cat log").stdout
+                seconds = time.monotonic() - start
+                rcs, log_t = out.split("\n", 2)[:2], out.split("\n", 2)[2]
+                # The guest answers at once, and the module still works.
+                start = time.monotonic()
+                alive = g.run(f"echo alloc api=alloc_page gfp=GFP_KERNEL > {D}/control && "
+                              f"echo free_all > {D}/control && uname -r", timeout=30)
+                assert alive.rc == 0 and alive.stdout.strip(), alive
+                results.append((fill, rcs, kmod.parse_log(log_t), seconds,
+                                time.monotonic() - start))
+        guard_log = kmod.parse_log(g.run(
+            f"cd {D} && echo clear_log > control; "
+            "echo 'fill api=alloc_pages gfp=GFP_KERNEL order=1 max=60000' > control; "
+            "echo 'alloc api=alloc_page gfp=GFP_KERNEL count=20000' > control; "
+            "echo free_all > control; cat log").stdout)
+        allocs = g.run(f"cat {D}/allocs").check().stdout
+        dmesg = g.run("rmmod buddylab && dmesg").check().stdout
+    assert allocs == ""
+    assert not kernel_log_problems(dmesg), dmesg
+    lines = []
+    for fill, rcs, log, seconds, answer in results:
+        assert rcs == ["1", "0"], (fill, rcs)         # the fill's write failed, free_all's not
+        op, freed = [op for op in log.ops if op.verb != "clear_log"]
+        order = int(exact_args(fill)["order"])
+        assert (op.verb, op.ret, op.zone) == ("fill", ENOMEM, "DMA32"), op
+        assert op.n is not None and op.n > 0 and op.pages == op.n << order, op
+        dma32 = zoneinfo["DMA32"]
+        batch = op.after.pcp_of(0, "DMA32", op.cpu).batch
+        left = sum(z.pages for z in op.after.zones if z.zone == "DMA32")
+        if order == 0:
+            assert op.stop == "watermark", op
+            assert dma32.high < left <= dma32.high + 2 * batch, (fill, left)
+        else:
+            assert op.stop == "nomem", op
+            assert all(z.free[10] == 0 for z in op.after.zones), (fill, op.after.zones)
+        assert (freed.verb, freed.ret, freed.id, freed.n, freed.pages) == \
+            ("free_all", 0, op.id, op.n, op.pages), freed
+        back = freed.after.free_pages() - op.before.free_pages()
+        assert abs(back) <= FILL_BACK_TOLERANCE, (fill, back)
+        lines.append(f"{fill}: n={op.n} pages={op.pages} stop={op.stop} DMA32 left {left} "
+                     f"(high {dma32.high}); back {back:+d}; {seconds:.1f} s, next command "
+                     f"answered in {answer:.2f} s")
+    print("\n" + "\n".join(lines))
+
+    fill, alloc, freed = guard_log.ops[1:]
+    assert (fill.ret, fill.stop) == (ENOMEM, "watermark") and fill.n is not None
+    assert fill.n > 65536 - 20000                    # the pool has fewer than 20,000 left
+    assert (alloc.ret, alloc.n, alloc.stop) == (ENOMEM, 0, "watermark"), alloc
+    taken = fill.after.free_pages() - alloc.before.free_pages()
+    assert abs(taken) < FILL_BACK_TOLERANCE, taken   # no 1.4 MB tracking block
+    assert (freed.n, freed.pages) == (fill.n, fill.pages)
+    print(f"alloc count=20000 with {65536 - fill.n} pool entries left and memory at the "
+          f"guard: n=0 stop=watermark, {taken:+d} pages between the two commands")
