@@ -6,7 +6,7 @@ which follows expand() and make_alloc_exact() of mm/page_alloc.c at v5.10.
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from buddylab.models.pagemodel import (MAX_ORDER, MOVABLE, PAGEBLOCK_PAGES, PCP_TYPES, RECLAIMABLE,
@@ -132,7 +132,6 @@ def _all_blocks(zone: Zone, live: list[Allocation]) -> list[tuple[int, int]]:
     return blocks
 
 
-@settings(max_examples=150, deadline=None)
 @given(ops)
 def test_pages_are_conserved_and_never_overlap(sequence):
     zone = fresh_zone(pcp_high=40, pcp_batch=7, unmovable_blocks=2)
@@ -145,7 +144,6 @@ def test_pages_are_conserved_and_never_overlap(sequence):
         assert pfn in zone.lists[(order, mt)]
 
 
-@settings(max_examples=150, deadline=None)
 @given(ops)
 def test_no_two_free_buddies_stay_unmerged(sequence):
     zone = fresh_zone(pcp_high=40, pcp_batch=7, unmovable_blocks=2)
@@ -156,7 +154,6 @@ def test_no_two_free_buddies_stay_unmerged(sequence):
             assert zone.free.get(buddy, (-1, ""))[0] != order, (pfn, order)
 
 
-@settings(max_examples=150, deadline=None)
 @given(ops, st.integers(1, 10), st.sampled_from(PCP_TYPES))
 def test_alloc_then_free_restores_the_state(sequence, order, mt):
     zone = fresh_zone(pcp_high=40, pcp_batch=7, unmovable_blocks=2)
@@ -178,3 +175,38 @@ def test_reclaimable_request_falls_back_to_unmovable_first():
     zone.alloc(2, RECLAIMABLE)
     steal = [e for e in zone.events if e.kind == "extfrag"]
     assert steal and steal[0].migratetype == UNMOVABLE
+
+
+def test_unmovable_request_falls_back_to_reclaimable_before_movable():
+    """fallbacks[MIGRATE_UNMOVABLE] = { MIGRATE_RECLAIMABLE, MIGRATE_MOVABLE } (mm/page_alloc.c):
+    with no Unmovable block and an order-10 block of each other type, __rmqueue_fallback()
+    steals the Reclaimable one."""
+    zone = Zone("DMA32", 0, 2048)
+    zone.managed = 2048
+    for pb, mt in ((0, MOVABLE), (512, MOVABLE), (1024, RECLAIMABLE), (1536, RECLAIMABLE)):
+        zone.set_pageblock_type(pb, mt)
+    zone.add_free(0, 10, MOVABLE)
+    zone.add_free(1024, 10, RECLAIMABLE)
+    pfn = zone.alloc(3, UNMOVABLE)
+    steal = [e for e in zone.events if e.kind == "extfrag"]
+    assert [(e.pfn, e.migratetype) for e in steal] == [(1024, RECLAIMABLE)]
+    assert pfn == 1024 and zone.pageblock_type(1024) == UNMOVABLE
+    assert zone.free[0] == (10, MOVABLE)
+
+
+def test_expand_files_the_halves_under_the_requested_type_not_the_pageblocks():
+    """expand() adds each upper half to the free list of the migratetype it is given,
+    the request's (mm/page_alloc.c, __rmqueue_smallest()), whatever the pageblock's type.
+    A Movable order-1 request that finds only an order-3 Unmovable block cannot claim
+    the pageblock (order < pageblock_order / 2): the block moves to the Movable list and
+    is split there, and its halves stay Movable in a pageblock that stays Unmovable."""
+    zone = Zone("DMA32", 0, 1024)
+    zone.managed = 1024
+    zone.set_pageblock_type(0, UNMOVABLE)
+    zone.set_pageblock_type(512, UNMOVABLE)
+    zone.add_free(8, 3, UNMOVABLE)
+    pfn = zone.alloc(1, MOVABLE)
+    assert pfn == 8
+    assert zone.free == {12: (2, MOVABLE), 10: (1, MOVABLE)}
+    assert zone.list_pfns(2, MOVABLE) == [12] and zone.list_pfns(1, MOVABLE) == [10]
+    assert zone.pageblock_type(8) == UNMOVABLE

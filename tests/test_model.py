@@ -96,3 +96,24 @@ def test_order0_refill_takes_a_batch():
     # 31 single pages out of one order-10 block: 1024 - 31 = 993 = 0b1111100001
     assert p.state.free[UNMOVABLE] == counts(o0=1, o5=1, o6=1, o7=1, o8=1, o9=1)
     assert p.state.pcp.count == 30
+
+
+def test_unmovable_falls_back_to_reclaimable_before_movable():
+    """fallbacks[MIGRATE_UNMOVABLE]: Reclaimable first, then Movable (orders >= pageblock_order)."""
+    before = ZoneState({UNMOVABLE: counts(), MOVABLE: counts(o10=5), "Reclaimable": counts(o10=1)},
+                       PcpList(0, 186, 31, {}))
+    p = predict_alloc(before, UNMOVABLE, 10)
+    assert (p.taken_order, p.taken_from) == (10, "Reclaimable")
+    assert p.state is not None and p.state.free[MOVABLE] == counts(o10=5)
+
+
+def test_per_cpu_list_is_drained_when_its_count_reaches_high():
+    """free_unref_page_commit(): `if (pcp->count >= pcp->high)` a batch is drained.  The
+    31 tail pages of alloc_pages_exact(33 pages) bring a count of 155 to exactly high
+    (186): a drain the counts cannot place.  From 154 they stop at 185: no drain."""
+    at_high = zone(counts(o10=1), counts(o10=700), pcp_count=155)
+    p = predict_alloc(at_high, UNMOVABLE, 6, exact_pages=33)
+    assert p.state is None and p.uncertain is not None and "high=186" in p.uncertain
+    below = zone(counts(o10=1), counts(o10=700), pcp_count=154)
+    p = predict_alloc(below, UNMOVABLE, 6, exact_pages=33)
+    assert p.state is not None and p.state.pcp is not None and p.state.pcp.count == 185

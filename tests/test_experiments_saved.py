@@ -1,0 +1,131 @@
+"""The experiments' verdicts and scores on real guest output, replayed without a guest.
+
+tests/fixtures/experiments/capture.py recorded every command that downfall.run()
+and accuracy.measure() sent to a real guest, with its answer.  SavedGuest stands in
+for the Session and answers each command with the recorded output, so that the
+experiments parse, model and judge real records here in milliseconds.  Altered
+copies of the records check that the verdict and the scores can fail.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from buddylab.experiments import accuracy, downfall
+from buddylab.guest.ssh import CommandResult
+
+SAVED = Path(__file__).parent / "fixtures" / "experiments"
+ACCURACY = accuracy.AccuracyRequest(seed=7, ops=100, chunk=100, traced=False)
+
+
+class SavedGuest:
+    """Answers the experiment's commands, in order, with what the real guest answered;
+    `edit` alters the answer that holds the module's log."""
+
+    def __init__(self, name: str, edit: Callable[[str], str] = lambda s: s) -> None:
+        self.runs: list[dict[str, Any]] = json.loads((SAVED / name).read_text())
+        self.edit = edit
+
+    def run(self, command: str, timeout: float = 60.0, stdin: bytes | None = None) -> CommandResult:
+        assert self.runs, f"no recorded answer left for {command!r}"
+        saved = self.runs.pop(0)
+        assert command == saved["command"], "the experiment's commands changed: recapture"
+        stdout = saved["stdout"]
+        if "\nop seq=" in stdout:          # the edits alter the module's log
+            stdout = self.edit(stdout)
+        return CommandResult(command, saved["rc"], stdout, saved["stderr"])
+
+
+def downfall_report(edit: Callable[[str], str] = lambda s: s) -> downfall.Report:
+    guest = SavedGuest("downfall-1cpu.json", edit)
+    report = downfall.run(guest)      # type: ignore[arg-type]
+    assert not guest.runs
+    return report
+
+
+def test_downfall_verdict_on_saved_output_passes():
+    report = downfall_report()
+    assert report.passed, downfall.format_report(report)
+    assert [name for name, _ in report.checks] == [
+        "both allocations succeeded", "alloc_pages took 64 pages for 33 asked (124 KiB wasted)",
+        "alloc_pages_exact kept 33 pages",
+        "5.10 model predicted alloc_pages(GFP_KERNEL, order 6) page for page",
+        "5.10 model predicted alloc_pages_exact(132 KiB, GFP_KERNEL) page for page",
+        "kernel log clean (no WARN, BUG, Oops, allocation failure)"]
+    assert [op.page_model for op in report.operations] == ["match", "match"]
+    assert [op.model for op in report.operations] == ["match", "match"]
+
+
+def _first_alloc_pfn(text: str) -> int:
+    return int(re.search(r"^op seq=\d+ verb=alloc .* pfn=(\d+)", text, re.M)[1])
+
+
+def _move_first_alloc(text: str) -> str:
+    """The kernel's record says the first allocation went 64 pages further on."""
+    pfn = _first_alloc_pfn(text)
+    return re.sub(rf"^(op seq=\d+ verb=alloc .* )pfn={pfn}( |$)", rf"\g<1>pfn={pfn + 64}\2",
+                  text, count=1, flags=re.M)
+
+
+def _one_more_free_block_after(text: str) -> str:
+    """The after-snapshot of the first allocation shows one more order-9 Movable block."""
+    seq = re.search(r"^op seq=(\d+) verb=alloc", text, re.M)[1]
+    m = re.search(rf"^zone seq={seq} when=after nid=0 zone=DMA32 mt=Movable free=(.*)$", text, re.M)
+    counts = m[1].split(",")
+    counts[9] = str(int(counts[9]) + 1)
+    return text[:m.start(1)] + ",".join(counts) + text[m.end(1):]
+
+
+@pytest.mark.parametrize("edit", [_move_first_alloc, _one_more_free_block_after])
+def test_downfall_verdict_fails_when_the_page_model_does_not_match(edit):
+    report = downfall_report(edit)
+    failed = [name for name, ok in report.checks if not ok]
+    assert failed == ["5.10 model predicted alloc_pages(GFP_KERNEL, order 6) page for page"], failed
+    assert report.operations[0].page_model == "differs"
+    assert not report.passed
+
+
+def accuracy_result(edit: Callable[[str], str] = lambda s: s) -> accuracy.Accuracy:
+    guest = SavedGuest("accuracy-2cpu.json", edit)
+    result = accuracy.measure(guest, ACCURACY)      # type: ignore[arg-type]
+    assert not guest.runs
+    return result
+
+
+def test_accuracy_scores_on_saved_output():
+    """Seed 7, 100 operations on CPU 1 of a 2-CPU guest (CPU 0's lists hold other counts)."""
+    result = accuracy_result()
+    assert (result.page.ops, result.page.exact) == (100, 100)
+    assert (result.counts.ops, result.counts.exact) == (100, 30)
+    assert (result.textbook.ops, result.textbook.exact) == (100, 15)
+    assert result.divergences == []
+
+
+def _alter_after_of_first_free(text: str) -> str:
+    """The after-snapshot of the first `free` shows one order-0 Unmovable block more."""
+    seq = re.search(r"^op seq=(\d+) verb=free ", text, re.M)[1]
+    m = re.search(rf"^zone seq={seq} when=after nid=0 zone=DMA32 mt=Unmovable free=(\d+)", text, re.M)
+    return text[:m.start(1)] + str(int(m[1]) + 1) + text[m.end(1):]
+
+
+def _alter_after_of_an_alloc_keeping_its_pfn(text: str) -> str:
+    """An allocation's after-snapshot shows one order-10 Movable block more; its pfn is right."""
+    seq = re.search(r"^op seq=(\d+) verb=alloc .*order=[1-9]", text, re.M)[1]
+    m = re.search(rf"^zone seq={seq} when=after nid=0 zone=DMA32 mt=Movable free=(.*)$", text, re.M)
+    counts = m[1].split(",")
+    counts[10] = str(int(counts[10]) + 1)
+    return text[:m.start(1)] + ",".join(counts) + text[m.end(1):]
+
+
+@pytest.mark.parametrize("edit", [_alter_after_of_first_free, _alter_after_of_an_alloc_keeping_its_pfn])
+def test_accuracy_does_not_score_an_operation_exact_on_its_pfn_alone(edit):
+    """Exact means every list after the operation matches, not only the pfn."""
+    result = accuracy_result(edit)
+    assert (result.page.ops, result.page.exact) == (100, 99)
+    (d,) = result.divergences
+    assert d.cause == "the model's replay differs from the kernel" and d.what
