@@ -6,7 +6,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: qemu-test test bench experiments host-deps lava-deps venv clean
+.PHONY: qemu-test test bench experiments mutants host-deps lava-deps venv clean
 
 qemu-test: venv
 	$(VENV)/bin/buddylab qemu-test
@@ -23,6 +23,22 @@ bench: venv
 	$(VPY) bench/snapshot_bench.py
 	$(VPY) bench/chapter8_bench.py
 
+# Mutation testing of the models, parsers and scoring (see [tool.mutmut] in
+# pyproject.toml for why it runs in build/mutmut).  Results are kept in
+# build/mutmut/mutants: a second run retests only what changed.  MUTANTS
+# limits a run to mutant names matching its patterns, for example
+#   make mutants MUTANTS='buddylab.models.counts.*'
+MUTMUT_DIR ?= build/mutmut
+MUTMUT_JOBS ?= 2
+MUTANTS ?=
+
+mutants: venv
+	mkdir -p $(MUTMUT_DIR)/src
+	ln -sfn $(CURDIR)/harness $(MUTMUT_DIR)/src/buddylab
+	for f in tests kmod images pyproject.toml; do ln -sfn $(CURDIR)/$$f $(MUTMUT_DIR)/$$f; done
+	cd $(MUTMUT_DIR) && $(CURDIR)/$(VENV)/bin/mutmut run --max-children $(MUTMUT_JOBS) $(MUTANTS)
+	cd $(MUTMUT_DIR) && $(CURDIR)/$(VPY) $(CURDIR)/bench/mutation_score.py
+
 host-deps:
 	@bash images/install-host-deps.sh
 
@@ -38,5 +54,5 @@ $(STAMP): pyproject.toml
 	touch $@
 
 clean:
-	rm -rf $(VENV) results
+	rm -rf $(VENV) results build
 	$(MAKE) -C kmod clean
