@@ -1,50 +1,42 @@
 """The experiments' verdicts and scores on real guest output, replayed without a guest.
 
-tests/fixtures/experiments/capture.py recorded every command that downfall.run()
-and accuracy.measure() sent to a real guest, with its answer.  SavedGuest stands in
-for the Session and answers each command with the recorded output, so that the
-experiments parse, model and judge real records here in milliseconds.  Altered
-copies of the records check that the verdict and the scores can fail.
+The transcripts of real runs in tests/fixtures/sessions/ (tests/guest_double.py)
+answer every command that downfall.run() and accuracy.measure() send to the guest,
+so the experiments parse, model and judge real records here in milliseconds.
+Altered copies of the module's log check that the verdict and the scores can fail:
+a downfall run whose page model does not match fails, and an operation is exact
+only if every list after it matches, not its pfn alone.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import pytest
 
 from buddylab.experiments import accuracy, downfall
-from buddylab.guest.ssh import CommandResult
+from guest_double import ReplaySession, Transcript
 
-SAVED = Path(__file__).parent / "fixtures" / "experiments"
-ACCURACY = accuracy.AccuracyRequest(seed=7, ops=100, chunk=100, traced=False)
+SESSIONS = Path(__file__).parent / "fixtures" / "sessions"
+# What `buddylab accuracy --ops 300` asked (tests/fixtures/sessions/README.md).
+ACCURACY = accuracy.AccuracyRequest(seed=1, ops=300, chunk=250, traced=False)
 
 
-class SavedGuest:
-    """Answers the experiment's commands, in order, with what the real guest answered;
-    `edit` alters the answer that holds the module's log."""
-
-    def __init__(self, name: str, edit: Callable[[str], str] = lambda s: s) -> None:
-        self.runs: list[dict[str, Any]] = json.loads((SAVED / name).read_text())
-        self.edit = edit
-
-    def run(self, command: str, timeout: float = 60.0, stdin: bytes | None = None) -> CommandResult:
-        assert self.runs, f"no recorded answer left for {command!r}"
-        saved = self.runs.pop(0)
-        assert command == saved["command"], "the experiment's commands changed: recapture"
-        stdout = saved["stdout"]
-        if "\nop seq=" in stdout:          # the edits alter the module's log
-            stdout = self.edit(stdout)
-        return CommandResult(command, saved["rc"], stdout, saved["stderr"])
+def replay(name: str, edit: Callable[[str], str] = lambda s: s) -> ReplaySession:
+    """The recorded run, with `edit` applied to the first answer that holds the module's log."""
+    t = Transcript.load(SESSIONS / f"{name}.json.gz")
+    i = next(i for i, c in enumerate(t.calls) if "\nop seq=" in c.stdout)
+    t.calls[i] = dataclasses.replace(t.calls[i], stdout=edit(t.calls[i].stdout))
+    return ReplaySession(t)
 
 
 def downfall_report(edit: Callable[[str], str] = lambda s: s) -> downfall.Report:
-    guest = SavedGuest("downfall-1cpu.json", edit)
+    guest = replay("qemu-test", edit)
     report = downfall.run(guest)      # type: ignore[arg-type]
-    assert not guest.runs
+    assert guest.unanswered == 0
     return report
 
 
@@ -91,19 +83,10 @@ def test_downfall_verdict_fails_when_the_page_model_does_not_match(edit):
 
 
 def accuracy_result(edit: Callable[[str], str] = lambda s: s) -> accuracy.Accuracy:
-    guest = SavedGuest("accuracy-2cpu.json", edit)
+    guest = replay("accuracy", edit)
     result = accuracy.measure(guest, ACCURACY)      # type: ignore[arg-type]
-    assert not guest.runs
+    assert guest.unanswered == 0
     return result
-
-
-def test_accuracy_scores_on_saved_output():
-    """Seed 7, 100 operations on CPU 1 of a 2-CPU guest (CPU 0's lists hold other counts)."""
-    result = accuracy_result()
-    assert (result.page.ops, result.page.exact) == (100, 100)
-    assert (result.counts.ops, result.counts.exact) == (100, 30)
-    assert (result.textbook.ops, result.textbook.exact) == (100, 15)
-    assert result.divergences == []
 
 
 def _alter_after_of_first_free(text: str) -> str:
@@ -124,8 +107,9 @@ def _alter_after_of_an_alloc_keeping_its_pfn(text: str) -> str:
 
 @pytest.mark.parametrize("edit", [_alter_after_of_first_free, _alter_after_of_an_alloc_keeping_its_pfn])
 def test_accuracy_does_not_score_an_operation_exact_on_its_pfn_alone(edit):
-    """Exact means every list after the operation matches, not only the pfn."""
+    """Exact means every list after the operation matches, not only the pfn: of the 300
+    operations the unaltered run predicts exactly (tests/golden/accuracy), 299 remain."""
     result = accuracy_result(edit)
-    assert (result.page.ops, result.page.exact) == (100, 99)
+    assert (result.page.ops, result.page.exact) == (300, 299)
     (d,) = result.divergences
     assert d.cause == "the model's replay differs from the kernel" and d.what
