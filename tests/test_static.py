@@ -1,6 +1,7 @@
 """The package stays typed, lint-clean, and layered (imports flow one way)."""
 
 import ast
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -43,8 +44,14 @@ def _module_name(path: Path) -> str:
 
 def package_imports() -> dict[str, set[str]]:
     """Every buddylab module and the buddylab modules it imports (at any level)."""
+    return _imports_under(PACKAGE_DIR)
+
+
+@functools.lru_cache(maxsize=None)
+def _imports_under(package_dir: Path) -> dict[str, set[str]]:
+    """package_imports() of one folder, parsed once per test session."""
     graph: dict[str, set[str]] = {}
-    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+    for path in sorted(package_dir.rglob("*.py")):
         name = _module_name(path)
         found: set[str] = set()
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
