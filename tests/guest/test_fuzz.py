@@ -120,8 +120,12 @@ class FuzzGenerator:
             if order >= 9 and rng.random() < 0.3:
                 return f"fill api=alloc_pages gfp={rng.choice(kmod.GFPS)} order={order}"
             return f"fill api=alloc_pages gfp={rng.choice(kmod.GFPS)} order={order} max={rng.randint(1, 64)}"
-        if roll < 0.97:
+        if roll < 0.95:
             return "free_all"
+        if roll < 0.97:
+            first = rng.choice([1, 8192, 8193, 4 << 20, rng.randint(1, 1 << 16)])
+            return (f"ksweep first={first} last={first + rng.randint(0, 64)}"
+                    + rng.choice(["", " step=1", " step=7", f" step={rng.randint(1, 1 << 20)}"]))
         return "clear_log"
 
     def mutate(self, command: str) -> bytes:
