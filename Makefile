@@ -1,9 +1,13 @@
 # buddylab: `make qemu-test` runs the main job, `make test` the test suite.
 # Each installs what is missing first (Debian packages, then the venv).
+# KERNEL=NAME|PATH picks the kernel recipe (a name in images/ or a recipe file):
+#   make qemu-test KERNEL=debian-5.10-32-cloud    make test KERNEL=source-5.10
 
 PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
+KERNEL ?=
+export BUDDYLAB_KERNEL := $(KERNEL)
 STAMP := $(VENV)/.installed
 
 .PHONY: qemu-test test bench experiments mutants host-deps lava-deps venv clean

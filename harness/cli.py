@@ -9,21 +9,27 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import shlex
 import signal
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
 from dataclasses import dataclass
 from pathlib import Path
 
 from buddylab import cachefs, errors
 from buddylab.guest.session import Prepared, Session, Timings, boot, prepare
-from buddylab.kernel.recipe import DEFAULT_KERNEL, load_kernel_pins
+from buddylab.kernel.recipe import DEFAULT_KERNEL, GuestExtras, load_kernel_pins
 from buddylab.paths import cache_dir, results_root
 from buddylab.report.output import add_output_options, outputs
 from buddylab.results import RunMetadata, new_run_dir, write_json, write_text
+
+if TYPE_CHECKING:
+    from buddylab.experiments.accuracy.report import AccuracyRequest
 
 
 @dataclass(frozen=True)
@@ -35,13 +41,20 @@ class GuestOptions:
     cpus: int
     boot_timeout: float
     fresh_boot: bool = False
+    extras: GuestExtras = GuestExtras()
 
 
 def add_guest_options(p: argparse.ArgumentParser, kernel: bool = True) -> None:
     g = p.add_argument_group("guest")
     if kernel:
-        g.add_argument("--kernel", default=DEFAULT_KERNEL, metavar="RECIPE",
-                       help="kernel recipe, a name in images/ (%(default)s)")
+        g.add_argument("--kernel", default=os.environ.get("BUDDYLAB_KERNEL") or DEFAULT_KERNEL,
+                       metavar="NAME|PATH",
+                       help="kernel recipe: a name in images/ or a recipe file (%(default)s; "
+                            "$BUDDYLAB_KERNEL sets the default)")
+    g.add_argument("--guest-module", action="append", default=[], metavar="NAME",
+                   help="load this module of the kernel in the guest too (repeatable)")
+    g.add_argument("--qemu-args", action="append", default=[], metavar="ARGS",
+                   help="more QEMU arguments, split like a shell does, e.g. '-device vmcoreinfo'")
     g.add_argument("--memory", type=int, default=512, metavar="MIB",
                    help="guest memory in MiB, 64..65536 (%(default)s)")
     g.add_argument("--cpus", type=int, default=1, help="guest CPUs, 1..64 (%(default)s)")
@@ -58,8 +71,16 @@ def guest_options(args: argparse.Namespace) -> GuestOptions:
         raise errors.UsageError("--cpus must be between 1 and 64")
     if not 0 < args.boot_timeout <= 3600:
         raise errors.UsageError("--boot-timeout must be more than 0 and at most 3600 seconds")
+    try:
+        qemu_args = tuple(a for text in args.qemu_args for a in shlex.split(text))
+    except ValueError as e:
+        raise errors.UsageError(f"--qemu-args: {e}") from None
+    for m in args.guest_module:
+        if not m or "/" in m:
+            raise errors.UsageError(f"--guest-module {m!r}: a module name, e.g. qemu_fw_cfg")
+    extras = GuestExtras(tuple(args.guest_module), qemu_args)
     return GuestOptions(getattr(args, "kernel", DEFAULT_KERNEL), args.memory, args.cpus,
-                        args.boot_timeout, getattr(args, "fresh_boot", False))
+                        args.boot_timeout, getattr(args, "fresh_boot", False), extras)
 
 
 @dataclass(frozen=True)
@@ -109,7 +130,7 @@ def run_command(args: argparse.Namespace) -> int:
     opts = guest_options(args)
     if not 0 < args.timeout <= 86400:
         raise errors.UsageError("--timeout must be more than 0 and at most 86400 seconds")
-    prepared = args.guest.prepare(pins=load_kernel_pins(opts.kernel))
+    prepared = args.guest.prepare(pins=load_kernel_pins(opts.kernel), extras=opts.extras)
     if args.vmlinuz is not None:
         if not args.vmlinuz.is_file():
             raise errors.SetupError(f"--vmlinuz {args.vmlinuz}: no such file")
@@ -147,7 +168,8 @@ def qemu_test(args: argparse.Namespace) -> int:
             report = downfall.load(args.from_dir)
             out.run_dir = run_dir = new_run_dir("qemu-test")
         else:
-            prepared = args.guest.prepare(pins=load_kernel_pins(opts.kernel), timings=timings)
+            prepared = args.guest.prepare(pins=load_kernel_pins(opts.kernel), timings=timings,
+                                          extras=opts.extras)
             print(f"buddylab: kernel {prepared.kernel.release}, accelerator {prepared.accel} "
                   f"({prepared.accel_why}), module build {prepared.module.parent.name}", flush=True)
             out.run_dir = run_dir = new_run_dir("qemu-test")
@@ -232,6 +254,8 @@ def _accuracy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-boost", action="store_true",
                    help="switch watermark boosting off in the guest (vm.watermark_boost_factor=0); "
                         "the report says so")
+    p.add_argument("--kernels", metavar="RECIPE,RECIPE...",
+                   help="run on each of these kernel recipes in turn and show them side by side")
 
 
 def accuracy_command(args: argparse.Namespace) -> int:
@@ -247,9 +271,11 @@ def accuracy_command(args: argparse.Namespace) -> int:
     request = accuracy.AccuracyRequest(args.seed, args.ops, args.chunk, args.trace,
                                        args.min_share, args.workload, opts.memory_mib,
                                        not args.no_boost)
+    if args.kernels:
+        return _accuracy_kernels(args.guest, opts, request, [k for k in args.kernels.split(",") if k])
     with outputs(args, "accuracy", _properties(opts, None, "accuracy")) as out:
         start = time.monotonic()
-        prepared = args.guest.prepare(pins=load_kernel_pins(opts.kernel))
+        prepared = args.guest.prepare(pins=load_kernel_pins(opts.kernel), extras=opts.extras)
         out.run_dir = run_dir = new_run_dir("accuracy")
         with args.guest.boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
                              ready_timeout=opts.boot_timeout, fresh_boot=opts.fresh_boot,
@@ -267,6 +293,28 @@ def accuracy_command(args: argparse.Namespace) -> int:
         print(table)
         print(f"results: {run_dir}")
         return out.finish([suite], run_dir)
+
+
+def _accuracy_kernels(guest: Guest, opts: GuestOptions, request: AccuracyRequest,
+                      recipes: list[str]) -> int:
+    from buddylab.experiments.accuracy import kernels
+
+    for r in recipes:
+        load_kernel_pins(r)  # every name is checked before the first boot
+    run_dir = new_run_dir("accuracy")
+    rows = []
+    for r in recipes:
+        prepared = guest.prepare(pins=load_kernel_pins(r), extras=opts.extras)
+        with guest.boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
+                        ready_timeout=opts.boot_timeout, keep_dir=run_dir / r) as session:
+            rows.append(kernels.measure_kernel(r, session, request))
+    table = kernels.format_kernels(rows, request)
+    write_json(run_dir / "result.json", {**_metadata("accuracy", opts, None).as_json(),
+                                         "kernels": kernels.kernels_json(rows)})
+    write_text(run_dir / "report.txt", table + "\n")
+    print(table)
+    print(f"results: {run_dir}")
+    return errors.EXIT_OK
 
 
 def _trace_replay_args(p: argparse.ArgumentParser) -> None:
@@ -287,7 +335,7 @@ def trace_replay_command(args: argparse.Namespace) -> int:
             cap = trace_replay.load_capture(args.from_dir)
             out.run_dir = run_dir = new_run_dir("trace-replay")
         else:
-            prepared = args.guest.prepare(pins=load_kernel_pins(opts.kernel))
+            prepared = args.guest.prepare(pins=load_kernel_pins(opts.kernel), extras=opts.extras)
             out.run_dir = run_dir = new_run_dir("trace-replay")
             with args.guest.boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
                                  ready_timeout=opts.boot_timeout, fresh_boot=opts.fresh_boot,
@@ -407,6 +455,61 @@ def elfcheck_command(args: argparse.Namespace) -> int:
     return errors.EXIT_OK if report.ok else errors.EXIT_CHECKS_FAILED
 
 
+def _kernel_args(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="kernel_command", required=True)
+    pin = sub.add_parser("pin", help="write a kernel recipe for Debian packages at given versions")
+    pin.add_argument("specs", nargs="+", metavar="PACKAGE=VERSION",
+                     help="one linux-image-*, its linux-headers-* (flavour and -common), linux-kbuild-*")
+    pin.add_argument("--name", help="recipe name (default debian-<release>)")
+    pin.add_argument("--suite", action="append", dest="suites", metavar="SUITE",
+                     help="suite to search, repeatable (default: the release's and its security suite)")
+    pin.add_argument("--output", type=Path, help="recipe file (default images/<name>.toml)")
+    fetch = sub.add_parser("fetch", help="fetch, verify and extract a recipe's kernel (no boot)")
+    fetch.add_argument("recipe", nargs="?", default=DEFAULT_KERNEL, help="name in images/ or path")
+
+
+def kernel_command(args: argparse.Namespace) -> int:
+    from buddylab.kernel import pin
+    from buddylab.kernel.kinds import provision
+
+    if args.kernel_command == "pin":
+        pinned = pin.pin_command(args.specs, args.name, args.suites, args.output)
+        print(f"kernel {pinned.release}: {len(pinned.debs)} packages verified against the signed "
+              f"index of {', '.join(pinned.suites)} (keyring {pin.DEBIAN_KEYRING})")
+        print(f"recipe {pinned.name}: {pinned.path}")
+        return errors.EXIT_OK
+    kernel = provision(load_kernel_pins(args.recipe))
+    print(f"kernel {kernel.release}: {kernel.root}")
+    return errors.EXIT_OK
+
+
+def _slab_oob_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--size", type=int, default=100,
+                   help="bytes to kmalloc; the module writes the byte at this offset (%(default)s)")
+
+
+def slab_oob_command(args: argparse.Namespace) -> int:
+    from buddylab.experiments import slab_oob
+
+    opts = guest_options(args)
+    if not 1 <= args.size <= 4096:
+        raise errors.UsageError("--size must be 1..4096 bytes")
+    prepared = args.guest.prepare(pins=load_kernel_pins(opts.kernel), extras=opts.extras)
+    ko = slab_oob.build(prepared.kernel)
+    run_dir = new_run_dir("slab-oob")
+    with args.guest.boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
+                         ready_timeout=opts.boot_timeout, keep_dir=run_dir) as session:
+        result = slab_oob.run(session, ko, args.size)
+    text = slab_oob.format_result(result)
+    write_json(run_dir / "result.json", {**_metadata("slab-oob", opts, prepared).as_json(),
+                                         **slab_oob.result_json(result)})
+    write_text(run_dir / "report.txt", text + "\n")
+    write_text(run_dir / "dmesg.txt", result.log)
+    print(text)
+    print(f"results: {run_dir}")
+    return errors.EXIT_OK if result.passed else errors.EXIT_CHECKS_FAILED
+
+
 @dataclass(frozen=True)
 class Command:
     name: str
@@ -437,6 +540,10 @@ COMMANDS = (
             _check_module_args, check_module_command),
     Command("elfcheck", "what insmod would say of a .ko (vermagic, symbols, GPL-only, CRCs)",
             _elfcheck_args, elfcheck_command, boots_guest=False),
+    Command("slab-oob", "an out-of-bounds write on a kmalloc'd object, caught by KASAN (KASAN kernels)",
+            _slab_oob_args, slab_oob_command),
+    Command("kernel", "kernel recipes: pin Debian packages, fetch a recipe's kernel",
+            _kernel_args, kernel_command, boots_guest=False),
 )
 
 

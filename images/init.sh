@@ -27,15 +27,10 @@ for word in $(cat /proc/cmdline); do
 	esac
 done
 
-# In dependency order; the image holds the *_dev ones only for kernels that
-# have them (6.1, not 5.10).
-for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci \
-	failover net_failover virtio_net; do
-	case "$m" in
-	virtio_pci_*_dev) [ -f /lib/modules/$m.ko ] || continue ;;
-	esac
-	insmod /lib/modules/$m.ko || echo "BUDDYLAB-INIT-FAILED insmod $m"
-done
+# The kernel's modules the host chose (dependencies first; none that are built in).
+while read -r m; do
+	insmod "$m" || echo "BUDDYLAB-INIT-FAILED insmod $m"
+done < /etc/buddylab-modules
 
 ip link set lo up
 ip link set eth0 up

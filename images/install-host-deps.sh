@@ -19,5 +19,6 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "buddylab: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -q >/dev/null
-apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+# Another apt may hold the lock (shared machines): wait for it rather than fail.
+apt-get -o DPkg::Lock::Timeout=600 update -q >/dev/null
+apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}" >/dev/null

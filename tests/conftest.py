@@ -1,4 +1,9 @@
-"""Shared fixtures: the provisioned kernel, the built module, a prepared guest.
+"""Shared fixtures: the kernel recipe under test, its kernel, the built module, a prepared guest.
+
+The recipe is $BUDDYLAB_KERNEL (a name in images/ or a recipe file; `make test
+KERNEL=...` sets it), else the default.  Tests that follow one kernel's code
+(the 5.10 page model, figures measured on 5.10) carry `@pytest.mark.kernel("5.10")`
+and skip, saying why, on a kernel of another version.
 
 Hypothesis profiles: "default" (40 examples a property, what `pytest` runs) and
 "deep" (1,000 a property), chosen with BUDDYLAB_HYPOTHESIS=deep.  Neither has a
@@ -13,10 +18,11 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from buddylab.kernel.recipe import load_kernel_pins
-from buddylab.kernel.kbuild import build_module
-from buddylab.kernel.provision import Kernel, provision_kernel
 from buddylab.guest.session import Prepared, prepare
+from buddylab.kernel.kbuild import build_module
+from buddylab.kernel.kinds import provision
+from buddylab.kernel.provision import Kernel
+from buddylab.kernel.recipe import DEFAULT_KERNEL, KernelPins, load_kernel_pins
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -25,9 +31,30 @@ settings.register_profile("deep", max_examples=1000, deadline=None)
 settings.load_profile(os.environ.get("BUDDYLAB_HYPOTHESIS", "default"))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "kernel(series): needs a kernel of this version series, e.g. '5.10'")
+
+
 @pytest.fixture(scope="session")
-def kernel() -> Kernel:
-    return provision_kernel(load_kernel_pins())
+def recipe() -> KernelPins:
+    return load_kernel_pins(os.environ.get("BUDDYLAB_KERNEL") or DEFAULT_KERNEL)
+
+
+@pytest.fixture(scope="session")
+def kernel(recipe: KernelPins) -> Kernel:
+    return provision(recipe)
+
+
+@pytest.fixture(autouse=True)
+def _kernel_series(request: pytest.FixtureRequest) -> None:
+    marker = request.node.get_closest_marker("kernel")
+    if marker is None:
+        return
+    kernel = request.getfixturevalue("kernel")
+    series = marker.args[0]
+    if not kernel.release.startswith(series + "."):
+        reason = marker.kwargs.get("why", "it follows that version's code")
+        pytest.skip(f"needs a {series} kernel ({reason}); {kernel.release} is under test")
 
 
 @pytest.fixture(scope="session")
@@ -36,5 +63,5 @@ def module_ko(kernel: Kernel) -> Path:
 
 
 @pytest.fixture(scope="session")
-def prepared(kernel: Kernel, module_ko: Path) -> Prepared:
-    return prepare(ko=module_ko)
+def prepared(recipe: KernelPins, kernel: Kernel, module_ko: Path) -> Prepared:
+    return prepare(pins=recipe, ko=module_ko)

@@ -143,7 +143,7 @@ def replay_guest(transcript: Transcript) -> tuple[Guest, list[ReplaySession]]:
     sessions: list[ReplaySession] = []
 
     def prepare(pins: Any = None, ko: Path | None = None,
-                timings: real.Timings | None = None) -> real.Prepared:
+                timings: real.Timings | None = None, extras: Any = None) -> real.Prepared:
         nowhere = Path("/nonexistent/replayed")
         kernel = Kernel(transcript.release, nowhere)
         image = GuestImage(nowhere / "initramfs", HostKey(nowhere / "host_key", "ssh-ed25519", ""))

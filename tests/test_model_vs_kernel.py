@@ -6,7 +6,8 @@ from buddylab.experiments import accuracy
 from buddylab.experiments import trace_replay
 from buddylab.guest.session import boot
 
-pytestmark = pytest.mark.qemu
+pytestmark = [pytest.mark.qemu,
+              pytest.mark.kernel("5.10", why="the page model follows 5.10's mm/page_alloc.c")]
 
 
 @pytest.mark.parametrize("cpus", [1, 2])

@@ -1,4 +1,4 @@
-"""Build the guest's initramfs: busybox, dropbear, virtio-net, the module, /init.
+"""Build the guest's initramfs: busybox, dropbear, guest modules, the module, /init.
 
 Written by buddylab.guest.cpio without root.  The image is cached under a key
 made of everything that goes into it, so an unchanged warm run reuses it.
@@ -23,13 +23,14 @@ from buddylab.protocol import GUEST_MODULE_PATH
 from buddylab.paths import cache_dir, images_dir
 from buddylab.guest.cpio import CpioWriter
 from buddylab.errors import SetupError
+from buddylab.kernel.elfcheck import read_module_info
 from buddylab.kernel.provision import Kernel
 
-# In load order (images/init.sh).  6.1's virtio needs virtio_ring, and its
-# virtio_pci needs the two *_dev libraries, which 5.10 does not have.
-NET_MODULES = ("virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev",
-               "virtio_pci", "failover", "net_failover", "virtio_net")
-OPTIONAL_NET_MODULES = ("virtio_pci_legacy_dev", "virtio_pci_modern_dev")
+# The network the guest needs for SSH; a recipe's [guest] modules and
+# --guest-module add more.  Each comes with the modules it depends on (its
+# .modinfo `depends`), loaded first; one built into the kernel is skipped.
+NET_MODULES = ("virtio_pci", "virtio_net")
+MODULE_LIST = "etc/buddylab-modules"
 BUSYBOX = Path("/bin/busybox")
 DROPBEAR = Path("/usr/sbin/dropbear")
 DROPBEARKEY = Path("/usr/bin/dropbearkey")
@@ -150,9 +151,8 @@ def build_guest_tools() -> list[Path]:
     return built
 
 def _image_inputs(kernel: Kernel, module: Path, host_key: HostKey,
-                  tools: list[Path]) -> list[Path]:
-    mods = [kernel.modules_dir / p for p in _net_module_paths(kernel)]
-    return [BUSYBOX, DROPBEAR, *shared_libraries(DROPBEAR), *mods, module, *tools,
+                  tools: list[Path], guest_modules: list[Path]) -> list[Path]:
+    return [BUSYBOX, DROPBEAR, *shared_libraries(DROPBEAR), *guest_modules, module, *tools,
             images_dir() / "init.sh", host_key.private, Path(__file__)]
 
 
@@ -160,16 +160,41 @@ def _tool_name(tool: Path) -> str:
     """A guest tool's name in the image: its cache name without the key."""
     return tool.name.rsplit("-", 1)[0]
 
-def _net_module_paths(kernel: Kernel) -> list[Path]:
-    paths = []
-    for name in NET_MODULES:
-        found = sorted(kernel.modules_dir.rglob(f"{name}.ko"))
-        if not found and name in OPTIONAL_NET_MODULES:
-            continue
-        if not found:
-            raise SetupError(f"{name}.ko not found under {kernel.modules_dir}")
-        paths.append(found[0].relative_to(kernel.modules_dir))
-    return paths
+def _norm(name: str) -> str:
+    return name.replace("-", "_")
+
+def guest_module_paths(kernel: Kernel, names: tuple[str, ...]) -> list[Path]:
+    """The .ko files to load, in load order: dependencies first, built-in ones left out."""
+    files = {_norm(p.name.removesuffix(".ko")): p for p in sorted(kernel.modules_dir.rglob("*.ko"))}
+    builtin_list = kernel.modules_dir / "modules.builtin"
+    builtin = set()
+    if builtin_list.is_file():
+        builtin = {_norm(Path(line.strip()).name.removesuffix(".ko"))
+                   for line in builtin_list.read_text().splitlines() if line.strip()}
+    order: list[Path] = []
+    seen: set[str] = set()
+
+    def visit(name: str, chain: tuple[str, ...]) -> None:
+        name = _norm(name)
+        if name in seen:
+            return
+        seen.add(name)
+        if name in builtin and name not in files:
+            return
+        path = files.get(name)
+        if path is None:
+            compressed = sorted(kernel.modules_dir.rglob(f"{name}.ko.*"))
+            why = (f"only compressed ({compressed[0].name}), which the guest cannot load"
+                   if compressed else "neither a module nor built in")
+            raise SetupError(f"guest module {name}{' (needed by ' + chain[-1] + ')' if chain else ''} "
+                             f"of kernel {kernel.release}: {why}")
+        for dep in read_module_info(path).depends:
+            visit(dep, (*chain, name))
+        order.append(path)
+
+    for n in names:
+        visit(n, ())
+    return order
 
 def _cache_key(inputs: list[Path]) -> str:
     h = hashlib.sha256()
@@ -196,13 +221,17 @@ def _image_intact(image: Path, host_key: HostKey) -> bool:
             and manifest.get("host_key") == f"{host_key.key_type} {host_key.public_b64}")
 
 
-def build_image(kernel: Kernel, module: Path) -> GuestImage:
-    """The initramfs for `kernel` with `module` at /buddylab.ko (cached)."""
+def build_image(kernel: Kernel, module: Path, extra_modules: tuple[str, ...] = ()) -> GuestImage:
+    """The initramfs for `kernel` with `module` at /buddylab.ko (cached).
+
+    `extra_modules`: more of the kernel's modules to load at boot (by name).
+    """
     _require(BUSYBOX, "busybox-static")
     _require(DROPBEAR, "dropbear-bin")
     host_key = ensure_host_key(cache_dir() / "hostkey")
     tools = build_guest_tools()
-    inputs = _image_inputs(kernel, module, host_key, tools)
+    guest_modules = guest_module_paths(kernel, (*NET_MODULES, *extra_modules))
+    inputs = _image_inputs(kernel, module, host_key, tools, guest_modules)
     images = cache_dir() / "images"
     images.mkdir(parents=True, exist_ok=True)
     target = images / f"initramfs-{_cache_key(inputs)}.cpio"
@@ -216,7 +245,7 @@ def build_image(kernel: Kernel, module: Path) -> GuestImage:
     tmp = cachefs.private_dir(target)
     try:
         with (tmp / target.name).open("wb") as f:
-            _write_image(CpioWriter(f), kernel, module, host_key, tools)
+            _write_image(CpioWriter(f), guest_modules, module, host_key, tools)
         digest = hashlib.sha256((tmp / target.name).read_bytes()).hexdigest()
         manifest = {"sha256": digest, "host_key": f"{host_key.key_type} {host_key.public_b64}"}
         (tmp / "manifest").write_text(json.dumps(manifest) + "\n")
@@ -257,7 +286,7 @@ def _prune(images: Path, keep: Path) -> None:
             p.unlink(missing_ok=True)
             _manifest_path(p).unlink(missing_ok=True)
 
-def _write_image(w: CpioWriter, kernel: Kernel, module: Path, host_key: HostKey,
+def _write_image(w: CpioWriter, guest_modules: list[Path], module: Path, host_key: HostKey,
                  tools: list[Path]) -> None:
     for d in ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "etc", "etc/dropbear", "dev",
               "proc", "sys", "tmp", "run", "var", "lib", "lib/modules", "lib64",
@@ -278,8 +307,10 @@ def _write_image(w: CpioWriter, kernel: Kernel, module: Path, host_key: HostKey,
     w.file("etc/group", b"root:x:0:\n")
     w.file("etc/shells", b"/bin/sh\n")
     w.file("etc/dropbear/host_key", host_key.private.read_bytes(), 0o600)
-    for rel in _net_module_paths(kernel):
-        w.file(f"lib/modules/{rel.name}", (kernel.modules_dir / rel).read_bytes())
+    for path in guest_modules:
+        w.file(f"lib/modules/{path.name}", path.read_bytes())
+    # /init loads them in this order.
+    w.file(MODULE_LIST, "".join(f"/lib/modules/{p.name}\n" for p in guest_modules).encode())
     w.file(GUEST_MODULE_PATH, module.read_bytes())
     for tool in tools:
         w.file(f"usr/bin/{_tool_name(tool)}", tool.read_bytes(), 0o755)

@@ -49,6 +49,8 @@ class QemuConfig:
     accel: str = "tcg"
     ssh_port: int = 0
     extra_append: list[str] = field(default_factory=list)
+    # More QEMU arguments (a recipe's [guest] qemu_args, --qemu-args), e.g. -device vmcoreinfo.
+    extra_args: list[str] = field(default_factory=list)
 
     def append(self) -> str:
         # page_alloc.shuffle=0 keeps the free lists in a deterministic order
@@ -75,6 +77,7 @@ class QemuConfig:
             "-netdev", netdev,
             # No option ROM: iPXE is of no use with -kernel and costs boot time.
             "-device", "virtio-net-pci,netdev=n0,romfile=",
+            *self.extra_args,
         ]
 
 

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Iterator
 
 from buddylab.kernel import elfcheck
-from buddylab.kernel.recipe import KernelPins, load_kernel_pins
+from buddylab.kernel.recipe import GuestExtras, KernelPins, load_kernel_pins
 from buddylab.errors import BuddylabError
 from buddylab.guest.image import GuestImage, HostKey, build_image
 from buddylab.protocol import GUEST_MODULE_PATH
 from buddylab.kernel.kbuild import build_module
-from buddylab.kernel.provision import Kernel, provision_kernel
+from buddylab.kernel.kinds import provision
+from buddylab.kernel.provision import Kernel
 from buddylab.guest.qemu import Qemu, QemuConfig, free_port, probe_kvm
 from buddylab.guest.snapshot import StartState, start_guest
 from buddylab.guest.workdir import private_workdir
@@ -50,23 +51,26 @@ class Prepared:
     accel: str
     accel_why: str
     vmlinuz: Path
+    extras: GuestExtras = GuestExtras()
 
 
 def prepare(pins: KernelPins | None = None, ko: Path | None = None,
-            timings: Timings | None = None) -> Prepared:
+            timings: Timings | None = None, extras: GuestExtras | None = None) -> Prepared:
+    """Kernel, module, image for `pins`; `extras` add to the recipe's [guest] modules and QEMU arguments."""
     timings = timings or Timings()
     pins = pins or load_kernel_pins()
+    extras = pins.guest.plus(extras or GuestExtras())
     with timings.stage("provision"):
-        kernel = provision_kernel(pins)
+        kernel = provision(pins)
     with timings.stage("module build"):
         module = ko if ko is not None else build_module(kernel)
         elfcheck.check_module(module, elfcheck.kernel_vermagic(kernel.modules_dir),
                               kernel.symvers.read_text())
     with timings.stage("image"):
-        image = build_image(kernel, module)
+        image = build_image(kernel, module, extras.modules)
     with timings.stage("accel probe"):
         kvm, why = probe_kvm(kernel.vmlinuz)
-    return Prepared(kernel, module, image, "kvm" if kvm else "tcg", why, kernel.vmlinuz)
+    return Prepared(kernel, module, image, "kvm" if kvm else "tcg", why, kernel.vmlinuz, extras)
 
 
 class Session:
@@ -114,7 +118,9 @@ def boot(prepared: Prepared, memory_mib: int = 512, cpus: int = 1,
         client_key = make_client_key(workdir)
         config = QemuConfig(prepared.vmlinuz, prepared.image.initramfs,
                             memory_mib=memory_mib, cpus=cpus, accel=prepared.accel,
-                            ssh_port=free_port(), extra_append=list(extra_append or []))
+                            ssh_port=free_port(),
+                            extra_append=[*prepared.extras.append, *(extra_append or [])],
+                            extra_args=list(prepared.extras.qemu_args))
         qemu: Qemu | None = None
         shell = None
         try:

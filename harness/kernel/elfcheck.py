@@ -28,6 +28,7 @@ class ModuleInfo:
     license: str
     name: str
     undefined: frozenset[str]
+    depends: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ def read_module_info(ko: Path) -> ModuleInfo:
         license=fields.get("license", ""),
         name=fields.get("name", ""),
         undefined=undefined,
+        depends=tuple(d for d in fields.get("depends", "").split(",") if d),
     )
 
 

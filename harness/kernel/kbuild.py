@@ -72,7 +72,7 @@ def build_key(inputs: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _reusable(build_dir: Path, inputs: dict[str, str]) -> bool:
+def _reusable(build_dir: Path, inputs: dict[str, str], name: str = MODULE_NAME) -> bool:
     """A published build whose manifest names these inputs and whose .ko is intact."""
     try:
         manifest = json.loads((build_dir / "build.json").read_text())
@@ -80,7 +80,7 @@ def _reusable(build_dir: Path, inputs: dict[str, str]) -> bool:
         return False
     except ValueError:
         manifest = {}
-    ko = build_dir / f"{MODULE_NAME}.ko"
+    ko = build_dir / f"{name}.ko"
     if (manifest.get("inputs") == inputs and ko.is_file()
             and hashlib.sha256(ko.read_bytes()).hexdigest() == manifest.get("ko_sha256")):
         return True
@@ -95,8 +95,11 @@ def _reusable(build_dir: Path, inputs: dict[str, str]) -> bool:
     return False
 
 
-def build_module(kernel: Kernel, src_dir: Path | None = None, force: bool = False) -> Path:
-    """Build `buddylab.ko` out of tree; returns its path in its content-keyed build directory.
+def build_module(kernel: Kernel, src_dir: Path | None = None, force: bool = False,
+                 name: str = MODULE_NAME) -> Path:
+    """Build `<name>.ko` (default buddylab.ko from kmod/) out of tree; returns its path.
+
+    Cached under a key of its inputs (build_inputs).
 
     The sources are copied to the build directory, so that the checkout
     holds no build artefacts.  `force` builds again even if a build with the
@@ -106,22 +109,23 @@ def build_module(kernel: Kernel, src_dir: Path | None = None, force: bool = Fals
     if shutil.which("make") is None or shutil.which("gcc") is None:
         raise SetupError("make and gcc are needed to build the module")
     inputs = build_inputs(kernel, src_dir)
-    final = cache_dir() / "build" / f"{kernel.release}-{build_key(inputs)}"
-    ko_name = f"{MODULE_NAME}.ko"
-    if not force and _reusable(final, inputs):
+    prefix = kernel.release if name == MODULE_NAME else f"{kernel.release}-{name}"
+    final = cache_dir() / "build" / f"{prefix}-{build_key(inputs)}"
+    ko_name = f"{name}.ko"
+    if not force and _reusable(final, inputs, name):
         return final / ko_name
     cachefs.require_space(final.parent, BUILD_SPACE, "the module build")
     # A live build ends within its deadline: older staging is a killed run's.
     cachefs.remove_stale_staging(final.parent, older_than=2 * MAKE_TIMEOUT)
     staging = cachefs.private_dir(final)
     try:
-        _make(kernel, src_dir, staging, final)
+        _make(kernel, src_dir, staging, final, name)
         ko_sha = hashlib.sha256((staging / ko_name).read_bytes()).hexdigest()
         manifest = {"inputs": inputs, "ko_sha256": ko_sha}
         (staging / "build.json").write_text(json.dumps(manifest, indent=2) + "\n")
         if force and final.exists():
-            _reusable(final, {})          # moves the old one aside
-        if not cachefs.publish_dir(staging, final) and not _reusable(final, inputs):
+            _reusable(final, {}, name)    # moves the old one aside
+        if not cachefs.publish_dir(staging, final) and not _reusable(final, inputs, name):
             raise SetupError(f"another run left a different build at {final}")
     except OSError as e:
         shutil.rmtree(staging, ignore_errors=True)
@@ -134,11 +138,11 @@ def build_module(kernel: Kernel, src_dir: Path | None = None, force: bool = Fals
     return final / ko_name
 
 
-def _make(kernel: Kernel, src_dir: Path, build_dir: Path, final: Path) -> None:
+def _make(kernel: Kernel, src_dir: Path, build_dir: Path, final: Path, name: str = MODULE_NAME) -> None:
     for s in _sources(src_dir):
         shutil.copy2(s, build_dir / s.name)
     proc = cachefs.run_tool(_make_args(kernel, build_dir), "the module build", MAKE_TIMEOUT)
-    ko = build_dir / f"{MODULE_NAME}.ko"
+    ko = build_dir / f"{name}.ko"
     if proc.returncode != 0 and cachefs.says_disk_full(proc.stdout + proc.stderr):
         raise SetupError(f"no space left in {final.parent} for the module build: needs about "
                          f"{BUILD_SPACE >> 20} MiB, {cachefs.free_bytes(final.parent) >> 20} MiB free")

@@ -15,12 +15,14 @@ into the cache, so a moved or copied cache still builds.
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from buddylab import cachefs
+from buddylab.kernel.aptindex import AptIndex
 from buddylab.kernel.bzimage import check_bzimage
 from buddylab.kernel.recipe import KernelPins, PinnedDeb
 from buddylab.paths import cache_dir
@@ -114,6 +116,10 @@ class LocalApt:
         (self.base / "preferences").write_text("")
         (self.base / "status").touch()
 
+    @property
+    def lists(self) -> Path:
+        return self.base / "lists"
+
     def _run(self, args: list[str], timeout: float, written: Path,
              cwd: Path | None = None) -> None:
         cmd = ["apt-get", "-q", *self._options(), *args]
@@ -124,6 +130,8 @@ class LocalApt:
             raise SetupError(f"no space left in {written} for {what}: needs about "
                              f"{FETCH_SPACE >> 20} MiB, {cachefs.free_bytes(written) >> 20} MiB free")
         if proc.returncode != 0:
+            if args[0] == "download" and "404" in output:
+                raise NotServed(" ".join(args[1:]), "is listed in the archive's index but not served (404)")
             raise SetupError(f"apt-get {' '.join(args)} failed (exit {proc.returncode}):\n"
                              + output[-2000:])
 
@@ -136,17 +144,77 @@ class LocalApt:
         self._run(["update"], APT_UPDATE_TIMEOUT, self.base)
 
     def download(self, debs: list[PinnedDeb], dest: Path) -> None:
-        self._run(["download", *(f"{d.name}={d.version}" for d in debs)],
-                  APT_DOWNLOAD_TIMEOUT, dest, cwd=dest)
+        """apt-get download, one package at a time (so a 404 names its package).
+
+        apt checks each file against the SHA256 of the Packages index that
+        `update` verified against the suite's signed InRelease.
+        """
+        for d in debs:
+            self._run(["download", f"{d.name}={d.version}"], APT_DOWNLOAD_TIMEOUT, dest, cwd=dest)
+
+
+class NotServed(SetupError):
+    """A pinned package the archive no longer serves (or never served)."""
+
+    def __init__(self, package: str, why: str) -> None:
+        super().__init__(f"{package} {why}")
+        self.package = package
+        self.why = why
+
+
+def not_served_message(pins: KernelPins, index: AptIndex, err: NotServed) -> str:
+    """One line: what is gone, and the command that pins what the archive serves now."""
+    suggestion = repin_specs(pins, index)
+    fix = (f"re-pin with: buddylab kernel pin {' '.join(suggestion)} --name {pins.name}"
+           if suggestion else "the archive serves no newer build of this kernel flavour")
+    return (f"kernel recipe {pins.name}: {err.package} {err.why} "
+            f"({', '.join(pins.suites)}); {fix}")
+
+
+def repin_specs(pins: KernelPins, index: AptIndex) -> list[str]:
+    """PACKAGE=VERSION for each pinned .deb, moved to the newest ABI the index lists.
+
+    Debian puts the ABI in the package names (linux-image-5.10.0-46-cloud-amd64):
+    the newest image of the same kernel version and flavour decides the ABI
+    and the version; every other package follows it.
+    """
+    if pins.image is None:
+        return []
+    image = pins.image
+    m = re.fullmatch(r"linux-image-(\d+\.\d+\.\d+)-(\d+)-(.+)", image.name)
+    if m is None:
+        names = {d.name: d.name for d in pins.debs}
+    else:
+        base, old_abi, flavour = m.groups()
+        pat = re.compile(rf"linux-image-{re.escape(base)}-(\d+)-{re.escape(flavour)}")
+        abis = {int(mm.group(1)) for e in index.entries if (mm := pat.fullmatch(e.name))}
+        if not abis:
+            return []
+        new_abi = str(max(abis))
+        names = {d.name: d.name.replace(f"-{old_abi}-", f"-{new_abi}-") for d in pins.debs}
+    image_versions = index.versions(names[image.name])
+    if not image_versions:
+        return []
+    version = image_versions[0]
+    specs = []
+    for d in pins.debs:
+        name = names[d.name]
+        served = index.versions(name)
+        if not served:
+            return []
+        specs.append(f"{name}={version if version in served else served[0]}")
+    return specs
 
 
 def fetch_debs(debs: tuple[PinnedDeb, ...], suites: tuple[str, ...],
-               downloads: Path, apt_dir: Path) -> dict[PinnedDeb, Path]:
+               downloads: Path, apt_dir: Path, recipe: KernelPins | None = None) -> dict[PinnedDeb, Path]:
     """Every pinned .deb in `downloads`, fetched if missing, SHA256 verified.
 
     `apt_dir` is the project-local apt directory to fetch with (one per
     recipe); apt runs under its lock.  Each .deb is downloaded into a
     private directory, verified there, then renamed into `downloads`.
+    A pin the archive no longer lists, or lists but does not serve, is one
+    line naming the `buddylab kernel pin` command that re-pins `recipe`.
     """
     downloads.mkdir(parents=True, exist_ok=True)
     missing = [d for d in debs if not (downloads / d.filename).is_file()]
@@ -157,9 +225,19 @@ def fetch_debs(debs: tuple[PinnedDeb, ...], suites: tuple[str, ...],
             if missing:
                 apt = LocalApt(apt_dir, suites)
                 apt.update()
+                index = AptIndex(apt.lists)
                 tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=downloads))
                 try:
-                    apt.download(missing, tmp)
+                    try:
+                        for d in missing:
+                            if index.find(d.name, d.version) is None:
+                                raise NotServed(f"{d.name}={d.version}",
+                                                "is no longer in the archive's index")
+                        apt.download(missing, tmp)
+                    except NotServed as e:
+                        if recipe is None:
+                            raise
+                        raise SetupError(not_served_message(recipe, index, e)) from None
                     for d in missing:
                         got = tmp / d.filename
                         if not got.is_file():
@@ -283,7 +361,7 @@ def provision_kernel(pins: KernelPins) -> Kernel:
         with cachefs.locked(base.with_name(base.name + ".lock"), f"provisioning {pins.name}"):
             if not _complete(stamp, pins):
                 debs = fetch_debs(pins.debs, pins.suites, cache_dir() / "debs",
-                                  cache_dir() / "apt" / pins.name)
+                                  cache_dir() / "apt" / pins.name, recipe=pins)
                 base.mkdir(parents=True, exist_ok=True)
                 # Under the lock no other run extracts here: any staging left is a dead run's.
                 cachefs.remove_stale_staging(base, older_than=0)
@@ -306,3 +384,23 @@ def _complete(stamp: Path, pins: KernelPins) -> bool:
         return stamp.read_text() == _stamp(pins)
     except FileNotFoundError:
         return False
+
+
+def extract_local_debs(name: str, debs: list[Path], release: str, stamp_text: str) -> Kernel:
+    """Debian packages given as files, extracted like pinned ones (kind = "debs" recipes)."""
+    key = hashlib.sha256(stamp_text.encode()).hexdigest()[:16]
+    base = cache_dir() / "kernels" / f"{name}-{key}"
+    stamp = base / "extracted.stamp"
+    kernel = Kernel(release, base / "root")
+    with cachefs.locked(base.with_name(base.name + ".lock"), f"provisioning {name}"):
+        if not (stamp.is_file() and stamp.read_text() == stamp_text):
+            base.mkdir(parents=True, exist_ok=True)
+            cachefs.remove_stale_staging(base, older_than=0)
+            _extract(debs, base, kernel.root)
+            cachefs.write_atomic(stamp, stamp_text.encode())
+    if not kernel.vmlinuz.is_file():
+        raise SetupError(f"{kernel.vmlinuz} missing after extracting {', '.join(p.name for p in debs)}")
+    if not kernel.headers.is_dir():
+        raise SetupError(f"no linux-headers-{release} among {', '.join(p.name for p in debs)}")
+    check_bzimage(kernel.vmlinuz, f"remove {base} to extract it again")
+    return kernel

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from pathlib import Path
 from dataclasses import dataclass
 
 from buddylab.errors import SetupError
@@ -25,21 +26,57 @@ class PinnedDeb:
         return f"{self.name}_{self.version.replace(':', '%3a')}_{self.arch}.deb"
 
 
+KINDS = ("debian", "source", "tree", "debs")
+
+
+@dataclass(frozen=True)
+class SourceBuild:
+    """[build] of a `kind = "source"` recipe: how the kernel is configured."""
+
+    defconfig: str
+    kernel_fragments: tuple[str, ...]  # in the source tree's kernel/configs/
+    fragments: tuple[str, ...]  # in images/
+
+
+@dataclass(frozen=True)
+class GuestExtras:
+    """[guest]: modules of the kernel to load in the guest, QEMU arguments, command-line words."""
+
+    modules: tuple[str, ...] = ()
+    qemu_args: tuple[str, ...] = ()
+    append: tuple[str, ...] = ()
+
+    def plus(self, other: GuestExtras) -> GuestExtras:
+        return GuestExtras(self.modules + other.modules, self.qemu_args + other.qemu_args,
+                           self.append + other.append)
+
+
 @dataclass(frozen=True)
 class KernelPins:
-    """A kernel recipe: which suites to fetch from and which .debs to pin."""
+    """A kernel recipe.
+
+    kind "debian": pinned Debian image and headers packages (`image`, `headers`);
+    kind "source": built from the pinned `source` package with `build`;
+    kind "tree": the user's built kernel tree at `tree` (bzImage, Module.symvers, .config);
+    kind "debs": Debian image and headers packages given as local files (`local_debs`).
+    """
 
     name: str
     release: str
     suites: tuple[str, ...]
-    image: PinnedDeb
+    image: PinnedDeb | None
     headers: tuple[PinnedDeb, ...]
     source: PinnedDeb | None
+    kind: str = "debian"
+    build: SourceBuild | None = None
+    tree: Path | None = None
+    local_debs: tuple[Path, ...] = ()
+    guest: GuestExtras = GuestExtras()
 
     @property
     def debs(self) -> tuple[PinnedDeb, ...]:
         """What booting and building need (the source package is separate)."""
-        return (self.image, *self.headers)
+        return (self.image, *self.headers) if self.image is not None else self.headers
 
 
 def _deb(entry: dict[str, str]) -> PinnedDeb:
@@ -47,21 +84,56 @@ def _deb(entry: dict[str, str]) -> PinnedDeb:
                      entry["sha256"].lower())
 
 
-def load_kernel_pins(name: str = DEFAULT_KERNEL) -> KernelPins:
-    path = images_dir() / f"{name}.toml"
+def recipe_path(name_or_path: str) -> Path:
+    """A recipe name in images/ (`debian-5.10-cloud`) or the path of a recipe TOML."""
+    if "/" in name_or_path or name_or_path.endswith(".toml"):
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise SetupError(f"kernel recipe {name_or_path}: no such file")
+        return path
+    path = images_dir() / f"{name_or_path}.toml"
     if not path.is_file():
         known = sorted(p.stem for p in images_dir().glob("*.toml"))
-        raise SetupError(f"no kernel recipe {name!r} in images/ (known: {', '.join(known)})")
-    with path.open("rb") as f:
-        data = tomllib.load(f)
+        raise SetupError(f"no kernel recipe {name_or_path!r} in images/ (known: {', '.join(known)})")
+    return path
+
+
+def load_kernel_pins(name: str = DEFAULT_KERNEL) -> KernelPins:
+    """The recipe `name`: a name in images/ or a path to a recipe TOML."""
+    path = recipe_path(name)
+    name = path.stem
     try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise SetupError(f"{path}: not a TOML file ({e})") from None
+    try:
+        kind = data.get("kind", "debian")
+        if kind not in KINDS:
+            raise SetupError(f"{path}: kind {kind!r} is not one of {', '.join(KINDS)}")
+        guest = data.get("guest", {})
+        extras = GuestExtras(tuple(guest.get("modules", ())), tuple(guest.get("qemu_args", ())),
+                             tuple(guest.get("append", ())))
+        build = data.get("build")
         return KernelPins(
             name=name,
-            release=data["release"],
-            suites=tuple(data["suites"]),
-            image=_deb(data["image"]),
-            headers=tuple(_deb(d) for d in data["headers"]),
+            release=data.get("release", "") if kind != "debian" else data["release"],
+            suites=tuple(data.get("suites", ())),
+            image=_deb(data["image"]) if kind == "debian" else None,
+            headers=tuple(_deb(d) for d in data["headers"]) if kind == "debian" else (),
             source=_deb(data["source"]) if "source" in data else None,
+            kind=kind,
+            build=SourceBuild(build["defconfig"], tuple(build.get("kernel_fragments", ())),
+                              tuple(build.get("fragments", ()))) if build else None,
+            tree=_local(path, data["tree"]["path"]) if kind == "tree" else None,
+            local_debs=tuple(_local(path, p) for p in data["debs"]["files"]) if kind == "debs" else (),
+            guest=extras,
         )
     except (KeyError, TypeError) as e:
-        raise SetupError(f"{path}: malformed kernel recipe ({e})") from e
+        raise SetupError(f"{path}: malformed kernel recipe (missing or wrong {e})") from e
+
+
+def _local(recipe: Path, value: str) -> Path:
+    """A path in a recipe: absolute, or relative to the recipe's directory."""
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (recipe.parent / p).resolve()

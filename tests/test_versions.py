@@ -1,0 +1,70 @@
+"""The model is chosen by the running kernel's version; other versions say what is not modelled."""
+
+from buddylab.experiments.accuracy.kernels import KernelRow, format_kernels
+from buddylab.experiments.accuracy.report import AccuracyRequest
+from buddylab.experiments.accuracy.scoring import Accuracy, Tally
+from buddylab.models.versions import series_of, support_for
+
+
+def test_series_of_debian_and_source_releases():
+    assert series_of("5.10.0-46-cloud-amd64") == "5.10"
+    assert series_of("5.10.262") == "5.10"
+    assert series_of("6.1.0-57-cloud-amd64") == "6.1"
+    assert series_of("6.12") == "6.12"
+    assert series_of("not-a-release") == ""
+
+
+def test_5_10_is_modelled_6_1_says_what_is_not():
+    assert support_for("5.10.0-32-cloud-amd64").modelled
+    s = support_for("6.1.0-57-cloud-amd64")
+    assert not s.modelled
+    for what in ("order 0-3", "THP order 9", "nr_pcp_high()", "free_high"):
+        assert what in s.not_modelled
+    assert "no model of Linux 6.12" in support_for("6.12.48+deb13-cloud-amd64").not_modelled
+
+
+def test_side_by_side_table_has_no_share_for_an_unmodelled_kernel():
+    a = Accuracy()
+    a.page = Tally(ops=500, attempted=500, exact=500)
+    a.counts = Tally(ops=500, attempted=500, exact=156)
+    a.textbook = Tally(ops=500, attempted=500, exact=65)
+    six = support_for("6.1.0-57-cloud-amd64")
+    rows = [KernelRow("debian-5.10-cloud", "5.10.0-46-cloud-amd64", a),
+            KernelRow("debian-6.1-cloud", six.release, None, six.not_modelled)]
+    table = format_kernels(rows, AccuracyRequest(1, 500, 250, False)).splitlines()
+    assert table[4] == ("| debian-5.10-cloud | 5.10.0-46-cloud-amd64 | 100.0% (500/500) "
+                        "| 31.2% (156/500) | 13.0% (65/500) |")
+    assert table[5].startswith("| debian-6.1-cloud | 6.1.0-57-cloud-amd64 | 6.1's per-CPU lists")
+    assert "%" not in table[5]
+
+
+def test_a_5_10_kernel_configured_otherwise_is_not_modelled():
+    from buddylab.models.versions import MODEL_LAYOUT, Layout
+
+    assert support_for("5.10.262", MODEL_LAYOUT).modelled
+    with_cma = Layout(("Unmovable", "Movable", "Reclaimable", "HighAtomic", "CMA", "Isolate"), 11, 9)
+    s = support_for("5.10.262", with_cma)
+    assert not s.modelled
+    assert "migratetypes Unmovable, Movable, Reclaimable, HighAtomic, CMA, Isolate" in s.not_modelled
+
+
+def test_the_layout_of_a_real_pagetypeinfo_is_the_models():
+    from pathlib import Path
+
+    from buddylab.models.versions import MODEL_LAYOUT, Layout
+    from buddylab.records.procfs import parse_pagetypeinfo
+
+    proc = Path(__file__).parent / "fixtures" / "proc"
+    texts = sorted(proc.glob("pagetypeinfo*"))
+    assert texts
+    info = parse_pagetypeinfo(texts[0].read_text())
+    assert Layout(info.migratetypes, info.orders, info.pageblock_order) == MODEL_LAYOUT
+
+
+def test_a_skipped_model_check_is_no_failure():
+    from buddylab.experiments.downfall import Report
+    from buddylab.report.model import Case
+
+    report = Report(cases=[Case.check("a", True, ""), Case.skip("b", "not modelled")])
+    assert report.passed
+    assert not Report(cases=[Case.check("a", False, ""), Case.skip("b", "not modelled")]).passed
