@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from buddylab import errors
+from buddylab import errors, protocol
+from buddylab.records import kmod
 from buddylab.kernel.recipe import load_kernel_pins
 
 pytestmark = pytest.mark.qemu
@@ -28,28 +29,34 @@ def test_command_past_its_deadline_prints_one_message_and_no_traceback(prepared)
 
 
 def test_two_cold_runs_at_once_on_one_empty_cache_both_pass(tmp_path: Path):
-    """Download, extraction, module build, image and boot, twice at the same time."""
+    """Download, extraction, module build, image, boot and module load, twice at the same time.
+
+    Each run loads the module and reads one of its records.  Not qemu-test: its
+    verdict is the page model's, and with two TCG guests on two cores the
+    guest's own background work can land between the dump and the operation
+    (seen once: a per-CPU list 4 pages off), which says nothing of the cache.
+    """
     cache = tmp_path / "cache"
     env = {**os.environ, "BUDDYLAB_CACHE": str(cache)}
+    guest_command = (f"{protocol.insmod()} && cat {protocol.DEBUGFS}/zones "
+                     f"&& rmmod {protocol.MODULE_NAME}")
     runs = []
     for n in (1, 2):
         env_n = {**env, "BUDDYLAB_RESULTS": str(tmp_path / f"results{n}")}
-        runs.append(subprocess.Popen([sys.executable, "-m", "buddylab.cli", "qemu-test"],
+        runs.append(subprocess.Popen([sys.executable, "-m", "buddylab.cli", "run", guest_command],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      env=env_n))
     outputs = [run.communicate(timeout=1200) for run in runs]
     for run, (out, err) in zip(runs, outputs):
         assert run.returncode == 0, out[-2000:] + err[-3000:]
-        assert "verdict: PASS" in out
+        assert {z.zone for z in kmod.parse_zones(out)} >= {"DMA", "DMA32"}
     # Both used the one build of the one kernel, each fetched with the recipe's own apt.
-    builds = {line.rsplit("module build ", 1)[1] for out, _ in outputs
-              for line in out.splitlines() if line.startswith("buddylab: kernel ")}
+    builds = [p.name for p in (cache / "build").iterdir()]
     assert len(builds) == 1, builds
     # They did overlap: one waited for the other's lock.
     assert any("buddylab: waiting for another run" in err for _, err in outputs)
     pins = load_kernel_pins()
     assert (cache / "apt" / pins.name / "sources.list").is_file()
     assert not (cache / "apt" / "sources.list").exists()
-    assert [p.name for p in (cache / "build").iterdir()] == list(builds)
     # No private staging directory or file was left behind.
     assert not [p for p in cache.rglob(".*tmp-*")]
