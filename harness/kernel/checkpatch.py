@@ -7,15 +7,14 @@ project-local apt and cached; only the script and its data files are kept.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 from buddylab import cachefs
 from buddylab.kernel.recipe import KernelPins
 from buddylab.paths import cache_dir, kmod_dir
 from buddylab.errors import SetupError
+from buddylab.kernel import linux_source
 from buddylab.kernel.provision import fetch_debs
 
 TOOL_TIMEOUT = 600.0
@@ -33,35 +32,8 @@ def ensure_checkpatch(pins: KernelPins) -> Path:
         return script
     deb = fetch_debs((pins.source,), pins.suites, cache_dir() / "debs",
                      cache_dir() / "apt" / pins.name)[pins.source]
-    staging = cachefs.private_dir(tree)
-    try:
-        _extract(deb, staging)
-        cachefs.publish_dir(staging, tree)   # a concurrent run may have published it first
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    linux_source.extract_into_cache(deb, tree, CHECKPATCH_FILES, "checkpatch")
     return script
-
-
-def _extract(deb: Path, dest: Path) -> None:
-    """The tarball inside the .deb holds the tree; take only checkpatch's files."""
-    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
-        proc = cachefs.run_tool(["dpkg-deb", "-x", str(deb), tmp], f"dpkg-deb -x {deb.name}",
-                                TOOL_TIMEOUT)
-        if proc.returncode != 0:
-            raise SetupError(f"dpkg-deb -x {deb.name}: {proc.stderr.strip()}")
-        tarballs = list(Path(tmp).glob("usr/src/linux-source-*.tar.xz"))
-        if len(tarballs) != 1:
-            raise SetupError(f"{deb.name}: expected one linux-source tarball, found {len(tarballs)}")
-        top = tarballs[0].name.removesuffix(".tar.xz")
-        members = [f"{top}/{f}" for f in CHECKPATCH_FILES]
-        proc = cachefs.run_tool(["tar", "-xJf", str(tarballs[0]), "-C", tmp, *members],
-                                f"extracting checkpatch from {deb.name}", TOOL_TIMEOUT)
-        if proc.returncode != 0:
-            raise SetupError(f"extracting checkpatch from {deb.name}: {proc.stderr.strip()}")
-        (dest / "scripts").mkdir(parents=True)
-        for f in CHECKPATCH_FILES:
-            shutil.move(str(Path(tmp) / top / f), str(dest / f))
 
 
 def run_checkpatch(pins: KernelPins, sources: list[Path] | None = None) -> subprocess.CompletedProcess[str]:
