@@ -131,6 +131,16 @@ static void bl_pcp_lock(struct per_cpu_pages *pcp)
 	spin_lock(&pcp->lock);
 }
 
+/*
+ * Freeing without allocating raises it (nr_pcp_free()), each per-CPU
+ * allocation halves it (rmqueue_pcplist()): how many pages the next drain
+ * frees, and whether an order 1-3 free empties the lists, depend on it.
+ */
+static int bl_pcp_free_factor(struct per_cpu_pages *pcp)
+{
+	return pcp->free_factor;
+}
+
 static void bl_pcp_unlock(struct per_cpu_pages *pcp)
 {
 	spin_unlock(&pcp->lock);
@@ -153,6 +163,12 @@ static unsigned int bl_pcp_order(unsigned int list)
 static unsigned int bl_pcp_mt(unsigned int list)
 {
 	return list;
+}
+
+/* 5.10 has no free_factor (its drains free pcp->batch pages). */
+static int bl_pcp_free_factor(struct per_cpu_pages *pcp)
+{
+	return 0;
 }
 
 /* 5.10's lists are their CPU's: only it reads them, interrupts off. */
@@ -397,6 +413,7 @@ struct bl_psnap {
 	int count;
 	int high;
 	int batch;
+	int free_factor;	/* 6.1: how far nr_pcp_free() scales batch */
 	u32 lists[BL_PCP_LISTS];
 	bool valid;
 };
@@ -568,6 +585,7 @@ static void bl_snap_cpu(struct bl_psnap *ps, int cpu)
 		ps[i].count = pcp->count;
 		ps[i].high = pcp->high;
 		ps[i].batch = pcp->batch;
+		ps[i].free_factor = bl_pcp_free_factor(pcp);
 		for (t = 0; t < BL_PCP_LISTS; t++)
 			ps[i].lists[t] = bl_list_len(&pcp->lists[t],
 						     zone->spanned_pages);
@@ -1538,6 +1556,7 @@ static void bl_log_show_snap(struct seq_file *m, const struct bl_op *op,
 				seq_printf(m, " orders=%u", bl_pcp_order(0));
 				for (t = 1; t < BL_PCP_LISTS; t++)
 					seq_printf(m, ",%u", bl_pcp_order(t));
+				seq_printf(m, " free_factor=%d", p->free_factor);
 			}
 			seq_putc(m, '\n');
 		}

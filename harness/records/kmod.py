@@ -27,7 +27,7 @@ RECORD_KEYS: dict[tuple[str, str], str] = {
     ("log", "log"): "capacity records dropped",
     ("log", "op"): "seq verb ret cpu [id] [n pages] [api gfp order bytes] [nid zone pfn] [stop]",
     ("log", "zone"): "seq when nid zone mt free",
-    ("log", "pcp"): "seq when nid zone cpu count high batch lists [orders]",
+    ("log", "pcp"): "seq when nid zone cpu count high batch lists [orders free_factor]",
     ("freelists", "dump"): "gen zones blocks pcp_pages",
     ("freelists", "block"): "nid zone order mt pos pfn",
     ("freelists", "pcpage"): "nid zone cpu [order] list pos pfn",
@@ -312,6 +312,7 @@ class PcpCounts:
     batch: int
     lists: tuple[int, ...]
     orders: tuple[int, ...] | None = None   # 6.1: the order of each list
+    free_factor: int | None = None          # 6.1: nr_pcp_free()'s batch scaling
 
 
 @dataclass
