@@ -14,13 +14,18 @@ def test_series_of_debian_and_source_releases():
     assert series_of("not-a-release") == ""
 
 
-def test_5_10_is_modelled_6_1_says_what_is_not():
-    assert support_for("5.10.0-32-cloud-amd64").modelled
-    s = support_for("6.1.0-57-cloud-amd64")
-    assert not s.modelled
-    for what in ("order 0-3", "THP order 9", "nr_pcp_high()", "free_high"):
-        assert what in s.not_modelled
-    assert "no model of Linux 6.12" in support_for("6.12.48+deb13-cloud-amd64").not_modelled
+def test_5_10_and_6_1_are_modelled_6_12_says_what_is_not():
+    from buddylab.models import pagemodel, pagemodel61
+    from buddylab.models.kernel_state import ZONE_MODELS
+
+    assert support_for("5.10.0-32-cloud-amd64").series == "5.10"
+    six = support_for("6.1.0-57-cloud-amd64")
+    assert six.modelled and six.series == "6.1"
+    assert ZONE_MODELS[six.series] is pagemodel61.Zone61
+    assert ZONE_MODELS["5.10"] is pagemodel.Zone
+    s = support_for("6.12.48+deb13-cloud-amd64")
+    assert not s.modelled and s.series not in ZONE_MODELS
+    assert "no model of Linux 6.12" in s.not_modelled
 
 
 def test_side_by_side_table_has_no_share_for_an_unmodelled_kernel():
@@ -28,14 +33,19 @@ def test_side_by_side_table_has_no_share_for_an_unmodelled_kernel():
     a.page = Tally(ops=500, attempted=500, exact=500)
     a.counts = Tally(ops=500, attempted=500, exact=156)
     a.textbook = Tally(ops=500, attempted=500, exact=65)
-    six = support_for("6.1.0-57-cloud-amd64")
+    b = Accuracy(series="6.1")
+    b.page = Tally(ops=500, attempted=498, exact=497)
+    other = support_for("6.12.48+deb13-cloud-amd64")
     rows = [KernelRow("debian-5.10-cloud", "5.10.0-46-cloud-amd64", a),
-            KernelRow("debian-6.1-cloud", six.release, None, six.not_modelled)]
+            KernelRow("debian-6.1-cloud", "6.1.0-57-cloud-amd64", b),
+            KernelRow("debian-6.12-cloud", other.release, None, other.not_modelled)]
     table = format_kernels(rows, AccuracyRequest(1, 500, 250, False)).splitlines()
-    assert table[4] == ("| debian-5.10-cloud | 5.10.0-46-cloud-amd64 | 100.0% (500/500) "
-                        "| 31.2% (156/500) | 13.0% (65/500) |")
-    assert table[5].startswith("| debian-6.1-cloud | 6.1.0-57-cloud-amd64 | 6.1's per-CPU lists")
-    assert "%" not in table[5]
+    assert table[4] == ("| debian-5.10-cloud | 5.10.0-46-cloud-amd64 | 5.10 model: 100.0% of "
+                        "attempted (500/500; 500 operations) | 31.2% (156/500) | 13.0% (65/500) |")
+    assert table[5].startswith("| debian-6.1-cloud | 6.1.0-57-cloud-amd64 | 6.1 model: 99.8% of "
+                               "attempted (497/498; 500 operations) |")
+    assert table[6].startswith("| debian-6.12-cloud | 6.12.48+deb13-cloud-amd64 | no model of")
+    assert "%" not in table[6]
 
 
 def test_a_5_10_kernel_configured_otherwise_is_not_modelled():

@@ -258,9 +258,11 @@ def analyse(out: str) -> Report:
     report = Report(expect=expect, guest_output=out, kernel=release)
     records = [r for r in log.ops if r.verb == "alloc"]
     kept = {a.id: a.pages for a in allocs}
+    support = support_for(release) if release else None
     if records:
-        zones = kernel_state.zones_from_dump(dump, pageblocks, infos,
-                                       kernel_state.pcp_limits(records[0].before.pcp))
+        zones = kernel_state.zones_from_dump(
+            dump, pageblocks, infos, kernel_state.pcp_limits(records[0].before.pcp),
+            support.series if support is not None and support.modelled else "5.10")
         replayer = operations.OperationReplayer(zones)
     for op, record in zip(OPERATIONS, records):
         if record.ret == 0 and record.id in kept:
@@ -306,8 +308,9 @@ def _checks(report: Report, allocs: list[kmod.AllocRecord], records: list) -> No
             [Measurement("pages kept", exact_op.pages_kept, "pages"),
              Measurement("per-CPU list", exact_op.pcp_after - exact_op.pcp_before, "pages")]))
         for r in report.operations:
-            name = f"5.10 model predicted {r.label} page for page"
             support = support_for(report.kernel) if report.kernel else None
+            series = support.series if support is not None and support.modelled else "5.10"
+            name = f"{series} model predicted {r.label} page for page"
             if support is not None and not support.modelled:
                 # models.versions says what of this kernel the model does not follow.
                 c.append(Case.skip(name, f"{report.kernel}: {support.not_modelled}"))

@@ -17,26 +17,39 @@ from __future__ import annotations
 from pathlib import Path
 
 from buddylab.errors import RecordError
-from buddylab.models import pagemodel
+from buddylab.models import pagemodel, pagemodel61
 from buddylab.records import kmod
 from buddylab.models.pagemodel import HIGHATOMIC, MIGRATETYPES, MOVABLE, PCP_TYPES, Zone
 from buddylab.models.counts import PcpList, ZoneState
 
 ZoneKey = tuple[int, str]
 
+# The page model of each kernel series (versions.ModelSupport.series).
+ZONE_MODELS: dict[str, type[Zone]] = {"5.10": Zone, "6.1": pagemodel61.Zone61}
 
-PcpLimits = dict[tuple[int, str, int], tuple[int, int]]  # (nid, zone, cpu) -> (high, batch)
+# (nid, zone, cpu) -> (high, batch) or, from a 6.1 snapshot, (high, batch, free_factor).
+PcpLimits = dict[tuple[int, str, int], tuple[int, int] | tuple[int, int, int]]
+
+
+def series_of_records(snap: kmod.Snapshot) -> str:
+    """The series whose per-CPU lists a module snapshot shows.
+
+    The module builds for 5.10 and 6.1 only (kmod/buddylab.c); its `pcp`
+    records name each list's order (`orders=`) on 6.1 alone.
+    """
+    return "6.1" if any(p.orders is not None for p in snap.pcp) else "5.10"
 
 
 def pcp_limits(pcps: list[kmod.PcpCounts]) -> PcpLimits:
-    """Per-CPU `high` and `batch` from a module snapshot."""
-    return {(p.nid, p.zone, p.cpu): (p.high, p.batch) for p in pcps}
+    """Per-CPU `high`, `batch` and (6.1) `free_factor` from a module snapshot."""
+    return {(p.nid, p.zone, p.cpu): (p.high, p.batch) if p.free_factor is None
+            else (p.high, p.batch, p.free_factor) for p in pcps}
 
 
 def zones_from_dump(dump: kmod.FreeListDump, pageblocks: list[kmod.Pageblock],
-                    infos: list[kmod.ZoneSpan], limits: PcpLimits,
+                    infos: list[kmod.ZoneSpan], limits: PcpLimits, series: str = "5.10",
                     ) -> dict[ZoneKey, Zone]:
-    """Model zones holding exactly the dumped state.
+    """Model zones holding exactly the dumped state, in the model of kernel `series`.
 
     Parts that do not fit together (a block or pageblock of a zone that
     `infos` does not list, a per-CPU page of a CPU without high/batch) are a
@@ -44,7 +57,8 @@ def zones_from_dump(dump: kmod.FreeListDump, pageblocks: list[kmod.Pageblock],
     """
     zones: dict[ZoneKey, Zone] = {}
     for info in infos:
-        z = Zone(info.zone, info.start_pfn, info.start_pfn + info.spanned, info.nid)
+        z = ZONE_MODELS[series](info.zone, info.start_pfn, info.start_pfn + info.spanned,
+                                info.nid)
         z.managed = info.managed
         zones[(info.nid, info.zone)] = z
     listed = ({(x.nid, x.zone) for x in pageblocks} | {(x.nid, x.zone) for x in dump.blocks}
@@ -60,21 +74,23 @@ def zones_from_dump(dump: kmod.FreeListDump, pageblocks: list[kmod.Pageblock],
             1 for mt in z.pageblocks.values() if mt == HIGHATOMIC)
     for block in sorted(dump.blocks, key=lambda b: (b.nid, b.zone, b.order, b.mt, b.pos)):
         zones[(block.nid, block.zone)].add_free(block.pfn, block.order, block.mt, tail=True)
-    for (nid, name, cpu), (high, batch) in limits.items():
+    for (nid, name, cpu), limit in limits.items():
         if (nid, name) in zones:
-            zones[(nid, name)].pcp[cpu] = pagemodel.Pcp(high, batch)
-    for page in sorted(dump.pcp_pages, key=lambda p: (p.nid, p.zone, p.cpu, p.list, p.pos)):
+            zones[(nid, name)].pcp[cpu] = zones[(nid, name)].new_pcp(*limit)
+    for page in sorted(dump.pcp_pages,
+                       key=lambda p: (p.nid, p.zone, p.cpu, p.order, p.list, p.pos)):
         z = zones[(page.nid, page.zone)]
         if page.cpu not in z.pcp:
             raise RecordError(f"no high/batch known for CPU {page.cpu} of zone {page.zone}")
         index = page.list
         if page.list == MOVABLE and z.pageblocks.get(page.pfn & ~511) == HIGHATOMIC:
             index = HIGHATOMIC
-        z.pcp[page.cpu].lists[page.list].append((page.pfn, index))
+        pcp = z.pcp[page.cpu]
+        pcp.lists[pcp.list_key(page.order, page.list)].append((page.pfn, index))
     return zones
 
 
-def zones_from_dir(directory: Path) -> dict[ZoneKey, Zone]:
+def zones_from_dir(directory: Path, series: str = "5.10") -> dict[ZoneKey, Zone]:
     """Model zones from a directory of captured module files.
 
     It holds `freelists.txt`, `pageblocks.txt`, `zones.txt` and a `log.txt`
@@ -84,7 +100,7 @@ def zones_from_dir(directory: Path) -> dict[ZoneKey, Zone]:
     return zones_from_dump(kmod.parse_freelists((directory / "freelists.txt").read_text()),
                            kmod.parse_pageblocks((directory / "pageblocks.txt").read_text()),
                            kmod.parse_zones((directory / "zones.txt").read_text()),
-                           pcp_limits(log.ops[0].before.pcp))
+                           pcp_limits(log.ops[0].before.pcp), series)
 
 
 def counts_state(snap: kmod.Snapshot, zone: str, cpu: int) -> ZoneState:
@@ -113,10 +129,15 @@ def compare_snapshot(zones: dict[ZoneKey, Zone], snap: kmod.Snapshot, limit: int
         z = zones.get((pc.nid, pc.zone))
         if z is None or pc.cpu not in z.pcp:
             continue
-        model_lists = tuple(len(z.pcp[pc.cpu].lists[mt]) for mt in PCP_TYPES)
+        pcp = z.pcp[pc.cpu]
+        model_lists = tuple(len(q) for q in pcp.lists.values())
         if model_lists != tuple(pc.lists):
-            diffs.append(f"{pc.zone} cpu {pc.cpu} per-CPU lists U,M,R: model {model_lists}, "
-                         f"kernel {tuple(pc.lists)}")
+            diffs.append(f"{pc.zone} cpu {pc.cpu} per-CPU list lengths (list order): model "
+                         f"{model_lists}, kernel {tuple(pc.lists)}")
+        model_factor = getattr(pcp, "free_factor", None)
+        if pc.free_factor is not None and model_factor != pc.free_factor:
+            diffs.append(f"{pc.zone} cpu {pc.cpu} free_factor: model {model_factor}, "
+                         f"kernel {pc.free_factor}")
     return diffs[:limit]
 
 
@@ -138,16 +159,16 @@ def compare_dump(zones: dict[ZoneKey, Zone], dump: kmod.FreeListDump,
                 kernel = kernel_lists.get((key, order, mt), [])
                 if model != kernel:
                     diffs.append(_first_list_difference(z.name, order, mt, model, kernel))
-    kernel_pcp: dict[tuple[ZoneKey, int, str], list[int]] = {}
-    for p in sorted(dump.pcp_pages, key=lambda p: (p.nid, p.zone, p.cpu, p.list, p.pos)):
-        kernel_pcp.setdefault(((p.nid, p.zone), p.cpu, p.list), []).append(p.pfn)
+    kernel_pcp: dict[tuple[ZoneKey, int, int, str], list[int]] = {}
+    for p in sorted(dump.pcp_pages, key=lambda p: (p.nid, p.zone, p.cpu, p.order, p.list, p.pos)):
+        kernel_pcp.setdefault(((p.nid, p.zone), p.cpu, p.order, p.list), []).append(p.pfn)
     for key, z in zones.items():
         for cpu, pcp in z.pcp.items():
-            for mt in PCP_TYPES:
-                model = [pfn for pfn, _ in pcp.lists[mt]]
-                kernel = kernel_pcp.get((key, cpu, mt), [])
+            for order, mt in pcp.list_names():
+                model = [pfn for pfn, _ in pcp.lists[pcp.list_key(order, mt)]]
+                kernel = kernel_pcp.get((key, cpu, order, mt), [])
                 if model != kernel:
-                    diffs.append(_first_list_difference(f"{z.name} cpu {cpu} per-CPU", 0, mt,
+                    diffs.append(_first_list_difference(f"{z.name} cpu {cpu} per-CPU", order, mt,
                                                         model, kernel))
     for pb in pageblocks or []:
         z = zones[(pb.nid, pb.zone)]

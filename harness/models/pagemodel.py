@@ -117,18 +117,33 @@ class FreeList:
             pfn = self._next[pfn]
 
 
+# A per-CPU list's key: 5.10's lists are named by migratetype, 6.1's by
+# their index (pagemodel61.order_to_pindex()).
+PcpKey = str | int
+
+
 @dataclass
 class Pcp:
     """struct per_cpu_pages of one CPU and zone: lists of (pfn, filed type)."""
 
     high: int
     batch: int
-    lists: dict[str, deque[tuple[int, str]]] = field(
+    lists: dict[PcpKey, deque[tuple[int, str]]] = field(
         default_factory=lambda: {mt: deque() for mt in PCP_TYPES})
 
     @property
     def count(self) -> int:
         return sum(len(q) for q in self.lists.values())
+
+    def list_key(self, order: int, mt: str) -> PcpKey:
+        """The list a block of `order` filed as `mt` is on (5.10: order 0 only, one list per type)."""
+        if order != 0:
+            raise ModelError(f"5.10 keeps no order-{order} block on a per-CPU list")
+        return mt
+
+    def list_names(self) -> list[tuple[int, str]]:
+        """(order, name as the module's dump prints it) of each list, in the kernel's list order."""
+        return [(0, mt) for mt in PCP_TYPES]
 
 
 @dataclass
@@ -167,6 +182,10 @@ class Zone:
 
     def count(self, path: str, n: int = 1) -> None:
         self.coverage[path] += n
+
+    def new_pcp(self, high: int, batch: int, free_factor: int = 0) -> Pcp:
+        """This kernel's struct per_cpu_pages (5.10 has no free_factor)."""
+        return Pcp(high, batch)
 
     # -- the state -------------------------------------------------------
     def add_free(self, pfn: int, order: int, mt: str, tail: bool = False) -> None:
@@ -406,6 +425,10 @@ class Zone:
         """rmqueue() of one zone: the first pfn of the block handed out, or None."""
         if order == 0:
             return self._rmqueue_pcplist(mt, cpu)
+        return self._rmqueue_buddy(order, mt, harder, nofragment)
+
+    def _rmqueue_buddy(self, order: int, mt: str, harder: bool, nofragment: bool) -> int | None:
+        """rmqueue() past the per-CPU lists: under the zone lock, from the free lists."""
         pfn = None
         if harder:
             pfn = self.rmqueue_smallest(order, HIGHATOMIC)
@@ -467,18 +490,23 @@ class Zone:
                 order += 1
             if stopped or order >= MAX_ORDER - 1:
                 break
-            # At pageblock order: one more merge unless isolation is involved.
-            if self.has_isolate_pageblock():
-                bp = pfn ^ (1 << order)
-                bmt = self.pageblocks.get(bp & ~(PAGEBLOCK_PAGES - 1), "")
-                if mt != bmt and ISOLATE in (mt, bmt):
-                    break
+            # At pageblock order: one more merge unless the pageblocks' types forbid it.
+            bmt = self.pageblocks.get((pfn ^ (1 << order)) & ~(PAGEBLOCK_PAGES - 1), "")
+            if not self._pageblocks_merge(mt, bmt):
+                break
             max_order = order + 1
         if order >= PAGEBLOCK_ORDER and order > start_order:
             self.count("order-9/10 merges")
         to_tail = self._buddy_merge_likely(pfn, buddy_pfn, order)
         self.add_free(pfn, order, mt, tail=to_tail)
         return pfn
+
+    def _pageblocks_merge(self, mt: str, buddy_mt: str) -> bool:
+        """Whether a block filed as `mt` merges with its buddy of another pageblock (of buddy_mt).
+
+        5.10 refuses only when isolation is involved (has_isolate_pageblock()).
+        """
+        return mt == buddy_mt or ISOLATE not in (mt, buddy_mt) or not self.has_isolate_pageblock()
 
     def _buddy_merge_likely(self, pfn: int, buddy_pfn: int, order: int) -> bool:
         """buddy_merge_likely(): file at the tail if the parent's buddy is free."""
@@ -541,6 +569,10 @@ class Zone:
             if self.record_events:
                 self.events.append(Event("pcpu_drain", pfn, 0, mt, f"merged at {merged}"))
 
+    def free_exact_tail(self, pfn: int, cpu: int) -> None:
+        """make_alloc_exact()'s free of a page past the size: 5.10 frees it as any page."""
+        self.free_unref_page(pfn, cpu)
+
     def free_block(self, pfn: int, order: int, cpu: int = 0) -> None:
         """__free_pages() of a block this zone handed out."""
         if order == 0:
@@ -569,7 +601,7 @@ def make_alloc_exact(zone: Zone, pfn: int, order: int, size: int, cpu: int = 0) 
     """make_alloc_exact(): split the block, free the pages past `size`; returns pages kept."""
     kept = -(-size // 4096)
     for tail in range(pfn + kept, pfn + (1 << order)):
-        zone.free_unref_page(tail, cpu)
+        zone.free_exact_tail(tail, cpu)
     return kept
 
 

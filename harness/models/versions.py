@@ -3,8 +3,10 @@
 The page model (buddylab.models.pagemodel) follows 5.10's mm/page_alloc.c:
 order-0 pages only on the per-CPU lists, one list per migratetype
 (MIGRATE_PCPTYPES), refilled by rmqueue_bulk() with pcp->batch and drained by
-free_pcppages_bulk() down to pcp->high.  Other versions change exactly that
-part, so the models say so instead of predicting a kernel they do not follow.
+free_pcppages_bulk() down to pcp->high.  6.1 changes exactly that part:
+buddylab.models.pagemodel61 follows 6.1.192's per-CPU lists on top of it
+(kernel_state.ZONE_MODELS maps a series to its model).  Other versions are
+not followed, and the models say so instead of predicting them.
 """
 
 from __future__ import annotations
@@ -14,15 +16,7 @@ from dataclasses import dataclass
 
 from buddylab.allocator import MAX_ORDER, MIGRATETYPES, PAGEBLOCK_ORDER
 
-MODELLED_SERIES = ("5.10",)
-
-# What 6.1.192 does that the 5.10 models do not (mm/page_alloc.c, include/linux/mmzone.h of 6.1).
-NOT_MODELLED_6_1 = (
-    "6.1's per-CPU lists are not modelled: a list per order 0-3 and migratetype plus two for the "
-    "THP order 9 (order_to_pindex(), 14 lists), counted in pages, refilled with batch >> order "
-    "(__rmqueue_pcplist()), drained down to nr_pcp_high() by nr_pcp_free()'s free_factor-scaled "
-    "batch, emptied after a high-order free (free_high); the 5.10 model keeps order-0 pages only"
-)
+MODELLED_SERIES = ("5.10", "6.1")
 
 
 @dataclass(frozen=True)
@@ -56,9 +50,9 @@ MODEL_LAYOUT = Layout(MIGRATETYPES, MAX_ORDER, PAGEBLOCK_ORDER)
 def support_for(release: str, layout: Layout | None = None) -> ModelSupport:
     """The models' support for a kernel: its version, and its configuration when `layout` is known.
 
-    The layout the 5.10 model has (allocator.py: enum migratetype without CMA,
-    MAX_ORDER 11, pageblock order 9) is that of Debian's cloud kernel; a
-    kernel configured otherwise (CONFIG_CMA adds MIGRATE_CMA, a different
+    The layout the models have (allocator.py: enum migratetype without CMA,
+    MAX_ORDER 11, pageblock order 9) is that of Debian's 5.10 and 6.1 cloud
+    kernels; a kernel configured otherwise (CONFIG_CMA adds MIGRATE_CMA, a different
     CONFIG_FORCE_MAX_ZONEORDER or HUGETLB_PAGE_ORDER) is not modelled.
     """
     series = series_of(release)
@@ -71,8 +65,6 @@ def support_for(release: str, layout: Layout | None = None) -> ModelSupport:
                                 f"{', '.join(MIGRATETYPES)}, {MAX_ORDER} orders, pageblock order "
                                 f"{PAGEBLOCK_ORDER}")
         return ModelSupport(release, series, True)
-    if series == "6.1":
-        return ModelSupport(release, series, False, NOT_MODELLED_6_1)
     return ModelSupport(release, series, False,
-                        f"no model of Linux {series or release}: the page model follows 5.10's "
-                        "mm/page_alloc.c")
+                        f"no model of Linux {series or release}: the page models follow the "
+                        f"mm/page_alloc.c of {' and '.join(MODELLED_SERIES)}")

@@ -9,29 +9,37 @@ commands, `guestrun` runs a chunk of them in the guest after an exact dump,
 from __future__ import annotations
 
 from buddylab import protocol
+from buddylab.errors import SetupError
 from buddylab.experiments.accuracy.guestrun import enable_tracing, run_chunk
 from buddylab.experiments.accuracy.report import AccuracyRequest, format_table, result_json, suite
 from buddylab.experiments.accuracy.scoring import Accuracy, evaluate
 from buddylab.experiments.accuracy.workload import WORKLOADS, generate
 from buddylab.guest.session import Session
+from buddylab.models.versions import ModelSupport
 
 __all__ = ["Accuracy", "AccuracyRequest", "WORKLOADS", "format_table", "measure", "result_json",
            "suite"]
 
 
-def measure(session: Session, request: AccuracyRequest) -> Accuracy:
+def measure(session: Session, request: AccuracyRequest,
+            support: ModelSupport | None = None) -> Accuracy:
     """Load the module, run `count` generated operations in chunks, evaluate each chunk.
 
     `request.traced` records the kmem tracepoints too: what else the kernel did
-    between and during the operations is then applied to the model.
+    between and during the operations is then applied to the model.  The page
+    model is that of the running kernel: `support` (its release and free-list
+    layout, read in the guest by `accuracy --kernels`), else the series the
+    module's records show (kernel_state.series_of_records).
     """
+    if support is not None and not support.modelled:
+        raise SetupError(f"{support.release}: {support.not_modelled}")
     if not request.boost:
         session.run("echo 0 > /proc/sys/vm/watermark_boost_factor").check()
     session.run(protocol.insmod()).check()
     if request.traced:
         enable_tracing(session)
     commands = generate(request.seed, request.ops, request.workload, request.memory_mib)
-    result = Accuracy()
+    result = Accuracy(series=support.series if support is not None else "")
     for start in range(0, len(commands), request.chunk):
         evaluate(run_chunk(session, commands[start:start + request.chunk], request.traced), result)
     session.run(f"echo free_all > {protocol.DEBUGFS}/control "

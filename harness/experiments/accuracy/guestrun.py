@@ -24,6 +24,8 @@ class Chunk:
     # Traced runs: an exact dump right after the chunk's last operation.
     end_dump: kmod.FreeListDump | None = None
     end_pageblocks: list[kmod.Pageblock] | None = None
+    # The module's files as read (zones, pageblocks, freelists, log, allocs, ...).
+    raw: tuple[str, ...] = ()
 
 
 # Tracepoint groups recorded with the kmem events: compaction and reclaim move
@@ -66,4 +68,5 @@ def run_chunk(session: Session, commands: list[str], traced: bool = False) -> Ch
                  part("allocs", kmod.parse_allocs, parts[4]), commands,
                  part("trace", parse_trace, parts[5]) if traced else None,
                  part("end freelists", kmod.parse_freelists, parts[6]) if traced else None,
-                 part("end pageblocks", kmod.parse_pageblocks, parts[7]) if traced else None)
+                 part("end pageblocks", kmod.parse_pageblocks, parts[7]) if traced else None,
+                 tuple(parts))

@@ -37,7 +37,7 @@ def result_json(result: Accuracy, request: AccuracyRequest, meta: RunMetadata) -
             "coverage": result.coverage, "end_dumps_compared": result.end_dumps,
             "end_dumps_not_predictable": result.end_dumps_skipped,
             "end_dump_differences": result.end_dump_differences,
-            "models": {"5.10 page for page": tally(result.page),
+            "models": {f"{result.series} page for page": tally(result.page),
                        "5.10 counts only": tally(result.counts),
                        "textbook": tally(result.textbook)},
             "concurrent": result.concurrent, "reordered": result.reordered,
@@ -46,7 +46,7 @@ def result_json(result: Accuracy, request: AccuracyRequest, meta: RunMetadata) -
 
 def format_table(result: Accuracy, seed: int, min_share: float = 1.0,
                  workload: str = "default", boost: bool = True) -> str:
-    rows = [("5.10 model, page for page", result.page),
+    rows = [(f"{result.series} model, page for page", result.page),
             ("5.10 model, counts only", result.counts),
             ("textbook (one list per order)", result.textbook)]
     lines = [f"Operations predicted exactly ({workload} workload, seed {seed}):", "",
@@ -80,7 +80,7 @@ def format_table(result: Accuracy, seed: int, min_share: float = 1.0,
                   f"inside their window (from the trace); {result.reordered} of them matched "
                   f"only with those events after the operation's own steps."]
     if result.divergences:
-        lines += ["", "Divergences of the 5.10 page model:"]
+        lines += ["", f"Divergences of the {result.series} page model:"]
         for d in result.divergences[:20]:
             lines.append(f"  op {d.seq} `{d.command}`: {d.cause}")
             lines += [f"      {w}" for w in d.what]
@@ -108,7 +108,7 @@ def suite(result: Accuracy, request: AccuracyRequest, properties: dict[str, str]
     page = result.page
     details = [f"op {d.seq} `{d.command}`: {d.cause}" for d in result.divergences[:20]]
     case = Case.check(
-        "5.10 model, page for page, predicted the operations it attempts exactly",
+        f"{result.series} model, page for page, predicted the operations it attempts exactly",
         result.passed(request.min_share),
         f"{page.missed} of the {page.attempted} operations it attempts not predicted exactly "
         f"(at least {100 * request.min_share:g}% must be)",

@@ -10,7 +10,8 @@ two operations (its tracking entries come from a pool made at load), so a
 difference found before an operation is an event the model could not see.
 Three models predict each operation:
 
-* the 5.10 model, page for page (buddylab.models.pagemodel via buddylab.models.kernel_state), chained
+* the page model of the kernel's series (5.10: buddylab.models.pagemodel, 6.1:
+  buddylab.models.pagemodel61, via buddylab.models.kernel_state), chained
   from the chunk's dump: exact means the after-counts of every list, the
   per-CPU lists and the allocated PFN all match;
 * the 5.10 model on counts only (buddylab.models.counts), from the kernel's own
@@ -80,6 +81,8 @@ class Divergence:
 
 @dataclass
 class Accuracy:
+    # The kernel series whose page model was scored (kernel_state.ZONE_MODELS).
+    series: str = "5.10"
     page: Tally = field(default_factory=Tally)
     counts: Tally = field(default_factory=Tally)
     textbook: Tally = field(default_factory=Tally)
@@ -194,12 +197,25 @@ def _textbook_exact(op: kmod.OpRecord, free_before: FreeSnapshot,
 
 
 def evaluate(chunk: Chunk, result: Accuracy) -> None:
+    """Score the models on `chunk`; the page model is that of `result.series`.
+
+    An empty `result.series` is set from the chunk's records
+    (kernel_state.series_of_records); a chunk of another series is a RecordError.
+    """
     ops = [op for op in chunk.log.ops if op.verb != "clear_log"]
     if len(ops) != len(chunk.commands):
         raise RecordError(f"{len(chunk.commands)} commands but {len(ops)} op records "
                           f"(log dropped {chunk.log.dropped})")
+    shown = kernel_state.series_of_records(ops[0].before) if ops else result.series
+    if result.series and shown != result.series:
+        raise RecordError(f"the module's records are those of a {shown} kernel, but the guest "
+                          f"runs {result.series}")
+    series = result.series = shown
+    if chunk.events is not None and series != "5.10":
+        raise RecordError("traced runs replay the kmem events on 5.10's per-CPU lists only "
+                          "(models/kmem_replay.py); run without --trace")
     zones = kernel_state.zones_from_dump(chunk.dump, chunk.pageblocks, chunk.zones,
-                                   kernel_state.pcp_limits(ops[0].before.pcp))
+                                         kernel_state.pcp_limits(ops[0].before.pcp), series)
     replayer = operations.OperationReplayer(zones)
     replayer.adopt(chunk.allocs)
     windows = op_windows(chunk.events, chunk.dump.gen) if chunk.events is not None else {}
@@ -242,7 +258,7 @@ def evaluate(chunk: Chunk, result: Accuracy) -> None:
                 # re-synchronises it).
                 stopped = f"op {op.seq}: {type(e).__name__}: {e}"
                 result.divergences.append(Divergence(
-                    op.seq, command, "5.10 page for page", [],
+                    op.seq, command, f"{series} page for page", [],
                     f"the model stopped ({type(e).__name__}: {e}); the rest of the chunk "
                     "counts as missed"))
         guard = op.verb == "alloc" and op.n == 0 and op.stop == "watermark"
@@ -267,7 +283,8 @@ def evaluate(chunk: Chunk, result: Accuracy) -> None:
                             stopped is None and _textbook_exact(op, free_before, freed))
         if outcome is not None and not page_ok and not guard and unseen is None:
             result.divergences.append(
-                _divergence(op, command, outcome, window.before + concurrent, concurrent))
+                _divergence(op, command, outcome, window.before + concurrent, concurrent,
+                            f"{series} page for page"))
         if unseen is None and outcome is not None and outcome.unknowable is not None:
             # Half-way through the operation: the rest of the chunk starts from
             # a state the model does not know.
@@ -340,12 +357,12 @@ def _blocks_freed(replayer: operations.OperationReplayer, op: kmod.OpRecord,
 
 
 def _divergence(op: kmod.OpRecord, command: str, outcome: operations.OpOutcome,
-                seen: list[TraceEvent], concurrent: list[TraceEvent]) -> Divergence:
+                seen: list[TraceEvent], concurrent: list[TraceEvent], model: str) -> Divergence:
     what: list[str] = []
     if seen and not outcome.unknowable:
         what = [f"{e.name} pfn={e.fields.get('pfn')} order={e.fields.get('order')} "
                 f"cpu={e.cpu} task={e.task}" for e in seen[:4]]
-        return Divergence(op.seq, command, "5.10 page for page", what,
+        return Divergence(op.seq, command, model, what,
                           f"the trace shows {len(seen) - len(concurrent)} other kernel events "
                           f"since the previous operation and {len(concurrent)} during this one "
                           f"(on op cpu {op.cpu}); applied first, in trace order, they did not "
@@ -361,4 +378,4 @@ def _divergence(op: kmod.OpRecord, command: str, outcome: operations.OpOutcome,
         what = outcome.after
         if outcome.pfn_predicted != outcome.pfn_observed:
             what = [f"pfn: model {outcome.pfn_predicted}, kernel {outcome.pfn_observed}", *what]
-    return Divergence(op.seq, command, "5.10 page for page", what[:6], cause)
+    return Divergence(op.seq, command, model, what[:6], cause)
