@@ -1,13 +1,15 @@
-"""Capture one chunk of the default accuracy workload on a kernel recipe, as fixture files.
+"""Capture one accuracy chunk on a kernel recipe, as fixture files.
 
-    .venv/bin/python tests/capture_accuracy_chunk.py RECIPE SEED OPS OUT_DIR
+    .venv/bin/python tests/capture_accuracy_chunk.py RECIPE OUT_DIR SEED OPS
+    .venv/bin/python tests/capture_accuracy_chunk.py RECIPE OUT_DIR COMMANDS_FILE
 
 Boots RECIPE (512 MiB, 1 CPU, as `buddylab accuracy` does), loads the module,
-and runs the first OPS commands of the default workload of SEED as one chunk
-(buddylab.experiments.accuracy.guestrun.run_chunk: an exact dump, then the
-commands).  OUT_DIR receives the module's files as read: zones.txt,
-pageblocks.txt, freelists.txt, log.txt, allocs.txt, the commands
-(commands.txt) and the release (release.txt).
+and runs as one chunk (buddylab.experiments.accuracy.guestrun.run_chunk: an
+exact dump, then the commands) the first OPS commands of the default
+workload of SEED, or the module commands of COMMANDS_FILE.  OUT_DIR receives
+the module's files as read: zones.txt, pageblocks.txt, freelists.txt,
+log.txt, allocs.txt, the commands (commands.txt) and the release
+(release.txt).
 """
 
 from __future__ import annotations
@@ -26,8 +28,11 @@ FILES = ("zones.txt", "pageblocks.txt", "freelists.txt", "log.txt", "allocs.txt"
 
 
 def main() -> int:
-    recipe, seed, ops, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
-    commands = generate(seed, ops)
+    recipe, out = sys.argv[1], Path(sys.argv[2])
+    if len(sys.argv) == 5:
+        commands = generate(int(sys.argv[3]), int(sys.argv[4]))
+    else:
+        commands = [c for c in Path(sys.argv[3]).read_text().splitlines() if c]
     with boot(prepare(pins=load_kernel_pins(recipe)), memory_mib=512, cpus=1) as session:
         release = running_release(session)
         session.run(protocol.insmod()).check()

@@ -68,5 +68,7 @@ def kernels_json(rows: list[KernelRow]) -> list[dict[str, object]]:
             entry["models"] = {f"{r.result.series} page for page": tally(r.result.page),
                                "5.10 counts only": tally(r.result.counts),
                                "textbook": tally(r.result.textbook)}
+            entry["unpredictable"] = r.result.unpredictable
+            entry["divergences"] = [vars(d) for d in r.result.divergences]
         out.append(entry)
     return out
