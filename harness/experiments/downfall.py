@@ -258,11 +258,10 @@ def analyse(out: str) -> Report:
     report = Report(expect=expect, guest_output=out, kernel=release)
     records = [r for r in log.ops if r.verb == "alloc"]
     kept = {a.id: a.pages for a in allocs}
-    support = support_for(release) if release else None
     if records:
         zones = kernel_state.zones_from_dump(
             dump, pageblocks, infos, kernel_state.pcp_limits(records[0].before.pcp),
-            support.series if support is not None and support.modelled else "5.10")
+            page_model_series(release))
         replayer = operations.OperationReplayer(zones)
     for op, record in zip(OPERATIONS, records):
         if record.ret == 0 and record.id in kept:
@@ -276,6 +275,12 @@ def analyse(out: str) -> Report:
                                   if any(p in line for p in KERNEL_LOG_PROBLEMS)]
     _checks(report, allocs, records)
     return report
+
+
+def page_model_series(release: str) -> str:
+    """The series whose page model replays this kernel (5.10 where none follows it)."""
+    support = support_for(release) if release else None
+    return support.series if support is not None and support.modelled else "5.10"
 
 
 def _page_verdict(outcome: operations.OpOutcome) -> str:
@@ -309,8 +314,7 @@ def _checks(report: Report, allocs: list[kmod.AllocRecord], records: list) -> No
              Measurement("per-CPU list", exact_op.pcp_after - exact_op.pcp_before, "pages")]))
         for r in report.operations:
             support = support_for(report.kernel) if report.kernel else None
-            series = support.series if support is not None and support.modelled else "5.10"
-            name = f"{series} model predicted {r.label} page for page"
+            name = f"{page_model_series(report.kernel)} model predicted {r.label} page for page"
             if support is not None and not support.modelled:
                 # models.versions says what of this kernel the model does not follow.
                 c.append(Case.skip(name, f"{report.kernel}: {support.not_modelled}"))
@@ -351,7 +355,7 @@ def format_report(report: Report) -> str:
                      + (f"  (an order-{r.observed_order_split} block was split)"
                         if r.observed_order_split is not None else ""))
         lines.append(f"  per-CPU list count: {r.pcp_before} -> {r.pcp_after}")
-        lines.append(f"  5.10 model, page for page: {r.page_model.upper()} "
+        lines.append(f"  {page_model_series(report.kernel)} model, page for page: {r.page_model.upper()} "
                      f"(predicted pfn {r.pfn_predicted}, kernel pfn {r.pfn})")
         lines += [f"    ! {d}" for d in r.page_model_differences]
         lines.append(f"  5.10 model, counts only: {r.model}")
