@@ -178,7 +178,7 @@ def qemu_test(args: argparse.Namespace) -> int:
                                  timings=timings, keep_dir=run_dir) as session:
                 print(f"buddylab: guest {session.start.describe()}", flush=True)
                 with timings.stage("experiment"):
-                    report = downfall.run(session, downfall.Expectations(planted=args.plant_failure))
+                    report = downfall.measure(session, downfall.Expectations(planted=args.plant_failure))
         total = time.monotonic() - start
         text = downfall.format_report(report)
         suite = downfall.suite(report, _properties(opts, prepared, "qemu-test"), total)
