@@ -202,6 +202,7 @@ def _experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("names", nargs="+", metavar="NAME",
                    help=f"experiment(s): {', '.join(EXPERIMENTS)}, or all")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    add_output_options(p)
 
 
 def experiment_command(args: argparse.Namespace) -> int:
@@ -215,27 +216,30 @@ def experiment_command(args: argparse.Namespace) -> int:
         raise errors.UsageError(f"unknown experiment {unknown[0]!r}; "
                                 f"known: {', '.join(registry.EXPERIMENTS)}, all")
     progress = registry.Progress()
-    progress("preparing the kernel, the module and the guest image")
-    prepared = args.guest.prepare(pins=load_kernel_pins(opts.kernel))
-    run_dir = new_run_dir("experiment-" + (names[0] if len(names) == 1 else "all"))
-    progress(f"booting ({prepared.accel})")
-    with args.guest.boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
-                         ready_timeout=opts.boot_timeout, keep_dir=run_dir) as session:
-        results = registry.run_experiments(session, names, run_dir, prepared.kernel.config,
-                                           progress)
-    meta = _metadata("experiment", opts, prepared).as_json()
-    summary = {**meta, "run_dir": str(run_dir), "passed": all(r.passed for r, _ in results),
-               "experiments": [{**r.as_json(), "wall_seconds": round(t, 3)} for r, t in results]}
-    write_json(run_dir / "summary.json", summary)
-    if args.json:
-        import json
-        print(json.dumps(summary, indent=2))
-    else:
-        for r, t in results:
-            print(r.render())
-            print(f"  wall time: {t:.2f}s\n")
-        print(f"results: {run_dir}")
-    return errors.EXIT_OK if summary["passed"] else errors.EXIT_CHECKS_FAILED
+    name = names[0] if len(names) == 1 else "all"
+    with outputs(args, name, _properties(opts, None, "experiment")) as out:
+        progress("preparing the kernel, the module and the guest image")
+        prepared = args.guest.prepare(pins=load_kernel_pins(opts.kernel))
+        out.run_dir = run_dir = new_run_dir(f"experiment-{name}")
+        progress(f"booting ({prepared.accel})")
+        with args.guest.boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
+                             ready_timeout=opts.boot_timeout, keep_dir=run_dir) as session:
+            results = registry.run_experiments(session, names, run_dir, prepared.kernel.config,
+                                               progress)
+        meta = _metadata("experiment", opts, prepared).as_json()
+        summary = {**meta, "run_dir": str(run_dir), "passed": all(r.passed for r, _ in results),
+                   "experiments": [{**r.as_json(), "wall_seconds": round(t, 3)} for r, t in results]}
+        write_json(run_dir / "summary.json", summary)
+        if args.json:
+            import json
+            print(json.dumps(summary, indent=2))
+        else:
+            for r, t in results:
+                print(r.render())
+                print(f"  wall time: {t:.2f}s\n")
+            print(f"results: {run_dir}")
+        properties = _properties(opts, prepared, "experiment")
+        return out.finish([r.suite(properties, t) for r, t in results], run_dir)
 
 
 def _accuracy_args(p: argparse.ArgumentParser) -> None:

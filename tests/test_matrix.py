@@ -30,7 +30,32 @@ def test_experiment_specs_take_arguments_after_colons():
     assert matrix.parse_experiments("qemu-test,accuracy:--ops=500:--trace") == [
         ("qemu-test", ()), ("accuracy", ("--ops=500", "--trace"))]
     with pytest.raises(errors.UsageError, match="known: qemu-test"):
-        matrix.parse_experiments("downfall")
+        matrix.parse_experiments("nosuch")
+
+
+def test_every_chapter_8_experiment_is_a_matrix_experiment():
+    """The registry's experiments run as `buddylab experiment NAME`, their suite named NAME."""
+    from buddylab.experiments import registry
+
+    assert set(registry.EXPERIMENTS) <= set(matrix.EXPERIMENTS)
+    for name in registry.EXPERIMENTS:
+        runnable = matrix.EXPERIMENTS[name]
+        assert runnable.argv == ("experiment", name) and runnable.suite == name
+        assert runnable.run_prefix == f"experiment-{name}"
+    assert matrix.parse_experiments("qemu-test,page-exact") == [("qemu-test", ()), ("page-exact", ())]
+
+
+def test_an_experiment_result_is_a_suite_with_its_skips():
+    from buddylab.experiments.base import Check, Result
+    from buddylab.report import Status
+
+    result = Result("x", "t", "b", checks=[Check("a", True), Check("b", False, "why"),
+                                           Check("c", True, "not modelled", skipped=True)])
+    suite = result.suite({"recipe": "r"}, 1.5)
+    assert [(c.name, c.status) for c in suite.cases] == [
+        ("a", Status.OK), ("b", Status.FAIL), ("c", Status.SKIP)]
+    assert suite.cases[1].reason == "why" and suite.cases[2].reason == "not modelled"
+    assert "[skip] c (not modelled)" in result.render()
 
 
 def test_jobs_at_once_follow_cores_and_memory():

@@ -507,8 +507,7 @@ def run(ctx: Context) -> Result:
         "this CPU's per-CPU list, not back to the buddy lists, so /proc/buddyinfo does not "
         "show them",
     ] + [f"{r.label}: {r.why}" for r in report.operations]
-    result.checks = [Check(c.name, c.status is not Status.FAIL,
-                           f"skipped: {c.reason}" if c.status is Status.SKIP else c.reason)
+    result.checks = [Check(c.name, c.status is not Status.FAIL, c.reason, c.status is Status.SKIP)
                      for c in report.cases]
     result.data = report_json(report)
     if report.step_run is not None:
