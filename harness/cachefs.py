@@ -106,16 +106,22 @@ def remove_stale_staging(parent: Path, older_than: float) -> None:
     """
     now = time.time()
     for p in parent.glob(".*.tmp-*"):
-        try:
-            if now - p.lstat().st_mtime <= older_than:
-                continue
-        except FileNotFoundError:
-            continue
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
+        _remove_unless_newer(p, now - older_than)
+
+
+def _remove_unless_newer(p: Path, since: float) -> bool:
+    """Remove `p` (a tree, a file or a link) unless it changed after `since`; whether it went."""
+    try:
+        if p.lstat().st_mtime > since:
+            return False
+    except FileNotFoundError:
+        return False
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+    return True
 
 
 def publish_dir(staging: Path, final: Path) -> bool:
@@ -235,21 +241,10 @@ def remove_old_layouts(cache: Path, recipes: Sequence[str], tools: Sequence[str]
     """
     if not cache.is_dir():
         return []
-    removed = []
     with locked(cache / "layout.lock", "removing old cache layouts"):
-        now = time.time()
-        for p in old_layout_entries(cache, recipes, tools):
-            try:
-                if now - p.lstat().st_mtime <= older_than:
-                    continue
-            except FileNotFoundError:
-                continue
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    p.unlink()
-            removed.append(p)
+        since = time.time() - older_than
+        removed = [p for p in old_layout_entries(cache, recipes, tools)
+                   if _remove_unless_newer(p, since)]
     if removed:
         print(f"buddylab: removed {len(removed)} entries of an older cache layout "
               f"({', '.join(str(p.relative_to(cache)) for p in removed)})", file=sys.stderr, flush=True)

@@ -68,13 +68,19 @@ def _move_first_alloc(text: str) -> str:
                   text, count=1, flags=re.M)
 
 
-def _one_more_free_block_after(text: str) -> str:
-    """The after-snapshot of the first allocation shows one more order-9 Movable block."""
-    seq = re.search(r"^op seq=(\d+) verb=alloc", text, re.M)[1]
+def _one_more_movable_block_after(text: str, op: str, order: int) -> str:
+    """The after-snapshot of the first operation matching `op` shows one more free DMA32
+    Movable block of `order`."""
+    seq = re.search(rf"^op seq=(\d+) {op}", text, re.M)[1]
     m = re.search(rf"^zone seq={seq} when=after nid=0 zone=DMA32 mt=Movable free=(.*)$", text, re.M)
     counts = m[1].split(",")
-    counts[9] = str(int(counts[9]) + 1)
+    counts[order] = str(int(counts[order]) + 1)
     return text[:m.start(1)] + ",".join(counts) + text[m.end(1):]
+
+
+def _one_more_free_block_after(text: str) -> str:
+    """The after-snapshot of the first allocation shows one more order-9 Movable block."""
+    return _one_more_movable_block_after(text, "verb=alloc", 9)
 
 
 @pytest.mark.parametrize("edit", [_move_first_alloc, _one_more_free_block_after])
@@ -135,11 +141,7 @@ def _alter_after_of_first_free(text: str) -> str:
 
 def _alter_after_of_an_alloc_keeping_its_pfn(text: str) -> str:
     """An allocation's after-snapshot shows one order-10 Movable block more; its pfn is right."""
-    seq = re.search(r"^op seq=(\d+) verb=alloc .*order=[1-9]", text, re.M)[1]
-    m = re.search(rf"^zone seq={seq} when=after nid=0 zone=DMA32 mt=Movable free=(.*)$", text, re.M)
-    counts = m[1].split(",")
-    counts[10] = str(int(counts[10]) + 1)
-    return text[:m.start(1)] + ",".join(counts) + text[m.end(1):]
+    return _one_more_movable_block_after(text, "verb=alloc .*order=[1-9]", 10)
 
 
 def test_accuracy_does_not_score_an_operation_exact_on_its_pfn_alone():

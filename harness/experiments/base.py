@@ -131,3 +131,15 @@ def _numeric(c: str) -> bool:
 
 def kernel_log_problems(dmesg: str) -> list[str]:
     return [line for line in dmesg.splitlines() if any(p in line for p in KERNEL_LOG_PROBLEMS)]
+
+
+def pfn_ranges(pfns: list[int]) -> str:
+    """Sorted PFNs as runs: `[1, 2, 3, 7]` -> "1-3, 7"."""
+    out, start = [], None
+    for i, p in enumerate(pfns):
+        if start is None:
+            start = p
+        if i + 1 == len(pfns) or pfns[i + 1] != p + 1:
+            out.append(f"{start}-{p}" if p != start else str(p))
+            start = None
+    return ", ".join(out)
