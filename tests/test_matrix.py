@@ -108,3 +108,19 @@ def test_matrix_runs_jobs_at_once_and_a_failed_check_fails_it(tmp_path: Path):
     failures = ET.parse(tmp_path / "m.xml").getroot().findall(".//failure")
     assert [f.get("message") for f in failures] == ["kept 33"]
     assert "| debian-5.10-cloud | downfall | 8 | 1 | 0 | 1 |" in proc.stdout
+
+
+@pytest.mark.qemu
+def test_matrix_runs_a_chapter_8_experiment_with_its_checks(tmp_path: Path):
+    """`page-exact` runs as `buddylab experiment page-exact`; its checks reach the table and KTAP."""
+    proc = buddylab(tmp_path, "matrix", "--kernels", DEFAULT_KERNEL, "--experiments", "page-exact",
+                    "--ktap", str(tmp_path / "m.ktap"))
+    assert proc.returncode == errors.EXIT_OK, proc.stdout + proc.stderr
+    (root,) = (tmp_path / "results").glob("matrix-*")
+    (job,) = json.loads((root / "matrix.json").read_text())["jobs"]
+    assert job["command"] == "page-exact" and job["exit_code"] == 0
+    assert Path(job["run_dir"]).name.startswith("experiment-page-exact-")
+    rc, found = kunit_cases(tmp_path / "m.ktap", tmp_path)
+    cases = found[f"{DEFAULT_KERNEL}/page-exact"]
+    assert rc == 0 and cases and set(cases.values()) == {"PASS"}
+    assert f"| {DEFAULT_KERNEL} | page-exact | {len(cases)} | 0 | 0 | 0 |" in proc.stdout
