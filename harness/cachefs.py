@@ -28,6 +28,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -105,16 +106,22 @@ def remove_stale_staging(parent: Path, older_than: float) -> None:
     """
     now = time.time()
     for p in parent.glob(".*.tmp-*"):
-        try:
-            if now - p.lstat().st_mtime <= older_than:
-                continue
-        except FileNotFoundError:
-            continue
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
+        _remove_unless_newer(p, now - older_than)
+
+
+def _remove_unless_newer(p: Path, since: float) -> bool:
+    """Remove `p` (a tree, a file or a link) unless it changed after `since`; whether it went."""
+    try:
+        if p.lstat().st_mtime > since:
+            return False
+    except FileNotFoundError:
+        return False
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+    return True
 
 
 def publish_dir(staging: Path, final: Path) -> bool:
@@ -177,3 +184,68 @@ def _kill_group(proc: subprocess.Popen[str]) -> None:
 def says_disk_full(output: str) -> bool:
     """Whether a tool's output reports a full filesystem (its errno text)."""
     return os.strerror(errno.ENOSPC) in output or os.strerror(errno.EDQUOT) in output
+
+
+# --- layouts of earlier versions ---------------------------------------------
+#
+# Entries older versions wrote and this one no longer reads (README, "The
+# cache"): a module build shared by every source under `build/<release>/`
+# (now `build/<release>-<key>/`), a kernel under `kernels/<recipe>/` (now
+# `kernels/<recipe>-<key>/`), one apt directory for every recipe laid out in
+# `apt/` itself (now `apt/<recipe>/`), and guest tools named
+# `guest-tools/<tool>` (now `guest-tools/<tool>-<key>`).
+OLD_LAYOUT_AGE = 3600.0
+_KEYED = re.compile(r".*-[0-9a-f]{16}")
+_RELEASE = re.compile(r"\d+\.\d+\.\d+-[A-Za-z0-9.+_-]+")
+# What the single apt directory held (provision.LocalApt's layout, then as now).
+_OLD_APT_NAMES = ("sources.list", "sources.list.d", "preferences", "preferences.d", "state",
+                  "lists", "status", "cache")
+
+
+def old_layout_entries(cache: Path, recipes: Sequence[str], tools: Sequence[str]) -> list[Path]:
+    """The entries of `cache` that only an earlier layout wrote, by their known names.
+
+    `recipes` are the kernel recipes' names and `tools` the guest tools'
+    names that the old layouts used unkeyed.  An entry qualifies only if its
+    name is one of those old names and its content is what that layout put
+    there; nothing else (a name this version uses, anything unknown) is listed.
+    """
+    found: list[Path] = []
+    build = cache / "build"
+    if build.is_dir():
+        found += [p for p in build.iterdir()
+                  if p.is_dir() and not p.is_symlink() and _RELEASE.fullmatch(p.name)
+                  and not _KEYED.fullmatch(p.name) and not (p / "build.json").exists()
+                  and (p / "buddylab.ko").is_file()]
+    found += [p for name in recipes if not _KEYED.fullmatch(name)
+              for p in [cache / "kernels" / name]
+              if p.is_dir() and not p.is_symlink() and (p / "root").is_dir()]
+    apt = cache / "apt"
+    # The single apt directory is recognised by its own sources list; a recipe's
+    # directory of the same name as an old entry holds a sources list itself.
+    if (apt / "sources.list").is_file():
+        found += [p for name in _OLD_APT_NAMES for p in [apt / name]
+                  if (p.exists() or p.is_symlink()) and not (p / "sources.list").exists()]
+    found += [p for name in tools for p in [cache / "guest-tools" / name]
+              if p.is_file() and not p.is_symlink()]
+    return found
+
+
+def remove_old_layouts(cache: Path, recipes: Sequence[str], tools: Sequence[str],
+                       older_than: float = OLD_LAYOUT_AGE) -> list[Path]:
+    """Remove what `old_layout_entries` lists and nothing has changed for `older_than` s.
+
+    Under the cache's layout lock, so two runs do not remove the same tree
+    at once; the age spares an entry an older buddylab (another clone) may be
+    writing right now.  The removed paths are returned.
+    """
+    if not cache.is_dir():
+        return []
+    with locked(cache / "layout.lock", "removing old cache layouts"):
+        since = time.time() - older_than
+        removed = [p for p in old_layout_entries(cache, recipes, tools)
+                   if _remove_unless_newer(p, since)]
+    if removed:
+        print(f"buddylab: removed {len(removed)} entries of an older cache layout "
+              f"({', '.join(str(p.relative_to(cache)) for p in removed)})", file=sys.stderr, flush=True)
+    return removed

@@ -116,6 +116,20 @@ def _print_timings(timings: Timings, total: float) -> None:
     print(f"stages: {parts}; total {total:.2f}s")
 
 
+def _boot(guest: Guest, prepared: Prepared, opts: GuestOptions, run_dir: Path | None,
+          timings: Timings | None = None) -> AbstractContextManager[Session]:
+    """The guest of `prepared` as the options ask, its serial log kept in `run_dir`."""
+    return guest.boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
+                      ready_timeout=opts.boot_timeout, fresh_boot=opts.fresh_boot,
+                      keep_dir=run_dir, **({"timings": timings} if timings is not None else {}))
+
+
+def _save_run(run_dir: Path, result: dict[str, object], report: str) -> None:
+    """A run's result.json and report.txt."""
+    write_json(run_dir / "result.json", result)
+    write_text(run_dir / "report.txt", report + "\n")
+
+
 # --- commands: each one an arguments function and a run function ------------
 
 def _run_args(p: argparse.ArgumentParser) -> None:
@@ -135,8 +149,7 @@ def run_command(args: argparse.Namespace) -> int:
         if not args.vmlinuz.is_file():
             raise errors.SetupError(f"--vmlinuz {args.vmlinuz}: no such file")
         prepared = dataclasses.replace(prepared, vmlinuz=args.vmlinuz.resolve())
-    with args.guest.boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
-                         ready_timeout=opts.boot_timeout, fresh_boot=opts.fresh_boot) as session:
+    with _boot(args.guest, prepared, opts, None) as session:
         result = session.run(args.shell_command, timeout=args.timeout)
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
@@ -173,12 +186,10 @@ def qemu_test(args: argparse.Namespace) -> int:
             print(f"buddylab: kernel {prepared.kernel.release}, accelerator {prepared.accel} "
                   f"({prepared.accel_why}), module build {prepared.module.parent.name}", flush=True)
             out.run_dir = run_dir = new_run_dir("qemu-test")
-            with args.guest.boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
-                                 ready_timeout=opts.boot_timeout, fresh_boot=opts.fresh_boot,
-                                 timings=timings, keep_dir=run_dir) as session:
+            with _boot(args.guest, prepared, opts, run_dir, timings) as session:
                 print(f"buddylab: guest {session.start.describe()}", flush=True)
                 with timings.stage("experiment"):
-                    report = downfall.run(session, downfall.Expectations(planted=args.plant_failure))
+                    report = downfall.measure(session, downfall.Expectations(planted=args.plant_failure))
         total = time.monotonic() - start
         text = downfall.format_report(report)
         suite = downfall.suite(report, _properties(opts, prepared, "qemu-test"), total)
@@ -187,8 +198,7 @@ def qemu_test(args: argparse.Namespace) -> int:
                   "passed": report.passed, "timings": {**timings.stages, "total": total},
                   **downfall.report_json(report), "suite": suite.as_json()}
         downfall.save(report, run_dir)
-        write_json(run_dir / "result.json", result)
-        write_text(run_dir / "report.txt", text)
+        _save_run(run_dir, result, text)
         print(text)
         _print_timings(timings, total)
         print(f"results: {run_dir}")
@@ -202,6 +212,7 @@ def _experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("names", nargs="+", metavar="NAME",
                    help=f"experiment(s): {', '.join(EXPERIMENTS)}, or all")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    add_output_options(p)
 
 
 def experiment_command(args: argparse.Namespace) -> int:
@@ -215,27 +226,29 @@ def experiment_command(args: argparse.Namespace) -> int:
         raise errors.UsageError(f"unknown experiment {unknown[0]!r}; "
                                 f"known: {', '.join(registry.EXPERIMENTS)}, all")
     progress = registry.Progress()
-    progress("preparing the kernel, the module and the guest image")
-    prepared = args.guest.prepare(pins=load_kernel_pins(opts.kernel))
-    run_dir = new_run_dir("experiment-" + (names[0] if len(names) == 1 else "all"))
-    progress(f"booting ({prepared.accel})")
-    with args.guest.boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
-                         ready_timeout=opts.boot_timeout, keep_dir=run_dir) as session:
-        results = registry.run_experiments(session, names, run_dir, prepared.kernel.config,
-                                           progress)
-    meta = _metadata("experiment", opts, prepared).as_json()
-    summary = {**meta, "run_dir": str(run_dir), "passed": all(r.passed for r, _ in results),
-               "experiments": [{**r.as_json(), "wall_seconds": round(t, 3)} for r, t in results]}
-    write_json(run_dir / "summary.json", summary)
-    if args.json:
-        import json
-        print(json.dumps(summary, indent=2))
-    else:
-        for r, t in results:
-            print(r.render())
-            print(f"  wall time: {t:.2f}s\n")
-        print(f"results: {run_dir}")
-    return errors.EXIT_OK if summary["passed"] else errors.EXIT_CHECKS_FAILED
+    name = names[0] if len(names) == 1 else "all"
+    with outputs(args, name, _properties(opts, None, "experiment")) as out:
+        progress("preparing the kernel, the module and the guest image")
+        prepared = args.guest.prepare(pins=load_kernel_pins(opts.kernel))
+        out.run_dir = run_dir = new_run_dir(f"experiment-{name}")
+        progress(f"booting ({prepared.accel})")
+        with _boot(args.guest, prepared, opts, run_dir) as session:
+            results = registry.run_experiments(session, names, run_dir, prepared.kernel.config,
+                                               progress)
+        meta = _metadata("experiment", opts, prepared).as_json()
+        summary = {**meta, "run_dir": str(run_dir), "passed": all(r.passed for r, _ in results),
+                   "experiments": [{**r.as_json(), "wall_seconds": round(t, 3)} for r, t in results]}
+        write_json(run_dir / "summary.json", summary)
+        if args.json:
+            import json
+            print(json.dumps(summary, indent=2))
+        else:
+            for r, t in results:
+                print(r.render())
+                print(f"  wall time: {t:.2f}s\n")
+            print(f"results: {run_dir}")
+        properties = _properties(opts, prepared, "experiment")
+        return out.finish([r.suite(properties, t) for r, t in results], run_dir)
 
 
 def _accuracy_args(p: argparse.ArgumentParser) -> None:
@@ -277,19 +290,15 @@ def accuracy_command(args: argparse.Namespace) -> int:
         start = time.monotonic()
         prepared = args.guest.prepare(pins=load_kernel_pins(opts.kernel), extras=opts.extras)
         out.run_dir = run_dir = new_run_dir("accuracy")
-        with args.guest.boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
-                             ready_timeout=opts.boot_timeout, fresh_boot=opts.fresh_boot,
-                             keep_dir=run_dir) as session:
+        with _boot(args.guest, prepared, opts, run_dir) as session:
             result = accuracy.measure(session, request)
         table = accuracy.format_table(result, request.seed, request.min_share,
                                       request.workload, request.boost)
         suite = accuracy.suite(result, request, _properties(opts, prepared, "accuracy"),
                                time.monotonic() - start)
-        write_json(run_dir / "result.json",
-                   {**accuracy.result_json(result, request,
-                                           _metadata("accuracy", opts, prepared, session)),
-                    "suite": suite.as_json()})
-        write_text(run_dir / "report.txt", table + "\n")
+        _save_run(run_dir, {**accuracy.result_json(result, request,
+                                                   _metadata("accuracy", opts, prepared, session)),
+                            "suite": suite.as_json()}, table)
         print(table)
         print(f"results: {run_dir}")
         return out.finish([suite], run_dir)
@@ -305,13 +314,11 @@ def _accuracy_kernels(guest: Guest, opts: GuestOptions, request: AccuracyRequest
     rows = []
     for r in recipes:
         prepared = guest.prepare(pins=load_kernel_pins(r), extras=opts.extras)
-        with guest.boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
-                        ready_timeout=opts.boot_timeout, keep_dir=run_dir / r) as session:
+        with _boot(guest, prepared, opts, run_dir / r) as session:
             rows.append(kernels.measure_kernel(r, session, request))
     table = kernels.format_kernels(rows, request)
-    write_json(run_dir / "result.json", {**_metadata("accuracy", opts, None).as_json(),
-                                         "kernels": kernels.kernels_json(rows)})
-    write_text(run_dir / "report.txt", table + "\n")
+    _save_run(run_dir, {**_metadata("accuracy", opts, None).as_json(),
+                        "kernels": kernels.kernels_json(rows)}, table)
     print(table)
     print(f"results: {run_dir}")
     return errors.EXIT_OK
@@ -337,19 +344,15 @@ def trace_replay_command(args: argparse.Namespace) -> int:
         else:
             prepared = args.guest.prepare(pins=load_kernel_pins(opts.kernel), extras=opts.extras)
             out.run_dir = run_dir = new_run_dir("trace-replay")
-            with args.guest.boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
-                                 ready_timeout=opts.boot_timeout, fresh_boot=opts.fresh_boot,
-                                 keep_dir=run_dir) as session:
+            with _boot(args.guest, prepared, opts, run_dir) as session:
                 cap = trace_replay.capture(session)
             trace_replay.save_capture(cap, run_dir / "capture")
         result = trace_replay.replay_capture(cap)
         text = trace_replay.format_result(result)
         suite = trace_replay.suite(result, _properties(opts, prepared, "trace-replay"),
                                    time.monotonic() - start)
-        write_json(run_dir / "result.json",
-                   {**_metadata("trace-replay", opts, prepared, session).as_json(),
-                    **trace_replay.result_json(result), "suite": suite.as_json()})
-        write_text(run_dir / "report.txt", text + "\n")
+        _save_run(run_dir, {**_metadata("trace-replay", opts, prepared, session).as_json(),
+                            **trace_replay.result_json(result), "suite": suite.as_json()}, text)
         print(text)
         print(f"results: {run_dir}")
         return out.finish([suite], run_dir)
@@ -422,8 +425,7 @@ def check_module_command(args: argparse.Namespace) -> int:
     run_dir = new_run_dir("check-module")
     report = check_module.run_check(req, load_kernel_pins(opts.kernel), run_dir,
                                     Progress(enabled=True), args.guest)
-    write_json(run_dir / "result.json", {**report.as_json(), "run_dir": str(run_dir)})
-    write_text(run_dir / "report.txt", report.render() + "\n")
+    _save_run(run_dir, {**report.as_json(), "run_dir": str(run_dir)}, report.render())
     if args.json:
         print(json.dumps({**report.as_json(), "run_dir": str(run_dir)}, indent=2))
     else:
@@ -497,13 +499,11 @@ def slab_oob_command(args: argparse.Namespace) -> int:
     prepared = args.guest.prepare(pins=load_kernel_pins(opts.kernel), extras=opts.extras)
     ko = slab_oob.build(prepared.kernel)
     run_dir = new_run_dir("slab-oob")
-    with args.guest.boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
-                         ready_timeout=opts.boot_timeout, keep_dir=run_dir) as session:
+    with _boot(args.guest, prepared, opts, run_dir) as session:
         result = slab_oob.run(session, ko, args.size)
     text = slab_oob.format_result(result)
-    write_json(run_dir / "result.json", {**_metadata("slab-oob", opts, prepared).as_json(),
-                                         **slab_oob.result_json(result)})
-    write_text(run_dir / "report.txt", text + "\n")
+    _save_run(run_dir, {**_metadata("slab-oob", opts, prepared).as_json(),
+                        **slab_oob.result_json(result)}, text)
     write_text(run_dir / "dmesg.txt", result.log)
     print(text)
     print(f"results: {run_dir}")

@@ -293,3 +293,59 @@ def test_results_on_a_full_disk_give_one_line_and_exit_3(tmp_path: Path):
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"buddylab: no space left in {full}"), lines
         assert "Traceback" not in proc.stderr
+
+
+# ----------------------------------------------------- layouts of earlier versions
+
+def _old_and_current_cache(cache: Path) -> tuple[list[Path], list[Path]]:
+    """A cache with what the earlier layouts wrote beside what this one writes and other files."""
+    def touch(p: Path, text: str = "") -> Path:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+        return p
+    old = [touch(cache / "build" / "5.10.0-46-cloud-amd64" / "buddylab.ko").parent,
+           touch(cache / "kernels" / "debian-5.10-cloud" / "root" / "boot" / "vmlinuz").parents[2],
+           touch(cache / "guest-tools" / "bl-write")]
+    old += [touch(cache / "apt" / name) for name in ("sources.list", "preferences", "status")]
+    for name in ("sources.list.d", "preferences.d", "state", "lists", "cache"):
+        (cache / "apt" / name).mkdir(parents=True)
+        old.append(cache / "apt" / name)
+    kept = [touch(cache / "build" / "5.10.0-46-cloud-amd64-0123456789abcdef" / "buddylab.ko").parent,
+            # A build directory with a manifest is this layout's, whatever its name.
+            touch(cache / "build" / "5.10.0-99-cloud-amd64" / "build.json").parent,
+            touch(cache / "kernels" / "debian-5.10-cloud-0123456789abcdef" / "root" / "x").parent.parent,
+            touch(cache / "kernels" / "my-own-kernel" / "root" / "x").parent.parent,
+            touch(cache / "apt" / "debian-5.10-cloud" / "sources.list").parent,
+            touch(cache / "apt" / "debian-5.10-cloud.lock"),
+            touch(cache / "guest-tools" / "bl-write-0123456789abcdef"),
+            touch(cache / "build" / "notes.txt", "mine"),
+            touch(cache / "hostkey" / "key")]
+    for p in old + kept:
+        os.utime(p, (0, 0))
+    return old, kept
+
+
+def test_old_cache_layouts_are_removed_by_their_known_names_only(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]):
+    cache = tmp_path / "cache"
+    old, kept = _old_and_current_cache(cache)
+    recipes, tools = ["debian-5.10-cloud", "debian-6.1-cloud"], ["bl-write", "bl-resume"]
+    assert sorted(cachefs.old_layout_entries(cache, recipes, tools)) == sorted(old)
+    # An old entry something changed within the last hour is left for a later run.
+    os.utime(old[0], None)
+    removed = cachefs.remove_old_layouts(cache, recipes, tools)
+    assert sorted(removed) == sorted(old[1:])
+    assert old[0].exists() and not any(p.exists() for p in old[1:])
+    assert all(p.exists() for p in kept)
+    assert "removed 10 entries of an older cache layout" in capsys.readouterr().err
+    # Done under the cache's layout lock, which it releases.
+    with cachefs.locked(cache / "layout.lock", "test"):
+        pass
+    assert cachefs.remove_old_layouts(cache, recipes, tools) == []
+
+
+def test_a_recipe_apt_directory_named_like_an_old_entry_is_kept(tmp_path: Path):
+    cache = tmp_path / "cache"
+    _old_and_current_cache(cache)
+    (cache / "apt" / "state" / "sources.list").write_text("")      # a recipe named "state"
+    assert cache / "apt" / "state" not in cachefs.old_layout_entries(cache, [], [])

@@ -30,7 +30,32 @@ def test_experiment_specs_take_arguments_after_colons():
     assert matrix.parse_experiments("qemu-test,accuracy:--ops=500:--trace") == [
         ("qemu-test", ()), ("accuracy", ("--ops=500", "--trace"))]
     with pytest.raises(errors.UsageError, match="known: qemu-test"):
-        matrix.parse_experiments("downfall")
+        matrix.parse_experiments("nosuch")
+
+
+def test_every_chapter_8_experiment_is_a_matrix_experiment():
+    """The registry's experiments run as `buddylab experiment NAME`, their suite named NAME."""
+    from buddylab.experiments import registry
+
+    assert set(registry.EXPERIMENTS) <= set(matrix.EXPERIMENTS)
+    for name in registry.EXPERIMENTS:
+        runnable = matrix.EXPERIMENTS[name]
+        assert runnable.argv == ("experiment", name) and runnable.suite == name
+        assert runnable.run_prefix == f"experiment-{name}"
+    assert matrix.parse_experiments("qemu-test,page-exact") == [("qemu-test", ()), ("page-exact", ())]
+
+
+def test_an_experiment_result_is_a_suite_with_its_skips():
+    from buddylab.experiments.base import Check, Result
+    from buddylab.report import Status
+
+    result = Result("x", "t", "b", checks=[Check("a", True), Check("b", False, "why"),
+                                           Check("c", True, "not modelled", skipped=True)])
+    suite = result.suite({"recipe": "r"}, 1.5)
+    assert [(c.name, c.status) for c in suite.cases] == [
+        ("a", Status.OK), ("b", Status.FAIL), ("c", Status.SKIP)]
+    assert suite.cases[1].reason == "why" and suite.cases[2].reason == "not modelled"
+    assert "[skip] c (not modelled)" in result.render()
 
 
 def test_jobs_at_once_follow_cores_and_memory():
@@ -78,8 +103,24 @@ def test_matrix_runs_jobs_at_once_and_a_failed_check_fails_it(tmp_path: Path):
     assert rc == 1
     downfall_cases = found[f"{DEFAULT_KERNEL}/downfall"]
     assert downfall_cases["alloc_pages_exact kept 34 pages"] == "FAIL"
-    assert sum(s == "PASS" for s in downfall_cases.values()) == 5
+    assert sum(s == "PASS" for s in downfall_cases.values()) == 8
     assert set(found[f"{DEFAULT_KERNEL}/trace-replay"].values()) == {"PASS"}
     failures = ET.parse(tmp_path / "m.xml").getroot().findall(".//failure")
     assert [f.get("message") for f in failures] == ["kept 33"]
-    assert "| debian-5.10-cloud | downfall | 5 | 1 | 0 | 1 |" in proc.stdout
+    assert "| debian-5.10-cloud | downfall | 8 | 1 | 0 | 1 |" in proc.stdout
+
+
+@pytest.mark.qemu
+def test_matrix_runs_a_chapter_8_experiment_with_its_checks(tmp_path: Path):
+    """`page-exact` runs as `buddylab experiment page-exact`; its checks reach the table and KTAP."""
+    proc = buddylab(tmp_path, "matrix", "--kernels", DEFAULT_KERNEL, "--experiments", "page-exact",
+                    "--ktap", str(tmp_path / "m.ktap"))
+    assert proc.returncode == errors.EXIT_OK, proc.stdout + proc.stderr
+    (root,) = (tmp_path / "results").glob("matrix-*")
+    (job,) = json.loads((root / "matrix.json").read_text())["jobs"]
+    assert job["command"] == "page-exact" and job["exit_code"] == 0
+    assert Path(job["run_dir"]).name.startswith("experiment-page-exact-")
+    rc, found = kunit_cases(tmp_path / "m.ktap", tmp_path)
+    cases = found[f"{DEFAULT_KERNEL}/page-exact"]
+    assert rc == 0 and cases and set(cases.values()) == {"PASS"}
+    assert f"| {DEFAULT_KERNEL} | page-exact | {len(cases)} | 0 | 0 | 0 |" in proc.stdout

@@ -112,7 +112,7 @@ def test_exit_code_and_json_round_trip():
 
 def test_golden_output_checks_as_on_the_run(tmp_path: Path):
     report = downfall.load(GOLDEN)
-    assert report.passed and len(report.cases) == 6
+    assert report.passed and len(report.cases) == 9
     proc = buddylab(tmp_path, "qemu-test", "--from", str(GOLDEN), "--ktap", "--junit",
                     str(tmp_path / "junit.xml"))
     assert proc.returncode == errors.EXIT_OK, proc.stderr
@@ -136,13 +136,14 @@ def test_a_planted_disagreement_fails_the_run_in_every_format(tmp_path: Path):
     proc = buddylab(tmp_path, "qemu-test", "--from", str(planted), "--ktap", str(tmp_path / "r.ktap"),
                     "--junit", str(tmp_path / "junit.xml"))
     assert proc.returncode == errors.EXIT_CHECKS_FAILED, proc.stdout + proc.stderr
-    check = "5.10 model predicted alloc_pages(GFP_KERNEL, order 6) page for page"
+    check = "5.10 model predicted alloc_pages(GFP_KERNEL, 6) and the whole dump after it"
     assert f"[FAIL] {check}" in proc.stdout
     failures = ET.parse(tmp_path / "junit.xml").getroot().findall(".//failure")
-    assert [f.get("message") for f in failures] == ["page model: differs"]
+    assert [f.get("message") for f in failures] == [
+        f"1 difference, first: pfn: predicted {pfn}, kernel {pfn ^ 64}"]
     rc, found = kunit_cases(tmp_path / "r.ktap", tmp_path)
     assert rc == 1 and found["downfall"][check] == "FAIL"
-    assert sum(s == "PASS" for s in found["downfall"].values()) == 5
+    assert sum(s == "PASS" for s in found["downfall"].values()) == 8
     (run,) = (tmp_path / "results").glob("qemu-test-*")
     assert (run / "junit.xml").read_text() == (tmp_path / "junit.xml").read_text()
 
@@ -154,7 +155,7 @@ def test_an_experiment_that_cannot_run_is_a_failed_test_with_its_exit_code(tmp_p
     proc = buddylab(tmp_path, "qemu-test", "--from", str(bad), "--junit", str(tmp_path / "j.xml"),
                     "--ktap", str(tmp_path / "r.ktap"))
     assert proc.returncode == errors.EXIT_BAD_RECORDS
-    assert "expected 7 parts" in proc.stderr and proc.stderr.count("\n") == 1
+    assert "expected 11 parts" in proc.stderr and proc.stderr.count("\n") == 1
     error = ET.parse(tmp_path / "j.xml").getroot().find(".//error")
     assert error is not None and error.get("type") == "exit 6"
     assert "not ok 1 downfall" in (tmp_path / "r.ktap").read_text()
@@ -173,9 +174,9 @@ def test_qemu_test_ktap_on_stdout_has_every_check(tmp_path: Path):
     rc, found = kunit_cases(tmp_path / "out.ktap", tmp_path)
     (run,) = (tmp_path / "results").glob("qemu-test-*")
     cases = json.loads((run / "result.json").read_text())["suite"]["cases"]
-    assert rc == 0 and len(cases) == 6
+    assert rc == 0 and len(cases) == 9
     assert found == {"downfall": {c["name"]: "PASS" for c in cases}}
-    assert ET.parse(tmp_path / "junit.xml").getroot().get("tests") == "6"
+    assert ET.parse(tmp_path / "junit.xml").getroot().get("tests") == "9"
 
 
 def test_the_ci_job_file_runs_what_exists():
@@ -205,12 +206,12 @@ def test_model_checks_are_skipped_on_a_kernel_the_model_does_not_follow(tmp_path
     header = text.splitlines()[0]
     other = tmp_path / "other"
     other.mkdir()
-    unmodelled = header + " kernel=6.12.48+deb13-cloud-amd64"
-    (other / "guest-output.txt").write_text(text.replace(header, unmodelled, 1))
+    (other / "guest-output.txt").write_text(
+        text.replace(header, header.split(" kernel=")[0] + " kernel=6.12.48+deb13-cloud-amd64", 1))
     proc = buddylab(tmp_path, "qemu-test", "--from", str(other), "--ktap", str(tmp_path / "r.ktap"))
     assert proc.returncode == errors.EXIT_OK, proc.stdout + proc.stderr
     ktap_text = (tmp_path / "r.ktap").read_text()
     skip = "# SKIP 6.12.48+deb13-cloud-amd64: no model of Linux 6.12"   # models.versions
-    assert ktap_text.count(skip) == 2
+    assert ktap_text.count(skip) == 4
     rc, found = kunit_cases(tmp_path / "r.ktap", tmp_path)
-    assert rc == 0 and sorted(found["downfall"].values()) == ["PASS"] * 4 + ["SKIP"] * 2
+    assert rc == 0 and sorted(found["downfall"].values()) == ["PASS"] * 5 + ["SKIP"] * 4

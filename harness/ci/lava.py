@@ -32,6 +32,7 @@ import yaml
 
 from buddylab import errors
 from buddylab.experiments import downfall
+from buddylab.experiments.base import KERNEL_LOG_PROBLEMS
 from buddylab.report import Case, Measurement, Status, Suite
 
 PROMPT = "buddylab# "                 # PS1 of /init's console shell (images/init.sh)
@@ -57,12 +58,14 @@ def kernel_append(cmdline: str) -> str:
 
 
 def _record_pages(api: str) -> str:
-    return f"$(sed -n 's/^alloc id=[0-9]* api={api} .* pages=\\([0-9]*\\) .*/\\1/p' {OUT} | head -n 1)"
+    """The pages the module's log records for the first successful `alloc` with `api`."""
+    return (f"$(sed -n 's/^op seq=[0-9]* verb=alloc ret=0 .* pages=\\([0-9]*\\) api={api} .*/\\1/p' "
+            f"{OUT} | head -n 1)")
 
 
 def guest_steps(expect: downfall.Expectations, recipe: str) -> list[str]:
     """The test definition's steps: the experiment, its output between markers, the record checks."""
-    problems = " ".join(f"-e '{p}'" for p in downfall.KERNEL_LOG_PROBLEMS)
+    problems = " ".join(f"-e '{p}'" for p in KERNEL_LOG_PROBLEMS)
     last_part = ("awk '/^@@$/ { part = \"\" ; next } { part = part $0 \"\\n\" } "
                  f"END {{ printf \"%s\", part }}' {OUT}")
 
@@ -81,9 +84,9 @@ def guest_steps(expect: downfall.Expectations, recipe: str) -> list[str]:
         f"cat {OUT}",
         f"echo \"{END} downfall rc=$rc lines=$(wc -l < {OUT}) "
         f"sha256=$(sha256sum < {OUT} | cut -d ' ' -f 1)\"",
-        f"n=$(grep -c '^alloc id=' {OUT}); taken={_record_pages('alloc_pages')}; "
+        f"n=$(grep -c '^op seq=[0-9]* verb=[a-z_]* ret=0 ' {OUT}); taken={_record_pages('alloc_pages')}; "
         f"kept={_record_pages('alloc_pages_exact')}; bad=$({last_part} | grep -c {problems})",
-        case(expect.allocations_check, '[ "$rc" = 0 ] && [ "$n" = 2 ]', "$n", "allocations"),
+        case(expect.steps_check, f'[ "$rc" = 0 ] && [ "$n" = {len(downfall.STEPS)} ]', "$n", "steps"),
         case(expect.plain_check, f'[ "$taken" = {expect.taken} ]', '"${taken:-0}"', "pages"),
         case(expect.exact_check, f'[ "$kept" = {expect.kept_exact} ]', '"${kept:-0}"', "pages"),
         case(expect.log_check, '[ "$bad" = 0 ]', "$bad", "lines"),

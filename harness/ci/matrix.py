@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,14 +29,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from buddylab import errors
+from buddylab.experiments import registry
 from buddylab.guest.session import prepare
 from buddylab.kernel.recipe import load_kernel_pins
 from buddylab.report import Status, Suite, suite_from_json
 from buddylab.report.output import add_output_options, outputs
 from buddylab.results import new_run_dir, write_json, write_text
 
-# The commands whose results are suites, by the experiment name they report.
-EXPERIMENTS = {"qemu-test": "downfall", "accuracy": "accuracy", "trace-replay": "trace-replay"}
+@dataclass(frozen=True)
+class Runnable:
+    """What a matrix job runs: a `buddylab` command whose results are suites."""
+
+    argv: tuple[str, ...]        # the command and its own words
+    suite: str                   # the experiment its suite reports
+
+    @property
+    def run_prefix(self) -> str:
+        """How its run directory's name starts (buddylab.results.new_run_dir)."""
+        return "-".join(self.argv)
+
+
+# By the name --experiments gives them: the commands of their own, and every
+# chapter-8 experiment of the registry (`buddylab experiment NAME`).
+EXPERIMENTS: dict[str, Runnable] = {
+    "qemu-test": Runnable(("qemu-test",), "downfall"),
+    "accuracy": Runnable(("accuracy",), "accuracy"),
+    "trace-replay": Runnable(("trace-replay",), "trace-replay"),
+    **{name: Runnable(("experiment", name), name) for name in registry.EXPERIMENTS},
+}
 # What one job costs beside its guest's memory: QEMU itself and the child's Python.
 JOB_OVERHEAD_MIB = 200
 # Memory left for everything else on the machine.
@@ -137,7 +158,8 @@ class Runner:
         results.mkdir(parents=True, exist_ok=True)
         before = set(results.iterdir())
         env = {**os.environ, "BUDDYLAB_RESULTS": str(results)}
-        argv = [sys.executable, "-m", "buddylab.cli", job.command, "--kernel", job.recipe,
+        runnable = EXPERIMENTS[job.command]
+        argv = [sys.executable, "-m", "buddylab.cli", *runnable.argv, "--kernel", job.recipe,
                 *self.guest_args, *job.args]
         start = time.monotonic()
         with open(results / f"{job.command}.log", "wb") as log:
@@ -151,9 +173,10 @@ class Runner:
             with self._lock:
                 self._procs.discard(proc)
         seconds = time.monotonic() - start
-        # Jobs of one kernel share its directory: this job's run is the new `<command>-…`.
+        # Jobs of one kernel share its directory: this job's run is the new `<command>-<time>`.
         made = [p for p in set(results.iterdir()) - before
-                if p.is_dir() and p.name.startswith(f"{job.command}-")]
+                if p.is_dir() and re.fullmatch(rf"{re.escape(runnable.run_prefix)}-\d{{8}}T\d{{6}}Z(-\d+)?",
+                                               p.name)]
         run_dir = made[0] if len(made) == 1 else None
         return JobResult(job, rc, seconds, run_dir, self._suites(job, rc, run_dir, results))
 
@@ -166,12 +189,12 @@ class Runner:
                 return [Suite(s.name, s.cases, {**props, **s.properties}, s.measurements, s.duration,
                               s.error, s.exit_code) for s in suites]
             except (ValueError, errors.RecordError) as e:
-                return [Suite(EXPERIMENTS[job.command], (), props,
+                return [Suite(EXPERIMENTS[job.command].suite, (), props,
                               error=f"{path}: {e}", exit_code=errors.EXIT_BAD_RECORDS)]
         log = (results / f"{job.command}.log").read_text(errors="replace").strip().splitlines()
         why = next((line for line in reversed(log) if line.startswith("buddylab:")),
                    log[-1] if log else "no output")
-        return [Suite(EXPERIMENTS[job.command], (), props, error=why,
+        return [Suite(EXPERIMENTS[job.command].suite, (), props, error=why,
                       exit_code=rc if rc > errors.EXIT_CHECKS_FAILED else errors.EXIT_SETUP)]
 
     def stop(self) -> None:

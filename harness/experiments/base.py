@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Mapping, Protocol, Sequence
 
 from buddylab.guest.session import Session
+from buddylab.report import Case, Suite
 
 # What a clean kernel log must not contain after an experiment.
 KERNEL_LOG_PROBLEMS = ("WARNING:", "BUG:", "Oops", "page allocation failure", "Call Trace")
@@ -23,6 +24,12 @@ class Check:
     name: str
     ok: bool
     note: str = ""
+    skipped: bool = False        # does not apply to this kernel (`note` says why); not a failure
+
+    def case(self) -> Case:
+        if self.skipped:
+            return Case.skip(self.name, self.note)
+        return Case.check(self.name, self.ok, self.note)
 
 
 @dataclass
@@ -56,6 +63,10 @@ class Result:
         self.checks.append(Check(name, bool(ok), note))
         return bool(ok)
 
+    def suite(self, properties: Mapping[str, str], duration: float | None = None) -> Suite:
+        """The checks as a test suite (KTAP, JUnit, the matrix's suites.json)."""
+        return Suite(self.name, tuple(c.case() for c in self.checks), dict(properties), (), duration)
+
     def as_json(self) -> dict[str, object]:
         return {"experiment": self.name, "title": self.title, "book_claim": self.book_claim,
                 "passed": self.passed,
@@ -70,7 +81,8 @@ class Result:
             lines += ["", "  why:"] + [f"    {e}" for e in self.explanations]
         lines += ["", "  checks:"]
         for c in self.checks:
-            lines.append(f"    [{'ok' if c.ok else 'FAIL'}] {c.name}" + (f" ({c.note})" if c.note else ""))
+            status = "skip" if c.skipped else "ok" if c.ok else "FAIL"
+            lines.append(f"    [{status}] {c.name}" + (f" ({c.note})" if c.note else ""))
         lines += [f"  figure (in the results directory): {p}" for p in self.figure_names()]
         lines.append(f"  verdict: {'PASS' if self.passed else 'FAIL'}")
         return "\n".join(lines)
@@ -119,3 +131,15 @@ def _numeric(c: str) -> bool:
 
 def kernel_log_problems(dmesg: str) -> list[str]:
     return [line for line in dmesg.splitlines() if any(p in line for p in KERNEL_LOG_PROBLEMS)]
+
+
+def pfn_ranges(pfns: list[int]) -> str:
+    """Sorted PFNs as runs: `[1, 2, 3, 7]` -> "1-3, 7"."""
+    out, start = [], None
+    for i, p in enumerate(pfns):
+        if start is None:
+            start = p
+        if i + 1 == len(pfns) or pfns[i + 1] != p + 1:
+            out.append(f"{start}-{p}" if p != start else str(p))
+            start = None
+    return ", ".join(out)

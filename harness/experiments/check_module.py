@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from buddylab import errors, protocol
-from buddylab.experiments.base import kernel_log_problems
+from buddylab.experiments.base import kernel_log_problems, pfn_ranges
 from buddylab.guest.session import Session
 from buddylab.records import kmod
 from buddylab.records.kmemtrace import TraceEvent, parse_trace
@@ -260,17 +260,6 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def ranges(pfns: list[int]) -> str:
-    out, start = [], None
-    for i, p in enumerate(pfns):
-        if start is None:
-            start = p
-        if i + 1 == len(pfns) or pfns[i + 1] != p + 1:
-            out.append(f"{start}-{p}" if p != start else str(p))
-            start = None
-    return ", ".join(out)
-
-
 def analyse(report: CheckReport, test: Series, control: Series) -> CheckReport:
     """Slopes, noise band, never-returned pages, log and taint: the verdict."""
     report.cycles = test.cycles
@@ -280,7 +269,7 @@ def analyse(report: CheckReport, test: Series, control: Series) -> CheckReport:
     report.excess = report.kept_per_cycle - report.control_per_cycle
     report.kept_each_cycle = test.kept_per_cycle()
     report.control_each_cycle = control.kept_per_cycle()
-    report.never_back = [{"cycle": c, "pages": len(p), "ranges": ranges(p), "pfns": p}
+    report.never_back = [{"cycle": c, "pages": len(p), "ranges": pfn_ranges(p), "pfns": p}
                          for c, p in test.kept_by_module()]
     report.never_back_control = sum(len(p) for _, p in control.kept_by_module())
     report.gone_from_dumps = sum(len(p) for _, p in test.never_back())

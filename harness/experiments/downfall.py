@@ -1,34 +1,72 @@
-"""The first experiment: the book's "downfall case", a 132 KiB request.
+"""The book's "downfall case": a 132 KiB request, with alloc_pages() and alloc_pages_exact().
 
-`alloc_pages(GFP_KERNEL, 6)` takes 64 pages (256 KiB) for 33 asked, 124 KiB
-wasted; `alloc_pages_exact(132 KiB)` keeps 33 and frees the 31 tail pages.
-For each operation the module's before/after counts (taken in the kernel
-under zone->lock) are compared with the 5.10 model's prediction from the
-"before" counts, and the textbook model's prediction is shown beside them.
+The book (Billimoria, 1st ed., ch. 8) says the 132 KiB request "lands on
+order 7, of size 256 KB"; 132 KiB is 33 pages, get_order() gives 6, and an
+order-6 block is 64 pages = 256 KiB.  `alloc_pages(GFP_KERNEL, 6)` keeps all
+64 pages (124 KiB wasted); `alloc_pages_exact(132 KiB)` (mm/page_alloc.c)
+takes the same order-6 block, keeps 33 pages and frees the 31 tail pages one
+by one onto this CPU's per-CPU list (make_alloc_exact() -> free_page()).
+
+Both blocks are then freed again.  After every one of the four steps the
+module's exact dump is compared with the page-for-page model, list order and
+per-CPU lists included, with the kmem trace applied in between
+(buddylab.experiments.steps); the count-level model and the textbook model
+are shown beside the two allocations.  `qemu-test` and `experiment downfall`
+both run this (`measure`, `run`); a LAVA job runs its guest script too.
+
+Background kernel work (a kworker, an interrupt) can land between a dump
+and its operation.  The trace shows it, and the model applies it; if a
+step still misses and such foreign events were in its window, the whole
+case runs once more and the report says so ("background activity,
+retried"), with what the first run missed.  A miss with no foreign event
+in its window is not retried.
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from buddylab.allocator import GFP_TYPES, get_order
 from buddylab.errors import RecordError, SetupError
-from buddylab.results import write_text
-from buddylab.report import Case, Measurement, Suite
-from buddylab.models import kernel_state, operations
-from buddylab.models.versions import support_for
-from buddylab.records import kmod
-from buddylab import protocol
+from buddylab.experiments import steps, zonemap
+from buddylab.experiments.base import Check, Context, Result, table
+from buddylab.experiments.steps import StepRun
+from buddylab.guest.session import Session
+from buddylab.models import kernel_state
 from buddylab.models.counts import MAX_ORDER, Prediction, ZoneState, predict_alloc
 from buddylab.models.textbook import predict_textbook
-from buddylab.guest.session import Session
+from buddylab.models.versions import support_for
+from buddylab import protocol
+from buddylab.records import kmod
+from buddylab.report import Case, Measurement, Status, Suite
+from buddylab.results import write_text
 
+NAME = "downfall"
+TITLE = "a 132 KiB request (33 pages): alloc_pages(order 6) and alloc_pages_exact, then both freed"
+BOOK_CLAIM = ('the 132 KiB request "lands on order 7, of size 256 KB" (1st ed., ch. 8); '
+              "a 256 KiB block is order 6")
+BOOK_ORDER = 7
 PAGE_SIZE = 4096
 REQUEST_BYTES = 132 * 1024
-# What a clean kernel log must not contain after the experiment.
-KERNEL_LOG_PROBLEMS = ("WARNING:", "BUG:", "Oops", "page allocation failure", "Call Trace")
+
+
+@dataclass(frozen=True)
+class Step:
+    label: str
+    command: str
+
+
+STEPS = (
+    Step("alloc_pages(GFP_KERNEL, 6)", "alloc api=alloc_pages gfp=GFP_KERNEL order=6"),
+    Step("alloc_pages_exact(132 KiB, GFP_KERNEL)",
+         f"alloc api=alloc_pages_exact gfp=GFP_KERNEL size={REQUEST_BYTES}"),
+    Step("__free_pages(order-6 block)", "free id=1"),
+    Step("free_pages_exact(132 KiB)", "free id=2"),
+)
+COMMANDS = [s.command for s in STEPS]
+EXACT_STEP = 1          # the step whose allocation is alloc_pages_exact
 
 
 @dataclass(frozen=True)
@@ -61,8 +99,8 @@ class Expectations:
     # The names of the checks that read the module's records alone (no model):
     # a LAVA job decides these in the guest too (buddylab.ci.lava).
     @property
-    def allocations_check(self) -> str:
-        return "both allocations succeeded"
+    def steps_check(self) -> str:
+        return f"all {len(STEPS)} steps succeeded"
 
     @property
     def plain_check(self) -> str:
@@ -92,27 +130,10 @@ class Expectations:
         return expect, m[3] or ""
 
 
-
-
-@dataclass(frozen=True)
-class Operation:
-    label: str
-    command: str
-    api: str
-    exact: bool
-
-
-OPERATIONS = (
-    Operation("alloc_pages(GFP_KERNEL, order 6)",
-              "alloc api=alloc_pages gfp=GFP_KERNEL order=6", "alloc_pages", False),
-    Operation("alloc_pages_exact(132 KiB, GFP_KERNEL)",
-              f"alloc api=alloc_pages_exact gfp=GFP_KERNEL size={REQUEST_BYTES}",
-              "alloc_pages_exact", True),
-)
-
-
 @dataclass
 class OpResult:
+    """One of the two allocations, as the kernel did it and as each model predicted it."""
+
     label: str
     zone: str
     pfn: int
@@ -120,8 +141,10 @@ class OpResult:
     pages_taken: int
     pages_kept: int
     pages_wasted: int
-    observed_order_split: int | None
-    model: str                           # "match", "differs" or "unpredictable"
+    block_split_order: int | None       # the order of the free block the kernel took
+    block_split_mt: str | None
+    why: str
+    model: str                           # counts only: "match", "differs" or "unpredictable"
     model_notes: list[str]
     differences: list[str]
     textbook: str                        # "match" or "differs"
@@ -137,143 +160,185 @@ class OpResult:
 
 
 @dataclass
+class StepResult:
+    """One step: what the module recorded, and whether the model predicted the dump after it."""
+
+    label: str
+    command: str
+    ret: int | None
+    pfn: int | None
+    pfn_predicted: int | None
+    pages: int | None
+    exact: bool
+    differences: list[str]
+    foreign: list[str]                   # "task-pid" of each foreign event in its window
+
+    def summary(self) -> str:
+        """The differences' count and the first of them."""
+        n = len(self.differences)
+        return (f"{n} difference{'' if n == 1 else 's'}"
+                + (f", first: {self.differences[0]}" if self.differences else ""))
+
+
+@dataclass
 class Report:
     operations: list[OpResult] = field(default_factory=list)
+    steps: list[StepResult] = field(default_factory=list)
     kernel_log_problems: list[str] = field(default_factory=list)
     cases: list[Case] = field(default_factory=list)
     expect: Expectations = field(default_factory=Expectations)
     guest_output: str = ""       # what the guest printed: `analyse` reads it again
     kernel: str = ""             # the guest's release, as its output names it
+    step_run: StepRun | None = None
+    # When the case ran twice ("background activity, retried"): the first run's output
+    # and what it missed.
+    retried_output: str = ""
+    retried: list[str] = field(default_factory=list)
 
     @property
     def checks(self) -> list[tuple[str, bool]]:
-        return [(c.name, c.status.value == "ok") for c in self.cases]
+        return [(c.name, c.status is Status.OK) for c in self.cases]
 
     @property
     def passed(self) -> bool:
         """No check failed (a check skipped on a kernel the model does not follow is no failure)."""
-        return not any(c.status.value == "fail" for c in self.cases)
+        return not any(c.status is Status.FAIL for c in self.cases)
+
+    def retry_reason(self) -> str:
+        """Why this run's verdict may be background work's: the first step the model missed
+        had foreign events in its window ("": nothing missed, or a miss that stands).
+        The model carries on from its own state, so the later steps may miss because of it."""
+        missed = [s for s in self.steps if not s.exact]
+        if not missed or not missed[0].foreign:
+            return ""
+        s = missed[0]
+        return (f"{s.label}: {len(s.foreign)} page events of other tasks in its window "
+                f"({', '.join(sorted(set(s.foreign))[:4])}); the model missed {s.summary()}"
+                + (f"; {len(missed) - 1} later steps missed too" if len(missed) > 1 else ""))
 
 
-def _differences(predicted: ZoneState, observed: ZoneState) -> list[str]:
+def _count_differences(predicted: ZoneState, observed: ZoneState) -> list[str]:
     diffs = []
     for mt in sorted(set(predicted.free) | set(observed.free)):
         p = predicted.free.get(mt, [0] * MAX_ORDER)
         o = observed.free.get(mt, [0] * MAX_ORDER)
-        for order in range(MAX_ORDER):
-            if p[order] != o[order]:
-                diffs.append(f"{mt} order {order}: predicted {p[order]}, observed {o[order]}")
+        diffs += [f"{mt} order {order}: predicted {p[order]}, observed {o[order]}"
+                  for order in range(MAX_ORDER) if p[order] != o[order]]
     if predicted.pcp and observed.pcp and predicted.pcp.count != observed.pcp.count:
-        diffs.append(f"per-CPU count: predicted {predicted.pcp.count}, "
-                     f"observed {observed.pcp.count}")
+        diffs.append(f"per-CPU count: predicted {predicted.pcp.count}, observed {observed.pcp.count}")
     return diffs
 
 
-def _split_order(before: ZoneState, after: ZoneState, order: int) -> int | None:
-    """The order of the block the kernel split, read off the totals' change."""
-    b, a = before.totals(), after.totals()
-    lost = [o for o in range(order, MAX_ORDER) if a[o] < b[o]]
-    return lost[-1] if lost else None
+FreeBlocks = list[tuple[str, int, int, str]]       # zone, pfn, order, migratetype
 
 
-def evaluate(op: Operation, record: kmod.OpRecord, kept: int) -> OpResult:
+def taken_block(free: FreeBlocks, zone: str, pfn: int) -> tuple[int, str] | None:
+    """(order, migratetype) of the free block that held `pfn`: the one the allocator split."""
+    for z, start, order, mt in free:
+        if z == zone and start <= pfn < start + (1 << order):
+            return order, mt
+    return None
+
+
+def why_split(free: FreeBlocks, zone: str, mt: str, order: int,
+              block: tuple[int, str] | None) -> str:
+    """Why __rmqueue_smallest() (or the fallback) took the block it took, from the lists just
+    before the call."""
+    if block is None:
+        return "the block taken was on no buddy list just before the call"
+    by_mt: dict[str, list[int]] = {}
+    for z, _, o, m in free:
+        if z == zone:
+            by_mt.setdefault(m, [0] * MAX_ORDER)[o] += 1
+    mine = by_mt.get(mt, [0] * MAX_ORDER)
+    others = ", ".join(f"{m} {c[order]}" for m, c in sorted(by_mt.items())
+                       if m != mt and c[order])
+    b_order, b_mt = block
+    if b_mt != mt:
+        return (f"no free {mt} block of order {order}..10 in {zone}: __rmqueue_fallback() took "
+                f"a {b_mt} order-{b_order} block")
+    if b_order == order:
+        return (f"{zone} had {mine[order]} free {mt} block(s) of order {order}: "
+                f"__rmqueue_smallest() took the head of that list")
+    empty = ", ".join(str(o) for o in range(order, b_order))
+    return (f"no free {mt} block of order {empty} in {zone} "
+            f"(other types at order {order}: {others or 'none'}; __rmqueue_smallest() looks at the "
+            f"requested migratetype only): the smallest {mt} block was order {b_order}, split "
+            f"by expand() into free buddies of order "
+            f"{', '.join(str(o) for o in range(order, b_order))}")
+
+
+def evaluate(label: str, exact: bool, record: kmod.OpRecord, free_before: FreeBlocks) -> OpResult:
     assert record.zone is not None and record.gfp is not None and record.order is not None
-    assert record.pfn is not None
+    assert record.pfn is not None and record.pages is not None
     before = kernel_state.counts_state(record.before, record.zone, record.cpu)
     after = kernel_state.counts_state(record.after, record.zone, record.cpu)
     mt = GFP_TYPES[record.gfp]
     order = record.order
+    kept = record.pages
     asked = -(-REQUEST_BYTES // PAGE_SIZE)
-    prediction: Prediction = predict_alloc(before, mt, order, exact_pages=kept if op.exact else None)
+    prediction: Prediction = predict_alloc(before, mt, order, exact_pages=kept if exact else None)
     if prediction.state is None:
         verdict, diffs = "unpredictable", [prediction.uncertain or "unknown"]
     else:
-        diffs = _differences(prediction.state, after)
+        diffs = _count_differences(prediction.state, after)
         verdict = "match" if not diffs else "differs"
-    textbook, note = predict_textbook(before, order, exact_pages=kept if op.exact else None)
-    observed_totals = after.totals()
-    tdiffs = ([f"order {o}: textbook {textbook[o]}, observed {observed_totals[o]}"
-               for o in range(MAX_ORDER) if textbook[o] != observed_totals[o]]
+    textbook, note = predict_textbook(before, order, exact_pages=kept if exact else None)
+    observed = after.totals()
+    tdiffs = ([f"order {o}: textbook {textbook[o]}, observed {observed[o]}"
+               for o in range(MAX_ORDER) if textbook[o] != observed[o]]
               if textbook is not None else [note])
+    block = taken_block(free_before, record.zone, record.pfn)
     return OpResult(
-        label=op.label, zone=record.zone, pfn=record.pfn, pages_asked=asked,
+        label=label, zone=record.zone, pfn=record.pfn, pages_asked=asked,
         pages_taken=1 << order, pages_kept=kept, pages_wasted=kept - asked,
-        observed_order_split=_split_order(before, after, order),
+        block_split_order=block[0] if block else None, block_split_mt=block[1] if block else None,
+        why=why_split(free_before, record.zone, mt, order, block),
         model=verdict, model_notes=prediction.notes, differences=diffs,
         textbook="match" if not tdiffs else "differs", textbook_note=note,
-        textbook_differences=tdiffs, before_totals=before.totals(),
-        after_totals=observed_totals,
+        textbook_differences=tdiffs, before_totals=before.totals(), after_totals=observed,
         pcp_before=before.pcp.count if before.pcp else -1,
-        pcp_after=after.pcp.count if after.pcp else -1,
-    )
+        pcp_after=after.pcp.count if after.pcp else -1)
 
+
+# --- the guest's part, and reading what it printed ----------------------------
 
 def guest_script(expect: Expectations = Expectations()) -> str:
-    """The guest's part, one shell command: load, capture, run both operations, read, unload.
+    """The guest's part, one shell command: the expectations and the kernel's release, then
+    the four steps with a traced exact dump before and after each (steps.script).
 
-    `exec N< file` opens a dump in the shell itself: the module captures
-    the image at open(2), so no forked process runs between the capture and
-    the operations, and the module allocates nothing between two of them.
     The output starts with the expectations, so a saved output (or one read
     back from a LAVA job's log) is checked as it was when it ran.
     """
-    cmds = " && ".join(f"echo '{op.command}' >&7" for op in OPERATIONS)
-    capture = protocol.exact_dump_script(cmds, reads=("cat allocs", "cat log"))
     return (f"echo \"{expect.header()} kernel=$(uname -r)\" && echo {protocol.SEPARATOR} && "
-            f"dmesg -c > /dev/null; {protocol.insmod()} && {capture} && cd / "
-            f"&& echo free_all > {protocol.DEBUGFS}/control && rmmod {protocol.MODULE_NAME} "
-            f"&& echo {protocol.SEPARATOR} && dmesg")
-
-
-def run(session: Session, expect: Expectations = Expectations()) -> Report:
-    """Load the module, run both operations, read the records, unload."""
-    return analyse(session.run(guest_script(expect)).check().stdout)
-
-
-GUEST_OUTPUT = "guest-output.txt"
-
-
-def save(report: Report, directory: Path) -> None:
-    """Keep what the guest printed, so the run can be checked again without a guest (`load`)."""
-    write_text(directory / GUEST_OUTPUT, report.guest_output)
-
-
-def load(directory: Path) -> Report:
-    """The report of a guest output saved by `save` (a run directory, or the file itself)."""
-    path = directory / GUEST_OUTPUT if directory.is_dir() else directory
-    if not path.is_file():
-        raise SetupError(f"{directory}: no saved guest output ({GUEST_OUTPUT})")
-    return analyse(path.read_text())
+            f"{{ {steps.script(COMMANDS)}; }}")
 
 
 def analyse(out: str) -> Report:
     """The report of a guest's output (from `guest_script`): records parsed, models run, checked."""
-    header, zones_t, pageblocks_t, dump_t, allocs_t, log_t, dmesg = protocol.split_output(out, 7)
+    header, sep, rest = out.partition(f"{protocol.SEPARATOR}\n")
+    if not sep:
+        protocol.split_output(out, len(COMMANDS) + 8)          # the RecordError for a short output
     expect, release = Expectations.parse(header)
-    infos = protocol.parse_part("zones", kmod.parse_zones, zones_t)
-    pageblocks = protocol.parse_part("pageblocks", kmod.parse_pageblocks, pageblocks_t)
-    dump = protocol.parse_part("freelists", kmod.parse_freelists, dump_t)
-    allocs = protocol.parse_part("allocs", kmod.parse_allocs, allocs_t)
-    log = protocol.parse_part("log", kmod.parse_log, log_t)
-    report = Report(expect=expect, guest_output=out, kernel=release)
-    records = [r for r in log.ops if r.verb == "alloc"]
-    kept = {a.id: a.pages for a in allocs}
-    if records:
-        zones = kernel_state.zones_from_dump(
-            dump, pageblocks, infos, kernel_state.pcp_limits(records[0].before.pcp),
-            page_model_series(release))
-        replayer = operations.OperationReplayer(zones)
-    for op, record in zip(OPERATIONS, records):
-        if record.ret == 0 and record.id in kept:
-            result = evaluate(op, record, kept[record.id])
-            outcome = replayer.replay(record)
-            result.page_model = _page_verdict(outcome)
-            result.page_model_differences = outcome.before + outcome.after
-            result.pfn_predicted = outcome.pfn_predicted
-            report.operations.append(result)
-    report.kernel_log_problems = [line for line in dmesg.splitlines()
-                                  if any(p in line for p in KERNEL_LOG_PROBLEMS)]
-    _checks(report, allocs, records)
+    sr = steps.parse(rest, COMMANDS)
+    modelled = page_model_series(release) == steps.TRACED_SERIES
+    checks = steps.verify(sr, keep_zones=True) if modelled else steps.unverified(sr)
+    report = Report(expect=expect, guest_output=out, kernel=release, step_run=sr,
+                    kernel_log_problems=sr.kernel_log_problems)
+    for i, (step, check) in enumerate(zip(STEPS, checks)):
+        op = check.op
+        differences = _differences(check) if modelled else []
+        report.steps.append(StepResult(
+            step.label, step.command, op.ret if op else None, op.pfn if op else None,
+            check.outcome.pfn_predicted if check.outcome else None, op.pages if op else None,
+            check.exact, differences, [f"{e.task}-{e.pid}" for e in check.foreign]))
+        if op is not None and op.verb == "alloc" and op.ret == 0:
+            r = evaluate(step.label, i == EXACT_STEP, op, check.free_before)
+            r.pfn_predicted = check.outcome.pfn_predicted if check.outcome else None
+            r.page_model = ("match" if check.exact else "differs") if modelled else "not modelled"
+            r.page_model_differences = differences
+            report.operations.append(r)
+    _checks(report)
     return report
 
 
@@ -283,22 +348,30 @@ def page_model_series(release: str) -> str:
     return support.series if support is not None and support.modelled else "5.10"
 
 
-def _page_verdict(outcome: operations.OpOutcome) -> str:
-    if outcome.unknowable:
-        return "unpredictable"
-    if outcome.before:
-        return "differs (state changed before the operation)"
-    return "match" if outcome.exact else "differs"
+def _differences(check: steps.StepCheck) -> list[str]:
+    """Everything the model got wrong about one step, the operation's pfn first."""
+    out = check.outcome
+    if check.op is None or out is None:
+        return ["the module recorded no operation for this step"] + check.dump_differences
+    pfn = ([f"pfn: predicted {out.pfn_predicted}, kernel {out.pfn_observed}"]
+           if out.pfn_predicted != out.pfn_observed else [])
+    unknowable = [f"unpredictable: {out.unknowable}"] if out.unknowable else []
+    return (pfn + unknowable + [f"before it: {d}" for d in out.before] + out.after
+            + check.dump_differences + check.trace_mismatches)
 
 
-def _checks(report: Report, allocs: list[kmod.AllocRecord], records: list) -> None:
+def _checks(report: Report) -> None:
     c = report.cases
     e = report.expect
-    rets = [r.ret for r in records]
-    c.append(Case.check(e.allocations_check,
-                        len(records) == 2 and all(r == 0 for r in rets) and len(allocs) == 2,
-                        f"{len(records)} allocation records (returns {rets}), {len(allocs)} held",
-                        [Measurement("allocations held", len(allocs))]))
+    rets = [s.ret for s in report.steps]
+    c.append(Case.check(e.steps_check,
+                        len(rets) == len(STEPS) and all(r == 0 for r in rets),
+                        f"returns {rets}", [Measurement("steps succeeded", rets.count(0))]))
+    c.append(Case.check(f"get_order(132 KiB) is {get_order(REQUEST_BYTES)}, not the book's {BOOK_ORDER}",
+                        get_order(REQUEST_BYTES) != BOOK_ORDER and any(
+                            r.pages_taken == 1 << get_order(REQUEST_BYTES) for r in report.operations),
+                        "no allocation took a block of that order",
+                        [Measurement("get_order(132 KiB)", get_order(REQUEST_BYTES))]))
     if len(report.operations) == 2:
         plain, exact_op = report.operations
         c.append(Case.check(
@@ -312,60 +385,145 @@ def _checks(report: Report, allocs: list[kmod.AllocRecord], records: list) -> No
             f"kept {exact_op.pages_kept}",
             [Measurement("pages kept", exact_op.pages_kept, "pages"),
              Measurement("per-CPU list", exact_op.pcp_after - exact_op.pcp_before, "pages")]))
-        for r in report.operations:
-            support = support_for(report.kernel) if report.kernel else None
-            name = f"{page_model_series(report.kernel)} model predicted {r.label} page for page"
-            if support is not None and not support.modelled:
-                # models.versions says what of this kernel the model does not follow.
-                c.append(Case.skip(name, f"{report.kernel}: {support.not_modelled}"))
-                continue
-            c.append(Case.check(
-                name, r.page_model == "match",
-                f"page model: {r.page_model}",
-                [Measurement("kernel pfn", r.pfn), Measurement("predicted pfn", str(r.pfn_predicted)),
-                 Measurement("split order", str(r.observed_order_split))],
-                r.page_model_differences))
-    c.append(Case.check(e.log_check,
-                        not report.kernel_log_problems,
+    support = support_for(report.kernel) if report.kernel else None
+    series = page_model_series(report.kernel)
+    for s in report.steps:
+        name = f"{series} model predicted {s.label} and the whole dump after it"
+        if support is not None and not support.modelled:
+            # models.versions says what of this kernel the model does not follow.
+            c.append(Case.skip(name, f"{report.kernel}: {support.not_modelled}"))
+            continue
+        if series != steps.TRACED_SERIES:
+            c.append(Case.skip(name, f"{report.kernel}: the steps' kmem trace is replayed on "
+                                     f"{steps.TRACED_SERIES}'s per-CPU lists only"))
+            continue
+        c.append(Case.check(name, s.exact, s.summary(),
+                            [Measurement("kernel pfn", str(s.pfn)),
+                             Measurement("predicted pfn", str(s.pfn_predicted))],
+                            s.differences))
+    c.append(Case.check(e.log_check, not report.kernel_log_problems,
                         f"{len(report.kernel_log_problems)} problem lines", (),
                         report.kernel_log_problems))
 
+
+def measure(session: Session, expect: Expectations = Expectations()) -> Report:
+    """Run the case in the guest; once more if a step missed with background work in its window."""
+    first = analyse(session.run(guest_script(expect), timeout=120).check().stdout)
+    reason = first.retry_reason()
+    if not reason:
+        return first
+    again = analyse(session.run(guest_script(expect), timeout=120).check().stdout)
+    return _retried(first, again)
+
+
+def _retried(first: Report, again: Report) -> Report:
+    again.retried_output = first.guest_output
+    again.retried = [f"background activity, retried: {first.retry_reason()}"]
+    return again
+
+
+GUEST_OUTPUT = "guest-output.txt"
+RETRIED_OUTPUT = "guest-output-retried.txt"      # the first run's, when the case ran twice
+
+
+def save(report: Report, directory: Path) -> None:
+    """Keep what the guest printed, so the run can be checked again without a guest (`load`)."""
+    write_text(directory / GUEST_OUTPUT, report.guest_output)
+    if report.retried_output:
+        write_text(directory / RETRIED_OUTPUT, report.retried_output)
+
+
+def load(directory: Path) -> Report:
+    """The report of a guest output saved by `save` (a run directory, or the file itself)."""
+    path = directory / GUEST_OUTPUT if directory.is_dir() else directory
+    if not path.is_file():
+        raise SetupError(f"{directory}: no saved guest output ({GUEST_OUTPUT})")
+    report = analyse(path.read_text())
+    first = path.with_name(RETRIED_OUTPUT)
+    return _retried(analyse(first.read_text()), report) if first.is_file() else report
+
+
+# --- what a run shows ---------------------------------------------------------
 
 def suite(report: Report, properties: dict[str, str] | None = None,
           duration: float | None = None) -> Suite:
     """The report as a test suite: one case per check; the textbook's verdicts as figures."""
     figures = [Measurement(f"textbook model, {r.label}", r.textbook) for r in report.operations]
-    return Suite("downfall", tuple(report.cases), properties or {}, tuple(figures), duration)
+    figures += [Measurement("retried", line) for line in report.retried]
+    return Suite(NAME, tuple(report.cases), properties or {}, tuple(figures), duration)
 
 
 def report_json(report: Report) -> dict[str, object]:
     return {"operations": [asdict(op) for op in report.operations],
+            "steps": [asdict(s) for s in report.steps],
             "kernel_log_problems": report.kernel_log_problems,
+            "retried": report.retried,
             "checks": [{"check": name, "ok": ok} for name, ok in report.checks]}
 
 
-def format_report(report: Report) -> str:
-    lines = ["Downfall case: a 132 KiB request (33 pages) on the real kernel", ""]
+def body(report: Report) -> list[str]:
+    """The steps, then each allocation as the kernel did it and as each model predicted it."""
+    lines = table(["step", "ret", "pfn", "model pfn", "pages", "whole dump after it"],
+                  [[s.label, s.ret, s.pfn, s.pfn_predicted, s.pages,
+                    "exact" if s.exact else s.summary().split(",")[0]]
+                   for s in report.steps])
+    series = page_model_series(report.kernel)
     for r in report.operations:
-        lines.append(f"{r.label}  [zone {r.zone}, pfn {r.pfn}]")
-        lines.append(f"  pages asked {r.pages_asked}, taken {r.pages_taken}, kept {r.pages_kept}, "
-                     f"wasted {r.pages_wasted} ({r.pages_wasted * 4} KiB)")
-        lines.append(f"  free blocks per order before: {r.before_totals}")
-        lines.append(f"  free blocks per order after:  {r.after_totals}"
-                     + (f"  (an order-{r.observed_order_split} block was split)"
-                        if r.observed_order_split is not None else ""))
-        lines.append(f"  per-CPU list count: {r.pcp_before} -> {r.pcp_after}")
-        lines.append(f"  {page_model_series(report.kernel)} model, page for page: {r.page_model.upper()} "
-                     f"(predicted pfn {r.pfn_predicted}, kernel pfn {r.pfn})")
+        lines += ["", f"{r.label}  [zone {r.zone}, pfn {r.pfn}]",
+                  f"  pages asked {r.pages_asked}, taken {r.pages_taken}, kept {r.pages_kept}, "
+                  f"wasted {r.pages_wasted} ({r.pages_wasted * PAGE_SIZE // 1024} KiB)",
+                  f"  block split: order {r.block_split_order} {r.block_split_mt} "
+                  f"(the book: order {BOOK_ORDER}; get_order(132 KiB) = {get_order(REQUEST_BYTES)})",
+                  f"  why: {r.why}",
+                  f"  free blocks per order before: {r.before_totals}",
+                  f"  free blocks per order after:  {r.after_totals}",
+                  f"  per-CPU list count: {r.pcp_before} -> {r.pcp_after}",
+                  f"  {series} model, page for page: {r.page_model.upper()} "
+                  f"(predicted pfn {r.pfn_predicted}, kernel pfn {r.pfn})"]
         lines += [f"    ! {d}" for d in r.page_model_differences]
         lines.append(f"  5.10 model, counts only: {r.model}")
-        lines += [f"    {n}" for n in r.model_notes]
-        lines += [f"    ! {d}" for d in r.differences]
+        lines += [f"    {n}" for n in r.model_notes] + [f"    ! {d}" for d in r.differences]
         lines.append(f"  textbook model: {r.textbook} ({r.textbook_note})")
         lines += [f"    ~ {d}" for d in r.textbook_differences]
+    frees = [s for s in report.steps if not s.command.startswith("alloc ")]
+    for s in frees:
+        verdict = ("MATCH" if s.exact else "DIFFERS") if series == steps.TRACED_SERIES else "NOT MODELLED"
+        lines += ["", f"{s.label}: {series} model, page for page: {verdict} "
+                      "(the whole dump after it)"]
+        lines += [f"    ! {d}" for d in s.differences]
+    if report.retried:
         lines.append("")
-    lines.append("checks:")
-    lines += [f"  [{c.status.value if c.status.value != 'fail' else 'FAIL'}] {c.name}"
+        lines += report.retried
+    return lines
+
+
+def format_report(report: Report) -> str:
+    lines = [f"Downfall case: a 132 KiB request ({report.expect.asked} pages) on the real kernel, "
+             "then both blocks freed", ""]
+    lines += body(report)
+    lines += ["", "checks:"]
+    lines += [f"  [{c.status.value if c.status is not Status.FAIL else 'FAIL'}] {c.name}"
               + (f": {c.reason}" if c.reason else "") for c in report.cases]
     lines += [f"  kernel log: {line}" for line in report.kernel_log_problems]
     return "\n".join(lines)
+
+
+def run(ctx: Context) -> Result:
+    """`experiment downfall`: the same case and checks, with the book's side and the zone maps."""
+    ctx.progress(f"{len(STEPS)} steps, an exact dump after each (traced)")
+    report = measure(ctx.session)
+    result = Result(NAME, TITLE, BOOK_CLAIM, base_dir=ctx.out_dir)
+    result.table = body(report)
+    result.explanations = [
+        f"the book's order {BOOK_ORDER} is 128 pages (512 KiB); 132 KiB needs 33 pages, "
+        f"get_order() rounds up to 64 pages: order {get_order(REQUEST_BYTES)} (256 KiB)",
+        "alloc_pages_exact() returns the 31 tail pages one by one with free_page(): they go to "
+        "this CPU's per-CPU list, not back to the buddy lists, so /proc/buddyinfo does not "
+        "show them",
+    ] + [f"{r.label}: {r.why}" for r in report.operations]
+    result.checks = [Check(c.name, c.status is not Status.FAIL, c.reason, c.status is Status.SKIP)
+                     for c in report.cases]
+    result.data = report_json(report)
+    if report.step_run is not None:
+        result.figures += zonemap.downfall_maps(report.step_run, ctx.out_dir)
+    return result

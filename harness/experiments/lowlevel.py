@@ -14,7 +14,7 @@ the exact dumps), the pages by PFN, and the model's prediction are compared.
 from __future__ import annotations
 
 from buddylab.experiments import steps
-from buddylab.experiments.base import Context, Result, table
+from buddylab.experiments.base import Context, Result, pfn_ranges, table
 from buddylab.records import kmod
 from buddylab.records.kmemtrace import TraceEvent
 
@@ -79,17 +79,6 @@ def reused_after(events: list[TraceEvent], seq: int, dump_gen: int, pfns: set[in
     return held
 
 
-def ranges(pfns: list[int]) -> str:
-    out, start = [], None
-    for i, p in enumerate(pfns):
-        if start is None:
-            start = p
-        if i + 1 == len(pfns) or pfns[i + 1] != p + 1:
-            out.append(f"{start}-{p}" if p != start else str(p))
-            start = None
-    return ", ".join(out)
-
-
 def run(ctx: Context) -> Result:
     result = Result(NAME, TITLE, BOOK_CLAIM, base_dir=ctx.out_dir)
     ctx.progress(f"{len(COMMANDS)} steps, an exact dump after each (traced)")
@@ -126,9 +115,9 @@ def run(ctx: Context) -> Result:
         "",
         f"pages lost by the mistake, as the kernel counts them (taken minus returned, "
         f"buddy plus per-CPU): {net}",
-        f"never returned, by PFN (kernel's exact dump): {ranges(lost_kernel)} ({len(lost_kernel)})",
-        f"never returned, by PFN (model's prediction):  {ranges(lost_model)} ({len(lost_model)})",
-    ] + ([f"given back, then taken again before the last dump: {ranges(sorted(reused))} (by "
+        f"never returned, by PFN (kernel's exact dump): {pfn_ranges(lost_kernel)} ({len(lost_kernel)})",
+        f"never returned, by PFN (model's prediction):  {pfn_ranges(lost_model)} ({len(lost_model)})",
+    ] + ([f"given back, then taken again before the last dump: {pfn_ranges(sorted(reused))} (by "
           f"{', '.join(sorted(set(reused.values())))})"] if reused else [])
     result.explanations = [
         "__free_pages(page, 3) on a non-compound order-5 block frees pages 0..7 as one order-3 "

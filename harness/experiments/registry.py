@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-from buddylab.experiments import ch8_downfall as downfall
+from buddylab.experiments import downfall
 from buddylab.experiments import kmalloc_max, lowlevel, page_exact, slab_sizes, wastage
 from buddylab.experiments.base import Context, Result
 from buddylab.guest.session import Session

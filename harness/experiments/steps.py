@@ -39,7 +39,7 @@ class StepRun:
     pageblocks: list[kmod.Pageblock]
     dumps: list[kmod.FreeListDump]          # len(commands) + 1
     log: kmod.OpLog
-    allocs_before_free: list[kmod.AllocRecord]
+    allocs: list[kmod.AllocRecord]            # read after the last step
     events: list[TraceEvent]
     dmesg: str
     raw: dict[str, str] = field(default_factory=dict)
@@ -50,13 +50,18 @@ class StepRun:
 
 
 def script(commands: list[str], buffer_kb: int = 16384, params: str = "") -> str:
-    """The guest shell text for `commands` (see the module docstring)."""
+    """The guest shell text for `commands` (see the module docstring).
+
+    The output: zones, pageblocks, the first dump, allocs, log, the dump
+    after each step, the trace and dmesg, separated by SEPARATOR lines
+    (`parse`); the records every run has come first.
+    """
     events = [f"kmem/{e}" for e in KMEM_EVENTS] + list(protocol.TRACE_EVENTS)
     t = protocol.TRACING
     steps = "".join(f"echo '{c}' >&7; cat freelists > {DUMP_DIR}/{i + 1}; "
                     for i, c in enumerate(commands))
     reads = " ".join(f"echo {protocol.SEPARATOR}; cat {DUMP_DIR}/{i};"
-                     for i in range(len(commands) + 1))
+                     for i in range(1, len(commands) + 1))
     return (f"dmesg -c > /dev/null; rm -rf {DUMP_DIR}; mkdir -p {DUMP_DIR}; "
             f"{protocol.insmod(params)} && {protocol.tracing_setup(events, buffer_kb)} "
             f"&& cd {protocol.DEBUGFS} && cat zones > {DUMP_DIR}/zones "
@@ -64,8 +69,9 @@ def script(commands: list[str], buffer_kb: int = 16384, params: str = "") -> str
             f"&& echo 1 > {t}/tracing_on && cat freelists > {DUMP_DIR}/0; {steps}"
             f"echo 0 > {t}/tracing_on; exec 7>&-; cat allocs > {DUMP_DIR}/allocs; "
             f"cat {DUMP_DIR}/zones; echo {protocol.SEPARATOR}; cat {DUMP_DIR}/pageblocks; "
-            f"{reads} echo {protocol.SEPARATOR}; cat log; echo {protocol.SEPARATOR}; "
-            f"cat {DUMP_DIR}/allocs; echo {protocol.SEPARATOR}; cat {t}/trace; "
+            f"echo {protocol.SEPARATOR}; cat {DUMP_DIR}/0; echo {protocol.SEPARATOR}; "
+            f"cat {DUMP_DIR}/allocs; echo {protocol.SEPARATOR}; cat log; "
+            f"{reads} echo {protocol.SEPARATOR}; cat {t}/trace; "
             f"echo 0 > {t}/events/enable; cd /; echo free_all > {protocol.DEBUGFS}/control; "
             f"rmmod {protocol.MODULE_NAME}; echo {protocol.SEPARATOR}; dmesg")
 
@@ -73,14 +79,20 @@ def script(commands: list[str], buffer_kb: int = 16384, params: str = "") -> str
 def run_steps(session: Session, commands: list[str], timeout: float = 120.0,
               params: str = "") -> StepRun:
     """`params` go to the module's insmod (`allow_leak=1` for a `leak` command)."""
-    out = session.run(script(commands, params=params), timeout=timeout).check().stdout
-    n = len(commands) + 1
-    parts = protocol.split_output(out, n + 6)
+    return parse(session.run(script(commands, params=params), timeout=timeout).check().stdout,
+                 commands)
+
+
+def parse(out: str, commands: list[str]) -> StepRun:
+    """The StepRun of `script(commands)`'s output; a RecordError names the part that is wrong."""
+    n = len(commands)
+    zones_t, pageblocks_t, first_t, allocs_t, log_t, *rest = protocol.split_output(out, n + 7)
+    dumps_t, (trace_t, dmesg) = rest[:n], rest[n:]
     part = protocol.parse_part
-    dumps = [part(f"freelists-{i}", kmod.parse_freelists, p) for i, p in enumerate(parts[2:2 + n])]
-    log_t, allocs_t, trace_t, dmesg = parts[2 + n:]
-    return StepRun(commands, part("zones", kmod.parse_zones, parts[0]),
-                   part("pageblocks", kmod.parse_pageblocks, parts[1]), dumps,
+    dumps = [part(f"freelists-{i}", kmod.parse_freelists, p)
+             for i, p in enumerate([first_t, *dumps_t])]
+    return StepRun(commands, part("zones", kmod.parse_zones, zones_t),
+                   part("pageblocks", kmod.parse_pageblocks, pageblocks_t), dumps,
                    part("log", kmod.parse_log, log_t), part("allocs", kmod.parse_allocs, allocs_t),
                    part("trace", parse_trace, trace_t), dmesg, {"log": log_t, "trace": trace_t})
 
@@ -98,6 +110,9 @@ class StepCheck:
     # Every free block (zone, pfn, order, migratetype) just before the operation, as the
     # model holds them after applying what the trace says happened since the last dump.
     free_before: list[tuple[str, int, int, str]] = field(default_factory=list)
+    # Page events between the dump before the step and the dump after it that neither
+    # the script's own processes nor the operation's kworker caused (`foreign`).
+    foreign: list[TraceEvent] = field(default_factory=list)
 
     @property
     def exact(self) -> bool:
@@ -113,6 +128,7 @@ class Segment:
     kind: str                                   # "events", "op" or "dump"
     events: list[TraceEvent] = field(default_factory=list)
     seq: int = 0                                # op: its seq; its events: the ones during it
+    pid: int | None = None                      # op: the task that ran it (its snapshots')
     gen: int = 0                                # dump: its gen
 
 
@@ -141,7 +157,7 @@ def _segments(events: list[TraceEvent], first_gen: int) -> list[Segment]:
             continue
         if ev.name == "buddylab_snapshot":
             if ev["after"]:
-                out.append(Segment("op", during or [], seq=ev["seq"]))
+                out.append(Segment("op", during or [], seq=ev["seq"], pid=ev.pid))
                 during = None
             else:
                 out.append(Segment("events", pending))
@@ -150,6 +166,35 @@ def _segments(events: list[TraceEvent], first_gen: int) -> list[Segment]:
         (during if during is not None else pending).append(ev)
     out.append(Segment("events", pending))
     return out
+
+
+# The script's own processes between two dumps: its shell (echo to control is a
+# builtin) and the `cat` that writes each dump to a file and exits.
+SCRIPT_TASKS = ("sh", "cat")
+
+
+def foreign(events: list[TraceEvent], op_pid: int | None) -> list[TraceEvent]:
+    """The events the script did not cause: interrupts, and tasks other than its own
+    processes and the kworker that ran the operation (background kernel work)."""
+    return [e for e in events if e.in_interrupt
+            or (e.task not in SCRIPT_TASKS and (op_pid is None or e.pid != op_pid))]
+
+
+# The series whose per-CPU lists the kmem trace replay (models/kmem_replay.py) follows.
+TRACED_SERIES = "5.10"
+
+
+def unverified(run: StepRun) -> list[StepCheck]:
+    """Every step with its operation and no model (a kernel the traced replay does not follow).
+
+    Each step's blocks before it are those of the exact dump taken before it.
+    """
+    if len(run.log.ops) < len(run.commands) or len(run.dumps) < len(run.commands):
+        raise kmod.RecordError(f"{len(run.commands)} steps run, {len(run.dumps)} dumps and "
+                               f"{len(run.log.ops)} operations recorded")
+    return [StepCheck(command, op, None, [], [],
+                      free_before=[(b.zone, b.pfn, b.order, b.mt) for b in dump.blocks])
+            for command, op, dump in zip(run.commands, run.log.ops, run.dumps)]
 
 
 def verify(run: StepRun, keep_zones: bool = False) -> list[StepCheck]:
@@ -167,7 +212,10 @@ def verify(run: StepRun, keep_zones: bool = False) -> list[StepCheck]:
     pending: list[TraceEvent] = []
     current: StepCheck | None = None
     mismatches: list[str] = []
+    window: list[TraceEvent] = []           # every event since the last dump
+    op_pid: int | None = None
     for seg in _segments(run.events, gens[0]):
+        window += seg.events
         if seg.kind == "events":
             pending += seg.events
         elif seg.kind == "op":
@@ -180,6 +228,7 @@ def verify(run: StepRun, keep_zones: bool = False) -> list[StepCheck]:
             mismatches += tracer.report.mismatches
             free_before = [(z.name, pfn, order, mt) for z in replayer.zones.values()
                            for pfn, (order, mt) in z.free.items()]
+            op_pid = seg.pid
             replayer, outcome, _ = replay_traced(replayer, op, run.commands[step], [], concurrent)
             pending = []
             current = StepCheck(run.commands[step], op, outcome, [], [], free_before=free_before)
@@ -194,11 +243,12 @@ def verify(run: StepRun, keep_zones: bool = False) -> list[StepCheck]:
                 current = StepCheck(run.commands[index - 1], None, None, [], [])
             current.dump_differences = diffs
             current.trace_mismatches += mismatches
+            current.foreign = foreign(window, op_pid)
             if keep_zones:
                 current.zones_after = copy.deepcopy(replayer.zones)
             checks.append(current)
             current = None
-            mismatches = []
+            mismatches, window, op_pid = [], [], None
             step += 1
     if len(checks) != len(run.commands) or len(seqs) < len(run.commands):
         raise kmod.RecordError(f"{len(run.commands)} steps run, {len(checks)} dumps and "

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from buddylab import cachefs
 from buddylab.kernel import elfcheck
+from buddylab.paths import cache_dir, images_dir
 from buddylab.kernel.recipe import GuestExtras, KernelPins, load_kernel_pins
 from buddylab.errors import BuddylabError
 from buddylab.guest.image import GuestImage, HostKey, build_image
@@ -61,6 +63,10 @@ def prepare(pins: KernelPins | None = None, ko: Path | None = None,
     pins = pins or load_kernel_pins()
     extras = pins.guest.plus(extras or GuestExtras())
     with timings.stage("provision"):
+        # The old layouts named kernels after the shipped recipes, guest tools after their sources.
+        images = images_dir()
+        cachefs.remove_old_layouts(cache_dir(), [p.stem for p in images.glob("*.toml")],
+                                   [p.stem for p in (images / "guest-tools").glob("*.c")])
         kernel = provision(pins)
     with timings.stage("module build"):
         module = ko if ko is not None else build_module(kernel)
