@@ -115,7 +115,8 @@ def parse_trace(text: str) -> list[TraceEvent]:
                 gfp = value
                 continue
             try:
-                fields[key] = int(value)
+                # 6.1's kmem events print pfn=0x%lx; 5.10's print it in decimal.
+                fields[key] = int(value, 16) if value.startswith("0x") else int(value)
             except ValueError:
                 raise TraceParseError(lineno, line, f"{key} is not a number") from None
         missing = [k for k in _REQUIRED[name] if k not in fields]
