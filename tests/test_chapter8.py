@@ -85,10 +85,15 @@ def test_wastage_predictions():
     assert 4 << 20 in wastage.grid() and max(wastage.grid()) == 4 << 20
 
 
-def pixel(png: bytes, x: int, y: int) -> tuple[int, int, int]:
-    width, _, rgb = zonemap.read_png(png)
-    i = (y * width + x) * 3
-    return rgb[i], rgb[i + 1], rgb[i + 2]
+class Pixels:
+    """A PNG of render()'s, decoded once: its colour at (x, y)."""
+
+    def __init__(self, png: bytes) -> None:
+        self.width, self.height, self.rgb = zonemap.read_png(png)
+
+    def __call__(self, x: int, y: int) -> tuple[int, int, int]:
+        i = (y * self.width + x) * 3
+        return self.rgb[i], self.rgb[i + 1], self.rgb[i + 2]
 
 
 def check_picture(png: Path) -> int:
@@ -98,12 +103,11 @@ def check_picture(png: Path) -> int:
                         {int(k): v for k, v in data["pageblocks"].items()},
                         [tuple(b) for b in data["free_blocks"]], data["pcp_pages"],
                         [tuple(t) for t in data["taken"]], page_h=data["layout"]["page_h"])
-    raw = png.read_bytes()
-    width, height, _ = zonemap.read_png(raw)
-    assert (width, height) == m.size
+    pixel = Pixels(png.read_bytes())
+    assert (pixel.width, pixel.height) == m.size
     n = 0
     for pfn, mt in list(m.pageblocks.items())[:50]:
-        assert pixel(raw, *m.stripe_xy(pfn)) == zonemap.MT_COLOURS[mt]
+        assert pixel(*m.stripe_xy(pfn)) == zonemap.MT_COLOURS[mt]
         n += 1
     taken = {p for pfn, pages in m.taken for p in range(pfn, pfn + pages)}
     pcp = set(m.pcp_pages)
@@ -111,22 +115,22 @@ def check_picture(png: Path) -> int:
         if pfn in taken or pfn in pcp:
             continue
         if pfn >= m.start_pfn:
-            assert pixel(raw, *m.page_xy(pfn)) == zonemap.first_page(zonemap.ORDER_COLOURS[order])
+            assert pixel(*m.page_xy(pfn)) == zonemap.first_page(zonemap.ORDER_COLOURS[order])
             n += 1
         last = pfn + (1 << order) - 1
         if order and m.start_pfn <= last < m.end_pfn:
             x, y = m.page_xy(last)
-            assert pixel(raw, x + 1, y + m.page_h - 1) == zonemap.ORDER_COLOURS[order]
+            assert pixel(x + 1, y + m.page_h - 1) == zonemap.ORDER_COLOURS[order]
             n += 1
     for p in m.pcp_pages[:200]:
         if p not in taken:
-            assert pixel(raw, *m.page_xy(p)) == zonemap.PCP
+            assert pixel(*m.page_xy(p)) == zonemap.PCP
             n += 1
     for p in sorted(taken):
-        assert pixel(raw, *m.page_xy(p)) == zonemap.TAKEN
+        assert pixel(*m.page_xy(p)) == zonemap.TAKEN
         n += 1
     for i, (_, colour) in enumerate(zonemap.LEGEND):
-        assert pixel(raw, *m.legend_xy(i)) == colour
+        assert pixel(*m.legend_xy(i)) == colour
     return n
 
 

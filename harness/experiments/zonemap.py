@@ -93,19 +93,15 @@ class ZoneMap:
     def legend_xy(self, index: int) -> tuple[int, int]:
         return index * SWATCH_W + SWATCH_W // 2, self.rows * self.row_h + LEGEND_H // 2
 
-    def page_colours(self) -> dict[int, Colour]:
-        colours: dict[int, Colour] = {}
+    def page_runs(self) -> list[tuple[int, int, Colour]]:
+        """(first pfn, pages, colour) in painting order: a later run paints over an earlier one."""
+        runs: list[tuple[int, int, Colour]] = []
         for pfn, order, _ in self.free_blocks:
             c = ORDER_COLOURS[order]
-            for p in range(pfn, pfn + (1 << order)):
-                colours[p] = c
-            colours[pfn] = first_page(c)
-        for p in self.pcp_pages:
-            colours[p] = PCP
-        for pfn, pages in self.taken:
-            for p in range(pfn, pfn + pages):
-                colours[p] = TAKEN
-        return colours
+            runs += [(pfn, 1 << order, c), (pfn, 1, first_page(c))]
+        runs += [(p, 1, PCP) for p in self.pcp_pages]
+        runs += [(pfn, pages, TAKEN) for pfn, pages in self.taken]
+        return runs
 
     def as_json(self) -> dict[str, object]:
         return {"title": self.title, "zone": self.zone, "start_pfn": self.start_pfn,
@@ -153,10 +149,14 @@ def render(m: ZoneMap) -> bytes:
         paint(x, y, n * CELL_W, STRIPE_H, MT_COLOURS.get(m.pageblocks.get(pfn, "Unknown"),
                                                          MT_COLOURS["Unknown"]))
         paint(x, y + STRIPE_H, n * CELL_W, m.page_h, OTHER)
-    for pfn, c in m.page_colours().items():
-        if m.start_pfn <= pfn < m.end_pfn:
+    for first, pages, c in m.page_runs():
+        # One paint per run and row: a zone has ~10^5 pages, painting each is slow.
+        pfn, end = max(first, m.start_pfn), min(first + pages, m.end_pfn)
+        while pfn < end:
+            n = min(end, pfn - (pfn - m.start_pfn) % PAGEBLOCK + PAGEBLOCK) - pfn
             x, y = m.page_xy(pfn)
-            paint(x, y, CELL_W, m.page_h, c)
+            paint(x, y, n * CELL_W, m.page_h, c)
+            pfn += n
     for i, (_, c) in enumerate(LEGEND):
         paint(i * SWATCH_W + 2, m.rows * m.row_h + 2, SWATCH_W - 4, LEGEND_H - 4, c)
     raw = b"".join(b"\0" + bytes(img[y * width * 3:(y + 1) * width * 3]) for y in range(height))
