@@ -17,12 +17,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from dataclasses import dataclass
 from pathlib import Path
 
 from buddylab import cachefs, errors
-from buddylab.guest.session import Prepared, Session, Timings, boot, prepare
 from buddylab.kernel.recipe import DEFAULT_KERNEL, GuestExtras, load_kernel_pins
 from buddylab.paths import cache_dir, results_root
 from buddylab.report.output import add_output_options, outputs
@@ -30,6 +29,7 @@ from buddylab.results import RunMetadata, new_run_dir, write_json, write_text
 
 if TYPE_CHECKING:
     from buddylab.experiments.accuracy.report import AccuracyRequest
+    from buddylab.guest.session import Prepared, Session, Timings
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,20 @@ def guest_options(args: argparse.Namespace) -> GuestOptions:
                         args.boot_timeout, getattr(args, "fresh_boot", False), extras)
 
 
+# The guest's code (paramiko, QMP) is imported when a command first needs it: a command that
+# stops at its arguments, or reads saved output, starts in a fraction of the time.
+def _session_prepare(**kwargs: Any) -> Prepared:
+    from buddylab.guest.session import prepare
+
+    return prepare(**kwargs)
+
+
+def _session_boot(prepared: Prepared, **kwargs: Any) -> AbstractContextManager[Session]:
+    from buddylab.guest.session import boot
+
+    return boot(prepared, **kwargs)
+
+
 @dataclass(frozen=True)
 class Guest:
     """Where the commands get their guest: prepare() and boot() of buddylab.guest.session.
@@ -92,8 +106,8 @@ class Guest:
     QEMU.  Nothing else replaces it.
     """
 
-    prepare: Callable[..., Prepared] = prepare
-    boot: Callable[..., AbstractContextManager[Session]] = boot
+    prepare: Callable[..., Prepared] = _session_prepare
+    boot: Callable[..., AbstractContextManager[Session]] = _session_boot
 
 
 def _metadata(command: str, opts: GuestOptions, prepared: Prepared | None,
@@ -167,6 +181,7 @@ def _qemu_test_args(p: argparse.ArgumentParser) -> None:
 
 def qemu_test(args: argparse.Namespace) -> int:
     from buddylab.experiments import downfall
+    from buddylab.guest.session import Timings
 
     opts = guest_options(args)
     if args.from_dir is not None and args.plant_failure:
@@ -547,14 +562,17 @@ COMMANDS = (
 )
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line; with `only`, the other commands are listed but their arguments not
+    declared (declaring some imports the guest's code or every experiment)."""
     p = argparse.ArgumentParser(prog="buddylab", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     for c in COMMANDS:
         sp = sub.add_parser(c.name, help=c.help)
-        c.add_arguments(sp)
-        if c.boots_guest:
-            add_guest_options(sp)
+        if only is None or c.name == only:
+            c.add_arguments(sp)
+            if c.boots_guest:
+                add_guest_options(sp)
         sp.set_defaults(handler=c.run)
     return p
 
@@ -565,7 +583,9 @@ def _terminate(signum: int, _frame: object) -> None:
 
 
 def main(argv: list[str] | None = None, guest: Guest = Guest()) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # The command is the first word that is no option: `buddylab` takes none of its own but -h.
+    args = parser(next((a for a in argv if not a.startswith("-")), "")).parse_args(argv)
     args.guest = guest
     signal.signal(signal.SIGTERM, _terminate)
     try:

@@ -10,8 +10,6 @@ from pathlib import Path
 from buddylab import errors
 from buddylab.ci import lava
 from buddylab.experiments import downfall
-from buddylab.guest.qemu import QemuConfig
-from buddylab.guest.session import prepare
 from buddylab.kernel.recipe import load_kernel_pins
 from buddylab.report.output import add_output_options, outputs
 from buddylab.results import new_run_dir, write_json, write_text
@@ -33,6 +31,9 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def job_main(args: argparse.Namespace, recipe: str, memory_mib: int, cpus: int) -> int:
+    from buddylab.guest.qemu import QemuConfig  # the guest's code loads only where it is used
+    from buddylab.guest.session import prepare
+
     if args.url_base and not args.artifacts:
         raise errors.UsageError("--url-base names where --artifacts DIR is served; give --artifacts")
     prepared = prepare(pins=load_kernel_pins(recipe))

@@ -30,7 +30,6 @@ from pathlib import Path
 
 from buddylab import errors
 from buddylab.experiments import registry
-from buddylab.guest.session import prepare
 from buddylab.kernel.recipe import load_kernel_pins
 from buddylab.report import Status, Suite, suite_from_json
 from buddylab.report.output import add_output_options, outputs
@@ -124,6 +123,8 @@ def choose_jobs(jobs: int, memory_mib: int, cpus: int) -> tuple[int, str]:
 
 def prepare_kernels(recipes: Sequence[str], say: Callable[[str], None]) -> None:
     """Every kernel ready in the cache, one at a time (the cache is not safe for concurrent writes)."""
+    from buddylab.guest.session import prepare  # the guest's code loads only where it is used
+
     images = []
     for recipe in recipes:
         start = time.monotonic()

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Protocol, Sequence
+from typing import Callable, Mapping, Protocol, Sequence, TYPE_CHECKING
 
-from buddylab.guest.session import Session
 from buddylab.report import Case, Suite
+
+if TYPE_CHECKING:  # the guest's code (paramiko, QMP) loads only where a guest boots
+    from buddylab.guest.session import Session
 
 # What a clean kernel log must not contain after an experiment.
 KERNEL_LOG_PROBLEMS = ("WARNING:", "BUG:", "Oops", "page allocation failure", "Call Trace")

@@ -21,13 +21,15 @@ import math
 import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TYPE_CHECKING
 
 from buddylab import errors, protocol
 from buddylab.experiments.base import kernel_log_problems, pfn_ranges
-from buddylab.guest.session import Session
 from buddylab.records import kmod
 from buddylab.records.kmemtrace import TraceEvent, parse_trace
+
+if TYPE_CHECKING:  # the guest's code (paramiko, QMP) loads only where a guest boots
+    from buddylab.guest.session import Session
 
 EXIT_BUILD_FAILED = 7
 EXIT_LOAD_FAILED = 8

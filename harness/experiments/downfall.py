@@ -27,13 +27,13 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from buddylab.allocator import GFP_TYPES, get_order
 from buddylab.errors import RecordError, SetupError
 from buddylab.experiments import steps, zonemap
 from buddylab.experiments.base import Check, Context, Result, table
 from buddylab.experiments.steps import StepRun
-from buddylab.guest.session import Session
 from buddylab.models import kernel_state
 from buddylab.models.counts import MAX_ORDER, Prediction, ZoneState, predict_alloc
 from buddylab.models.textbook import predict_textbook
@@ -42,6 +42,9 @@ from buddylab import protocol
 from buddylab.records import kmod
 from buddylab.report import Case, Measurement, Status, Suite
 from buddylab.results import write_text
+
+if TYPE_CHECKING:  # the guest's code (paramiko, QMP) loads only where a guest boots
+    from buddylab.guest.session import Session
 
 NAME = "downfall"
 TITLE = "a 132 KiB request (33 pages): alloc_pages(order 6) and alloc_pages_exact, then both freed"

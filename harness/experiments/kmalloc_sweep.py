@@ -12,12 +12,15 @@ past KMALLOC_MAX_SIZE (an order >= MAX_ORDER) kmalloc() returns NULL.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from buddylab import protocol
 from buddylab.allocator import MAX_ORDER, PAGE_SIZE, get_order
-from buddylab.guest.session import Session
 from buddylab.records import kmod
 from buddylab.records.slabinfo import kmalloc_classes, parse_slabinfo
+
+if TYPE_CHECKING:  # the guest's code (paramiko, QMP) loads only where a guest boots
+    from buddylab.guest.session import Session
 
 
 @dataclass

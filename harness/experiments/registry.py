@@ -6,12 +6,15 @@ import functools
 import time
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from buddylab.experiments import downfall
 from buddylab.experiments import kmalloc_max, lowlevel, page_exact, slab_sizes, wastage
 from buddylab.experiments.base import Context, Result
-from buddylab.guest.session import Session
 from buddylab.results import write_json, write_text
+
+if TYPE_CHECKING:  # the guest's code (paramiko, QMP) loads only where a guest boots
+    from buddylab.guest.session import Session
 
 MODULES: tuple[ModuleType, ...] = (downfall, page_exact, lowlevel, kmalloc_max, slab_sizes, wastage)
 EXPERIMENTS: dict[str, ModuleType] = {m.NAME: m for m in MODULES}

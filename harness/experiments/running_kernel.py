@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from buddylab.errors import RecordError
-from buddylab.guest.session import Session
 from buddylab.models.versions import Layout, ModelSupport, support_for
 from buddylab.protocol import parse_part
 from buddylab.records.procfs import parse_pagetypeinfo
+
+if TYPE_CHECKING:  # the guest's code (paramiko, QMP) loads only where a guest boots
+    from buddylab.guest.session import Session
 
 
 def running_release(session: Session) -> str:

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from buddylab.errors import SetupError
-from buddylab.guest.session import Session
 from buddylab.kernel.kbuild import build_module
 from buddylab.kernel.provision import Kernel
 from buddylab.paths import images_dir
 from buddylab.records.kasan import KasanReport, parse_kasan_report
+
+if TYPE_CHECKING:  # the guest's code (paramiko, QMP) loads only where a guest boots
+    from buddylab.guest.session import Session
 
 GUEST_PATH = "/tmp/slab_oob.ko"
 DEFAULT_SIZE = 100

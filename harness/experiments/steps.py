@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from buddylab import protocol
 from buddylab.experiments.accuracy.placement import not_the_op, replay_traced
 from buddylab.experiments.base import kernel_log_problems
-from buddylab.guest.session import Session
 from buddylab.models import kernel_state, operations, pagemodel
 from buddylab.models.kmem_replay import KmemTraceReplayer
 from buddylab.records import kmod
 from buddylab.records.kmemtrace import KMEM_EVENTS, TraceEvent, parse_trace
+
+if TYPE_CHECKING:  # the guest's code (paramiko, QMP) loads only where a guest boots
+    from buddylab.guest.session import Session
 
 DUMP_DIR = "/tmp/bl-steps"
 

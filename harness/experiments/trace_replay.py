@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from pathlib import Path
 
 from buddylab import protocol
@@ -23,8 +23,10 @@ from buddylab.errors import RecordError, SetupError
 from buddylab.report import Case, Measurement, Suite
 from buddylab.results import write_text
 from buddylab.models.kmem_replay import ReplayReport, KmemTraceReplayer, block_share
-from buddylab.guest.session import Session
 from buddylab.records.kmemtrace import KMEM_EVENTS, TraceEvent, parse_trace, unseen_cause
+
+if TYPE_CHECKING:  # the guest's code (paramiko, QMP) loads only where a guest boots
+    from buddylab.guest.session import Session
 
 
 T = TypeVar("T")

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from buddylab import protocol
 from buddylab.allocator import PAGE_SIZE, get_order
 from buddylab.experiments.base import Context, Result, kernel_log_problems, table
 from buddylab.experiments.kmalloc_sweep import measured, predict_ksize, run_sweeps
-from buddylab.guest.session import Session
 from buddylab.records import kmod
+
+if TYPE_CHECKING:  # the guest's code (paramiko, QMP) loads only where a guest boots
+    from buddylab.guest.session import Session
 
 NAME = "wastage"
 TITLE = "bytes reserved against bytes requested: kmalloc, alloc_pages, alloc_pages_exact"
