@@ -35,6 +35,23 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "kernel(series): needs a kernel of this version series, e.g. '5.10'")
 
 
+# Host-only tests (`pytest -m "not qemu"`) need the checkout, the venv and the host's tools,
+# nothing more.  A test that needs what the cache provisions from the archive (a download on a
+# cold cache, then often Kbuild) is not one: it asks for one of these fixtures or carries the
+# `provisioned` mark; it and every `archive` test are marked `qemu` too, so "not qemu" leaves
+# them out and `make test` still runs them.
+PROVISIONED_FIXTURES = frozenset({"kernel", "module_ko", "prepared"})
+
+
+@pytest.hookimpl(tryfirst=True)          # before the -m selection looks at the marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if PROVISIONED_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.provisioned)
+        if item.get_closest_marker("provisioned") or item.get_closest_marker("archive"):
+            item.add_marker(pytest.mark.qemu)
+
+
 @pytest.fixture(scope="session")
 def recipe() -> KernelPins:
     return load_kernel_pins(os.environ.get("BUDDYLAB_KERNEL") or DEFAULT_KERNEL)

@@ -158,6 +158,7 @@ def test_a_module_that_does_not_load_or_crashes_gets_its_own_verdict(capsys, tmp
     assert "kernel BUG" in r["log_tail"] or "invalid opcode" in r["log_tail"]
 
 
+@pytest.mark.provisioned
 def test_build_failure_gets_its_verdict_without_a_boot(capsys, tmp_path):
     src = tmp_path / "broken"
     src.mkdir()

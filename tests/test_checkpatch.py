@@ -4,9 +4,13 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
+
 from buddylab.kernel.checkpatch import ensure_checkpatch, run_checkpatch
 from buddylab.kernel.recipe import load_kernel_pins
 from buddylab.paths import cache_dir, kmod_dir
+
+pytestmark = pytest.mark.provisioned        # checkpatch.pl comes from linux-source-5.10
 
 
 def module_sources() -> list[Path]:

@@ -88,6 +88,7 @@ def test_not_a_lava_log(tmp_path: Path):
     assert buddylab(tmp_path, "lava-results", str(tmp_path / "none")).returncode == errors.EXIT_SETUP
 
 
+@pytest.mark.provisioned        # lava-job prepares the kernel, the module and the image
 def test_generated_job_is_what_lava_reads(tmp_path: Path):
     proc = buddylab(tmp_path, "lava-job", "--artifacts", str(tmp_path / "art"),
                     "--url-base", "https://lab.example/buddylab", "--device", str(tmp_path / "d.yaml"))

@@ -29,7 +29,9 @@ def buddylab(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def kunit_cases(ktap_file: Path, tmp_path: Path) -> tuple[int, dict[str, dict[str, str]]]:
-    """kunit.py parse --json: its exit status and, per top-level test, each case's status."""
+    """kunit.py parse --json: its exit status and, per top-level test, each case's status.
+
+    kunit_tool comes from linux-source-6.1 in the cache: a test that calls this is `provisioned`."""
     out = tmp_path / "kunit.json"
     script = ensure_kunit_tool()
     proc = subprocess.run([sys.executable, str(script), "parse", f"--json={out}", str(ktap_file)],
@@ -57,6 +59,7 @@ def sample_suites() -> list[Suite]:
             Suite("delta", (skipped,), {"recipe": "k2"})]
 
 
+@pytest.mark.provisioned
 def test_ktap_of_every_status_parses_with_kunit_tool(tmp_path: Path):
     suites = sample_suites()
     path = tmp_path / "r.ktap"
@@ -69,6 +72,7 @@ def test_ktap_of_every_status_parses_with_kunit_tool(tmp_path: Path):
     assert "    # failed: expected 33, got 34" in path.read_text()
 
 
+@pytest.mark.provisioned
 def test_ktap_grouped_by_kernel_nests_three_levels(tmp_path: Path):
     path = tmp_path / "m.ktap"
     path.write_text(ktap.render(sample_suites(), group_by=lambda s: s.properties["recipe"]))
@@ -78,6 +82,7 @@ def test_ktap_grouped_by_kernel_nests_three_levels(tmp_path: Path):
     assert path.read_text().count("KTAP version 1") == 1 + 2 + 3   # top, two kernels, three suites
 
 
+@pytest.mark.provisioned
 def test_ktap_of_passing_suites_parses_with_exit_0(tmp_path: Path):
     ok = Case.check("held", True)
     path = tmp_path / "ok.ktap"
@@ -110,6 +115,7 @@ def test_exit_code_and_json_round_trip():
         suite_from_json({"name": "x", "cases": [{"name": "c", "status": "maybe"}]})
 
 
+@pytest.mark.provisioned
 def test_golden_output_checks_as_on_the_run(tmp_path: Path):
     report = downfall.load(GOLDEN)
     assert report.passed and len(report.cases) == 9
@@ -124,6 +130,7 @@ def test_golden_output_checks_as_on_the_run(tmp_path: Path):
     assert found == {"downfall": {c.name: "PASS" for c in report.cases}}
 
 
+@pytest.mark.provisioned
 def test_a_planted_disagreement_fails_the_run_in_every_format(tmp_path: Path):
     """The kernel's record of the first allocation names another PFN than the model predicts."""
     text = (GOLDEN / "guest-output.txt").read_text()
@@ -201,6 +208,7 @@ def test_the_ci_job_file_runs_what_exists():
         assert (images_dir() / f"{kernel}.toml").is_file()
 
 
+@pytest.mark.provisioned
 def test_model_checks_are_skipped_on_a_kernel_the_model_does_not_follow(tmp_path: Path):
     text = (GOLDEN / "guest-output.txt").read_text()
     header = text.splitlines()[0]

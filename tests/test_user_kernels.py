@@ -63,6 +63,7 @@ def tree_recipe(tmp_path_factory) -> Path:
     return recipe
 
 
+@pytest.mark.provisioned
 def test_a_built_tree_is_a_kernel_to_build_for(tree_recipe: Path):
     kernel = provision(load_kernel_pins(str(tree_recipe)))
     assert kernel.symvers.is_file() and kernel.config.is_file()
