@@ -158,10 +158,10 @@ def run_command(args: argparse.Namespace) -> int:
     opts = guest_options(args)
     if not 0 < args.timeout <= 86400:
         raise errors.UsageError("--timeout must be more than 0 and at most 86400 seconds")
+    if args.vmlinuz is not None and not args.vmlinuz.is_file():
+        raise errors.SetupError(f"--vmlinuz {args.vmlinuz}: no such file")   # before preparing
     prepared = args.guest.prepare(pins=load_kernel_pins(opts.kernel), extras=opts.extras)
     if args.vmlinuz is not None:
-        if not args.vmlinuz.is_file():
-            raise errors.SetupError(f"--vmlinuz {args.vmlinuz}: no such file")
         prepared = dataclasses.replace(prepared, vmlinuz=args.vmlinuz.resolve())
     with _boot(args.guest, prepared, opts, None) as session:
         result = session.run(args.shell_command, timeout=args.timeout)

@@ -4,11 +4,17 @@ The guest is the replay double of tests/guest_double.py with a corrupted copy
 of a real run's transcript; `trace-replay --from` gets a corrupted copy of a
 saved capture.  Each case must end with `buddylab: ...` as the only line on
 stderr, the exit code README.md documents for it, and no traceback (main()
-returns instead of raising).
+returns instead of raising).  Every command of `buddylab.cli.COMMANDS` (and
+each subcommand) has cases here: bad argument values, missing files, a
+corrupted recipe, LAVA log or saved output, guest output that does not parse;
+test_every_command_has_a_bad_input_case fails for a command without one.
+All stop before a kernel is provisioned: none needs the cache.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import copy
 import re
 import shutil
@@ -16,11 +22,15 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
 from buddylab import cli, errors, protocol
+from buddylab.experiments.registry import EXPERIMENTS
+from buddylab.guest.snapshot import StartState
+from buddylab.guest.ssh import CommandResult
+from buddylab.kernel.recipe import DEFAULT_KERNEL
 from golden import RUNS, SAVED_CAPTURE, SESSIONS
 from guest_double import Call, Transcript, replay_guest
 
@@ -271,3 +281,138 @@ def test_the_real_process_prints_one_line_and_exits_6(tmp_path: Path):
                           env={"BUDDYLAB_RESULTS": str(tmp_path / "results"), "PATH": "/usr/bin:/bin"})
     assert_one_clear_line(proc.returncode, proc.stderr, errors.EXIT_BAD_RECORDS, "trace.txt",
                           "is not a number")
+
+
+# --- every command: bad arguments, missing files, corrupted recipes, logs and outputs -----
+
+FIXTURES = Path(__file__).parent / "fixtures"
+LAVA_LOG = FIXTURES / "lava" / "downfall-pass.log"
+SAVED_OUTPUT = FIXTURES / "downfall" / "5.10-512m-1cpu"
+
+
+def _bad_inputs(tmp: Path) -> dict[str, Path]:
+    """Files a user might hand a command by mistake, each named for what is wrong with it."""
+    files = {name: tmp / name for name in ("nothing", "empty-dir", "no-obj-m", "bad.toml", "tree.toml",
+                                           "junk.ko", "cut.log", "damaged.log", "saved-output")}
+    files["empty-dir"].mkdir()
+    files["no-obj-m"].mkdir()
+    (files["no-obj-m"] / "Kbuild").write_text("ccflags-y := -Wall\n")
+    files["bad.toml"].write_text('kind = "debian\n[debian\n')           # cut in the middle
+    files["tree.toml"].write_text(f'kind = "tree"\n[tree]\npath = "{files["empty-dir"]}"\n')
+    files["junk.ko"].write_bytes(b"not an ELF file")
+    log = LAVA_LOG.read_text()
+    files["cut.log"].write_text(log[:len(log) // 2])
+    files["damaged.log"].write_text(log.replace(" pfn=", " pfn=1", 1))
+    shutil.copytree(SAVED_OUTPUT, files["saved-output"])
+    out = files["saved-output"] / "guest-output.txt"
+    out.write_text(_insert_garbage(out.read_text()))
+    return files
+
+
+# argv ({name} is a file of _bad_inputs), exit code, words stderr's line must hold.
+COMMAND_CASES: list[tuple[list[str], int, tuple[str, ...]]] = [
+    (["qemu-test", "--memory", "1"], errors.EXIT_USAGE, ("--memory",)),
+    (["qemu-test", "--from", "{empty-dir}"], errors.EXIT_SETUP, ("no saved guest output",)),
+    (["qemu-test", "--from", "{saved-output}"], errors.EXIT_BAD_RECORDS, ("does not parse",)),
+    (["qemu-test", "--kernel", "{bad.toml}"], errors.EXIT_SETUP, ("not a TOML file",)),
+    (["accuracy", "--ops", "0"], errors.EXIT_USAGE, ("--ops",)),
+    (["accuracy", "--kernels", "{bad.toml}"], errors.EXIT_SETUP, ("not a TOML file",)),
+    (["trace-replay", "--from", "{nothing}"], errors.EXIT_SETUP, ("not a saved capture",)),
+    (["run", "--timeout", "0", "true"], errors.EXIT_USAGE, ("--timeout",)),
+    (["run", "--kernel", "{bad.toml}", "true"], errors.EXIT_SETUP, ("not a TOML file",)),
+    (["run", "--vmlinuz", "{nothing}", "true"], errors.EXIT_SETUP, ("--vmlinuz", "no such file")),
+    (["matrix", "--kernels", ","], errors.EXIT_USAGE, ("names no kernel",)),
+    (["matrix", "--kernels", DEFAULT_KERNEL, "-j", "0"], errors.EXIT_USAGE, ("-j must be",)),
+    (["matrix", "--kernels", "{bad.toml}"], errors.EXIT_SETUP, ("not a TOML file",)),
+    (["lava-job", "--url-base", "https://lab.example"], errors.EXIT_USAGE, ("--artifacts",)),
+    (["lava-job", "--kernel", "{bad.toml}"], errors.EXIT_SETUP, ("not a TOML file",)),
+    (["lava-results", "{nothing}"], errors.EXIT_SETUP, ("no such file",)),
+    (["lava-results", "{cut.log}"], errors.EXIT_BAD_RECORDS, ("does not parse",)),
+    (["lava-results", "{damaged.log}"], errors.EXIT_BAD_RECORDS, ("damaged",)),
+    (["experiment", "nosuch"], errors.EXIT_USAGE, ("unknown experiment",)),
+    (["experiment", "downfall", "--cpus", "0"], errors.EXIT_USAGE, ("--cpus",)),
+    (["experiment", "all", "--kernel", "{bad.toml}"], errors.EXIT_SETUP, ("not a TOML file",)),
+    (["check-module", "{nothing}"], errors.EXIT_USAGE, ("no such file",)),
+    (["check-module", "{empty-dir}"], errors.EXIT_USAGE, ("no Kbuild file or Makefile",)),
+    (["check-module", "{no-obj-m}"], errors.EXIT_USAGE, ("names no module",)),
+    (["check-module", "{junk.ko}", "--cycles", "1"], errors.EXIT_USAGE, ("--cycles",)),
+    (["check-module", "{junk.ko}", "--params", "n=1;reboot"], errors.EXIT_USAGE, ("--params",)),
+    (["check-module", "{junk.ko}", "--kernel", "{bad.toml}"], errors.EXIT_SETUP, ("not a TOML file",)),
+    (["elfcheck", "{nothing}"], errors.EXIT_USAGE, ("no such file",)),
+    (["elfcheck", "{junk.ko}", "--kernel", "{bad.toml}"], errors.EXIT_SETUP, ("not a TOML file",)),
+    (["slab-oob", "--size", "0"], errors.EXIT_USAGE, ("--size",)),
+    (["slab-oob", "--kernel", "{bad.toml}"], errors.EXIT_SETUP, ("not a TOML file",)),
+    (["kernel", "pin", "linux-image-5.10.0-46-cloud-amd64"], errors.EXIT_USAGE, ("PACKAGE=VERSION",)),
+    (["kernel", "fetch", "{bad.toml}"], errors.EXIT_SETUP, ("not a TOML file",)),
+    (["kernel", "fetch", "{tree.toml}"], errors.EXIT_SETUP, ("bzImage",)),
+    (["kernel", "fetch", "no-such-recipe"], errors.EXIT_SETUP, ("no kernel recipe",)),
+]
+
+
+def assert_clear_error(rc: int, err: str, code: int, *words: str) -> None:
+    """One `buddylab:` line, the last on stderr; before it only progress lines ("[ 0.0s] ...")."""
+    lines = err.splitlines()
+    assert lines and all(line.startswith("[") for line in lines[:-1]), err
+    assert_one_clear_line(rc, lines[-1] + "\n", code, *words)
+
+
+@pytest.mark.parametrize("argv,code,words", COMMAND_CASES, ids=[" ".join(c[0]) for c in COMMAND_CASES])
+def test_bad_input_to_a_command(argv: list[str], code: int, words: tuple[str, ...], tmp_path: Path,
+                                monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+    files = _bad_inputs(tmp_path)
+    argv = [str(files[a[1:-1]]) if a.startswith("{") else a for a in argv]
+    rc, err = run_cli(argv, cli.Guest(_no_guest, _no_guest), tmp_path, monkeypatch, capsys)
+    assert_clear_error(rc, err, code, *words)
+
+
+class DamagedOutputSession:
+    """A guest whose every answer is the same damaged output (rc 0)."""
+
+    def __init__(self, stdout: str) -> None:
+        self.stdout = stdout
+        self.start = StartState("replayed", "damaged output", None, "", None)
+
+    def run(self, command: str, timeout: float = 60.0, stdin: bytes | None = None) -> CommandResult:
+        return CommandResult(command, 0, self.stdout, "")
+
+
+DAMAGED_OUTPUTS = {
+    "a line that is no record": GARBAGE,
+    "nothing": "",
+    "a real dump cut short": TRANSCRIPTS["qemu-test"].calls[FIRST_DUMP["qemu-test"]].stdout[:5000],
+}
+
+
+@pytest.mark.parametrize("output", list(DAMAGED_OUTPUTS))
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
+def test_an_experiment_on_guest_output_that_does_not_parse(name: str, output: str, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]):
+    """The replay double's prepared kernel; the booted guest answers with damaged output."""
+    prepare = replay_guest(TRANSCRIPTS["qemu-test"])[0].prepare
+
+    @contextlib.contextmanager
+    def boot(*_args: Any, **_kwargs: Any) -> Iterator[DamagedOutputSession]:
+        yield DamagedOutputSession(DAMAGED_OUTPUTS[output])
+
+    rc, err = run_cli(["experiment", name], cli.Guest(prepare, boot), tmp_path, monkeypatch, capsys)
+    assert_clear_error(rc, err, errors.EXIT_BAD_RECORDS, "does not parse")
+
+
+def _command_words() -> set[str]:
+    """Each command of cli.COMMANDS, or `command sub` for each subcommand of one that has them."""
+    words = set()
+    for c in cli.COMMANDS:
+        sub = cli.parser(c.name)._subparsers._group_actions[0].choices[c.name]
+        nested = [a for a in sub._actions if isinstance(a, argparse._SubParsersAction)]
+        words |= {f"{c.name} {n}" for a in nested for n in a.choices} if nested else {c.name}
+    return words
+
+
+def test_every_command_has_a_bad_input_case():
+    all_argv = ([argv for argv, _, _ in COMMAND_CASES] + list(RUNS.values())
+                + [["experiment", name] for name in EXPERIMENTS])
+    words = _command_words()
+    covered = {w for argv in all_argv for w in (argv[0], " ".join(argv[:2])) if w in words}
+    assert words - covered == set(), "commands without a bad-input case in tests/test_bad_input.py"
+    assert {"kernel pin", "kernel fetch", "check-module", "lava-results"} <= words

@@ -203,7 +203,11 @@ def read_log(lines: Iterable[str]) -> LavaLog:
         try:
             entry = yaml.load(line, Loader=loader)
         except yaml.YAMLError as e:
-            raise errors.RecordError(f"LAVA log line {number} does not parse: {e}") from e
+            # PyYAML's message spans several lines; stderr gets one.
+            problem = getattr(e, "problem", None) or " ".join(str(e).split())
+            mark = getattr(e, "problem_mark", None)
+            where = f" at column {mark.column + 1}" if mark is not None else ""
+            raise errors.RecordError(f"LAVA log line {number} does not parse: {problem}{where}") from e
         if not isinstance(entry, dict):
             continue
         if entry.get("lvl") == "results" and isinstance(entry.get("msg"), dict):

@@ -316,6 +316,11 @@ def run_check(req: CheckRequest, pins: object, run_dir: Path, progress: Progress
     boot = guest.boot if guest is not None else guest_session.boot
     from buddylab.paths import cache_dir
 
+    # Input with nothing to check is a usage error before anything is provisioned or built.
+    if req.path.is_dir():
+        extbuild.read_build_files(req.path)
+    elif not req.path.is_file():
+        raise errors.UsageError(f"{req.path}: no such file or directory")
     report = CheckReport(str(req.path), threshold=req.threshold)
     progress("provisioning the kernel and the instrument")
     prepared = prepare(pins=pins)  # type: ignore[arg-type]
@@ -331,10 +336,8 @@ def run_check(req: CheckRequest, pins: object, run_dir: Path, progress: Progress
             report.reasons.append(f"obj-m names {len(built.modules)} modules; checking "
                                   f"{built.modules[0].name}")
         ko = built.modules[0]
-    elif req.path.is_file():
-        ko = req.path
     else:
-        raise errors.UsageError(f"{req.path}: no such file or directory")
+        ko = req.path
     vermagic = elfcheck.kernel_vermagic(kernel.modules_dir)
     elf = elfcheck.elf_report(ko, vermagic, kernel.symvers.read_text())
     report.elf = elf.as_json()

@@ -71,10 +71,9 @@ def _copy_tree(root: Path, dest: Path) -> int:
     return n
 
 
-def build_external(kernel: Kernel, src: Path, build_root: Path, progress=print) -> BuildResult:
-    """Build the module(s) of source directory `src` in `build_root`; never raises on a failed
-    build (the result says so), only on unusable input."""
-    src = src.resolve()
+def read_build_files(src: Path) -> tuple[str, list[str]]:
+    """The build files' text of source directory `src` and the modules it names; UsageError
+    where there is none to build (checked before anything is provisioned)."""
     build_file = _build_file(src)
     text = build_file.read_text(errors="replace")
     if build_file.name == "Kbuild" and (src / "Makefile").is_file():
@@ -82,6 +81,14 @@ def build_external(kernel: Kernel, src: Path, build_root: Path, progress=print) 
     names = module_names(text)
     if not names:
         raise UsageError(f"{build_file}: names no module in obj-m")
+    return text, names
+
+
+def build_external(kernel: Kernel, src: Path, build_root: Path, progress=print) -> BuildResult:
+    """Build the module(s) of source directory `src` in `build_root`; never raises on a failed
+    build (the result says so), only on unusable input."""
+    src = src.resolve()
+    text, names = read_build_files(src)
     levels = parent_levels(text)
     root = src
     for _ in range(levels):
