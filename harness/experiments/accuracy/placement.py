@@ -93,10 +93,10 @@ PLACEMENT_LIMIT = 4096
 class Placement:
     """Where another CPU's events inside an operation's window were placed.
 
-    `where` is "none" (no such events), "before its steps", "before block K
-    of N", "after its steps" or "after its after-snapshot"; `tried` counts
-    the positions replayed; `searched` is true when the kept position is not
-    the one the trace's order gives (the first tried).
+    `where` is "none" (no such events), "before its steps", "between its
+    blocks", "after its steps", "after its after-snapshot" or "no placement
+    matched"; `tried` counts the placements replayed; `searched` is true when
+    the kept one is not the trace's own order (the first tried).
     """
 
     where: str = "none"
@@ -104,21 +104,44 @@ class Placement:
     searched: bool = False
 
 
-def _trace_position(op: kmod.OpRecord, during: list[TraceEvent],
-                    concurrent: list[TraceEvent]) -> int | None:
-    """How many of the operation's own blocks the trace shows before the first other event.
+# Plan keys: before the operation's block k (k >= 0), after its steps, after its after-snapshot.
+AFTER_STEPS = 1 << 30
+AFTER_SNAPSHOT = -1
+Plan = dict[int, list[TraceEvent]]
 
-    One `mm_page_alloc` per block allocated, one `mm_page_free` per block
-    freed (a free_pages_exact() frees several: then this is a lower bound).
-    None when the other events come after all of the operation's own.
+
+def _trace_plan(op: kmod.OpRecord, during: list[TraceEvent], concurrent: list[TraceEvent],
+                ) -> Plan:
+    """Each other event before the operation's block that the trace shows after it.
+
+    The operation's own events count its blocks: one `mm_page_alloc` per
+    block allocated, one `mm_page_free` per block freed (free_pages_exact()
+    frees several pages of one block: the count is then a lower bound).
     """
-    if not concurrent:
-        return None
-    first = next(i for i, e in enumerate(during) if e is concurrent[0])
     kind = "mm_page_alloc" if op.verb == "alloc" else "mm_page_free"
-    own = [i for i, e in enumerate(during) if e.name == kind and not any(e is c for c in concurrent)]
-    before = sum(1 for i in own if i < first)
-    return None if before == len(own) else before
+    others = {id(e) for e in concurrent}
+    plan: Plan = {}
+    blocks = 0
+    own = sum(1 for e in during if e.name == kind and id(e) not in others)
+    for e in during:
+        if id(e) in others:
+            plan.setdefault(blocks if blocks < own else AFTER_STEPS, []).append(e)
+        elif e.name == kind:
+            blocks += 1
+    if not plan:   # `during` not given: all after the operation's steps
+        plan[AFTER_STEPS] = list(concurrent)
+    return plan
+
+
+def _where(plan: Plan, steps: int) -> str:
+    keys = {min(k, steps) for k in plan}
+    if keys == {AFTER_SNAPSHOT}:
+        return "after its after-snapshot"
+    if keys == {steps}:
+        return "after its steps"
+    if keys == {0}:
+        return "before its steps"
+    return "between its blocks"
 
 
 def replay_traced(replayer: operations.OperationReplayer, op: kmod.OpRecord, command: str,
@@ -131,13 +154,15 @@ def replay_traced(replayer: operations.OperationReplayer, op: kmod.OpRecord, com
     that snapshot is compared.  Events of other CPUs or interrupts *during* the
     operation (`concurrent`, a part of its window `during`) reached the lists
     at a point the trace does not fix: a free's event fires before the block
-    reaches the lists, and a vCPU can be held up in between.  They are placed,
-    in trace order, first where the trace puts them among the operation's own
-    blocks, then at each later position (between its blocks, after its steps,
-    after its after-snapshot, i.e. before the next operation), then at each
-    earlier one.  The first position whose result matches the kernel's
-    after-*counts* (every list and per-CPU list; never the operation's PFN) is
-    carried on, so the PFN the model hands out is still its prediction.
+    reaches the lists, and a vCPU can be held up in between.  The first
+    placement tried is the trace's own order (each event before the first of
+    the operation's blocks that the trace shows after it); then all of them,
+    in trace order, at each later position (before each later block, after
+    its steps, after its after-snapshot, i.e. before the next operation), then
+    at each earlier one.  The first placement whose result matches the
+    kernel's after-*counts* (every list and per-CPU list; never the
+    operation's PFN) is carried on, so the PFN the model hands out is still
+    its prediction.
     """
     args = command_args(command)
     tracer = KmemTraceReplayer(list(replayer.zones.values()))
@@ -146,61 +171,50 @@ def replay_traced(replayer: operations.OperationReplayer, op: kmod.OpRecord, com
         return replayer, replayer.replay(op, args), Placement()
     diffs_before = kernel_state.compare_snapshot(replayer.zones, op.before)
     base = copy.deepcopy(replayer)
-    # The plain run (the events after the operation's own steps) counts its blocks.
-    first = _placed(replayer, op, args, concurrent, diffs_before, None)
+    plan = _trace_plan(op, during or [], concurrent)
+    first = _placed(replayer, op, args, plan, diffs_before)
     steps = replayer.steps
-    at = _trace_position(op, during or [], concurrent)
-    at = None if at is None or at >= steps else at
-    order: list[int | None] = ([*range(at, steps), None, -1, *range(at - 1, -1, -1)]
-                               if at is not None else [None, -1, *range(steps - 1, -1, -1)])
-    tried = 0
-    for k in order[:PLACEMENT_LIMIT]:
+    if not first.after:
+        return replayer, first, Placement(_where(plan, steps), 1)
+    start = min(min(plan), steps)
+    positions = [*range(start, steps), AFTER_STEPS, AFTER_SNAPSHOT, *range(start - 1, -1, -1)]
+    tried = 1
+    for k in positions[:PLACEMENT_LIMIT - 1]:
+        candidate = {k: list(concurrent)}
+        if len(plan) == 1 and k in plan:
+            continue   # the trace's own placement, already tried
         tried += 1
-        if k is None:
-            trial, outcome = replayer, first
-        else:
-            trial = copy.deepcopy(base)
-            try:
-                outcome = _placed(trial, op, args, concurrent, diffs_before, k)
-            except (pagemodel.ModelStopped, KeyError):
-                continue   # the model cannot follow the kernel from this position
+        trial = copy.deepcopy(base)
+        try:
+            outcome = _placed(trial, op, args, candidate, diffs_before)
+        except (pagemodel.ModelStopped, KeyError):
+            continue   # the model cannot follow the kernel from this position
         if not outcome.after:
-            where = ("after its steps" if k is None else "after its after-snapshot" if k == -1
-                     else "before its steps" if k == 0 else f"before block {k + 1} of {steps}")
-            return trial, outcome, Placement(where, tried, k != order[0])
-    # No position reproduces the counts: carry on with the trace's own order.
-    if order[0] is None:
-        return replayer, first, Placement("no position matched", tried)
-    trial = copy.deepcopy(base)
-    return trial, _placed(trial, op, args, concurrent, diffs_before, order[0]), Placement(
-        "no position matched", tried)
+            return trial, outcome, Placement(_where(candidate, steps), tried, True)
+    # No placement reproduces the counts: carry on with the trace's own order.
+    return replayer, first, Placement("no placement matched", tried)
 
 
 def _placed(replayer: operations.OperationReplayer, op: kmod.OpRecord, args: dict[str, str],
-            events: list[TraceEvent], diffs_before: list[str], at: int | None,
-            ) -> operations.OpOutcome:
-    """The operation with `events` applied before its block `at`, after its steps (None),
-    or after its after-snapshot (-1)."""
+            plan: Plan, diffs_before: list[str]) -> operations.OpOutcome:
+    """The operation with each of the plan's events applied where the plan puts it."""
     tracer = KmemTraceReplayer(list(replayer.zones.values()))
-
-    landed = at == -1
+    pending = dict(plan)
+    deferred = pending.pop(AFTER_SNAPSHOT, [])
 
     def land(k: int) -> None:
-        nonlocal landed
-        if k == at:
-            tracer.replay(events)
-            landed = True
+        if k in pending:
+            tracer.replay(pending.pop(k))
 
-    replayer.before_step = land if at is not None and at >= 0 else None
+    replayer.before_step = land
     try:
         pfn, why = replayer.apply(op, args)
     finally:
         replayer.before_step = None
-    if not landed:
-        tracer.replay(events)   # after its steps (or its batch stopped before block `at`)
+    for k in sorted(pending):   # after its steps (or its batch stopped before block k)
+        tracer.replay(pending[k])
     diffs_after = kernel_state.compare_snapshot(replayer.zones, op.after)
-    if at == -1:
-        tracer.replay(events)
+    tracer.replay(deferred)
     return operations.OpOutcome(op.seq, op.verb, diffs_before, diffs_after,
                                 pfn if op.verb == "alloc" else None,
                                 op.pfn if op.verb == "alloc" else None, why)

@@ -256,7 +256,7 @@ def evaluate(chunk: Chunk, result: Accuracy) -> None:
                     if concurrent:
                         result.concurrent += 1
                         result.positions_tried += placement.tried
-                        where = placement.where.split(" of ")[0].split(" block ")[0]
+                        where = placement.where
                         result.placed[where] = result.placed.get(where, 0) + 1
                 else:
                     outcome = replayer.replay(op, command_args(command))
