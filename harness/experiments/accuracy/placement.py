@@ -133,15 +133,30 @@ def _trace_plan(op: kmod.OpRecord, during: list[TraceEvent], concurrent: list[Tr
     return plan
 
 
-def _where(plan: Plan, steps: int) -> str:
+def _where(plan: Plan, steps: int, late: bool = False) -> str:
     keys = {min(k, steps) for k in plan}
-    if keys == {AFTER_SNAPSHOT}:
-        return "after its after-snapshot"
-    if keys == {steps}:
-        return "after its steps"
-    if keys == {0}:
-        return "before its steps"
-    return "between its blocks"
+    where = ("after its after-snapshot" if keys == {AFTER_SNAPSHOT} else
+             "after its steps" if keys == {steps} else
+             "before its steps" if keys == {0} else "between its blocks")
+    return where + (" (with a free stamped before its before-snapshot)" if late else "")
+
+
+def _in_flight(before: list[TraceEvent], op: kmod.OpRecord) -> list[TraceEvent]:
+    """Frees of other CPUs before the operation that may reach the lists after its before-snapshot.
+
+    An order > 0 free reaches the buddy lists after its event, but before
+    its CPU's next event in task context (voluntary preemption: nothing else
+    runs there in between); the operation's own CPU emits its snapshot
+    event, so only the other CPUs' frees with no later event of theirs count.
+    """
+    found = []
+    for i, e in enumerate(before):
+        if e.name != "mm_page_free" or e["order"] == 0 or e.cpu == op.cpu:
+            continue
+        if not any(x.cpu == e.cpu and (not x.in_interrupt or e.in_interrupt)
+                   for x in before[i + 1:]):
+            found.append(e)
+    return found
 
 
 def replay_traced(replayer: operations.OperationReplayer, op: kmod.OpRecord, command: str,
@@ -151,7 +166,9 @@ def replay_traced(replayer: operations.OperationReplayer, op: kmod.OpRecord, com
     """Apply what else the kernel did (from the trace), then the operation.
 
     The events before the operation's before-snapshot are applied first, then
-    that snapshot is compared.  Events of other CPUs or interrupts *during* the
+    that snapshot is compared; when it differs, another CPU's free still in
+    flight (`_in_flight`) is held back and placed with the events during the
+    operation if the snapshot then matches.  Events of other CPUs or interrupts *during* the
     operation (`concurrent`, a part of its window `during`) reached the lists
     at a point the trace does not fix: a free's event fires before the block
     reaches the lists, and a vCPU can be held up in between.  The first
@@ -165,24 +182,39 @@ def replay_traced(replayer: operations.OperationReplayer, op: kmod.OpRecord, com
     its prediction.
     """
     args = command_args(command)
-    tracer = KmemTraceReplayer(list(replayer.zones.values()))
-    tracer.replay(before)
+    late = _in_flight(before, op)
+    held = copy.deepcopy(replayer) if late else None
+    KmemTraceReplayer(list(replayer.zones.values())).replay(before)
+    diffs_before = kernel_state.compare_snapshot(replayer.zones, op.before)
+    if held is not None and diffs_before:
+        # A free of another CPU whose event came before the before-snapshot may
+        # have reached the lists only after it: held back, does the snapshot match?
+        KmemTraceReplayer(list(held.zones.values())).replay(
+            [e for e in before if not any(e is f for f in late)])
+        if not kernel_state.compare_snapshot(held.zones, op.before):
+            replayer, diffs_before = held, []
+            concurrent, during = late + concurrent, late + (during or [])
+        else:
+            late = []
+    else:
+        late = []
     if not concurrent:
         return replayer, replayer.replay(op, args), Placement()
-    diffs_before = kernel_state.compare_snapshot(replayer.zones, op.before)
     base = copy.deepcopy(replayer)
     plan = _trace_plan(op, during or [], concurrent)
     first = _placed(replayer, op, args, plan, diffs_before)
     steps = replayer.steps
     if not first.after:
-        return replayer, first, Placement(_where(plan, steps), 1)
+        return replayer, first, Placement(_where(plan, steps, bool(late)), 1, bool(late))
     start = min(min(plan), steps)
     positions = [*range(start, steps), AFTER_STEPS, AFTER_SNAPSHOT, *range(start - 1, -1, -1)]
     tried = 1
-    for k in positions[:PLACEMENT_LIMIT - 1]:
-        candidate = {k: list(concurrent)}
+    for k in positions:
         if len(plan) == 1 and k in plan:
             continue   # the trace's own placement, already tried
+        if tried >= PLACEMENT_LIMIT:
+            break
+        candidate = {k: list(concurrent)}
         tried += 1
         trial = copy.deepcopy(base)
         try:
@@ -190,7 +222,7 @@ def replay_traced(replayer: operations.OperationReplayer, op: kmod.OpRecord, com
         except (pagemodel.ModelStopped, KeyError):
             continue   # the model cannot follow the kernel from this position
         if not outcome.after:
-            return trial, outcome, Placement(_where(candidate, steps), tried, True)
+            return trial, outcome, Placement(_where(candidate, steps, bool(late)), tried, True)
     # No placement reproduces the counts: carry on with the trace's own order.
     return replayer, first, Placement("no placement matched", tried)
 
