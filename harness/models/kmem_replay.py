@@ -200,15 +200,19 @@ class KmemTraceReplayer:
             pos += 1
             if report.mismatch_count == missed or ev.name != "mm_page_alloc_zone_locked":
                 continue
-            for first, candidate, moved in _reorderings(order, pos - 1, limit):
+            budget = limit * _TAKES_SEARCHED - report.orders_tried
+            for first, candidate, moved in _reorderings(order, pos - 1, min(limit, budget)):
                 report.orders_tried += 1
                 start = max(k for k in checkpoints if k <= first)
                 mark = checkpoints[start]
                 trial = KmemTraceReplayer([])
                 trial.zones, trial._pending_steal = copy.deepcopy(mark.state)
                 end = candidate.index(ev, first) + 1
-                for e in candidate[start:end]:
-                    trial._apply(e, batched)
+                try:
+                    for e in candidate[start:end]:
+                        trial._apply(e, batched)
+                except pagemodel.ModelError:
+                    continue   # the model cannot follow the kernel in this order
                 if trial.report.mismatch_count >= report.mismatch_count - mark.mismatch_count:
                     continue
                 # Carried on: fewer wrong takes up to this one, in an order the trace allows.
@@ -243,6 +247,9 @@ class _Checkpoint:
                    len(r.report.skipped), r.report.mismatch_count, len(r.report.mismatches))
 
 
+# The search tries at most `search` orders per take and `search` times this
+# many in all (a wrong order early in a trace can make most later takes differ).
+_TAKES_SEARCHED = 8
 # The search keeps a copy of the zones every this many events.
 _CHECKPOINT_EVERY = 256
 # How far back (in events) a free may still be in flight.
