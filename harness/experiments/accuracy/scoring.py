@@ -253,7 +253,7 @@ def evaluate(chunk: Chunk, result: Accuracy) -> None:
                 if chunk.events is not None:
                     replayer, outcome, placement = replay_traced(
                         replayer, op, command, window.before, concurrent, window.during)
-                    if concurrent:
+                    if placement.where != "none":   # events of others in its window
                         result.concurrent += 1
                         result.positions_tried += placement.tried
                         where = placement.where
