@@ -272,24 +272,45 @@ def _reorderings(order: list[TraceEvent], take: int, limit: int,
     """Other orders the trace allows around the take at `order[take]`, at most `limit`.
 
     Each is (first index that changed, the new order, what moved).  First the
-    other CPUs' events that share the take's stamp, put before it; then each
+    other CPUs' events that share the take's stamp, moved across it; then each
     free still in flight, moved after each later list event of another CPU
     up to its own CPU's next task-context event (the take itself first, when
     that comes after it), the nearest free first.
     """
     t = order[take]
     found: list[tuple[int, list[TraceEvent], str]] = []
-    tied_after = []
-    for i in range(take + 1, len(order)):
-        if order[i].timestamp != t.timestamp:
+    # Events sharing the take's stamp: the `trace` file lists a lower CPU's
+    # first, whatever their real order.  The first m list events of another
+    # CPU that come after the take are put before it (m = 1, 2, ...), and the
+    # last m that come before it are put after it.
+    lo = take
+    while lo > 0 and order[lo - 1].timestamp == t.timestamp:
+        lo -= 1
+    hi = take + 1
+    while hi < len(order) and order[hi].timestamp == t.timestamp:
+        hi += 1
+    after = [i for i in range(take + 1, hi) if order[i].cpu != t.cpu]
+    for m, i in enumerate(after, 1):
+        if len(found) >= limit // 2:
             break
-        if order[i].cpu != t.cpu:
-            tied_after.append(i)
-    if tied_after:
-        moved = [order[i] for i in tied_after]
-        rest = [e for i, e in enumerate(order[take:], take) if i not in set(tied_after)]
-        found.append((take, order[:take] + moved + rest,
-                      f"{len(moved)} event(s) of another CPU with the same stamp put before it"))
+        if not _changes_lists(order[i]):
+            continue
+        moved = set(after[:m])
+        found.append((take, order[:take] + [order[k] for k in after[:m]]
+                      + [e for k, e in enumerate(order[take:hi], take) if k not in moved]
+                      + order[hi:],
+                      f"{m} event(s) of cpu {order[i].cpu} with the same stamp put before it"))
+    before = [i for i in range(take - 1, lo - 1, -1) if order[i].cpu != t.cpu]
+    for m, i in enumerate(before, 1):
+        if len(found) >= limit // 2 + limit // 4:
+            break
+        if not _changes_lists(order[i]):
+            continue
+        moved = set(before[:m])
+        found.append((i, order[:i] + [e for k, e in enumerate(order[i:take + 1], i)
+                                      if k not in moved]
+                      + [order[k] for k in sorted(moved)] + order[take + 1:],
+                      f"{m} event(s) of cpu {order[i].cpu} with the same stamp put after it"))
     for j in range(take - 1, max(take - _IN_FLIGHT_WINDOW, -1), -1):
         if len(found) >= limit:
             break
