@@ -34,9 +34,10 @@ Debian kernels are built with voluntary preemption: nothing else runs on
 that CPU before the free reaches the lists).  When a take mismatches, the
 search tries the orders those bounds allow: each free still in flight moved
 after a later list event (the take included), and the other CPUs' events
-that share the take's stamp put before it.  The first order under which
-every replayed event matches is carried on; the take counts as *explained
-by a reordering*, not as predicted, since the take itself chose the order.
+that share the take's stamp moved across it.  The first order under which
+fewer of the events replayed since the last checkpoint differ is carried on;
+the take counts as *explained by a reordering*, not as predicted, since the
+take itself chose the order.
 """
 
 from __future__ import annotations
