@@ -103,3 +103,58 @@ def test_a_capture_without_its_dump_events_is_refused():
     events = [e for e in cap.events if e.name != "buddylab_dump"]
     with pytest.raises(ValueError, match="buddylab_dump"):
         trace_replay.between_dumps(events, cap.first.gen, cap.last.gen)
+
+
+def _late_free_trace(cpu1_busy: bool) -> tuple[kernel_state.Zone, list]:
+    """Two order-1 frees on two CPUs, then a take of the first one's block.
+
+    The kernel's take says the first free (cpu 1) reached the lists after the
+    second (cpu 0): cpu 1's vCPU was held up between the free's event and
+    zone->lock.  With `cpu1_busy`, cpu 1 runs a task-context event in between,
+    so its free had landed before cpu 0's and no order the trace allows
+    explains the take.
+    """
+    dma32 = real_zones()[(0, "DMA32")]
+    model = copy.deepcopy(dma32)
+    ev = synthetic_trace._event
+    events, taken = [], []
+    while len(taken) < 8:     # order-1 Unmovable blocks, as the model would hand them out
+        pfn = model.peek_smallest(1, "Unmovable")
+        model.rmqueue_smallest(1, "Unmovable")
+        events.append(ev("mm_page_alloc_zone_locked", 0, 1.0 + len(taken) / 1e3, pfn=pfn, order=1,
+                         migratetype=0, percpu_refill=0))
+        taken.append(pfn)
+
+    def head_after(*frees: int) -> int | None:
+        m = copy.deepcopy(model)
+        for pfn in frees:
+            m.free_block(pfn, 1, 0)
+        return m.peek_smallest(1, "Unmovable")
+
+    # Two blocks whose order of landing decides which one the next take gets.
+    first, second = next((a, b) for a in taken for b in taken
+                         if a != b and head_after(a, b) == b and head_after(b, a) == a)
+    events.append(ev("mm_page_free", 1, 2.0, pfn=first, order=1))
+    if cpu1_busy:
+        events.append(ev("mm_page_free", 1, 2.0005, pfn=taken[0] if taken[0] not in
+                         (first, second) else taken[-1], order=0))
+    events.append(ev("mm_page_free", 0, 2.001, pfn=second, order=1))
+    events.append(ev("mm_page_alloc_zone_locked", 0, 2.002, pfn=first, order=1, migratetype=0,
+                     percpu_refill=0))
+    return dma32, events
+
+
+def test_a_free_that_landed_late_is_found_by_the_order_search():
+    zone, events = _late_free_trace(cpu1_busy=False)
+    in_trace_order = KmemTraceReplayer([copy.deepcopy(zone)]).replay(events)
+    assert in_trace_order.mismatch_count == 1
+    searched = KmemTraceReplayer([zone]).replay(events, search=8)
+    assert searched.mismatch_count == 0, searched.mismatches
+    assert len(searched.reordered) == 1 and "landed after mm_page_free" in searched.reordered[0]
+    assert 1 <= searched.orders_tried <= 8
+
+
+def test_the_order_search_keeps_a_free_before_its_cpus_next_event():
+    zone, events = _late_free_trace(cpu1_busy=True)
+    searched = KmemTraceReplayer([zone]).replay(events, search=8)
+    assert searched.mismatch_count == 1 and searched.reordered == []

@@ -21,10 +21,28 @@ tracepoints").  The rules:
 When the kernel took another block than the model would have, the model
 follows the kernel (the event's PFN is authoritative) and the mismatch is
 counted: a replay never stops, it reports.
+
+On more than one CPU the trace's order is not always the order in which the
+events reached the lists (`KmemTraceReplayer.replay(..., search=N)`): an
+`mm_page_free` of order > 0 fires in free_pages_prepare(), before the block
+reaches the lists under zone->lock, and a vCPU that the host deschedules in
+between lands it milliseconds later; and the global trace clock gives
+events of two CPUs the same stamp when one CPU's clock lags (it clamps to the
+last stamp handed out), which the `trace` file then lists lower CPU first.
+What bounds a free's landing is its own CPU's next event in task context (the
+Debian kernels are built with voluntary preemption: nothing else runs on
+that CPU before the free reaches the lists).  When a take mismatches, the
+search tries the orders those bounds allow: each free still in flight moved
+after a later list event (the take included), and the other CPUs' events
+that share the take's stamp moved across it.  The first order under which
+fewer of the events replayed since the last checkpoint differ is carried on;
+the take counts as *explained by a reordering*, not as predicted, since the
+take itself chose the order.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 from buddylab.models import pagemodel
@@ -39,6 +57,10 @@ class ReplayReport:
     mismatches: list[str] = field(default_factory=list)
     mismatch_count: int = 0
     skipped: list[str] = field(default_factory=list)
+    # The order search (two or more CPUs): takes that matched only with a
+    # reordering the trace allows, what moved for each, and the orders tried.
+    reordered: list[str] = field(default_factory=list)
+    orders_tried: int = 0
 
     def mismatch(self, text: str) -> None:
         self.mismatch_count += 1
@@ -64,33 +86,40 @@ class KmemTraceReplayer:
                 return z
         return None
 
-    def replay(self, events: list[TraceEvent]) -> ReplayReport:
+    def replay(self, events: list[TraceEvent], search: int = 0) -> ReplayReport:
+        """Apply `events`; with `search` > 0, try up to that many other orders per wrong take.
+
+        The search carries on with copies of the zones: read them from `self.zones`.
+        """
         # Drains come from the trace, not from the model's own high check.
-        saved = [(z, z.auto_drain) for z in self.zones]
+        auto = {(z.nid, z.name): z.auto_drain for z in self.zones}
         for z in self.zones:
             z.auto_drain = False
         try:
-            self._replay(events)
+            if search:
+                self._replay_searching(events, search)
+            else:
+                batched = _batched_frees(events)
+                for ev in events:
+                    self._apply(ev, batched)
         finally:
-            for z, auto in saved:
-                z.auto_drain = auto
+            for z in self.zones:
+                z.auto_drain = auto.get((z.nid, z.name), z.auto_drain)
         return self.report
 
-    def _replay(self, events: list[TraceEvent]) -> None:
-        batched = _batched_frees(events)
-        for index, ev in enumerate(events):
-            self.report.events += 1
-            zone = self.zone_of(ev["pfn"]) if "pfn" in ev.fields else None
-            if zone is None:
-                self.report.skipped.append(f"{ev.name} pfn {ev.fields.get('pfn')}: in no zone")
-                continue
-            if ev.cpu not in zone.pcp and ev.name != "mm_page_alloc_extfrag":
-                zone.pcp[ev.cpu] = pagemodel.Pcp(0, 1)
-            handler = getattr(self, "_" + ev.name)
-            if ev.name == "mm_page_free" and index in batched:
-                continue  # filed at its mm_page_free_batched
-            handler(zone, ev)
-            self.report.applied += 1
+    def _apply(self, ev: TraceEvent, batched: set[int]) -> None:
+        self.report.events += 1
+        zone = self.zone_of(ev["pfn"]) if "pfn" in ev.fields else None
+        if zone is None:
+            self.report.skipped.append(f"{ev.name} pfn {ev.fields.get('pfn')}: in no zone")
+            return
+        if ev.cpu not in zone.pcp and ev.name != "mm_page_alloc_extfrag":
+            zone.pcp[ev.cpu] = pagemodel.Pcp(0, 1)
+        handler = getattr(self, "_" + ev.name)
+        if ev.name == "mm_page_free" and id(ev) in batched:
+            return  # filed at its mm_page_free_batched
+        handler(zone, ev)
+        self.report.applied += 1
 
     # -- allocation ------------------------------------------------------
     def _mm_page_alloc_extfrag(self, zone: Zone, ev: TraceEvent) -> None:
@@ -156,14 +185,169 @@ class KmemTraceReplayer:
         except pagemodel.ModelError as e:
             self.report.mismatch(f"{ev.timestamp:.6f} {e}")
 
+    # -- the order search (two or more CPUs) -------------------------------
+    def _replay_searching(self, events: list[TraceEvent], limit: int) -> None:
+        batched = _batched_frees(events)
+        order = list(events)
+        report = self.report
+        checkpoints: dict[int, _Checkpoint] = {}
+        pos = 0
+        while pos < len(order):
+            if pos % _CHECKPOINT_EVERY == 0:
+                checkpoints[pos] = _Checkpoint.of(self)
+            ev = order[pos]
+            missed = report.mismatch_count
+            self._apply(ev, batched)
+            pos += 1
+            if report.mismatch_count == missed or ev.name != "mm_page_alloc_zone_locked":
+                continue
+            budget = limit * _TAKES_SEARCHED - report.orders_tried
+            for first, candidate, moved in _reorderings(order, pos - 1, min(limit, budget)):
+                report.orders_tried += 1
+                start = max(k for k in checkpoints if k <= first)
+                mark = checkpoints[start]
+                trial = KmemTraceReplayer([])
+                trial.zones, trial._pending_steal = copy.deepcopy(mark.state)
+                end = candidate.index(ev, first) + 1
+                try:
+                    for e in candidate[start:end]:
+                        trial._apply(e, batched)
+                except pagemodel.ModelError:
+                    continue   # the model cannot follow the kernel in this order
+                if trial.report.mismatch_count >= report.mismatch_count - mark.mismatch_count:
+                    continue
+                # Carried on: fewer wrong takes up to this one, in an order the trace allows.
+                tr = trial.report
+                report.events, report.applied = mark.events + tr.events, mark.applied + tr.applied
+                report.skipped[mark.skipped:] = tr.skipped
+                report.mismatch_count = mark.mismatch_count + tr.mismatch_count
+                report.mismatches[mark.mismatches:] = tr.mismatches
+                report.reordered.append(f"{ev.timestamp:.6f} take of pfn {ev['pfn']} order "
+                                        f"{ev['order']} on cpu {ev.cpu}: {moved}")
+                self.zones, self._pending_steal = trial.zones, trial._pending_steal
+                order, pos = candidate, end
+                for k in [k for k in checkpoints if k > start]:
+                    del checkpoints[k]
+                break
+
+
+@dataclass
+class _Checkpoint:
+    """The replay's state before an event, for the order search to start again from."""
+
+    state: tuple[list[Zone], dict[int, TraceEvent]]
+    events: int
+    applied: int
+    skipped: int
+    mismatch_count: int
+    mismatches: int
+
+    @classmethod
+    def of(cls, r: KmemTraceReplayer) -> _Checkpoint:
+        return cls(copy.deepcopy((r.zones, r._pending_steal)), r.report.events, r.report.applied,
+                   len(r.report.skipped), r.report.mismatch_count, len(r.report.mismatches))
+
+
+# The search tries at most `search` orders per take and `search` times this
+# many in all (a wrong order early in a trace can make most later takes differ).
+_TAKES_SEARCHED = 8
+# The search keeps a copy of the zones every this many events.
+_CHECKPOINT_EVERY = 256
+# How far back (in events) a free may still be in flight.
+_IN_FLIGHT_WINDOW = 2000
+# Events that change the buddy lists under zone->lock.
+_LIST_EVENTS = ("mm_page_alloc_zone_locked", "mm_page_pcpu_drain", "mm_page_free")
+
+
+def _lands_late(ev: TraceEvent) -> bool:
+    """A free that reaches the buddy lists after its event (order > 0 goes there at once)."""
+    return ev.name == "mm_page_free" and ev["order"] > 0
+
+
+def _changes_lists(ev: TraceEvent) -> bool:
+    return ev.name in _LIST_EVENTS and (ev.name != "mm_page_free" or ev["order"] > 0)
+
+
+def _reorderings(order: list[TraceEvent], take: int, limit: int,
+                 ) -> list[tuple[int, list[TraceEvent], str]]:
+    """Other orders the trace allows around the take at `order[take]`, at most `limit`.
+
+    Each is (first index that changed, the new order, what moved).  First the
+    other CPUs' events that share the take's stamp, moved across it; then each
+    free still in flight, moved after each later list event of another CPU
+    up to its own CPU's next task-context event (the take itself first, when
+    that comes after it), the nearest free first.
+    """
+    t = order[take]
+    found: list[tuple[int, list[TraceEvent], str]] = []
+    # Events sharing the take's stamp: the `trace` file lists a lower CPU's
+    # first, whatever their real order.  The first m list events of another
+    # CPU that come after the take are put before it (m = 1, 2, ...), and the
+    # last m that come before it are put after it.
+    lo = take
+    while lo > 0 and order[lo - 1].timestamp == t.timestamp:
+        lo -= 1
+    hi = take + 1
+    while hi < len(order) and order[hi].timestamp == t.timestamp:
+        hi += 1
+    after = [i for i in range(take + 1, hi) if order[i].cpu != t.cpu]
+    for m, i in enumerate(after, 1):
+        if len(found) >= limit // 2:
+            break
+        if not _changes_lists(order[i]):
+            continue
+        moved = set(after[:m])
+        found.append((take, order[:take] + [order[k] for k in after[:m]]
+                      + [e for k, e in enumerate(order[take:hi], take) if k not in moved]
+                      + order[hi:],
+                      f"{m} event(s) of cpu {order[i].cpu} with the same stamp put before it"))
+    before = [i for i in range(take - 1, lo - 1, -1) if order[i].cpu != t.cpu]
+    for m, i in enumerate(before, 1):
+        if len(found) >= limit // 2 + limit // 4:
+            break
+        if not _changes_lists(order[i]):
+            continue
+        moved = set(before[:m])
+        found.append((i, order[:i] + [e for k, e in enumerate(order[i:take + 1], i)
+                                      if k not in moved]
+                      + [order[k] for k in sorted(moved)] + order[take + 1:],
+                      f"{m} event(s) of cpu {order[i].cpu} with the same stamp put after it"))
+    for j in range(take - 1, max(take - _IN_FLIGHT_WINDOW, -1), -1):
+        if len(found) >= limit:
+            break
+        f = order[j]
+        if not _lands_late(f):
+            continue
+        # Where the free may land: up to its CPU's next task-context event.
+        places: list[int] = []
+        for k in range(j + 1, len(order)):
+            e = order[k]
+            if e.cpu == f.cpu and (not e.in_interrupt or f.in_interrupt):
+                break
+            if k >= take:
+                if k == take:
+                    places.insert(0, k)
+                break
+            if _changes_lists(e) and e.cpu != f.cpu:
+                places.append(k)
+        for k in places:
+            if len(found) >= limit:
+                break
+            candidate = order[:j] + order[j + 1:k + 1] + [f] + order[k + 1:]
+            found.append((j, candidate, f"free of pfn {f['pfn']} order {f['order']} on cpu "
+                                        f"{f.cpu} ({f.timestamp:.6f}) landed after "
+                                        f"{order[k].name} pfn {order[k]['pfn']}"
+                                        f" ({order[k].timestamp:.6f})"))
+    return found[:limit]
+
 
 def _batched_frees(events: list[TraceEvent]) -> set[int]:
-    """Indices of order-0 mm_page_free events whose page is filed at a later free_batched."""
+    """ids of order-0 mm_page_free events whose page is filed at a later free_batched."""
     last_free: dict[tuple[int, int], int] = {}
     batched: set[int] = set()
-    for i, ev in enumerate(events):
+    for ev in events:
         if ev.name == "mm_page_free" and ev["order"] == 0:
-            last_free[(ev.cpu, ev["pfn"])] = i
+            last_free[(ev.cpu, ev["pfn"])] = id(ev)
         elif ev.name == "mm_page_free_batched":
             i_free = last_free.pop((ev.cpu, ev["pfn"]), None)
             if i_free is not None:

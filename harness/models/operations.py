@@ -10,6 +10,7 @@ before/after snapshots.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from buddylab.errors import RecordError
@@ -77,6 +78,15 @@ class OperationReplayer:
     # pfn, change_ownership), in order: they answer the question a partial
     # pageblock steal asks (pagemodel.Ownership).  Set before each replay.
     steal_answers: list[tuple[int, bool]] = field(default_factory=list)
+    # Called with k before the operation's k-th block (allocated or freed):
+    # where another CPU's events may land in the middle of a batch.
+    before_step: Callable[[int], None] | None = None
+    steps: int = 0
+
+    def _step(self) -> None:
+        if self.before_step is not None:
+            self.before_step(self.steps)
+        self.steps += 1
 
     def _ownership(self, block: int, start_type: str, free_pages: int) -> bool:
         for i, (pfn, changed) in enumerate(self.steal_answers):
@@ -172,6 +182,7 @@ class OperationReplayer:
         if self.steal_answers:
             for z in self.zones.values():
                 z.ownership = self._ownership
+        self.steps = 0
         try:
             return self._apply(op, args or {}), None
         except pagemodel.Unknowable as e:
@@ -188,6 +199,7 @@ class OperationReplayer:
             if op.id is not None:
                 self.next_id = op.id
             for _ in range(op.n if op.n is not None else 1):
+                self._step()
                 a = self.alloc_one(op.api, op.gfp, order, size, op.cpu)
                 if a is None:
                     break
@@ -203,6 +215,7 @@ class OperationReplayer:
             self.free(op.id, op.cpu)
         elif op.verb == "free_all":
             for alloc_id in sorted(self.allocations):
+                self._step()
                 self.free(alloc_id, op.cpu)
         elif op.verb == "free_ids":
             if "first" not in args or "last" not in args:
@@ -210,6 +223,7 @@ class OperationReplayer:
             step = int(args.get("step", "1"))
             for alloc_id in range(int(args["first"]), int(args["last"]) + 1, step):
                 if alloc_id in self.allocations:
+                    self._step()
                     self.free(alloc_id, op.cpu)
         return None
 

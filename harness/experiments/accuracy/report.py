@@ -40,7 +40,9 @@ def result_json(result: Accuracy, request: AccuracyRequest, meta: RunMetadata) -
             "models": {f"{result.series} page for page": tally(result.page),
                        "5.10 counts only": tally(result.counts),
                        "textbook": tally(result.textbook)},
-            "concurrent": result.concurrent, "reordered": result.reordered,
+            "concurrent": result.concurrent, "placed": result.placed,
+            "positions_tried": result.positions_tried,
+            "placed_by_search": tally(result.searched),
             "divergences": [vars(d) for d in result.divergences]}
 
 
@@ -76,9 +78,13 @@ def format_table(result: Accuracy, seed: int, min_share: float = 1.0,
                   "| path | times |", "|---|---|"]
         lines += [f"| {path} | {n} |" for path, n in result.coverage.items()]
     if result.concurrent:
+        placed = ", ".join(f"{where}: {n}" for where, n in sorted(result.placed.items()))
         lines += ["", f"{result.concurrent} operations had other CPUs' or interrupts' events "
-                  f"inside their window (from the trace); {result.reordered} of them matched "
-                  f"only with those events after the operation's own steps."]
+                  f"inside their window (from the trace), placed where the kernel's after-counts "
+                  f"say ({result.positions_tried} positions tried; {placed}).",
+                  f"Placed by search (not where the trace's order puts them): "
+                  f"{result.searched.attempted} attempted, {result.searched.exact} exact (the "
+                  f"PFN each handed out is the model's prediction, the position is not)."]
     if result.divergences:
         lines += ["", f"Divergences of the {result.series} page model:"]
         for d in result.divergences[:20]:
@@ -126,5 +132,7 @@ def suite(result: Accuracy, request: AccuracyRequest, properties: dict[str, str]
                Measurement("operations named unpredictable", sum(result.unpredictable.values())),
                Measurement("refused by the module's guard", result.guard_refused),
                Measurement("operations with concurrent events", result.concurrent),
-               Measurement("reordered", result.reordered))
+               Measurement("positions tried for their events", result.positions_tried),
+               Measurement("placed by search", result.searched.attempted),
+               Measurement("placed by search, exact", result.searched.exact))
     return Suite("accuracy", (case,), properties or {}, figures, duration)

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from buddylab.allocator import GFP_TYPES, MAX_ORDER
 from buddylab.errors import RecordError
 from buddylab.experiments.accuracy.guestrun import Chunk
-from buddylab.experiments.accuracy.placement import (OpWindow, after_last_op, not_the_op,
-                                                     op_windows, replay_traced)
+from buddylab.experiments.accuracy.placement import (OpWindow, Placement, after_last_op,
+                                                     not_the_op, op_windows, replay_traced)
 from buddylab.experiments.accuracy.workload import command_args
 from buddylab.models import kernel_state, operations, pagemodel
 from buddylab.models.counts import ZoneState, predict_alloc
@@ -87,10 +87,14 @@ class Accuracy:
     counts: Tally = field(default_factory=Tally)
     textbook: Tally = field(default_factory=Tally)
     divergences: list[Divergence] = field(default_factory=list)
-    # Operations with other CPUs' or interrupts' events inside their window,
-    # and how many of those matched only with those events after the op.
+    # Operations with other CPUs' or interrupts' events inside their window;
+    # where those events were placed (placement.Placement.where), the positions
+    # replayed, and the page model's tally over the operations whose position
+    # the search found (any but the first tried, after the op's own steps).
     concurrent: int = 0
-    reordered: int = 0
+    placed: dict[str, int] = field(default_factory=dict)
+    positions_tried: int = 0
+    searched: Tally = field(default_factory=Tally)
     # Operations the page model does not attempt, by cause (e.g. "partial
     # steal: ownership unknowable"); they are not counted as predicted.
     unpredictable: dict[str, int] = field(default_factory=dict)
@@ -239,6 +243,7 @@ def evaluate(chunk: Chunk, result: Accuracy) -> None:
         freed = _blocks_freed(replayer, op, command_args(command)) if stopped is None else []
         free_before = _free_snapshot(replayer.zones) if freed else {}
         outcome: operations.OpOutcome | None = None
+        placement: Placement | None = None
         # The operation's own steals (its CPU's kworker, not interrupted):
         # their change_ownership answers a partial steal's question.
         replayer.steal_answers = [(e["pfn"], bool(e["change_ownership"])) for e in window.during
@@ -246,10 +251,13 @@ def evaluate(chunk: Chunk, result: Accuracy) -> None:
         if stopped is None:
             try:
                 if chunk.events is not None:
-                    replayer, outcome, later = replay_traced(replayer, op, command, window.before,
-                                                             concurrent)
-                    result.concurrent += bool(concurrent)
-                    result.reordered += later
+                    replayer, outcome, placement = replay_traced(
+                        replayer, op, command, window.before, concurrent, window.during)
+                    if placement.where != "none":   # events of others in its window
+                        result.concurrent += 1
+                        result.positions_tried += placement.tried
+                        where = placement.where
+                        result.placed[where] = result.placed.get(where, 0) + 1
                 else:
                     outcome = replayer.replay(op, command_args(command))
             except (pagemodel.ModelStopped, KeyError) as e:
@@ -278,6 +286,8 @@ def evaluate(chunk: Chunk, result: Accuracy) -> None:
             result.told_count += 1
         page_ok = outcome is not None and outcome.exact and not outcome.before
         result.page.add(not (guard or unpredictable), page_ok)
+        if placement is not None and placement.searched:
+            result.searched.add(not (guard or unpredictable), page_ok)
         result.counts.add(_counts_attempts(op), _counts_exact(op))
         result.textbook.add(_textbook_attempts(op),
                             stopped is None and _textbook_exact(op, free_before, freed))

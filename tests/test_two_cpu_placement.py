@@ -1,0 +1,62 @@
+"""Another CPU's free that reached the lists late, placed on a real 2-CPU chunk.
+
+tests/fixtures/sessions/accuracy-2cpu-chunk.json.gz is one chunk (250
+operations) of a real `buddylab accuracy --cpus 2 --trace --ops 5000 --seed 23`
+run (tests/capture_two_cpu_chunk.py; the provenance is in the file): the
+guest's answers to the chunk's two commands, that is the exact dumps, the
+module's log and the trace.  In it, the other CPU freed an order > 0 block
+just before an operation's before-snapshot, and its CPU ran nothing more
+before the snapshot: the free reached the lists after it.  The trace's order
+alone misses that operation; the placement holds the free back because the
+before-snapshot then matches, and the model predicts the operation's block.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from buddylab.experiments.accuracy import Accuracy, evaluate, placement
+from buddylab.experiments.accuracy.guestrun import Chunk, run_chunk
+from guest_double import ReplaySession, Transcript
+
+SESSION = Path(__file__).parent / "fixtures" / "sessions" / "accuracy-2cpu-chunk.json.gz"
+HELD = "before its steps (with a free stamped before its before-snapshot)"
+
+
+def chunk() -> Chunk:
+    t = Transcript.load(SESSION)
+    assert t.boot == {"memory_mib": 512, "cpus": 2}
+    commands = (t.calls[0].stdin or "").splitlines()
+    session = ReplaySession(t)
+    c = run_chunk(session, commands, traced=True)   # type: ignore[arg-type]
+    assert session.unanswered == 0
+    return c
+
+
+def test_the_trace_shows_a_free_of_the_other_cpu_still_in_flight_at_a_before_snapshot():
+    c = chunk()
+    assert c.events is not None
+    windows = placement.op_windows(c.events, c.dump.gen)
+    in_flight = [(op.seq, e) for op in c.log.ops if op.seq in windows
+                 for e in placement._in_flight(windows[op.seq].before, op)]
+    assert in_flight
+    assert all(e.name == "mm_page_free" and e["order"] > 0 for _, e in in_flight)
+
+
+def test_the_held_back_free_is_placed_and_the_chunk_is_predicted():
+    result = Accuracy()
+    evaluate(chunk(), result)
+    assert result.placed.get(HELD) == 1, result.placed
+    assert (result.searched.attempted, result.searched.exact) == (1, 1)
+    assert result.page.attempted == 250 and result.page.missed == 0, result.divergences
+    assert result.end_dumps == 1 and result.end_dump_differences == []
+
+
+def test_in_the_traces_order_alone_the_operation_is_missed(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(placement, "_in_flight", lambda before, op: [])
+    result = Accuracy()
+    evaluate(chunk(), result)
+    assert HELD not in result.placed
+    assert result.page.missed >= 1
