@@ -31,11 +31,24 @@ FALLBACKS = {
 ZONE_ORDER = ("DMA", "DMA32", "Normal", "Movable")
 
 # The GFP names the module takes, their migratetype (gfp_migratetype()) and
-# the highest zone they may use (gfp_zone(): none of them names DMA/DMA32).
-GFPS = ("GFP_KERNEL", "GFP_ATOMIC", "GFP_HIGHUSER_MOVABLE")
-GFP_TYPES = {"GFP_KERNEL": UNMOVABLE, "GFP_ATOMIC": UNMOVABLE, "GFP_HIGHUSER_MOVABLE": MOVABLE}
+# the highest zone they may use (gfp_zone(): none of them names DMA/DMA32;
+# the movable ones name Movable, whose lowmem_reserve equals Normal's while
+# no Movable zone is populated).  The kernel's own masks (RECLAIM_GFPS) may
+# wake kswapd and reclaim or compact; the module's NORECLAIM ones do neither
+# (kmod/README.md, "GFP"), so only the free lists and watermarks decide them.
+RECLAIM_GFPS = ("GFP_KERNEL", "GFP_ATOMIC", "GFP_HIGHUSER_MOVABLE")
+NORECLAIM_GFPS = ("NORECLAIM", "NORECLAIM_MOVABLE", "NORECLAIM_RECLAIMABLE", "NORECLAIM_ATOMIC")
+GFPS = RECLAIM_GFPS + NORECLAIM_GFPS
+GFP_TYPES = {"GFP_KERNEL": UNMOVABLE, "GFP_ATOMIC": UNMOVABLE, "GFP_HIGHUSER_MOVABLE": MOVABLE,
+             "NORECLAIM": UNMOVABLE, "NORECLAIM_MOVABLE": MOVABLE,
+             "NORECLAIM_RECLAIMABLE": RECLAIMABLE, "NORECLAIM_ATOMIC": UNMOVABLE}
 GFP_HIGHEST_ZONE = {"GFP_KERNEL": "Normal", "GFP_ATOMIC": "Normal",
-                    "GFP_HIGHUSER_MOVABLE": "Normal"}
+                    "GFP_HIGHUSER_MOVABLE": "Movable", "NORECLAIM": "Normal",
+                    "NORECLAIM_MOVABLE": "Movable", "NORECLAIM_RECLAIMABLE": "Normal",
+                    "NORECLAIM_ATOMIC": "Normal"}
+# Masks with __GFP_ATOMIC and __GFP_HIGH: the slow path's gfp_to_alloc_flags()
+# gives them ALLOC_HIGH and ALLOC_HARDER.
+ATOMIC_GFPS = ("GFP_ATOMIC", "NORECLAIM_ATOMIC")
 
 
 def get_order(size: int, page_size: int = PAGE_SIZE) -> int:

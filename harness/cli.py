@@ -280,8 +280,8 @@ def _accuracy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workload", default="default", metavar="NAME",
                    help="default (far from the watermarks) or pressure (near them) (%(default)s)")
     p.add_argument("--no-boost", action="store_true",
-                   help="switch watermark boosting off in the guest (vm.watermark_boost_factor=0); "
-                        "the report says so")
+                   help="switch watermark boosting off in the guest (vm.watermark_boost_factor=0; "
+                        "always so with --workload pressure); the report says so")
     p.add_argument("--kernels", metavar="RECIPE,RECIPE...",
                    help="run on each of these kernel recipes in turn and show them side by side")
 
@@ -298,7 +298,8 @@ def accuracy_command(args: argparse.Namespace) -> int:
         raise errors.UsageError(f"--workload must be one of {', '.join(accuracy.WORKLOADS)}")
     request = accuracy.AccuracyRequest(args.seed, args.ops, args.chunk, args.trace,
                                        args.min_share, args.workload, opts.memory_mib,
-                                       not args.no_boost)
+                                       # The model applies the watermarks only unboosted.
+                                       not args.no_boost and args.workload != "pressure")
     if args.kernels:
         return _accuracy_kernels(args.guest, opts, request, [k for k in args.kernels.split(",") if k])
     with outputs(args, "accuracy", _properties(opts, None, "accuracy")) as out:

@@ -114,6 +114,11 @@ static unsigned int bl_pcp_order(unsigned int list)
 					      pageblock_order;
 }
 
+static struct per_cpu_zonestat *bl_vmstat(struct zone *zone, int cpu)
+{
+	return per_cpu_ptr(zone->per_cpu_zonestats, cpu);
+}
+
 /* The migratetype that names the list (see bl_mt_names). */
 static unsigned int bl_pcp_mt(unsigned int list)
 {
@@ -153,6 +158,11 @@ static void bl_pcp_unlock(struct per_cpu_pages *pcp)
 static struct per_cpu_pages *bl_pcp(struct zone *zone, int cpu)
 {
 	return &per_cpu_ptr(zone->pageset, cpu)->pcp;
+}
+
+static struct per_cpu_pageset *bl_vmstat(struct zone *zone, int cpu)
+{
+	return per_cpu_ptr(zone->pageset, cpu);
 }
 
 static unsigned int bl_pcp_order(unsigned int list)
@@ -205,18 +215,36 @@ static const char * const bl_api_names[BL_NR_APIS] = {
 	[BL_PAGES_EXACT] = "alloc_pages_exact",
 };
 
-enum bl_gfp { BL_KERNEL, BL_ATOMIC, BL_HIGHUSER_MOVABLE, BL_NR_GFPS };
+enum bl_gfp {
+	BL_KERNEL, BL_ATOMIC, BL_HIGHUSER_MOVABLE,
+	BL_NORECLAIM, BL_NORECLAIM_MOVABLE, BL_NORECLAIM_RECLAIMABLE,
+	BL_NORECLAIM_ATOMIC, BL_NR_GFPS
+};
 
 static const char * const bl_gfp_names[BL_NR_GFPS] = {
 	[BL_KERNEL] = "GFP_KERNEL",
 	[BL_ATOMIC] = "GFP_ATOMIC",
 	[BL_HIGHUSER_MOVABLE] = "GFP_HIGHUSER_MOVABLE",
+	[BL_NORECLAIM] = "NORECLAIM",
+	[BL_NORECLAIM_MOVABLE] = "NORECLAIM_MOVABLE",
+	[BL_NORECLAIM_RECLAIMABLE] = "NORECLAIM_RECLAIMABLE",
+	[BL_NORECLAIM_ATOMIC] = "NORECLAIM_ATOMIC",
 };
 
+/*
+ * The NORECLAIM masks have neither __GFP_DIRECT_RECLAIM nor
+ * __GFP_KSWAPD_RECLAIM: the allocator neither reclaims nor compacts nor
+ * wakes kswapd (and through it kcompactd) for them, so whether they
+ * succeed depends only on the free lists and the watermarks.
+ */
 static const gfp_t bl_gfp_flags[BL_NR_GFPS] = {
 	[BL_KERNEL] = GFP_KERNEL,
 	[BL_ATOMIC] = GFP_ATOMIC,
 	[BL_HIGHUSER_MOVABLE] = GFP_HIGHUSER_MOVABLE,
+	[BL_NORECLAIM] = GFP_NOWAIT & ~__GFP_RECLAIM,
+	[BL_NORECLAIM_MOVABLE] = GFP_HIGHUSER_MOVABLE & ~__GFP_RECLAIM,
+	[BL_NORECLAIM_RECLAIMABLE] = __GFP_RECLAIMABLE,
+	[BL_NORECLAIM_ATOMIC] = GFP_ATOMIC & ~__GFP_RECLAIM,
 };
 
 enum bl_verb {
@@ -414,6 +442,8 @@ struct bl_psnap {
 	int high;
 	int batch;
 	int free_factor;	/* 6.1: how far nr_pcp_free() scales batch */
+	int vmstat_diff;	/* this CPU's NR_FREE_PAGES delta not yet in the zone's */
+	int stat_threshold;
 	u32 lists[BL_PCP_LISTS];
 	bool valid;
 };
@@ -586,6 +616,9 @@ static void bl_snap_cpu(struct bl_psnap *ps, int cpu)
 		ps[i].high = pcp->high;
 		ps[i].batch = pcp->batch;
 		ps[i].free_factor = bl_pcp_free_factor(pcp);
+		ps[i].vmstat_diff =
+			bl_vmstat(zone, cpu)->vm_stat_diff[NR_FREE_PAGES];
+		ps[i].stat_threshold = bl_vmstat(zone, cpu)->stat_threshold;
 		for (t = 0; t < BL_PCP_LISTS; t++)
 			ps[i].lists[t] = bl_list_len(&pcp->lists[t],
 						     zone->spanned_pages);
@@ -834,13 +867,20 @@ static gfp_t bl_gfp(const struct bl_cmd *cmd, bool fill)
  * Whether the module may take @pages more pages now.  The zone the
  * allocator would take them from is the first one of the local node's
  * zonelist for @gfp that has pages above its lowmem reserve for the
- * request; that zone must keep more than its high watermark free
- * afterwards, not counting its HighAtomic reserve nor one per-CPU refill
- * of batch pages, nor @extra (the pageblock a GFP_ATOMIC order > 0
- * success may add to that reserve).
- * The allocator then stays on its fast path, and nothing the module
- * does can drive a zone down to its min watermark and have the OOM
- * killer woken by someone else's allocation.
+ * request; that zone must keep more than a watermark free afterwards,
+ * not counting its HighAtomic reserve nor one per-CPU refill of batch
+ * pages, nor @extra (the pageblock a GFP_ATOMIC order > 0 success may
+ * add to that reserve).
+ *
+ * The watermark is the high one for a mask that may reclaim: the
+ * allocator then stays on its fast path.  A NORECLAIM mask cannot reclaim,
+ * compact or call the OOM killer itself, so the allocator may refuse it
+ * on its own (at the low watermark on the fast path, the min one on the
+ * slow path); the guard keeps the zone above the min watermark by one
+ * refill, so that someone else's order-0 allocation still succeeds
+ * without reclaim.  Either way nothing the module does can drive a zone
+ * down to its min watermark and have the OOM killer woken by someone
+ * else's allocation.
  */
 static bool bl_headroom(gfp_t gfp, unsigned long pages, unsigned long extra)
 {
@@ -858,7 +898,9 @@ static bool bl_headroom(gfp_t gfp, unsigned long pages, unsigned long extra)
 		free = zone_page_state_snapshot(z, NR_FREE_PAGES) - (long)pages;
 		if (free <= (long)z->lowmem_reserve[high])
 			continue;
-		keep = high_wmark_pages(z) + z->lowmem_reserve[high] +
+		keep = (gfp & __GFP_RECLAIM ? high_wmark_pages(z) :
+					      min_wmark_pages(z)) +
+		       z->lowmem_reserve[high] +
 		       READ_ONCE(z->nr_reserved_highatomic) +
 		       READ_ONCE(bl_pcp(z, cpu)->batch) + extra;
 		return free > keep;
@@ -1558,7 +1600,8 @@ static void bl_log_show_snap(struct seq_file *m, const struct bl_op *op,
 					seq_printf(m, ",%u", bl_pcp_order(t));
 				seq_printf(m, " free_factor=%d", p->free_factor);
 			}
-			seq_putc(m, '\n');
+			seq_printf(m, " vmstat_diff=%d stat_threshold=%d\n",
+				   p->vmstat_diff, p->stat_threshold);
 		}
 	}
 }

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 from buddylab.errors import RecordError
 from buddylab.models import pagemodel
-from buddylab.allocator import GFP_HIGHEST_ZONE, GFP_TYPES, HIGHATOMIC, PCP_TYPES, ZONE_ORDER
+from buddylab.allocator import (ATOMIC_GFPS, GFP_HIGHEST_ZONE, GFP_TYPES, HIGHATOMIC, PAGEBLOCK_PAGES,
+                                PCP_TYPES, RECLAIM_GFPS, ZONE_ORDER)
 from buddylab.models.kernel_state import ZoneKey, compare_snapshot
 from buddylab.models.pagemodel import Zone
 from buddylab.records import kmod
@@ -27,16 +28,38 @@ def suitable_block(zone: Zone, order: int, harder: bool = False) -> bool:
     For order > 0 the zone passes only if one of its Unmovable, Movable or
     Reclaimable lists (HighAtomic too with ALLOC_HARDER) holds a block of that
     order or larger; otherwise get_page_from_freelist() goes on to the next
-    zone of the zonelist (DMA32, then DMA).  The free-page part (the low
-    watermark plus the zone's lowmem_reserve for the request) is not checked:
-    the chunk's records hold no watermarks, and the module's guard keeps the
-    preferred zone above its high watermark.  An order-0 request passes.
+    zone of the zonelist (DMA32, then DMA).  An order-0 request passes.
     """
     if order == 0:
         return True
     types = PCP_TYPES + ((HIGHATOMIC,) if harder else ())
     return any(zone.lists[(o, mt)].length for o in range(order, pagemodel.MAX_ORDER)
                for mt in types)
+
+
+WMARK_MIN, WMARK_LOW, WMARK_HIGH = 0, 1, 2
+
+
+def watermark_ok(zone: Zone, order: int, mark: int, highest: int, harder: bool, high: bool,
+                 free: int) -> bool:
+    """zone_watermark_fast() and __zone_watermark_ok() of 5.10 (no boost, no CMA).
+
+    `free` is NR_FREE_PAGES as zone_page_state() reads it; `highest` the
+    request's highest zone index (its lowmem_reserve[] entry); `harder` and
+    `high` are ALLOC_HARDER and ALLOC_HIGH.
+    """
+    reserve = zone.lowmem_reserve[highest] if highest < len(zone.lowmem_reserve) else 0
+    unusable_0 = 0 if harder else zone.nr_reserved_highatomic
+    if order == 0 and free - min(free, unusable_0) > mark + reserve:
+        return True
+    usable = free - ((1 << order) - 1 + unusable_0)
+    if high:
+        mark -= mark // 2
+    if harder:
+        mark -= mark // 4
+    if usable <= mark + reserve:
+        return False
+    return suitable_block(zone, order, harder)
 
 
 @dataclass
@@ -83,6 +106,15 @@ class OperationReplayer:
     before_step: Callable[[int], None] | None = None
     steps: int = 0
 
+    # What the allocator decided, as the model predicted it (summed over the run).
+    watermark_refusals: int = 0     # a zone skipped by the watermark check
+    slow_path_successes: int = 0    # blocks only the min-watermark pass served
+    failures: int = 0               # blocks no pass served (the command stops)
+    guard_refusals: int = 0         # blocks the module's guard refused
+    # The last alloc command as predicted: blocks obtained and why it stopped.
+    predicted_n: int | None = None
+    predicted_stop: str | None = None
+
     def _step(self) -> None:
         if self.before_step is not None:
             self.before_step(self.steps)
@@ -106,22 +138,56 @@ class OperationReplayer:
 
     def alloc_one(self, api: str, gfp: str, order: int, size: int | None, cpu: int,
                   ) -> ModelAllocation | None:
+        """One block, the way __alloc_pages_nodemask() hands it out (or None).
+
+        Zones whose watermarks are known (`Zone.watermarks`) get the fast
+        path's check at the low watermark and, when every zone fails it, the
+        slow path's at the min watermark with the ALLOC_HIGH and ALLOC_HARDER
+        of gfp_to_alloc_flags(); a mask that may reclaim raises Unknowable
+        there (kswapd, reclaim and compaction move pages no trace shows).
+        Zones without watermarks take only the high-order part of the check.
+        """
         mt = GFP_TYPES[gfp]
-        # ALLOC_HARDER (HighAtomic lists, reserving a HighAtomic pageblock)
-        # is set by gfp_to_alloc_flags() in the slow path only; the first,
-        # fast attempt of __alloc_pages_nodemask() runs without it, and the
-        # module's watermark guard keeps every request on the fast path.
-        harder = False
         zonelist = self.zonelist(gfp)
-        # ALLOC_NOFRAGMENT: only when the preferred zone is Normal (and DMA32
-        # exists below it); retried without once every zone failed.
-        passes = [True, False] if zonelist and zonelist[0].name == "Normal" else [False]
+        highest = ZONE_ORDER.index(GFP_HIGHEST_ZONE[gfp])
+        if api not in ("alloc_pages", "alloc_page") and GFP_HIGHEST_ZONE[gfp] == "Movable":
+            highest = ZONE_ORDER.index("Normal")   # __get_free_pages() drops __GFP_HIGHMEM
         if api == "alloc_pages_exact":
             assert size is not None
             order = pagemodel.get_order(size)
+        # ALLOC_NOFRAGMENT (alloc_flags_nofragment()): the fast path only, when
+        # the preferred zone is Normal; retried without once every zone failed.
+        passes = [True, False] if zonelist and zonelist[0].name == "Normal" else [False]
+        got = self._get_page_from_freelist(zonelist, api, order, size, mt, cpu, WMARK_LOW,
+                                           highest, False, False, passes)
+        if got is not None or not all(z.watermarks is not None for z in zonelist):
+            return got
+        if gfp in RECLAIM_GFPS:
+            raise pagemodel.Unknowable(
+                f"every zone failed the low watermark for a {gfp} order-{order} request: its "
+                "slow path wakes kswapd (and may reclaim or compact), which moves pages "
+                "without a per-page trace")
+        atomic = gfp in ATOMIC_GFPS
+        got = self._get_page_from_freelist(zonelist, api, order, size, mt, cpu, WMARK_MIN,
+                                           highest, atomic, atomic, [False])
+        if got is not None:
+            self.slow_path_successes += 1
+        else:
+            self.failures += 1
+        return got
+
+    def _get_page_from_freelist(self, zonelist: list[Zone], api: str, order: int,
+                                size: int | None, mt: str, cpu: int, wmark: int, highest: int,
+                                harder: bool, high: bool, passes: list[bool],
+                                ) -> ModelAllocation | None:
         for nofragment in passes:
             for z in zonelist:
-                if not suitable_block(z, order, harder):
+                if z.watermarks is not None:
+                    if not watermark_ok(z, order, z.watermarks[wmark], highest, harder, high,
+                                        z.free_counter()):
+                        self.watermark_refusals += 1
+                        continue
+                elif not suitable_block(z, order, harder):
                     continue
                 pfn = z.alloc(order, mt, cpu, harder, nofragment)
                 if pfn is None:
@@ -131,6 +197,43 @@ class OperationReplayer:
                 kept = pagemodel.make_alloc_exact(z, pfn, order, size or 0, cpu)
                 return ModelAllocation(z, api, pfn, order, kept)
         return None
+
+    def guard_allows(self, api: str, gfp: str, order: int, cpu: int) -> bool:
+        """The module's watermark guard (kmod/README.md) for one block: bl_block_headroom().
+
+        It reads the free pages with every CPU's delta (zone_page_state_snapshot()).
+        """
+        highest_name = GFP_HIGHEST_ZONE[gfp]
+        if api not in ("alloc_pages", "alloc_page") and highest_name == "Movable":
+            highest_name = "Normal"
+        highest = ZONE_ORDER.index(highest_name)
+        pages = 1 << order
+        extra = PAGEBLOCK_PAGES if order and gfp in ATOMIC_GFPS else 0
+        for z in self.zonelist(gfp):
+            if z.watermarks is None:
+                return True
+            reserve = z.lowmem_reserve[highest] if highest < len(z.lowmem_reserve) else 0
+            free = z.free_pages - pages
+            if free <= reserve:
+                continue
+            pcp = z.pcp.get(cpu)
+            keep = (z.watermarks[WMARK_HIGH] if gfp in RECLAIM_GFPS else z.watermarks[WMARK_MIN]) \
+                + reserve + z.nr_reserved_highatomic + (pcp.batch if pcp else 0) + extra
+            return free > keep
+        return False
+
+    def read_counters(self, snap: kmod.Snapshot) -> None:
+        """Each CPU's NR_FREE_PAGES delta and threshold as the snapshot shows them.
+
+        They move with time as well as with allocations (vmstat_update()
+        folds them every second), so each operation starts from its own
+        before-snapshot's, as it starts from the kernel's own lists.
+        """
+        for p in snap.pcp:
+            z = self.zones.get((p.nid, p.zone))
+            if z is not None and p.vmstat_diff is not None and p.stat_threshold is not None:
+                z.vm_diff[p.cpu] = p.vmstat_diff
+                z.stat_threshold[p.cpu] = p.stat_threshold
 
     def adopt(self, allocs: list[kmod.AllocRecord]) -> None:
         """Take over the allocations the module already holds (from its `allocs` file)."""
@@ -179,6 +282,8 @@ class OperationReplayer:
         `args` are the command's own key=value arguments, which `free_ids`
         needs (its record does not repeat first, last and step).
         """
+        self.read_counters(op.before)
+        self.predicted_n = self.predicted_stop = None
         if self.steal_answers:
             for z in self.zones.values():
                 z.ownership = self._ownership
@@ -198,13 +303,26 @@ class OperationReplayer:
             first = None
             if op.id is not None:
                 self.next_id = op.id
-            for _ in range(op.n if op.n is not None else 1):
+            # How many blocks: the command's count, each first passing the
+            # module's guard, up to the first the allocator refuses.  Without
+            # the command (callers that replay records alone) the record's n.
+            count = int(args.get("count", "1")) if args else (op.n if op.n is not None else 1)
+            self.predicted_n, self.predicted_stop = 0, "count"
+            for z in self.zones.values():
+                z.vm_cpu = op.cpu
+            for _ in range(count):
                 self._step()
+                if args and not self.guard_allows(op.api, op.gfp, order, op.cpu):
+                    self.guard_refusals += 1
+                    self.predicted_stop = "watermark"
+                    break
                 a = self.alloc_one(op.api, op.gfp, order, size, op.cpu)
                 if a is None:
+                    self.predicted_stop = "nomem"
                     break
                 self.allocations[self.next_id] = a
                 self.next_id += 1
+                self.predicted_n += 1
                 first = a.pfn if first is None else first
             return first
         if op.verb == "leak" and op.id is not None and op.ret == 0:
@@ -231,6 +349,9 @@ class OperationReplayer:
         before = compare_snapshot(self.zones, op.before)
         pfn, why = self.apply(op, args)
         after = compare_snapshot(self.zones, op.after)
+        if why is None and op.verb == "alloc" and args and self.predicted_n != op.n:
+            after = [f"blocks: model {self.predicted_n} (stop={self.predicted_stop}), "
+                     f"kernel {op.n} (stop={op.stop})", *after]
         observed = op.pfn if op.verb == "alloc" else None
         return OpOutcome(op.seq, op.verb, before, after,
                          pfn if op.verb == "alloc" else None, observed, why)

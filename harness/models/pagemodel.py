@@ -179,6 +179,19 @@ class Zone:
         self.record_events = True
         # Which paths of the allocator this zone took (COVERAGE names).
         self.coverage: dict[str, int] = dict.fromkeys(COVERAGE, 0)
+        # Buddy pages outside Isolate lists: NR_FREE_PAGES with every CPU's delta.
+        self.free_pages = 0
+        # The watermarks (min, low, high; none when not known) and
+        # lowmem_reserve[] by zone index, from /proc/zoneinfo.
+        self.watermarks: tuple[int, int, int] | None = None
+        self.lowmem_reserve: tuple[int, ...] = ()
+        # NR_FREE_PAGES as zone_page_state() reads it lags the free pages by
+        # each CPU's delta (vm_stat_diff), folded in once it passes the CPU's
+        # stat_threshold: per CPU, from the module's snapshots.  Changes
+        # count against the CPU `vm_cpu` (the one the operation runs on).
+        self.vm_diff: dict[int, int] = {}
+        self.stat_threshold: dict[int, int] = {}
+        self.vm_cpu = 0
 
     def count(self, path: str, n: int = 1) -> None:
         self.coverage[path] += n
@@ -192,13 +205,30 @@ class Zone:
         if pfn in self.free:
             raise ModelError(f"{self.name}: pfn {pfn} is already free")
         self.free[pfn] = (order, mt)
+        if mt != ISOLATE:
+            self.free_pages += 1 << order
         lst = self.lists[(order, mt)]
         lst.add_tail(pfn) if tail else lst.add_head(pfn)
 
     def del_free(self, pfn: int) -> tuple[int, str]:
         order, mt = self.free.pop(pfn)
+        if mt != ISOLATE:
+            self.free_pages -= 1 << order
         self.lists[(order, mt)].remove(pfn)
         return order, mt
+
+    def mod_free_counter(self, delta: int) -> None:
+        """__mod_zone_page_state(NR_FREE_PAGES) on CPU `vm_cpu`: its delta folds past the threshold."""
+        cpu = self.vm_cpu
+        threshold = self.stat_threshold.get(cpu)
+        if threshold is None:
+            return
+        x = self.vm_diff.get(cpu, 0) + delta
+        self.vm_diff[cpu] = 0 if abs(x) > threshold else x
+
+    def free_counter(self) -> int:
+        """zone_page_state(NR_FREE_PAGES): the zone's counter, without the CPUs' deltas."""
+        return max(0, self.free_pages - sum(self.vm_diff.values()))
 
     def move_free_tail(self, pfn: int, mt: str) -> None:
         """move_to_free_list(): to the tail of another type's list, same order."""
@@ -437,6 +467,7 @@ class Zone:
         if pfn is not None and harder:
             self._reserve_highatomic_pageblock(pfn)
         if pfn is not None:
+            self.mod_free_counter(-(1 << order))
             self.count("allocations")
         return pfn
 
@@ -464,6 +495,7 @@ class Zone:
                 if pfn is None:
                     break
                 lst.append((pfn, mt))  # list_add_tail, index = requested type
+            self.mod_free_counter(-len(lst))  # rmqueue_bulk(): once for the batch
             if not lst:
                 return None
         pfn, _ = lst.popleft()
@@ -475,6 +507,8 @@ class Zone:
         """__free_one_page(): merge with free buddies, then file at head or tail."""
         if pfn in self.free:
             raise ModelError(f"{self.name}: double free of pfn {pfn}")
+        if mt != ISOLATE:
+            self.mod_free_counter(1 << order)
         max_order = min(MAX_ORDER - 1, PAGEBLOCK_ORDER)
         start_order = order
         buddy_pfn = pfn

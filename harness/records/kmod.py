@@ -27,7 +27,8 @@ RECORD_KEYS: dict[tuple[str, str], str] = {
     ("log", "log"): "capacity records dropped",
     ("log", "op"): "seq verb ret cpu [id] [n pages] [api gfp order bytes] [nid zone pfn] [stop]",
     ("log", "zone"): "seq when nid zone mt free",
-    ("log", "pcp"): "seq when nid zone cpu count high batch lists [orders free_factor]",
+    ("log", "pcp"): ("seq when nid zone cpu count high batch lists [orders free_factor] "
+                     "[vmstat_diff stat_threshold]"),
     ("freelists", "dump"): "gen zones blocks pcp_pages",
     ("freelists", "block"): "nid zone order mt pos pfn",
     ("freelists", "pcpage"): "nid zone cpu [order] list pos pfn",
@@ -147,6 +148,12 @@ def _int(v: str) -> int:
     return int(v)
 
 
+def _signed(v: str) -> int:
+    if not re.fullmatch(r"0|-?[1-9][0-9]*", v):
+        raise RecordError(f"not a decimal: {v!r}")
+    return int(v)
+
+
 def _uints(count: int) -> Callable[[str], tuple[int, ...]]:
     def conv(v: str) -> tuple[int, ...]:
         parts = v.split(",")
@@ -180,7 +187,7 @@ _CONVERTERS: dict[str, Callable[[str], object]] = {
     "seq": _positive, "id": _positive, "gen": _positive,
     "ret": _int, "order": _order,
     "free": _uints(MAX_ORDER), "lists": _uint_list, "orders": _uint_list,
-    "gfp": _gfp,
+    "gfp": _gfp, "vmstat_diff": _signed,
     **{k: _name(v) for k, v in VALUE_NAMES.items() if k != "gfp"},
 }
 
@@ -313,6 +320,10 @@ class PcpCounts:
     lists: tuple[int, ...]
     orders: tuple[int, ...] | None = None   # 6.1: the order of each list
     free_factor: int | None = None          # 6.1: nr_pcp_free()'s batch scaling
+    # This CPU's NR_FREE_PAGES delta not yet folded into the zone's counter,
+    # and the size it is folded at (records of modules without them: None).
+    vmstat_diff: int | None = None
+    stat_threshold: int | None = None
 
 
 @dataclass

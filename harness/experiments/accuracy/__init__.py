@@ -16,6 +16,7 @@ from buddylab.experiments.accuracy.scoring import Accuracy, evaluate
 from buddylab.experiments.accuracy.workload import WORKLOADS, generate
 from buddylab.guest.session import Session
 from buddylab.models.versions import ModelSupport
+from buddylab.records import procfs
 
 __all__ = ["Accuracy", "AccuracyRequest", "WORKLOADS", "format_table", "measure", "result_json",
            "suite"]
@@ -35,13 +36,19 @@ def measure(session: Session, request: AccuracyRequest,
         raise SetupError(f"{support.release}: {support.not_modelled}")
     if not request.boost:
         session.run("echo 0 > /proc/sys/vm/watermark_boost_factor").check()
+    # The watermarks and lowmem reserves do not move while boosting is off
+    # (and the model does not apply them while it is on).
+    zoneinfo = procfs.parse_zoneinfo(session.run("cat /proc/zoneinfo").check().stdout) \
+        if not request.boost else None
     session.run(protocol.insmod()).check()
     if request.traced:
         enable_tracing(session)
-    commands = generate(request.seed, request.ops, request.workload, request.memory_mib)
+    commands = generate(request.seed, request.ops, request.workload, request.memory_mib,
+                        request.chunk)
     result = Accuracy(series=support.series if support is not None else "")
     for start in range(0, len(commands), request.chunk):
-        evaluate(run_chunk(session, commands[start:start + request.chunk], request.traced), result)
+        evaluate(run_chunk(session, commands[start:start + request.chunk], request.traced), result,
+                 zoneinfo)
     session.run(f"echo free_all > {protocol.DEBUGFS}/control "
                 f"&& rmmod {protocol.MODULE_NAME}").check()
     return result

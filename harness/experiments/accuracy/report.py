@@ -32,7 +32,7 @@ def result_json(result: Accuracy, request: AccuracyRequest, meta: RunMetadata) -
             "chunk": request.chunk, "traced": request.traced,
             "min_share": request.min_share, "passed": result.passed(request.min_share),
             "unpredictable": result.unpredictable, "guard_refused": result.guard_refused,
-            "count_from_kernel": result.told_count, "workload": request.workload,
+            "stopped_early": result.stopped_early, "workload": request.workload,
             "watermark_boost": request.boost,
             "coverage": result.coverage, "end_dumps_compared": result.end_dumps,
             "end_dumps_not_predictable": result.end_dumps_skipped,
@@ -65,9 +65,10 @@ def format_table(result: Accuracy, seed: int, min_share: float = 1.0,
     if result.guard_refused:
         lines.append(f"{result.guard_refused} alloc commands were refused by the module's "
                      "watermark guard before the allocator ran: not scored for the page model.")
-    if result.told_count:
-        lines.append(f"{result.told_count} alloc commands stopped early (ret -12); the replay "
-                     "takes how many blocks they got from the kernel's record: not predicted.")
+    if result.stopped_early:
+        lines.append(f"{result.stopped_early} alloc commands stopped early (ret -12): how many "
+                     "blocks each got is the page model's prediction (with the watermarks "
+                     "from /proc/zoneinfo when boosting is off).")
     if result.unpredictable:
         lines += ["", "Operations named unpredictable (not scored for the page model):", "",
                   "| cause | operations |", "|---|---|"]

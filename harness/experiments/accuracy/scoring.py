@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from buddylab.allocator import GFP_TYPES, MAX_ORDER
+from buddylab.allocator import GFP_TYPES, MAX_ORDER, RECLAIM_GFPS
 from buddylab.errors import RecordError
 from buddylab.experiments.accuracy.guestrun import Chunk
 from buddylab.experiments.accuracy.placement import (OpWindow, Placement, after_last_op,
@@ -34,7 +34,7 @@ from buddylab.models import kernel_state, operations, pagemodel
 from buddylab.models.counts import ZoneState, predict_alloc
 from buddylab.models.kmem_replay import KmemTraceReplayer
 from buddylab.models.textbook import predict_textbook
-from buddylab.records import kmod
+from buddylab.records import kmod, procfs
 from buddylab.records.kmemtrace import TraceEvent, unseen_cause
 
 
@@ -101,9 +101,9 @@ class Accuracy:
     # `alloc` commands the module's own watermark guard refused before the
     # allocator was called (n=0 stop=watermark): nothing to predict.
     guard_refused: int = 0
-    # alloc commands that stopped early (ret -12): how many blocks they got is
-    # the kernel's (or the guard's) answer, which the replay is given.
-    told_count: int = 0
+    # alloc commands that stopped early (ret -12, not refused whole by the
+    # guard): how many blocks they got the page model predicts.
+    stopped_early: int = 0
     # Paths the page model took while replaying (pagemodel.COVERAGE, summed
     # over the zones, plus DMA-zone allocations and the module's records of
     # guard refusals and allocator failures).
@@ -200,11 +200,26 @@ def _textbook_exact(op: kmod.OpRecord, free_before: FreeSnapshot,
     return merged == after
 
 
-def evaluate(chunk: Chunk, result: Accuracy) -> None:
+def set_watermarks(zones: dict[kernel_state.ZoneKey, pagemodel.Zone],
+                   zoneinfo: list[procfs.ZoneInfo]) -> None:
+    """Each zone's min/low/high watermarks and lowmem_reserve[] from /proc/zoneinfo."""
+    for info in zoneinfo:
+        z = zones.get((info.node, info.zone))
+        if z is not None:
+            z.watermarks = (info.min, info.low, info.high)
+            z.lowmem_reserve = info.protection
+
+
+def evaluate(chunk: Chunk, result: Accuracy, zoneinfo: list[procfs.ZoneInfo] | None = None,
+             ) -> None:
     """Score the models on `chunk`; the page model is that of `result.series`.
 
     An empty `result.series` is set from the chunk's records
     (kernel_state.series_of_records); a chunk of another series is a RecordError.
+    With `zoneinfo` (watermark boosting off) the 5.10 page model applies the
+    watermarks: it predicts how many blocks each alloc gets, the module's
+    guard, the zone fallback and the allocator's failures; without, it has
+    only the free lists.
     """
     ops = [op for op in chunk.log.ops if op.verb != "clear_log"]
     if len(ops) != len(chunk.commands):
@@ -220,6 +235,8 @@ def evaluate(chunk: Chunk, result: Accuracy) -> None:
                           "(models/kmem_replay.py); run without --trace")
     zones = kernel_state.zones_from_dump(chunk.dump, chunk.pageblocks, chunk.zones,
                                          kernel_state.pcp_limits(ops[0].before.pcp), series)
+    if zoneinfo is not None and series == "5.10":
+        set_watermarks(zones, zoneinfo)
     replayer = operations.OperationReplayer(zones)
     replayer.adopt(chunk.allocs)
     windows = op_windows(chunk.events, chunk.dump.gen) if chunk.events is not None else {}
@@ -235,9 +252,9 @@ def evaluate(chunk: Chunk, result: Accuracy) -> None:
                              if (c := unseen_cause(e.name)) is not None})
             if causes:
                 unseen = " and ".join(causes) + f" ran (op {op.seq})"
-            elif chunk.events is None and op.stop == "nomem":
-                # The fast path failed: the slow path (reclaim, compaction,
-                # draining the per-CPU lists) ran, which an untraced run cannot see.
+            elif chunk.events is None and op.stop == "nomem" and op.gfp in RECLAIM_GFPS:
+                # A mask that may reclaim failed: its slow path (reclaim,
+                # compaction) ran, which an untraced run cannot see.
                 unseen = f"the slow path ran (op {op.seq} failed a block, untraced)"
         concurrent = not_the_op(window.during, op, window.pid)
         freed = _blocks_freed(replayer, op, command_args(command)) if stopped is None else []
@@ -283,7 +300,7 @@ def evaluate(chunk: Chunk, result: Accuracy) -> None:
             cause = _unpredictable_cause(outcome.unknowable)
             result.unpredictable[cause] = result.unpredictable.get(cause, 0) + 1
         if op.verb in ("alloc", "fill") and op.ret != 0 and not guard:
-            result.told_count += 1
+            result.stopped_early += 1
         page_ok = outcome is not None and outcome.exact and not outcome.before
         result.page.add(not (guard or unpredictable), page_ok)
         if placement is not None and placement.searched:
@@ -305,6 +322,11 @@ def evaluate(chunk: Chunk, result: Accuracy) -> None:
             result.cover("allocator failures (stop=nomem)")
     if chunk.end_dump is not None and chunk.events is not None:
         _compare_end_dump(chunk, replayer, result, stopped or unseen)
+    if zoneinfo is not None:
+        result.cover("zones refused by the watermark check (model)", replayer.watermark_refusals)
+        result.cover("blocks served by the slow path only (model)", replayer.slow_path_successes)
+        result.cover("blocks the allocator failed (model)", replayer.failures)
+        result.cover("blocks the module's guard refused (model)", replayer.guard_refusals)
     for z in replayer.zones.values():
         for path, n in z.coverage.items():
             result.cover(path, n)

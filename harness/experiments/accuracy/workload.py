@@ -7,19 +7,24 @@ never handed out: a later free of such an id is a no-op that the module
 records with ret -2).
 
 * `default`: at most 64 MiB live, far from any watermark.
-* `pressure`: memory filled to near the watermarks (the module's guard, which
-  keeps each zone above its high watermark, refuses the rest), large batches
-  of all orders, Unmovable (GFP_KERNEL, GFP_ATOMIC) and Movable lifetimes
-  interleaved, step frees that leave holes, so pageblocks of mixed type form
-  and the fallback steals.  The module has no Reclaimable GFP, so no
-  Reclaimable allocation is made.
+* `pressure`: memory filled to near the watermarks, large batches of all
+  orders, Unmovable, Reclaimable and Movable lifetimes interleaved, step
+  frees that leave holes, so pageblocks of mixed type form and the fallback
+  steals; more atomic requests when memory is low.  Every request uses one
+  of the module's NORECLAIM masks (no kswapd, no reclaim, no compaction), so
+  the allocator's fast path at the low watermark, the zone fallback and the
+  slow path at the min watermark decide it alone, and the module's guard
+  (at the min watermark for these masks) keeps the rest of the system out
+  of reclaim.  Each chunk ends with frees that bring the live pages well
+  under the budget, so that reading the chunk's records back needs no
+  reclaim either.
 """
 
 from __future__ import annotations
 
 import random
 
-from buddylab.allocator import GFPS, MAX_ORDER
+from buddylab.allocator import MAX_ORDER, NORECLAIM_GFPS, RECLAIM_GFPS
 from buddylab.protocol import APIS
 
 MAX_LIVE_PAGES = 16384  # 64 MiB: far from the 512 MiB guest's watermarks
@@ -34,10 +39,14 @@ WORKLOADS = ("default", "pressure")
 
 
 def generate(seed: int, count: int, workload: str = "default", memory_mib: int = 512,
-             ) -> list[str]:
-    """`count` module commands of the named workload, the same for the same seed."""
+             chunk: int = 250) -> list[str]:
+    """`count` module commands of the named workload, the same for the same seed.
+
+    `chunk`: the commands run in chunks of this many (the pressure workload
+    ends each with frees).
+    """
     if workload == "pressure":
-        return generate_pressure(seed, count, memory_mib)
+        return generate_pressure(seed, count, memory_mib, chunk)
     if workload != "default":
         raise ValueError(f"unknown workload {workload!r}")
     return generate_default(seed, count)
@@ -66,7 +75,7 @@ def generate_default(seed: int, count: int) -> list[str]:
             commands.append(f"free_ids first={first} last={last} step={step}")
             continue
         api = rng.choice(APIS)
-        gfp = rng.choice(GFPS)
+        gfp = rng.choice(RECLAIM_GFPS)
         words = [f"alloc api={api} gfp={gfp}"]
         if api in ("alloc_pages", "__get_free_pages"):
             order = _order_weighted(rng)
@@ -96,7 +105,12 @@ def generate_default(seed: int, count: int) -> list[str]:
 MAX_LIVE_BLOCKS = 48_000
 
 
-def generate_pressure(seed: int, count: int, memory_mib: int) -> list[str]:
+# Live pages at each chunk's end at most: the budget less this (32 MiB), for
+# the shell, the reads of the records and the dump images.
+CHUNK_END_HEADROOM = 8192
+
+
+def generate_pressure(seed: int, count: int, memory_mib: int, chunk: int = 250) -> list[str]:
     """`count` commands that keep memory near the watermarks, the same for the same seed."""
     rng = random.Random(seed)
     budget = memory_mib * 256 * 9 // 10     # pages: more than the guard lets through
@@ -117,6 +131,18 @@ def generate_pressure(seed: int, count: int, memory_mib: int) -> list[str]:
         commands.append(f"free_ids first={first} last={last} step={step}")
 
     while len(commands) < count:
+        if len(commands) % chunk == chunk - 1 and live:
+            # The chunk's last command frees, oldest first, until the live
+            # pages leave room for reading the records back.
+            ids = sorted(live)
+            last = ids[0]
+            for i in ids:
+                if live_pages <= budget - CHUNK_END_HEADROOM and i != ids[0]:
+                    break
+                live_pages -= live.pop(i)
+                last = i
+            commands.append(f"free_ids first={ids[0]} last={last}")
+            continue
         roll = rng.random()
         full = live_pages > budget or len(live) > MAX_LIVE_BLOCKS
         if live and ((full and rng.random() < 0.5) or (not full and 0.22 <= roll < 0.30)):
@@ -128,7 +154,7 @@ def generate_pressure(seed: int, count: int, memory_mib: int) -> list[str]:
             commands.append(f"free id={victim}")
             continue
         low = live_pages > budget * 0.7
-        gfp = rng.choices(GFPS, weights=(40, 35 if low else 10, 45))[0]
+        gfp = rng.choices(NORECLAIM_GFPS, weights=(30, 40, 15, 35 if low else 10))[0]
         if roll < 0.40:
             # A single block of any api, as the default workload makes.
             api = rng.choice(APIS)
