@@ -10,6 +10,7 @@ before/after snapshots.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -38,6 +39,9 @@ def suitable_block(zone: Zone, order: int, harder: bool = False) -> bool:
 
 
 WMARK_MIN, WMARK_LOW, WMARK_HIGH = 0, 1, 2
+
+COUNTER_FOLD = ("the free-page counter was folded during the operation: vmstat_update() folded a "
+                "CPU's delta, and a watermark decision depended on when")
 
 
 def watermark_ok(zone: Zone, order: int, mark: int, highest: int, harder: bool, high: bool,
@@ -114,21 +118,85 @@ class OperationReplayer:
     # The last alloc command as predicted: blocks obtained and why it stopped.
     predicted_n: int | None = None
     predicted_stop: str | None = None
+    # Whether a watermark decision of the operation would have gone the other
+    # way with the CPUs' free-page deltas folded into the zone's counter.
+    counter_sensitive: bool = False
+    counter_folds: int = 0          # operations after which a delta differed from the model's
+    # Pages the module holds, per (nid, zone, pageblock).
+    held: dict[tuple[int, str, int], int] = field(default_factory=dict)
 
     def _step(self) -> None:
         if self.before_step is not None:
             self.before_step(self.steps)
         self.steps += 1
 
-    def _ownership(self, block: int, start_type: str, free_pages: int) -> bool:
+    def _ownership(self, zone: Zone, block: int, start_type: str, free_pages: int) -> bool:
+        """Whether a partial steal changes the pageblock's type (pagemodel.Ownership).
+
+        The trace's answer if it has one; else steal_suitable_fallback()'s rule
+        with the pageblock's movable pages bounded: move_freepages() counts
+        the allocated pages on the LRU or __PageMovable, and the module's
+        blocks and the per-CPU pages are neither, so only the pageblock's
+        other allocated pages (someone else's) may count.
+        """
         for i, (pfn, changed) in enumerate(self.steal_answers):
             if pfn & ~(pagemodel.PAGEBLOCK_PAGES - 1) == block:
                 del self.steal_answers[: i + 1]
                 return changed
+        others = self._others_pages(zone, block)
+        old_type = zone.pageblock_type(block)
+        half = pagemodel.PAGEBLOCK_PAGES // 2
+        if others is not None:
+            if start_type == pagemodel.MOVABLE:
+                # alike = movable pages, 0 .. others
+                if free_pages + others < half:
+                    return False
+                if free_pages >= half:
+                    return True
+            elif old_type == pagemodel.MOVABLE and others <= half:
+                # alike = pageblock - free - movable: free + alike >= half
+                return True
         raise pagemodel.Unknowable(
             f"a {start_type} request stole {free_pages} free pages of the pageblock at pfn "
             f"{block}; whether the block changes type depends on its allocated movable pages, "
-            "which no dump shows, and the trace shows no steal of it here")
+            f"which no dump shows ({others} of its pages are neither free, per-CPU nor the "
+            "module's), and the trace shows no steal of it here")
+
+    def _others_pages(self, zone: Zone, block: int) -> int | None:
+        """Pages of the pageblock that are neither free, on a per-CPU list nor the module's."""
+        if block < zone.start_pfn or block + pagemodel.PAGEBLOCK_PAGES > zone.end_pfn:
+            return None
+        end = block + pagemodel.PAGEBLOCK_PAGES
+        free = 0
+        pfn = block
+        while pfn < end:
+            entry = zone.free.get(pfn)
+            if entry is None:
+                pfn += 1
+                continue
+            free += 1 << entry[0]
+            pfn += 1 << entry[0]
+        pcp = sum(1 for p in zone.pcp.values() for lst in p.lists.values()
+                  for pfn, _ in lst if block <= pfn < end)
+        held = self.held.get((zone.nid, zone.name, block), 0)
+        return pagemodel.PAGEBLOCK_PAGES - free - pcp - held
+
+    def _hold(self, a: ModelAllocation, sign: int) -> None:
+        """Count the allocation's pages in (or out of) `held`, per pageblock."""
+        if a.leak_order is not None:
+            ranges = [(a.pfn + (1 << j), 1 << j) for j in range(a.leak_order, a.order)]
+        elif a.api == "alloc_pages_exact":
+            ranges = [(a.pfn, a.pages)]
+        else:
+            ranges = [(a.pfn, 1 << a.order)]
+        for pfn, n in ranges:
+            while n > 0:
+                block = pfn & ~(pagemodel.PAGEBLOCK_PAGES - 1)
+                part = min(n, block + pagemodel.PAGEBLOCK_PAGES - pfn)
+                key = (a.zone.nid, a.zone.name, block)
+                self.held[key] = self.held.get(key, 0) + sign * part
+                pfn += part
+                n -= part
 
     def zonelist(self, gfp: str, nid: int = 0) -> list[Zone]:
         """The node's populated zones, highest first, up to the gfp's highest zone."""
@@ -183,8 +251,15 @@ class OperationReplayer:
         for nofragment in passes:
             for z in zonelist:
                 if z.watermarks is not None:
-                    if not watermark_ok(z, order, z.watermarks[wmark], highest, harder, high,
-                                        z.free_counter()):
+                    ok = watermark_ok(z, order, z.watermarks[wmark], highest, harder, high,
+                                      z.free_counter())
+                    # Had vmstat_update() folded the CPUs' deltas in the meantime,
+                    # the counter would lie within their thresholds of the free pages.
+                    drift = sum(z.stat_threshold.values())
+                    if any(watermark_ok(z, order, z.watermarks[wmark], highest, harder, high,
+                                        max(0, z.free_pages + d)) != ok for d in (-drift, drift)):
+                        self.counter_sensitive = True
+                    if not ok:
                         self.watermark_refusals += 1
                         continue
                 elif not suitable_block(z, order, harder):
@@ -235,6 +310,12 @@ class OperationReplayer:
                 z.vm_diff[p.cpu] = p.vmstat_diff
                 z.stat_threshold[p.cpu] = p.stat_threshold
 
+    def counter_moved(self, snap: kmod.Snapshot) -> bool:
+        """Whether a CPU's free-page delta differs from the model's (a fold it did not see)."""
+        return any(p.vmstat_diff is not None and (p.nid, p.zone) in self.zones
+                   and self.zones[(p.nid, p.zone)].vm_diff.get(p.cpu, p.vmstat_diff)
+                   != p.vmstat_diff for p in snap.pcp)
+
     def adopt(self, allocs: list[kmod.AllocRecord]) -> None:
         """Take over the allocations the module already holds (from its `allocs` file)."""
         for a in allocs:
@@ -245,6 +326,7 @@ class OperationReplayer:
                 raise RecordError(f"allocation {a.id} is in node {a.nid} zone {a.zone}, "
                                   "which the dump lacks")
             self.allocations[a.id] = ModelAllocation(zone, a.api, a.pfn, a.order, a.pages)
+            self._hold(self.allocations[a.id], 1)
             self.next_id = max(self.next_id, a.id + 1)
 
     def leak(self, alloc_id: int, k: int, cpu: int) -> None:
@@ -257,15 +339,18 @@ class OperationReplayer:
         if a is None:
             raise pagemodel.ModelError(f"the kernel leaked allocation {alloc_id}, "
                                        "which the model does not hold")
+        self._hold(a, -1)
         a.zone.free_block(a.pfn, k, cpu)
         a.leak_order = k
         a.pages -= 1 << k
+        self._hold(a, 1)
 
     def free(self, alloc_id: int, cpu: int) -> None:
         a = self.allocations.pop(alloc_id, None)
         if a is None:
             raise pagemodel.ModelError(f"the kernel freed allocation {alloc_id}, "
                                        "which the model does not hold")
+        self._hold(a, -1)
         if a.leak_order is not None:
             for j in range(a.leak_order, a.order):
                 a.zone.free_block(a.pfn + (1 << j), j, cpu)
@@ -284,9 +369,9 @@ class OperationReplayer:
         """
         self.read_counters(op.before)
         self.predicted_n = self.predicted_stop = None
-        if self.steal_answers:
-            for z in self.zones.values():
-                z.ownership = self._ownership
+        self.counter_sensitive = False
+        for z in self.zones.values():
+            z.ownership = functools.partial(self._ownership, z)
         self.steps = 0
         try:
             return self._apply(op, args or {}), None
@@ -321,6 +406,7 @@ class OperationReplayer:
                     self.predicted_stop = "nomem"
                     break
                 self.allocations[self.next_id] = a
+                self._hold(a, 1)
                 self.next_id += 1
                 self.predicted_n += 1
                 first = a.pfn if first is None else first
@@ -349,6 +435,10 @@ class OperationReplayer:
         before = compare_snapshot(self.zones, op.before)
         pfn, why = self.apply(op, args)
         after = compare_snapshot(self.zones, op.after)
+        moved = self.counter_moved(op.after)
+        self.counter_folds += moved
+        if why is None and self.counter_sensitive and moved:
+            why = COUNTER_FOLD
         if why is None and op.verb == "alloc" and args and self.predicted_n != op.n:
             after = [f"blocks: model {self.predicted_n} (stop={self.predicted_stop}), "
                      f"kernel {op.n} (stop={op.stop})", *after]
