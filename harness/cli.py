@@ -278,7 +278,9 @@ def _accuracy_args(p: argparse.ArgumentParser) -> None:
                    help="exit 1 unless the page model predicts at least this share of the "
                         "operations it attempts (%(default)s)")
     p.add_argument("--workload", default="default", metavar="NAME",
-                   help="default (far from the watermarks) or pressure (near them) (%(default)s)")
+                   help="default (far from the watermarks) or pressure (near them; runs with "
+                        "vm.watermark_boost_factor=0 and vm.compaction_proactiveness=0) "
+                        "(%(default)s)")
     p.add_argument("--no-boost", action="store_true",
                    help="switch watermark boosting off in the guest (vm.watermark_boost_factor=0; "
                         "always so with --workload pressure); the report says so")
@@ -299,7 +301,8 @@ def accuracy_command(args: argparse.Namespace) -> int:
     request = accuracy.AccuracyRequest(args.seed, args.ops, args.chunk, args.trace,
                                        args.min_share, args.workload, opts.memory_mib,
                                        # The model applies the watermarks only unboosted.
-                                       not args.no_boost and args.workload != "pressure")
+                                       not args.no_boost and args.workload != "pressure",
+                                       proactive_compaction=args.workload != "pressure")
     if args.kernels:
         return _accuracy_kernels(args.guest, opts, request, [k for k in args.kernels.split(",") if k])
     with outputs(args, "accuracy", _properties(opts, None, "accuracy")) as out:
@@ -309,7 +312,8 @@ def accuracy_command(args: argparse.Namespace) -> int:
         with _boot(args.guest, prepared, opts, run_dir) as session:
             result = accuracy.measure(session, request)
         table = accuracy.format_table(result, request.seed, request.min_share,
-                                      request.workload, request.boost)
+                                      request.workload, request.boost,
+                                      request.proactive_compaction)
         suite = accuracy.suite(result, request, _properties(opts, prepared, "accuracy"),
                                time.monotonic() - start)
         _save_run(run_dir, {**accuracy.result_json(result, request,

@@ -39,10 +39,12 @@ def test_a_short_pressure_run_is_predicted_with_the_watermarks(prepared):
     named unpredictable; the model predicts how many blocks each alloc gets (the
     watermarks, the zone fallback, the slow path) and misses none it attempts."""
     request = accuracy.AccuracyRequest(seed=5, ops=250, chunk=250, traced=True,
-                                       workload="pressure", boost=False)
+                                       workload="pressure", boost=False,
+                                       proactive_compaction=False)
     with boot(prepared) as session:
         result = accuracy.measure(session, request)
-    table = accuracy.format_table(result, 5, workload="pressure", boost=False)
+    table = accuracy.format_table(result, 5, workload="pressure", boost=False,
+                                  proactive_compaction=False)
     assert result.page.ops == 250
     assert (result.page.attempted + result.guard_refused + sum(result.unpredictable.values())
             == 250), table

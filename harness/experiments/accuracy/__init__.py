@@ -36,6 +36,8 @@ def measure(session: Session, request: AccuracyRequest,
         raise SetupError(f"{support.release}: {support.not_modelled}")
     if not request.boost:
         session.run("echo 0 > /proc/sys/vm/watermark_boost_factor").check()
+    if not request.proactive_compaction:
+        session.run("echo 0 > /proc/sys/vm/compaction_proactiveness").check()
     # The watermarks and lowmem reserves do not move while boosting is off
     # (and the model does not apply them while it is on).
     zoneinfo = procfs.parse_zoneinfo(session.run("cat /proc/zoneinfo").check().stdout) \

@@ -22,6 +22,9 @@ class AccuracyRequest:
     memory_mib: int = 512
     # False: vm.watermark_boost_factor set to 0 for the run (--no-boost).
     boost: bool = True
+    # False: vm.compaction_proactiveness set to 0 (kcompactd's timed proactive
+    # compaction, new in 5.9, moves pages no trace shows).
+    proactive_compaction: bool = True
 
 
 def result_json(result: Accuracy, request: AccuracyRequest, meta: RunMetadata) -> dict[str, object]:
@@ -34,6 +37,7 @@ def result_json(result: Accuracy, request: AccuracyRequest, meta: RunMetadata) -
             "unpredictable": result.unpredictable, "guard_refused": result.guard_refused,
             "stopped_early": result.stopped_early, "workload": request.workload,
             "watermark_boost": request.boost,
+            "proactive_compaction": request.proactive_compaction,
             "coverage": result.coverage, "end_dumps_compared": result.end_dumps,
             "end_dumps_not_predictable": result.end_dumps_skipped,
             "end_dump_differences": result.end_dump_differences,
@@ -47,7 +51,8 @@ def result_json(result: Accuracy, request: AccuracyRequest, meta: RunMetadata) -
 
 
 def format_table(result: Accuracy, seed: int, min_share: float = 1.0,
-                 workload: str = "default", boost: bool = True) -> str:
+                 workload: str = "default", boost: bool = True,
+                 proactive_compaction: bool = True) -> str:
     rows = [(f"{result.series} model, page for page", result.page),
             ("5.10 model, counts only", result.counts),
             ("textbook (one list per order)", result.textbook)]
@@ -59,6 +64,9 @@ def format_table(result: Accuracy, seed: int, min_share: float = 1.0,
     if not boost:
         lines += ["", "Watermark boosting was switched off for this run "
                   "(vm.watermark_boost_factor=0, --no-boost)."]
+    if not proactive_compaction:
+        lines += ["Proactive compaction was switched off for this run "
+                  "(vm.compaction_proactiveness=0)."]
     lines += ["", "The page model attempts every operation not named below; the counts-only "
               "model attempts single successful allocations; the textbook model single "
               "successful allocations and frees."]
