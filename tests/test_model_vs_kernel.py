@@ -55,4 +55,4 @@ def test_a_short_pressure_run_is_predicted_with_the_watermarks(prepared):
     assert result.coverage["zones refused by the watermark check (model)"] > 0, table
     assert not any("compaction" in c or "reclaim" in c for c in result.unpredictable), table
     assert result.coverage["blocks served by the slow path only (model)"] > 0, table
-    assert result.page.attempted_share >= 0.75, table
+    assert result.page.attempted_share >= 0.5, table
