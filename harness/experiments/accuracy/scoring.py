@@ -245,6 +245,11 @@ def evaluate(chunk: Chunk, result: Accuracy, zoneinfo: list[procfs.ZoneInfo] | N
     # unknown: from there on the chunk is not predictable (the next dump
     # re-synchronises the model).
     unseen: str | None = None
+    if chunk.events is not None and not any(
+            e.name == "buddylab_dump" and e["gen"] == chunk.dump.gen for e in chunk.events):
+        # The ring buffer overwrote the chunk's start: which events came
+        # between the operations is not known.
+        unseen = "the trace buffer overflowed (its start was lost)"
     for op, command in zip(ops, chunk.commands):
         window = windows.get(op.seq, OpWindow())
         if unseen is None:
