@@ -36,11 +36,12 @@ def test_trace_replay_predicts_the_final_dump(prepared):
 def test_a_short_pressure_run_is_predicted_with_the_watermarks(prepared):
     """Memory near the watermarks, NORECLAIM masks, boosting and proactive compaction off:
     the run ends in a table (never a traceback), every operation is attempted, refused by
-    the module's guard or named unpredictable, and no kswapd or kcompactd ran.  Wherever an
+    the module's guard or named unpredictable (kswapd may still run, woken by another
+    task's allocation below the low watermark).  Wherever an
     operation starts from the kernel's state, the model predicts its own steps (watermark
     decisions, zone fallback, slow path, how many blocks): no miss is in an operation's
-    replay.  Misses that start between operations remain (README, "Under memory
-    pressure": a PFN-level divergence the per-operation counts do not show)."""
+    replay.  Misses that start with another task's events remain (README, "Under
+    memory pressure")."""
     request = accuracy.AccuracyRequest(seed=5, ops=250, chunk=250, traced=True,
                                        workload="pressure", boost=False,
                                        proactive_compaction=False)
@@ -54,7 +55,6 @@ def test_a_short_pressure_run_is_predicted_with_the_watermarks(prepared):
     assert result.stopped_early > 0, table
     assert result.coverage["fallback steals"] > 0, table
     assert result.coverage["zones refused by the watermark check (model)"] > 0, table
-    assert not any("compaction" in c or "reclaim" in c for c in result.unpredictable), table
     assert result.coverage["blocks served by the slow path only (model)"] > 0, table
     assert result.page.exact > 0, table
     own = [d for d in result.divergences if d.cause.startswith("the model's replay differs")]
