@@ -1,8 +1,10 @@
-"""Mutation score per file, from mutmut's results (run by `make mutants`, in build/mutmut).
+"""Mutation score per file, from mutmut's results (`make mutants`, bench/mutants.py).
+
+    bench/mutation_score.py [TREE ...]     (default: every build/mutmut/GROUP)
 
 Prints, for each mutated module, how many mutants the host-only tests killed,
-how many survived, timed out, had no test or were not run yet, and the score:
-killed / (all but "no tests", "skipped" and "not checked").
+how many survived, timed out, had no test or were not run yet, and two scores:
+killed / (all but "no tests", "skipped" and "not checked"), and killed / all.
 """
 
 from __future__ import annotations
@@ -19,8 +21,12 @@ UNSCORED = ("no tests", "skipped", "not checked")
 
 def main() -> int:
     mutmut = Path(sys.executable).parent / "mutmut"
-    out = subprocess.run([str(mutmut), "results", "--all", "true"], capture_output=True,
-                         text=True, check=True).stdout
+    trees = [Path(a) for a in sys.argv[1:]] or sorted(
+        p.parent for p in (Path(__file__).resolve().parent.parent / "build" / "mutmut").glob(
+            "*/mutants"))
+    out = "".join(subprocess.run([str(mutmut), "results", "--all", "true"], cwd=tree,
+                                 capture_output=True, text=True, check=True).stdout
+                  for tree in trees)
     by_module: dict[str, Counter[str]] = defaultdict(Counter)
     for line in out.splitlines():
         key, sep, status = line.strip().rpartition(": ")
@@ -32,7 +38,8 @@ def main() -> int:
         print("mutmut has no results (run `make mutants` first)", file=sys.stderr)
         return 1
     total: Counter[str] = Counter()
-    print(f"{'module':40} " + " ".join(f"{c[:9]:>9}" for c in COLUMNS) + "    score")
+    print(f"{'module':40} " + " ".join(f"{c[:9]:>9}" for c in COLUMNS)
+          + "    score  killed/all")
     for module in sorted(by_module):
         c = by_module[module]
         total.update(c)
@@ -43,8 +50,10 @@ def main() -> int:
 
 def row(name: str, c: Counter[str]) -> str:
     tested = sum(c.values()) - sum(c[k] for k in UNSCORED)
-    score = f"{100 * c['killed'] / tested:5.1f} %" if tested else "    -"
-    return f"{name:40} " + " ".join(f"{c[k]:>9}" for k in COLUMNS) + f"  {score}"
+    score = f"{100 * c['killed'] / tested:5.1f} %" if tested else "    -  "
+    total = sum(c.values())
+    of_all = f"{100 * c['killed'] / total:5.1f} %" if total else "    -  "
+    return f"{name:40} " + " ".join(f"{c[k]:>9}" for k in COLUMNS) + f"  {score}     {of_all}"
 
 
 if __name__ == "__main__":

@@ -1,0 +1,106 @@
+"""Mutation testing (`make mutants`): mutmut over the models, parsers and scoring.
+
+mutmut maps each mutated function to every test that reaches it, however
+deeply: the golden-output and replay tests reach nearly every parser and
+model function, and running them for each of some 5000 mutants takes hours.
+So each group of modules below runs in its own mutmut tree with the host
+tests written for it (those fail first on a mutant), and `bench/mutation_score.py`
+then prints the score of every module.
+
+mutmut names a module after its file's path and imports the mutated copy from
+`mutants/`, so each group runs in build/mutmut/GROUP/, where `src/buddylab`
+links to harness/; its pyproject.toml is the repository's with the group's
+`only_mutate` and test selection added to `[tool.mutmut]`.  A second run of a
+group retests only what changed.
+
+    bench/mutants.py [GROUP ...] [--jobs N]     (default: every group, 2 jobs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = ROOT / "build" / "mutmut"
+
+# group -> (files mutated, relative to harness/; host test files run on them)
+GROUPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "kmod": (("records/kmod.py",), ("test_kmodrec.py",)),
+    "procfs": (("records/procfs.py",), ("test_procfs.py",)),
+    "traces": (("records/kmemtrace.py", "models/kmem_replay.py", "models/synthetic_trace.py"),
+               ("test_replay.py",)),
+    "slab": (("records/kasan.py", "records/slabinfo.py"),
+             ("test_slab_oob.py", "test_chapter8.py")),
+    "pagemodel": (("models/pagemodel.py",), ("test_buddy.py", "test_zone_edge.py")),
+    "counts": (("models/counts.py", "models/textbook.py", "allocator.py"), ("test_model.py",)),
+    "kernel_state": (("models/kernel_state.py",), ("test_kernel_state.py", "test_zone_edge.py")),
+    "scoring": (("models/operations.py", "models/versions.py",
+                 "experiments/accuracy/scoring.py"),
+                ("test_experiments_saved.py", "test_versions.py")),
+}
+
+# Renders a PNG for a minute from parsers test_kmodrec.py covers.
+DESELECT = ("tests/test_chapter8.py::test_zone_map_of_a_real_dump_matches_its_data",)
+
+
+def group_pyproject(files: tuple[str, ...], tests: tuple[str, ...]) -> str:
+    """The repository's pyproject.toml, its [tool.mutmut] (the last table) narrowed to a group."""
+    text = (ROOT / "pyproject.toml").read_text()
+    if not text.rstrip().rpartition("\n[")[2].startswith("tool.mutmut]"):
+        raise SystemExit("pyproject.toml: [tool.mutmut] must be the last table")
+    selection = ["-m", "not qemu", *(f"tests/{t}" for t in tests)]
+    for node in DESELECT:
+        if node.partition("::")[0] in selection:
+            selection += ["--deselect", node]
+    return (text.rstrip() + "\n"
+            + f"only_mutate = {json.dumps([f'src/buddylab/{f}' for f in files])}\n"
+            + f"pytest_add_cli_args_test_selection = {json.dumps(selection)}\n")
+
+
+def prepare(group: str) -> Path:
+    files, tests = GROUPS[group]
+    tree = BUILD / group
+    (tree / "src").mkdir(parents=True, exist_ok=True)
+    links = {"src/buddylab": ROOT / "harness", "tests": ROOT / "tests", "kmod": ROOT / "kmod",
+             "images": ROOT / "images"}
+    for name, target in links.items():
+        link = tree / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(target)
+    pyproject = tree / "pyproject.toml"
+    if pyproject.is_symlink():
+        pyproject.unlink()
+    text = group_pyproject(files, tests)
+    if not pyproject.exists() or pyproject.read_text() != text:
+        pyproject.write_text(text)
+    return tree
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
+    ap.add_argument("groups", nargs="*", metavar="GROUP",
+                    help=f"groups to run (default all): {' '.join(GROUPS)}")
+    ap.add_argument("--jobs", type=int, default=2, help="mutants tested at once (default 2)")
+    args = ap.parse_args()
+    unknown = [g for g in args.groups if g not in GROUPS]
+    if unknown:
+        ap.error(f"unknown group {' '.join(unknown)}; groups: {' '.join(GROUPS)}")
+    mutmut = Path(sys.executable).parent / "mutmut"
+    trees = []
+    for group in args.groups or list(GROUPS):
+        tree = prepare(group)
+        print(f"== {group}: {' '.join(GROUPS[group][0])}", flush=True)
+        subprocess.run([str(mutmut), "run", "--max-children", str(args.jobs)], cwd=tree,
+                       check=True)
+        trees.append(str(tree))
+    return subprocess.run([sys.executable, str(ROOT / "bench" / "mutation_score.py"),
+                           *trees]).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
