@@ -29,7 +29,7 @@ BUILD = ROOT / "build" / "mutmut"
 
 # group -> (files mutated, relative to harness/; host test files run on them)
 GROUPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "kmod": (("records/kmod.py",), ("test_kmodrec.py",)),
+    "kmod": (("records/kmod.py",), ("test_kmodrec.py", "test_chapter8.py")),
     "procfs": (("records/procfs.py",), ("test_procfs.py",)),
     "traces": (("records/kmemtrace.py", "models/kmem_replay.py", "models/synthetic_trace.py"),
                ("test_replay.py",)),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -313,94 +314,189 @@ def test_pageblocks_and_zones_fixtures(guest):
     assert len(per_zone["DMA32"]) == 126944 // 512 + 1        # 4096 .. 131039
 
 
-# Rejections
+# Rejections: each names what is wrong (the message is the user's one line).
+
+def rejects(parse: Callable[[str], object], text: str, message: str) -> None:
+    with pytest.raises(RecordError, match=re.escape(message)):
+        parse(text)
+
 
 LOG_HEADER = "log capacity=1024 records=1 dropped=0\n"
 
 
-def minimal_log(op: str = "op seq=1 verb=clear_log ret=0 cpu=0") -> str:
-    snap = ""
-    for when in k.WHENS:
+def snapshot(seq: int, when: str, zones: tuple[str, ...] = ("DMA32",),
+             cpus: tuple[int, ...] = (0,)) -> str:
+    text = ""
+    for zone in zones:
         for mt in k.MIGRATETYPES:
-            snap += f"zone seq=1 when={when} nid=0 zone=DMA32 mt={mt} free=0,0,0,0,0,0,0,0,0,0,1\n"
-        snap += f"pcp seq=1 when={when} nid=0 zone=DMA32 cpu=0 count=3 high=186 batch=31 " \
-                "lists=1,2,0\n"
-    return LOG_HEADER + op + "\n" + snap
+            text += f"zone seq={seq} when={when} nid=0 zone={zone} mt={mt} " \
+                    "free=0,0,0,0,0,0,0,0,0,0,1\n"
+    for zone in zones:
+        for cpu in cpus:
+            text += f"pcp seq={seq} when={when} nid=0 zone={zone} cpu={cpu} count=3 high=186 " \
+                    "batch=31 lists=1,2,0\n"
+    return text
+
+
+def minimal_log(op: str = "op seq=1 verb=clear_log ret=0 cpu=0") -> str:
+    return LOG_HEADER + op + "\n" + "".join(snapshot(1, when) for when in k.WHENS)
+
+
+SECOND_OP = "op seq=2 verb=clear_log ret=0 cpu=0\n" + "".join(snapshot(2, w) for w in k.WHENS)
+AFTER_ZONES = "".join(f"zone seq=1 when=after nid=0 zone=DMA32 mt={mt} free=0,0,0,0,0,0,0,0,0,0,1\n"
+                      for mt in k.MIGRATETYPES)
+AFTER_PCP = "pcp seq=1 when=after nid=0 zone=DMA32 cpu=0 count=3 high=186 batch=31 lists=1,2,0\n"
 
 
 def test_minimal_log_parses():
     log = k.parse_log(minimal_log())
     assert log.ops[0].after.free_counts(0, "DMA32", "Isolate")[10] == 1
     assert log.ops[0].before.free_pages() == 5 * 1024 + 3
+    log = k.parse_log(minimal_log().replace("records=1", "records=2") + SECOND_OP)
+    assert [op.seq for op in log.ops] == [1, 2] and log.records == 2
 
 
-@pytest.mark.parametrize("bad", [
-    "op seq=1 verb=clear_log ret=0 cpu=0 n=0 pages=0",            # keys clear_log lacks
-    "op seq=1 verb=clear_log ret=-12 cpu=0",                      # undocumented ret
-    "op seq=1 verb=reset ret=0 cpu=0",                            # unknown verb
-    "op seq=1 ret=0 verb=clear_log cpu=0",                        # key order
-    "op seq=1 verb=clear_log ret=0 cpu=0 ",                       # trailing space
-    "op seq=1  verb=clear_log ret=0 cpu=0",                       # double space
-    "op seq=01 verb=clear_log ret=0 cpu=0",                       # leading zero
-    "op seq=0 verb=clear_log ret=0 cpu=0",                        # seq starts at 1
-    "op seq=1 verb=clear_log ret=+0 cpu=0",
-    "op seq=1 verb=clear_log ret=0 cpu=0x0",
-    "op seq=1 verb=clear_log ret=0 cpu",
-    "op seq=1 verb=free_all ret=0 cpu=0 n=1 pages=8",             # id missing though n >= 1
-    "op seq=1 verb=free_all ret=0 cpu=0 id=3 n=0 pages=0",        # id though n = 0
-    "op seq=1 verb=free ret=-2 cpu=0 id=3 n=0 pages=0 api=alloc_page gfp=GFP_KERNEL order=0 "
-    "bytes=4096 nid=0 zone=DMA32 pfn=5",                          # details of an unknown id
-    "op seq=1 verb=alloc ret=0 cpu=0 n=0 pages=0 api=alloc_page gfp=GFP_KERNEL order=0 "
-    "bytes=4096 stop=nomem",                                      # ret 0 but stopped early
-    "op seq=1 verb=alloc ret=-12 cpu=0 n=0 pages=0 api=alloc_page gfp=GFP_KERNEL order=0 "
-    "bytes=4096 stop=oom",                                        # unknown stop
-    "op seq=1 verb=alloc ret=-12 cpu=0 n=0 pages=0 api=alloc_page gfp=GFP_KERNEL|__GFP_COMP "
-    "order=0 bytes=4096 stop=nomem",                              # unknown gfp modifier
-    "op seq=1 verb=alloc ret=-12 cpu=0 n=0 pages=0 api=alloc_page gfp=GFP_KERNEL order=11 "
-    "bytes=4096 stop=nomem",                                      # order out of range
-    "op seq=1 verb=fill ret=-12 cpu=0 n=0 pages=0 api=alloc_page gfp=GFP_KERNEL order=0 "
-    "bytes=4096 stop=nomem",                                      # fill is alloc_pages only
+def test_two_zones_two_cpus_and_61_pcp_lists_parse_in_order():
+    op = "op seq=1 verb=clear_log ret=0 cpu=0\n"
+    text = LOG_HEADER + op + "".join(snapshot(1, w, ("DMA", "DMA32"), (0, 1)) for w in k.WHENS)
+    text = text.replace("lists=1,2,0\n", "lists=1,2,0,4 orders=0,0,0,3\n")
+    snap = k.parse_log(text).ops[0].after
+    assert [(z.zone, z.mt) for z in snap.zones[4:6]] == [("DMA", "Isolate"), ("DMA32", "Unmovable")]
+    assert [(p.zone, p.cpu) for p in snap.pcp] == [("DMA", 0), ("DMA", 1), ("DMA32", 0), ("DMA32", 1)]
+    assert snap.pcp_of(0, "DMA32", 1).orders == (0, 0, 0, 3)
+    assert snap.pcp_of(0, "DMA", 1) is snap.pcp[1]
+    assert snap.free_counts(0, "DMA", "Movable") is snap.zones[1].free
+    with pytest.raises(KeyError):
+        snap.pcp_of(0, "DMA32", 2)
+    with pytest.raises(KeyError):
+        snap.free_counts(0, "Normal", "Movable")
+
+
+@pytest.mark.parametrize("bad,message", [
+    ("op seq=1 verb=clear_log ret=0 cpu=0 n=0 pages=0",          # keys clear_log lacks
+     "unexpected key 'n'"),
+    ("op seq=1 verb=clear_log ret=-12 cpu=0", "ret=-12 is not documented for clear_log"),
+    ("op seq=1 verb=reset ret=0 cpu=0", "unknown verb 'reset'"),
+    ("op seq=1 ret=0 verb=clear_log cpu=0", "keys seq ret verb cpu do not match"),  # key order
+    ("op seq=1 verb=clear_log ret=0 cpu=0 ", "empty field"),     # trailing space
+    ("op seq=1  verb=clear_log ret=0 cpu=0", "empty field"),     # double space
+    ("op seq=01 verb=clear_log ret=0 cpu=0", "not an unsigned decimal"),   # leading zero
+    ("op seq=0 verb=clear_log ret=0 cpu=0", "must be at least 1"),         # seq starts at 1
+    ("op seq=1 verb=clear_log ret=+0 cpu=0", "not 0 or a negative errno"),
+    ("op seq=1 verb=clear_log ret=0 cpu=0x0", "not an unsigned decimal"),
+    ("op seq=1 verb=clear_log ret=0 cpu", "bad field 'cpu'"),
+    ("op seq=1 verb=clear_log ret=0 cpu=", "bad field 'cpu='"),
+    ("op seq=1 verb=clear_log ret=0 =0", "bad field '=0'"),
+    ("op seq=1 verb=clear_log ret=0 cpu=0=0", "bad field 'cpu=0=0'"),
+    ("op seq=1 verb=free_all ret=0 cpu=0 n=1 pages=8",           # id missing though n >= 1
+     "id must be present exactly when n >= 1"),
+    ("op seq=1 verb=free_all ret=0 cpu=0 id=3 n=0 pages=0",      # id though n = 0
+     "id must be present exactly when n >= 1"),
+    ("op seq=1 verb=free ret=-2 cpu=0 id=3 n=0 pages=0 api=alloc_page gfp=GFP_KERNEL order=0 "
+     "bytes=4096 nid=0 zone=DMA32 pfn=5",                        # details of an unknown id
+     "details must be present exactly when the id was found"),
+    ("op seq=1 verb=free ret=0 cpu=0 id=3 n=1 pages=1",          # found, but no details
+     "details must be present exactly when the id was found"),
+    ("op seq=1 verb=free ret=0 cpu=0 id=3 n=0 pages=1 api=alloc_page gfp=GFP_KERNEL order=0 "
+     "bytes=4096 nid=0 zone=DMA32 pfn=5", "n must be 1 on success, else 0"),
+    ("op seq=1 verb=leak ret=-22 cpu=0 id=3 n=1 pages=1 api=alloc_page gfp=GFP_KERNEL order=0 "
+     "bytes=4096 nid=0 zone=DMA32 pfn=5", "n must be 1 on success, else 0"),
+    ("op seq=1 verb=alloc ret=0 cpu=0 n=0 pages=0 api=alloc_page gfp=GFP_KERNEL order=0 "
+     "bytes=4096 stop=nomem",                                    # ret 0 but stopped early
+     "stop=count exactly when ret=0"),
+    ("op seq=1 verb=ksweep ret=-12 cpu=0 n=3 pages=3 stop=count", "stop=count exactly when ret=0"),
+    ("op seq=1 verb=alloc ret=0 cpu=0 id=1 n=1 pages=1 api=alloc_page gfp=GFP_KERNEL order=0 "
+     "bytes=4096 stop=count",                                    # took a page, says not where
+     "nid zone pfn must be present exactly when n >= 1"),
+    ("op seq=1 verb=alloc ret=-12 cpu=0 n=0 pages=0 api=alloc_page gfp=GFP_KERNEL order=0 "
+     "bytes=4096 stop=oom", "unknown value 'oom'"),              # unknown stop
+    ("op seq=1 verb=alloc ret=-12 cpu=0 n=0 pages=0 api=alloc_page gfp=GFP_KERNEL|__GFP_COMP "
+     "order=0 bytes=4096 stop=nomem", "unknown gfp 'GFP_KERNEL|__GFP_COMP'"),
+    ("op seq=1 verb=alloc ret=-12 cpu=0 n=0 pages=0 api=alloc_page gfp=GFP_ZERO "
+     "order=0 bytes=4096 stop=nomem", "unknown gfp 'GFP_ZERO'"),
+    ("op seq=1 verb=alloc ret=-12 cpu=0 n=0 pages=0 api=alloc_page gfp=GFP_KERNEL order=11 "
+     "bytes=4096 stop=nomem", "order out of range: '11'"),
+    ("op seq=1 verb=fill ret=-12 cpu=0 n=0 pages=0 api=alloc_page gfp=GFP_KERNEL order=0 "
+     "bytes=4096 stop=nomem", "fill uses alloc_pages"),         # fill is alloc_pages only
 ])
-def test_bad_op_lines_are_rejected(bad):
-    with pytest.raises(RecordError):
-        k.parse_log(minimal_log(bad))
+def test_bad_op_lines_are_rejected(bad, message):
+    rejects(k.parse_log, minimal_log(bad), f"line 2: {message}")
 
 
-@pytest.mark.parametrize("edit", [
-    lambda t: t.replace("records=1", "records=2"),
-    lambda t: t.replace("log capacity=1024 records=1 dropped=0\n", ""),
-    lambda t: t.replace("mt=Movable", "mt=CMA", 1),
-    lambda t: t.replace("mt=Reclaimable free", "mt=Movable free", 1),
-    lambda t: t.replace("free=0,0,0,0,0,0,0,0,0,0,1", "free=0,0,0,0,0,0,0,0,0,1", 1),
-    lambda t: t.replace("lists=1,2,0", "lists=1,2", 1),
-    lambda t: t.replace("when=after", "when=before", 1),
-    lambda t: t.replace("zone seq=1 when=after", "zone seq=2 when=after", 1),
-    lambda t: t.replace("zone=DMA32 cpu=0", "zone=DMA cpu=0", 1),
-    lambda t: t.replace("count=3", "count=3 extra=1", 1),
-    lambda t: t + "zone seq=1 when=after nid=0 zone=DMA32 mt=Unmovable free=0,0,0,0,0,0,0,0,0,0,1\n",
-    lambda t: t + "\n",
-    lambda t: t.rstrip("\n"),
-    lambda t: t.replace("\n", "\r\n"),
-    lambda t: t + "unknown record=1\n",
+def test_documented_op_lines_parse():
+    op = k.parse_log(minimal_log(
+        "op seq=1 verb=alloc ret=0 cpu=0 id=4 n=1 pages=1 api=alloc_page "
+        "gfp=GFP_KERNEL|__GFP_ZERO order=10 bytes=4096 nid=0 zone=DMA32 pfn=5 stop=count")).ops[0]
+    assert (op.id, op.gfp, op.zero, op.order, op.pfn, op.stop) == \
+        (4, "GFP_KERNEL", True, 10, 5, "count")
+    op = k.parse_log(minimal_log("op seq=1 verb=leak ret=-2 cpu=0 id=9 n=0 pages=0")).ops[0]
+    assert (op.ret, op.api, op.zero) == (-2, None, False)
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda t: t.replace("records=1", "records=2"), "header says records=2, found 1"),
+    (lambda t: t.replace("log capacity=1024 records=1 dropped=0\n", ""),
+     "the first line must be the log header"),
+    (lambda t: t.replace("capacity=1024", "capacity=0"), "more records than capacity"),
+    (lambda t: t.replace("records=1", "records=2") + SECOND_OP.replace("seq=2", "seq=3"),
+     "line 15: seq not contiguous"),
+    (lambda t: t + LOG_HEADER, "line 15: a second log header"),
+    (lambda t: t.replace("op seq=1 verb=clear_log ret=0 cpu=0\n", ""),
+     "line 2: snapshot line before any op"),
+    (lambda t: t.replace("mt=Movable", "mt=CMA", 1), "line 4: unknown value 'CMA'"),
+    (lambda t: t.replace("mt=Reclaimable free", "mt=Movable free", 1),
+     "line 5: expected mt=Reclaimable"),
+    (lambda t: t.replace("zone=DMA32 mt=Movable", "zone=DMA mt=Movable", 1),
+     "line 4: zone changed within its migratetypes"),
+    (lambda t: t.replace("free=0,0,0,0,0,0,0,0,0,0,1", "free=0,0,0,0,0,0,0,0,0,1", 1),
+     "line 3: expected 11 comma-separated counts"),
+    (lambda t: t.replace("lists=1,2,0", "lists=1,2", 1), "line 8: lists= and orders= do not match"),
+    (lambda t: t.replace("lists=1,2,0", "lists=1,2,0 orders=0,0", 1),
+     "line 8: lists= and orders= do not match"),
+    (lambda t: t.replace("when=after", "when=before", 1), "line 9: zone line after pcp lines"),
+    (lambda t: t.replace(AFTER_ZONES + AFTER_PCP, AFTER_PCP + AFTER_ZONES),
+     "line 9: pcp line before any zone line"),
+    (lambda t: t.replace("zone seq=1 when=after", "zone seq=2 when=after", 1),
+     "line 9: expected a seq=1 when=after line"),
+    (lambda t: t.replace("zone seq=1 when=before nid=0 zone=DMA32 mt=Isolate", "x", 1)
+     .replace("x free=0,0,0,0,0,0,0,0,0,0,1\n", ""), "op seq=1 before: incomplete zone lines"),
+    (lambda t: t.replace(AFTER_ZONES, AFTER_ZONES * 2), "op seq=1 after: a zone appears twice"),
+    (lambda t: t.replace("zone=DMA32 cpu=0", "zone=DMA cpu=0", 1),
+     "op seq=1 before: pcp lines do not cover the zones in order"),
+    (lambda t: t.replace(AFTER_PCP, AFTER_PCP.replace("cpu=0", "cpu=1") + AFTER_PCP),
+     "op seq=1 after: pcp lines do not list the same CPUs in order"),
+    (lambda t: t.replace(AFTER_PCP, AFTER_PCP * 2),
+     "op seq=1 after: pcp lines do not list the same CPUs in order"),
+    (lambda t: t.replace("count=3", "count=3 extra=1", 1), "line 8: keys seq when nid zone cpu"),
+    (lambda t: t + "zone seq=1 when=before nid=0 zone=DMA32 mt=Unmovable free=0,0,0,0,0,0,0,0,0,0,1\n",
+     "line 15: line out of place after the after snapshot"),
+    (lambda t: t + "zone seq=1 when=after nid=0 zone=DMA32 mt=Unmovable free=0,0,0,0,0,0,0,0,0,0,1\n",
+     "line 15: zone line after pcp lines"),
+    (lambda t: t + "\n", "line 15: empty field"),
+    (lambda t: t.rstrip("\n"), "log: text does not end with a newline"),
+    (lambda t: t.replace("\n", "\r\n"), "line 1: byte outside printable ASCII"),
+    (lambda t: t.replace("cpu=0\n", "cpu=\u0660\n", 1), "line 2: byte outside printable ASCII"),
+    (lambda t: t + "unknown record=1\n", "line 15: no record 'unknown' in log"),
 ])
-def test_malformed_logs_are_rejected(edit):
-    with pytest.raises(RecordError):
-        k.parse_log(edit(minimal_log()))
+def test_malformed_logs_are_rejected(edit, message):
+    rejects(k.parse_log, edit(minimal_log()), message)
 
 
 def test_fixture_lines_with_one_token_damaged_are_rejected():
-    """Every record kind of the real fixtures, with a field removed or renamed."""
+    """Every record kind of the real fixtures, with a field removed or renamed: rejected
+    at that line.  A line is rejected before any later line is read, so the text ends
+    with the damaged line (a whole pageblocks file per variant took seconds)."""
     parsers = {"log": k.parse_log, "allocs": k.parse_allocs, "freelists": k.parse_freelists,
                "pageblocks": k.parse_pageblocks, "zones": k.parse_zones}
     for name, parse in parsers.items():
         text = fixture("2cpu", name)
         seen: set[str] = set()
+        lines = text.splitlines(keepends=True)
         for i, line in enumerate(text.splitlines()):
             record = line.split(" ", 1)[0]
             if record in seen:
                 continue
             seen.add(record)
-            lines = text.splitlines(keepends=True)
             fields = line.split(" ")
             for j in range(1, len(fields)):
                 key = fields[j].split("=")[0]
@@ -408,38 +504,106 @@ def test_fixture_lines_with_one_token_damaged_are_rejected():
                 renamed = " ".join(fields[:j] + [fields[j].replace(key, "x" + key, 1)]
                                    + fields[j + 1:])
                 for damaged in (dropped, renamed):
-                    with pytest.raises(RecordError):
-                        parse("".join(lines[:i] + [damaged + "\n"] + lines[i + 1:]))
+                    with pytest.raises(RecordError, match=f"^line {i + 1}: "):
+                        parse("".join(lines[:i] + [damaged + "\n"]))
 
 
-@pytest.mark.parametrize("edit", [
-    lambda t: t.replace("blocks=", "blocks=1", 1),                 # count mismatch
-    lambda t: t.replace("pos=0 pfn", "pos=1 pfn", 1),              # list position
-    lambda t: "\n".join(t.splitlines()[:1] + t.splitlines()[2:] + t.splitlines()[1:2]) + "\n",
-    lambda t: t.replace("list=Movable", "list=HighAtomic", 1),
-    lambda t: t.replace("order=0", "order=11", 1),
+FREELISTS_DMA_MOVABLE = "block nid=0 zone=DMA order=9 mt=Movable pos=0 pfn=512\n"
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda t: t.replace("blocks=", "blocks=1", 1), "header says blocks=1194 pcp_pages=162, "
+     "found 194 and 162"),
+    (lambda t: t.replace("pcp_pages=162", "pcp_pages=161", 1), "header says blocks=194 "
+     "pcp_pages=161, found 194 and 162"),
+    (lambda t: t.replace("zones=2", "zones=1", 1), "more zones than the header's zones=1"),
+    (lambda t: t.replace("pos=0 pfn", "pos=1 pfn", 1), "line 2: expected pos=0"),
+    (lambda t: t.replace("pos=1 pfn=125077", "pos=2 pfn=125077", 1), "line 197: expected pos=1"),
+    (lambda t: "\n".join(t.splitlines()[:1] + t.splitlines()[2:] + t.splitlines()[1:2]) + "\n",
+     "line 357: block line after pcpage lines"),
+    (lambda t: t.replace(FREELISTS_DMA_MOVABLE, "").replace(
+        "block nid=0 zone=DMA order=0 mt=Unmovable", FREELISTS_DMA_MOVABLE
+        + "block nid=0 zone=DMA order=0 mt=Unmovable", 1), "line 3: lists out of order"),
+    (lambda t: t + t.splitlines(keepends=True)[0], "line 358: a second dump header"),
+    (lambda t: t.replace("dump gen=1 zones=2 blocks=194 pcp_pages=162\n", ""),
+     "the first line must be the dump header"),
+    (lambda t: t.replace("list=Movable", "list=HighAtomic", 1), "unknown value 'HighAtomic'"),
+    (lambda t: t.replace("order=0", "order=11", 1), "line 2: order out of range"),
 ])
-def test_malformed_freelists_are_rejected(edit):
-    with pytest.raises(RecordError):
-        k.parse_freelists(edit(fixture("1cpu", "freelists")))
+def test_malformed_freelists_are_rejected(edit, message):
+    rejects(k.parse_freelists, edit(fixture("1cpu", "freelists")), message)
 
 
-def test_malformed_pageblocks_allocs_zones_are_rejected():
-    pb = fixture("1cpu", "pageblocks")
-    with pytest.raises(RecordError):
-        k.parse_pageblocks(pb.replace("pfn=512 ", "pfn=513 ", 1))
-    with pytest.raises(RecordError):
-        k.parse_pageblocks(pb.replace("mt=Movable", "mt=movable", 1))
+def test_freelist_counts_are_the_block_lines_of_each_list():
+    text = fixture("2cpu", "freelists")
+    dump = k.parse_freelists(text)
+    counts = dump.counts()
+    lines = re.findall(r"^block nid=(\d+) zone=(\w+) order=(\d+) mt=(\w+) ", text, re.M)
+    assert sum(map(sum, counts.values())) == len(lines)
+    for nid, zone, order, mt in set(lines):
+        assert counts[(int(nid), zone, mt)][int(order)] == lines.count((nid, zone, order, mt))
+    for (nid, zone), per_order in dump.buddyinfo().items():
+        lists = [v for (n, z, _), v in counts.items() if (n, z) == (nid, zone)]
+        assert per_order == [sum(column) for column in zip(*lists)]
+    pages = sum(1 << int(order) for _, _, order, _ in lines)
+    assert dump.free_pages() == pages + len(re.findall(r"^pcpage ", text, re.M))
+
+
+ALLOC = ("alloc id=3 api=alloc_page gfp=GFP_ATOMIC bytes=4096 order=0 pages=1 pfn=117567 nid=0 "
+         "zone=DMA32 pageblock_mt=Unmovable state=live")
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda t: t.replace("state=live", "state=freed", 1), "line 2: unknown value 'freed'"),
+    (lambda t: t.replace("api=alloc_page ", "api=alloc_page state=live ", 1),
+     "line 2: keys id api state gfp"),
+    (lambda t: t.replace(ALLOC, ALLOC.replace("state=live", "state=leaked")),
+     "line 2: alloc_page cannot be leaked"),
+    (lambda t: t.replace(ALLOC, ALLOC.replace("pages=1", "pages=2")),
+     "line 2: pages outside 1..2^order"),
+    (lambda t: t.replace("order=6 pages=56", "order=6 pages=65"), "line 1: pages outside 1..2^order"),
+    (lambda t: t.replace(ALLOC, ALLOC.replace("pages=1", "pages=0")),
+     "line 2: pages outside 1..2^order"),
+    (lambda t: t.replace("id=3 ", "id=2 "), "line 2: ids not increasing"),
+    (lambda t: t.replace("id=3 ", "id=1 "), "line 2: ids not increasing"),
+])
+def test_malformed_allocs_are_rejected(edit, message):
+    rejects(k.parse_allocs, edit(fixture("1cpu", "allocs")), message)
+
+
+def test_leaked_and_whole_blocks_are_accepted():
+    """Only the APIs whose pages leak can leak (kmod/README.md); a block may keep all 2^order pages."""
     allocs = fixture("1cpu", "allocs")
-    with pytest.raises(RecordError):
-        k.parse_allocs(allocs.replace("state=live", "state=freed", 1))
-    with pytest.raises(RecordError):
-        k.parse_allocs(allocs.replace("api=alloc_page ", "api=alloc_page state=live ", 1))
+    edited = allocs.replace("api=__get_free_pages gfp=GFP_HIGHUSER_MOVABLE|__GFP_ZERO bytes=16384 "
+                            "order=2 pages=4 pfn=8384 nid=0 zone=DMA32 pageblock_mt=Movable "
+                            "state=live", "api=__get_free_pages gfp=GFP_HIGHUSER_MOVABLE|__GFP_ZERO "
+                            "bytes=16384 order=2 pages=1 pfn=8384 nid=0 zone=DMA32 "
+                            "pageblock_mt=Movable state=leaked")
+    assert edited != allocs
+    parsed = {a.id: a for a in k.parse_allocs(edited)}
+    assert (parsed[4].state, parsed[4].pages) == ("leaked", 1)
+    assert (parsed[13].order, parsed[13].pages) == (10, 1024)
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda t: t.replace("pfn=512 ", "pfn=513 ", 1), "line 2: pfn not aligned to a pageblock"),
+    (lambda t: t.replace("pfn=512 ", "pfn=0 ", 1), "line 2: pfns not increasing within the zone"),
+    (lambda t: t.replace("mt=Movable", "mt=movable", 1), "line 2: unknown value 'movable'"),
+])
+def test_malformed_pageblocks_are_rejected(edit, message):
+    rejects(k.parse_pageblocks, edit(fixture("1cpu", "pageblocks")), message)
+
+
+def test_pageblocks_of_two_zones_may_restart_their_pfns():
+    text = "pageblock nid=0 zone=DMA pfn=512 mt=Movable\npageblock nid=0 zone=DMA32 pfn=0 mt=Movable\n"
+    assert [b.pfn for b in k.parse_pageblocks(text)] == [512, 0]
+
+
+def test_malformed_zones_are_rejected():
     zones = fixture("1cpu", "zones")
-    with pytest.raises(RecordError):
-        k.parse_zones(zones + zones.splitlines(keepends=True)[0])
-    with pytest.raises(RecordError):
-        k.parse_zones(zones.replace("free_pages=", "free_pages=-", 1))
+    rejects(k.parse_zones, zones + zones.splitlines(keepends=True)[0], "zones: a zone appears twice")
+    rejects(k.parse_zones, zones.replace("free_pages=", "free_pages=-", 1),
+            "line 1: not an unsigned decimal: '-3945'")
 
 
 # The module in the real guest
