@@ -6,12 +6,14 @@ which follows expand() and make_alloc_exact() of mm/page_alloc.c at v5.10.
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from buddylab.models.pagemodel import (MAX_ORDER, MOVABLE, PAGEBLOCK_PAGES, PCP_TYPES, RECLAIMABLE,
-                           UNMOVABLE, Allocation, Pcp, Zone, alloc_pages_exact,
-                           free_pages_exact, pfn_ranges_overlap)
+from buddylab.models.pagemodel import (HIGHATOMIC, ISOLATE, MAX_ORDER, MOVABLE, PAGEBLOCK_PAGES,
+                                       PCP_TYPES, RECLAIMABLE, UNMOVABLE, Allocation, FreeList,
+                                       ModelError, Pcp, Unknowable, Zone, alloc_pages_exact,
+                                       free_pages_exact, pfn_ranges_overlap)
 
 ZONE_PAGES = 8192  # eight order-10 blocks, sixteen pageblocks
 
@@ -210,3 +212,234 @@ def test_expand_files_the_halves_under_the_requested_type_not_the_pageblocks():
     assert zone.free == {12: (2, MOVABLE), 10: (1, MOVABLE)}
     assert zone.list_pfns(2, MOVABLE) == [12] and zone.list_pfns(1, MOVABLE) == [10]
     assert zone.pageblock_type(8) == UNMOVABLE
+
+
+# -- paths the properties rarely take (mutation survivors) ----------------------------------
+
+
+def typed_zone(pages: int, types: dict[int, str]) -> Zone:
+    """A zone of `pages` pages, every pageblock Movable unless `types` names it; no free block."""
+    zone = Zone("DMA32", 0, pages)
+    zone.managed = pages
+    for pb in range(0, pages, PAGEBLOCK_PAGES):
+        zone.set_pageblock_type(pb, types.get(pb, MOVABLE))
+    zone.pcp[0] = Pcp(186, 31)
+    return zone
+
+
+def test_free_list_keeps_the_kernel_list_order_through_adds_and_removes():
+    lst = FreeList()
+    for pfn in (1, 2):
+        lst.add_tail(pfn)
+    lst.add_head(0)
+    lst.add_tail(3)
+    assert list(lst) == [0, 1, 2, 3] and (lst.head, lst.tail, len(lst)) == (0, 3, 4)
+    lst.remove(0)
+    lst.remove(3)
+    assert list(lst) == [1, 2] and (lst.head, lst.tail, len(lst)) == (1, 2, 2)
+    lst.remove(1)
+    lst.add_head(5)
+    assert list(lst) == [5, 2] and 2 in lst and 1 not in lst
+    lst.remove(2)
+    lst.remove(5)
+    assert (list(lst), lst.head, lst.tail, len(lst)) == ([], None, None, 0)
+
+
+def test_impossible_operations_are_model_errors():
+    zone = fresh_zone()
+    with pytest.raises(ModelError, match="pfn 0 is already free"):
+        zone.add_free(0, 0, MOVABLE)
+    with pytest.raises(ModelError, match="double free of pfn 1024"):
+        zone.free_one(1024, 10, MOVABLE)
+    with pytest.raises(ModelError, match="no pageblock type known for pfn 9000"):
+        zone.pageblock_type(9000)
+
+
+def test_take_specific_splits_the_enclosing_block_around_the_page():
+    zone = typed_zone(1024, {})
+    zone.add_free(8, 3, MOVABLE)
+    assert zone.take_specific(13, 0, UNMOVABLE)
+    assert zone.free == {8: (2, UNMOVABLE), 14: (1, UNMOVABLE), 12: (0, UNMOVABLE)}
+    assert zone.take_specific(14, 1, MOVABLE) and zone.free == {8: (2, UNMOVABLE),
+                                                                 12: (0, UNMOVABLE)}
+    assert not zone.take_specific(13, 0, MOVABLE)       # allocated already
+    assert not zone.take_specific(8, 3, MOVABLE)        # only part of it is free
+    assert zone.free == {8: (2, UNMOVABLE), 12: (0, UNMOVABLE)}
+
+
+def test_peek_smallest_names_the_block_rmqueue_smallest_takes_and_changes_nothing():
+    zone = typed_zone(1024, {})
+    zone.add_free(512, 9, MOVABLE)
+    zone.add_free(64, 6, MOVABLE)
+    zone.add_free(32, 5, MOVABLE)
+    assert zone.peek_smallest(6, MOVABLE) == 64 and zone.peek_smallest(7, MOVABLE) == 512
+    assert zone.peek_smallest(10, MOVABLE) is None and zone.peek_smallest(0, UNMOVABLE) is None
+    assert len(zone.free) == 3
+    assert zone.rmqueue_smallest(6, MOVABLE) == 64
+    assert zone.rmqueue_smallest(7, MOVABLE) == 512
+    assert zone.list_pfns(8, MOVABLE) == [768] and zone.list_pfns(7, MOVABLE) == [640]
+    assert zone.rmqueue_smallest(10, MOVABLE) is None
+
+
+def test_remove_from_pcp_finds_the_page_on_any_cpu():
+    zone = typed_zone(1024, {})
+    zone.pcp[1] = Pcp(186, 31)
+    zone.free_unref_page(5, 0)
+    zone.free_unref_page(7, 1)
+    assert zone.remove_from_pcp(7, prefer_cpu=0) and zone.remove_from_pcp(5, prefer_cpu=1)
+    assert zone.pcp[0].count == zone.pcp[1].count == 0
+    assert not zone.remove_from_pcp(5)
+
+
+def test_a_full_pcp_list_drains_a_batch_unless_the_replay_drains():
+    zone = typed_zone(1024, {})
+    zone.pcp[0] = Pcp(4, 2)
+    for pfn in (0, 2, 4):
+        zone.free_unref_page(pfn, 0)
+    assert zone.pcp[0].count == 3 and not zone.free
+    zone.free_unref_page(6, 0)                  # count reaches high: free_pcppages_bulk(batch)
+    assert zone.pcp[0].count == 2 and zone.free == {0: (0, MOVABLE), 2: (0, MOVABLE)}
+    zone.auto_drain = False
+    for pfn in (8, 10, 12):
+        zone.free_unref_page(pfn, 0)
+    assert zone.pcp[0].count == 5
+
+
+def test_an_unmovable_request_stealing_few_pages_of_a_movable_pageblock_is_unknowable():
+    """steal_suitable_fallback(): under half the pageblock free, the type changes only if
+    enough of its allocated pages are movable-alike, which no dump shows."""
+    zone = typed_zone(1024, {})
+    zone.add_free(8, 3, MOVABLE)
+    zone.add_free(16, 2, MOVABLE)
+    with pytest.raises(Unknowable, match="stole 12 free pages of the Movable pageblock at pfn 0"):
+        zone.alloc(3, UNMOVABLE)
+    asked = []
+    for change in (True, False):
+        zone = typed_zone(1024, {})
+        zone.add_free(8, 3, MOVABLE)
+        zone.add_free(16, 2, MOVABLE)
+        zone.ownership = lambda *args, change=change: asked.append(args) or change
+        assert zone.alloc(3, UNMOVABLE) == 8
+        assert zone.pageblock_type(0) == (UNMOVABLE if change else MOVABLE)
+        assert zone.free == {16: (2, UNMOVABLE)}   # moved to the requested type either way
+        assert zone.coverage["ownership changes"] == int(change)
+    assert asked == [(0, UNMOVABLE, 12)] * 2
+
+
+def test_a_steal_of_half_a_pageblock_or_between_unmovable_and_reclaimable_needs_no_ownership():
+    zone = typed_zone(1024, {})
+    zone.add_free(256, 8, MOVABLE)                # half the pageblock at 0 is free
+    assert zone.alloc(3, UNMOVABLE) == 256 and zone.pageblock_type(0) == UNMOVABLE
+    zone = typed_zone(1024, {0: UNMOVABLE})
+    zone.add_free(8, 3, UNMOVABLE)
+    assert zone.alloc(3, RECLAIMABLE) == 8 and zone.pageblock_type(0) == UNMOVABLE
+
+
+def test_a_movable_request_that_cannot_steal_takes_the_smallest_foreign_block():
+    """find_suitable_fallback(): order < pageblock_order / 2 cannot claim the pageblock, so a
+    movable request takes the smallest suitable block, not the largest."""
+    zone = typed_zone(1024, {0: UNMOVABLE})
+    zone.add_free(8, 3, UNMOVABLE)
+    zone.add_free(4, 2, UNMOVABLE)
+    assert zone.alloc(1, MOVABLE) == 4
+    assert zone.free == {8: (3, UNMOVABLE), 6: (1, MOVABLE)}
+    assert zone.pageblock_type(0) == UNMOVABLE
+    steal = [e for e in zone.events if e.kind == "extfrag"]
+    assert [(e.pfn, e.order, e.detail) for e in steal] == [
+        (4, 2, "alloc type Movable, change_ownership=0")]
+    assert zone.coverage["fallback steals"] == zone.coverage["partial-pageblock steals"] == 1
+
+
+def test_nofragment_steals_only_whole_pageblocks():
+    zone = typed_zone(1024, {0: UNMOVABLE})
+    zone.add_free(8, 3, UNMOVABLE)
+    assert zone.alloc(3, MOVABLE, nofragment=True) is None and zone.free == {8: (3, UNMOVABLE)}
+    zone.add_free(512, 9, RECLAIMABLE)
+    assert zone.alloc(3, MOVABLE, nofragment=True) == 512
+    assert zone.pageblock_type(512) == MOVABLE and zone.coverage["partial-pageblock steals"] == 0
+
+
+def test_a_steal_from_a_highatomic_pageblock_keeps_its_type():
+    zone = typed_zone(1024, {0: HIGHATOMIC})
+    zone.add_free(256, 8, HIGHATOMIC)
+    assert zone.rmqueue_fallback(8, UNMOVABLE) is False      # HighAtomic is no fallback
+    zone.steal_for_trace(256, UNMOVABLE, 8, change_ownership=True)
+    assert zone.free == {256: (8, UNMOVABLE)} and zone.pageblock_type(0) == HIGHATOMIC
+
+
+def test_an_atomic_high_order_success_reserves_its_pageblock_highatomic():
+    """reserve_highatomic_pageblock(): while under 1% of the zone plus one pageblock."""
+    zone = typed_zone(2048, {})
+    zone.add_free(0, 10, MOVABLE)
+    zone.add_free(1024, 10, MOVABLE, tail=True)
+    assert zone.alloc(1, MOVABLE, harder=True) == 0
+    assert zone.pageblock_type(0) == HIGHATOMIC and zone.pageblock_type(512) == MOVABLE
+    assert zone.nr_reserved_highatomic == PAGEBLOCK_PAGES
+    assert {pfn: mt for pfn, (_, mt) in zone.free.items()} == {
+        **{pfn: HIGHATOMIC for pfn in (2, 4, 8, 16, 32, 64, 128, 256)}, 512: MOVABLE,
+        1024: MOVABLE}
+    assert zone.list_pfns(1, HIGHATOMIC) == [2]
+    # The next harder request takes from the HighAtomic lists first.
+    assert zone.alloc(1, MOVABLE, harder=True) == 2 and zone.nr_reserved_highatomic == 512
+    assert zone.peek_smallest(1, MOVABLE) == 512         # not harder: the Movable lists
+    # 512 reserved < 2048 // 100 + 512: one more pageblock; then 1024 >= 532: no more.
+    assert zone.alloc(9, MOVABLE, harder=True) == 512 and zone.pageblock_type(512) == HIGHATOMIC
+    assert zone.alloc(9, MOVABLE, harder=True) == 1024 and zone.pageblock_type(1024) == MOVABLE
+    assert zone.nr_reserved_highatomic == 2 * PAGEBLOCK_PAGES
+    assert zone.coverage["allocations"] == 4
+
+
+def test_an_isolated_pageblock_neither_merges_with_its_neighbour_nor_counts_as_free():
+    zone = typed_zone(1024, {512: ISOLATE})
+    zone.add_free(0, 9, MOVABLE)
+    zone.add_free(512, 9, ISOLATE)
+    assert zone.nr_free_pages() == 512
+    zone.free_unref_page(512 + 7, 0)                  # onto an Isolate pageblock: no pcp
+    assert zone.pcp[0].count == 0 and zone.free[512 + 7] == (0, ISOLATE)
+    zone = typed_zone(1024, {512: ISOLATE})
+    zone.add_free(512, 9, ISOLATE)
+    zone.add_free(256, 8, MOVABLE)
+    zone.free_one(0, 8, MOVABLE)                       # merges to order 9, not with the Isolate one
+    assert zone.free == {0: (9, MOVABLE), 512: (9, ISOLATE)}
+    zone = typed_zone(1024, {512: ISOLATE})
+    zone.add_free(512, 9, MOVABLE)                     # a free Movable block, pageblock isolated
+    zone.free_one(0, 9, MOVABLE)
+    assert zone.free == {0: (9, MOVABLE), 512: (9, MOVABLE)}
+    zone = typed_zone(1024, {0: UNMOVABLE})
+    zone.add_free(512, 9, MOVABLE)
+    zone.free_one(0, 9, UNMOVABLE)                     # no isolation: one order-10 block
+    assert zone.free == {0: (10, UNMOVABLE)} and zone.coverage["order-9/10 merges"] == 1
+
+
+def test_a_drain_with_an_isolated_pageblock_files_pages_by_their_pageblock():
+    zone = typed_zone(1024, {512: ISOLATE})
+    zone.free_unref_page(3, 0)
+    zone.pageblocks[0] = UNMOVABLE                     # the block changed type meanwhile
+    zone.drain_pcp(0)
+    assert zone.free == {3: (0, UNMOVABLE)}
+    zone = typed_zone(1024, {})
+    zone.free_unref_page(3, 0)
+    zone.pageblocks[0] = UNMOVABLE
+    zone.drain_pcp(0)
+    assert zone.free == {3: (0, MOVABLE)}             # filed by the list it was on
+
+
+def test_merge_is_not_filed_at_the_tail_near_max_order():
+    zone = typed_zone(2048, {})
+    zone.add_free(512, 9, MOVABLE)
+    zone.add_free(1024, 10, MOVABLE)                  # the order-10 buddy of 0-1023
+    zone.add_free(256, 8, MOVABLE)
+    zone.free_one(0, 8, MOVABLE)                      # merges to order 10 at 0
+    assert zone.list_pfns(10, MOVABLE) == [0, 1024]
+    zone = typed_zone(4096, {})
+    zone.add_free(2048, 9, MOVABLE)
+    zone.add_free(1024, 10, MOVABLE)
+    zone.free_one(0, 9, MOVABLE)       # the parent's buddy 1024 is free, but order 9 goes first
+    assert zone.list_pfns(9, MOVABLE) == [0, 2048]
+
+
+def test_pfn_ranges_overlap_names_the_first_overlapping_pair():
+    assert pfn_ranges_overlap([(8, 3), (0, 3), (16, 0)]) is None
+    assert pfn_ranges_overlap([(16, 4), (0, 3), (4, 0)]) == (0, 4)
+    assert pfn_ranges_overlap([(0, 0), (0, 0)]) == (0, 0)
+    assert pfn_ranges_overlap([(7, 0), (8, 0), (9, 0), (8, 1)]) == (8, 8)
