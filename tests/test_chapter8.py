@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -41,17 +42,25 @@ def test_ksweep_op_records_parse():
                                                                     (-12, 2, 0, "nomem")]
 
 
-@pytest.mark.parametrize("bad", [
-    "kmalloc seq=2 size=10 ksize=8\n",                       # ksize below the size
-    "kmalloc seq=2 size=10 ksize=16\nkmalloc seq=2 size=9 ksize=16\n",   # not increasing
-    "kmalloc seq=2 size=10 ksize=0\nkmalloc seq=2 size=11 ksize=16\n",   # refusal not last
-    "kmalloc seq=2 size=10 ksize=16\nkmalloc seq=3 size=11 ksize=16\n",  # two sweeps
-    "kmalloc seq=2 size=10\n",
-    "kmalloc seq=2 size=10 ksize=16 extra=1\n",
+@pytest.mark.parametrize("bad,message", [
+    ("kmalloc seq=2 size=10 ksize=8\n", "line 1: ksize below the size asked"),
+    ("kmalloc seq=2 size=0 ksize=8\n", "line 1: ksize below the size asked"),
+    ("kmalloc seq=2 size=10 ksize=16\nkmalloc seq=2 size=9 ksize=16\n",     # not increasing
+     "line 2: one sweep, sizes increasing, a refusal only last"),
+    ("kmalloc seq=2 size=10 ksize=16\nkmalloc seq=2 size=10 ksize=16\n",    # twice
+     "line 2: one sweep, sizes increasing, a refusal only last"),
+    ("kmalloc seq=2 size=10 ksize=0\nkmalloc seq=2 size=11 ksize=16\n",     # refusal not last
+     "line 2: one sweep, sizes increasing, a refusal only last"),
+    ("kmalloc seq=2 size=10 ksize=16\nkmalloc seq=3 size=11 ksize=16\n",    # two sweeps
+     "line 2: one sweep, sizes increasing, a refusal only last"),
+    ("kmalloc seq=2 size=10\n", "line 1: keys seq size do not match"),
+    ("kmalloc seq=2 size=10 ksize=16 extra=1\n", "line 1: unexpected key 'extra'"),
 ])
-def test_bad_ksizes_are_rejected(bad):
-    with pytest.raises(RecordError):
+def test_bad_ksizes_are_rejected(bad, message):
+    with pytest.raises(RecordError, match=f"^{re.escape(message)}") as e:
         kmod.parse_ksizes(bad)
+    lineno = int(message.split()[1].rstrip(":"))
+    assert (e.value.lineno, e.value.line) == (lineno, bad.split("\n")[lineno - 1])
 
 
 def test_ksweep_with_stop_count_and_an_error_is_rejected():

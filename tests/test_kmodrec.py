@@ -317,8 +317,17 @@ def test_pageblocks_and_zones_fixtures(guest):
 # Rejections: each names what is wrong (the message is the user's one line).
 
 def rejects(parse: Callable[[str], object], text: str, message: str) -> None:
-    with pytest.raises(RecordError, match=re.escape(message)):
+    """`parse` rejects `text` with an error starting with `message`; one that names a line
+    quotes it."""
+    with pytest.raises(RecordError, match=f"^{re.escape(message)}") as e:
         parse(text)
+    m = re.match(r"line (\d+): ", message)
+    if m:
+        line = text.split("\n")[int(m[1]) - 1]
+        assert (e.value.lineno, e.value.line) == (int(m[1]), line)
+        assert str(e.value).endswith(f": {line!r}")
+    else:
+        assert (e.value.lineno, e.value.line) == (None, None)
 
 
 LOG_HEADER = "log capacity=1024 records=1 dropped=0\n"
@@ -366,9 +375,9 @@ def test_two_zones_two_cpus_and_61_pcp_lists_parse_in_order():
     assert snap.pcp_of(0, "DMA32", 1).orders == (0, 0, 0, 3)
     assert snap.pcp_of(0, "DMA", 1) is snap.pcp[1]
     assert snap.free_counts(0, "DMA", "Movable") is snap.zones[1].free
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match="'DMA32', 2"):
         snap.pcp_of(0, "DMA32", 2)
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match="'Normal', 'Movable'"):
         snap.free_counts(0, "Normal", "Movable")
 
 
@@ -392,6 +401,13 @@ def test_two_zones_two_cpus_and_61_pcp_lists_parse_in_order():
      "id must be present exactly when n >= 1"),
     ("op seq=1 verb=free_all ret=0 cpu=0 id=3 n=0 pages=0",      # id though n = 0
      "id must be present exactly when n >= 1"),
+    ("op seq=1 verb=free_ids ret=0 cpu=0 id=3 n=0 pages=0", "id must be present exactly when n >= 1"),
+    ("op seq=1 verb=alloc ret=0 cpu=0 n=1 pages=1 api=alloc_page gfp=GFP_KERNEL order=0 "
+     "bytes=4096 nid=0 zone=DMA32 pfn=5 stop=count", "id must be present exactly when n >= 1"),
+    ("op seq=1 verb=fill ret=0 cpu=0 n=1 pages=1 api=alloc_pages gfp=GFP_KERNEL order=0 "
+     "bytes=4096 nid=0 zone=DMA32 pfn=5 stop=count", "id must be present exactly when n >= 1"),
+    ("op seq=1 verb=fill ret=0 cpu=0 id=1 n=1 pages=1 api=alloc_pages gfp=GFP_KERNEL order=0 "
+     "bytes=4096 nid=0 zone=DMA32 pfn=5 stop=nomem", "stop=count exactly when ret=0"),
     ("op seq=1 verb=free ret=-2 cpu=0 id=3 n=0 pages=0 api=alloc_page gfp=GFP_KERNEL order=0 "
      "bytes=4096 nid=0 zone=DMA32 pfn=5",                        # details of an unknown id
      "details must be present exactly when the id was found"),
@@ -436,7 +452,7 @@ def test_documented_op_lines_parse():
 @pytest.mark.parametrize("edit,message", [
     (lambda t: t.replace("records=1", "records=2"), "header says records=2, found 1"),
     (lambda t: t.replace("log capacity=1024 records=1 dropped=0\n", ""),
-     "the first line must be the log header"),
+     "log: the first line must be the log header"),
     (lambda t: t.replace("capacity=1024", "capacity=0"), "more records than capacity"),
     (lambda t: t.replace("records=1", "records=2") + SECOND_OP.replace("seq=2", "seq=3"),
      "line 15: seq not contiguous"),
@@ -526,12 +542,39 @@ FREELISTS_DMA_MOVABLE = "block nid=0 zone=DMA order=9 mt=Movable pos=0 pfn=512\n
         + "block nid=0 zone=DMA order=0 mt=Unmovable", 1), "line 3: lists out of order"),
     (lambda t: t + t.splitlines(keepends=True)[0], "line 358: a second dump header"),
     (lambda t: t.replace("dump gen=1 zones=2 blocks=194 pcp_pages=162\n", ""),
-     "the first line must be the dump header"),
-    (lambda t: t.replace("list=Movable", "list=HighAtomic", 1), "unknown value 'HighAtomic'"),
+     "freelists: the first line must be the dump header"),
+    (lambda t: t.replace("list=Movable", "list=HighAtomic", 1),
+     "line 332: unknown value 'HighAtomic'"),
     (lambda t: t.replace("order=0", "order=11", 1), "line 2: order out of range"),
 ])
 def test_malformed_freelists_are_rejected(edit, message):
     rejects(k.parse_freelists, edit(fixture("1cpu", "freelists")), message)
+
+
+NUMA_FREELISTS = """\
+dump gen=1 zones=3 blocks=4 pcp_pages=3
+block nid=0 zone=DMA32 order=0 mt=Unmovable pos=0 pfn=4096
+block nid=0 zone=DMA32 order=0 mt=Movable pos=0 pfn=4098
+block nid=0 zone=DMA32 order=3 mt=Unmovable pos=0 pfn=4104
+block nid=1 zone=DMA32 order=0 mt=Unmovable pos=0 pfn=9000
+pcpage nid=0 zone=DMA32 cpu=0 order=0 list=Unmovable pos=0 pfn=5000
+pcpage nid=0 zone=Normal cpu=0 order=0 list=Unmovable pos=0 pfn=70000
+pcpage nid=1 zone=DMA32 cpu=0 order=3 list=Movable pos=0 pfn=90000
+"""
+
+
+def test_lists_restart_at_pos_0_in_each_node_zone_and_list():
+    """Two nodes (each list of each (nid, zone) starts at pos=0) and 6.1's per-order pcp lists."""
+    dump = k.parse_freelists(NUMA_FREELISTS)
+    assert dump.free_pages() == (1 + 1 + 8 + 1) + (1 + 1 + 8)
+    assert dump.buddyinfo() == {(0, "DMA32"): [2, 0, 0, 1] + [0] * 7, (1, "DMA32"): [1] + [0] * 10}
+    lines = NUMA_FREELISTS.splitlines(keepends=True)
+    rejects(k.parse_freelists, "".join(lines[:1] + lines[2:3] + lines[1:2] + lines[3:]),
+            "line 3: lists out of order")                 # Movable before Unmovable, order 0
+    rejects(k.parse_freelists, "".join(lines[:3] + lines[4:5] + lines[3:4] + lines[5:]),
+            "line 5: lists out of order")                 # node 1 before node 0's order 3
+    rejects(k.parse_freelists, NUMA_FREELISTS.replace("zones=3", "zones=2"),
+            "more zones than the header's zones=2")
 
 
 def test_freelist_counts_are_the_block_lines_of_each_list():
