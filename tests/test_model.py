@@ -1,5 +1,7 @@
 """The count-level model against hand-worked cases of mm/page_alloc.c (5.10)."""
 
+import pytest
+
 from buddylab.allocator import MAX_ORDER, MOVABLE, UNMOVABLE, get_order
 from buddylab.models.counts import PcpList, ZoneState, predict_alloc
 from buddylab.models.textbook import aligned_blocks, predict_textbook
@@ -24,6 +26,9 @@ def test_get_order_matches_the_kernel():
     assert get_order(132 * 1024) == 6
     assert get_order(33 * 1024) == 4
     assert get_order(4 << 20) == 10
+    for size in (0, -1):        # get_order(0) is undefined in the kernel: refused here
+        with pytest.raises(ValueError, match="^size must be positive$"):
+            get_order(size)
 
 
 def test_downfall_case_splits_order_10():
