@@ -122,3 +122,43 @@ def test_per_cpu_list_is_drained_when_its_count_reaches_high():
     below = zone(counts(o10=1), counts(o10=700), pcp_count=154)
     p = predict_alloc(below, UNMOVABLE, 6, exact_pages=33)
     assert p.state is not None and p.state.pcp is not None and p.state.pcp.count == 185
+
+
+def test_smaller_blocks_of_the_requested_type_are_passed_over():
+    before = zone(counts(o3=5, o7=1), counts(o10=700))
+    p = predict_alloc(before, UNMOVABLE, 6)
+    assert (p.taken_order, p.taken_from) == (7, UNMOVABLE)
+    assert p.state is not None and p.state.free[UNMOVABLE] == counts(o3=5, o6=1)
+    assert before.free[UNMOVABLE] == counts(o3=5, o7=1)      # the prediction works on a copy
+
+
+def test_order0_refill_reports_the_first_block_split_and_fills_the_list():
+    before = zone(counts(o10=1), counts(o10=700), pcp_count=4)
+    p = predict_alloc(before, UNMOVABLE, 0)
+    assert (p.taken_order, p.taken_from) == (10, UNMOVABLE)
+    assert p.state is not None and p.state.pcp is not None
+    assert (p.state.pcp.count, p.state.pcp.lists[UNMOVABLE]) == (4 + 30, 30)
+    assert before.pcp is not None and (before.pcp.count, before.pcp.lists[UNMOVABLE]) == (4, 0)
+    assert p.notes == ["per-CPU Unmovable list was empty: refilled with batch=31 pages"]
+    p = predict_alloc(before, MOVABLE, 0)
+    assert (p.taken_order, p.taken_from) == (0, MOVABLE)
+    assert p.notes == ["served from the per-CPU Movable list; the buddy lists do not change"]
+
+
+def test_what_counts_cannot_predict_is_named():
+    no_pcp = ZoneState({UNMOVABLE: counts(o10=1), MOVABLE: counts(), "Reclaimable": counts()})
+    for order, exact in ((0, None), (6, 33)):
+        p = predict_alloc(no_pcp, UNMOVABLE, order, exact_pages=exact)
+        assert (p.state, p.uncertain) == (None, "no per-CPU list state given")
+    p = predict_alloc(zone(counts(o2=1), counts(o2=1)), UNMOVABLE, 3)
+    assert p.uncertain == "no free block of order >= 3 in this zone"
+    p = predict_alloc(zone(counts(o3=1), counts()), MOVABLE, 1)
+    assert p.uncertain == ("fallback: a Movable request that cannot steal re-scans upward for "
+                           "the smallest block")
+    p = predict_alloc(zone(counts(), counts(o5=1)), UNMOVABLE, 2)
+    assert p.uncertain == ("fallback: a Unmovable request steals the order-5 Movable block's "
+                           "pageblock, moving every free block in it; counts do not show which ones")
+    p = predict_alloc(zone(counts(o9=1), counts()), MOVABLE, 9)
+    assert (p.taken_order, p.taken_from) == (9, UNMOVABLE)
+    assert p.notes == ["fallback: Movable had no block of order >= 9; "
+                       "took the largest Unmovable block (order 9)"]
