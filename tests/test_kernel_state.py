@@ -5,7 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from buddylab.allocator import PCP_TYPES
+from buddylab.errors import RecordError
 from buddylab.models import kernel_state
 from buddylab.models.counts import PcpList
 from buddylab.records import kmod
@@ -36,3 +39,75 @@ def test_counts_state_and_pcp_of_take_the_operations_cpu():
             assert snap.pcp_of(0, "DMA32", op.cpu).count == expected.count
             differs += raw_pcp(text, op.seq, when, "DMA32", 0).count != expected.count
     assert differs >= 3          # the test can tell the two CPUs apart
+
+
+def test_a_model_built_from_a_dump_compares_equal_to_it_and_names_each_difference():
+    directory = FIXTURES / "1cpu"
+    zones = kernel_state.zones_from_dir(directory)
+    dump = kmod.parse_freelists((directory / "freelists.txt").read_text())
+    pageblocks = kmod.parse_pageblocks((directory / "pageblocks.txt").read_text())
+    assert kernel_state.compare_dump(zones, dump, pageblocks) == []
+    dma32 = zones[(0, "DMA32")]
+    head = dma32.list_pfns(0, "Unmovable")
+    assert len(head) >= 2
+    dma32.move_free_tail(head[0], "Unmovable")                 # same blocks, other order
+    diffs = kernel_state.compare_dump(zones, dump, pageblocks)
+    assert diffs == [f"DMA32 Unmovable order 0 list, position 0: model pfn {head[1]}, kernel pfn "
+                     f"{head[0]} (lengths {len(head)}/{len(head)})"]
+    zones = kernel_state.zones_from_dir(directory)
+    dma32 = zones[(0, "DMA32")]
+    dma32.del_free(head[-1])                                     # the last block missing
+    assert kernel_state.compare_dump(zones, dump, pageblocks, limit=1) == [
+        f"DMA32 Unmovable order 0 list: model has {len(head) - 1} blocks, kernel {len(head)}; "
+        f"first extra: {head[-1]}"]
+    zones = kernel_state.zones_from_dir(directory)
+    dma32 = zones[(0, "DMA32")]
+    pcp_pfn, _ = dma32.pcp[0].lists["Unmovable"].pop()
+    kernel_type = next(pb.mt for pb in pageblocks if (pb.zone, pb.pfn) == ("DMA32", 4096))
+    model_type = "Reclaimable" if kernel_type != "Reclaimable" else "Movable"
+    dma32.set_pageblock_type(4096, model_type)
+    assert kernel_state.compare_dump(zones, dump, pageblocks) == [
+        f"DMA32 cpu 0 per-CPU Unmovable order 0 list: model has "
+        f"{len(dma32.pcp[0].lists['Unmovable'])} blocks, kernel "
+        f"{len(dma32.pcp[0].lists['Unmovable']) + 1}; first extra: {pcp_pfn}",
+        f"DMA32 pageblock 4096: model {model_type}, kernel {kernel_type}"]
+
+
+def test_snapshot_counts_are_compared_per_list_and_per_cpu():
+    directory = FIXTURES / "1cpu"
+    zones = kernel_state.zones_from_dir(directory)
+    dump = kmod.parse_freelists((directory / "freelists.txt").read_text())
+    counts = dump.counts()
+    snap = kmod.Snapshot(
+        [kmod.ZoneCounts(1, "before", nid, zone, mt, tuple(counts.get((nid, zone, mt), [0] * 11)))
+         for nid, zone in ((0, "DMA"), (0, "DMA32")) for mt in kmod.MIGRATETYPES],
+        [kmod.PcpCounts(1, "before", 0, "DMA32", 0, 0, 0, 0, tuple(
+            sum(p.list == mt for p in dump.pcp_pages) for mt in PCP_TYPES))])
+    assert kernel_state.compare_snapshot(zones, snap) == []
+    zones[(0, "DMA")].pcp.clear()
+    assert kernel_state.compare_snapshot(zones, snap) == []      # a CPU the model lacks: skipped
+    dma32 = zones[(0, "DMA32")]
+    pfn = dma32.list_pfns(0, "Unmovable")[0]
+    dma32.del_free(pfn)
+    dma32.pcp[0].lists["Movable"].append((pfn, "Movable"))
+    kernel = counts[(0, "DMA32", "Unmovable")][0]
+    lists = snap.pcp[0].lists
+    assert kernel_state.compare_snapshot(zones, snap) == [
+        f"DMA32 Unmovable order 0: model {kernel - 1}, kernel {kernel}",
+        f"DMA32 cpu 0 per-CPU lists U,M,R: model {(lists[0], lists[1] + 1, lists[2])}, "
+        f"kernel {lists}"]
+    del zones[(0, "DMA")]
+    assert kernel_state.compare_snapshot(zones, snap, limit=1) == ["zone DMA unknown to the model"]
+
+
+def test_a_dump_with_a_zone_the_zone_list_lacks_is_a_record_error():
+    directory = FIXTURES / "1cpu"
+    dump = kmod.parse_freelists((directory / "freelists.txt").read_text())
+    pageblocks = kmod.parse_pageblocks((directory / "pageblocks.txt").read_text())
+    infos = [z for z in kmod.parse_zones((directory / "zones.txt").read_text()) if z.zone == "DMA"]
+    with pytest.raises(RecordError, match="^the dump has pages of node 0 zone DMA32, which the "
+                                          "zone list lacks \\(zones: DMA\\)$"):
+        kernel_state.zones_from_dump(dump, pageblocks, infos, {})
+    infos = kmod.parse_zones((directory / "zones.txt").read_text())
+    with pytest.raises(RecordError, match="^no high/batch known for CPU 0 of zone DMA32$"):
+        kernel_state.zones_from_dump(dump, pageblocks, infos, {})
