@@ -4,13 +4,14 @@ its data, and (qemu) every experiment on the real kernel in one booted guest."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import re
 from pathlib import Path
 
 import pytest
 
-from buddylab import cli
+from buddylab import cli, errors
 from buddylab.experiments import kmalloc_max, registry, wastage, zonemap
 from buddylab.experiments.base import Context
 from buddylab.experiments.kmalloc_sweep import predict_ksize
@@ -70,10 +71,27 @@ def test_ksweep_with_stop_count_and_an_error_is_rejected():
 
 
 def test_slabinfo_rejects_other_text():
-    with pytest.raises(Exception, match="slabinfo"):
+    with pytest.raises(errors.RecordError,
+                       match="^slabinfo: the first line is not 'slabinfo - version: 2.1'$"):
         parse_slabinfo("nothing\n")
-    with pytest.raises(Exception, match="slabinfo"):
-        parse_slabinfo("slabinfo - version: 2.1\nkmalloc-8 1 2\n")
+    with pytest.raises(errors.RecordError, match="^slabinfo line 3: not a cache line: 'kmalloc-8 1 2'$"):
+        parse_slabinfo("slabinfo - version: 2.1\n# name\nkmalloc-8 1 2\n")
+    caches = parse_slabinfo((FIX / "slabinfo-5.10-512m-1cpu.txt").read_text())
+    wrong = [c if c.name != "kmalloc-1k" else dataclasses.replace(c, objsize=1000) for c in caches]
+    with pytest.raises(errors.RecordError, match="^slabinfo: kmalloc-1k has objsize 1000$"):
+        kmalloc_classes(wrong)
+    with pytest.raises(errors.RecordError, match="^slabinfo: no kmalloc-<n> cache$"):
+        kmalloc_classes([c for c in caches if not c.name.startswith("kmalloc-")])
+
+
+def test_slabinfo_fields_are_the_columns_of_each_line():
+    text = (FIX / "slabinfo-5.10-512m-1cpu.txt").read_text()
+    caches = parse_slabinfo(text)
+    rows = [line.split() for line in text.splitlines()[2:]]
+    assert [(c.name, c.active_objs, c.num_objs, c.objsize, c.objperslab, c.pagesperslab)
+            for c in caches] == [(r[0], *map(int, r[1:6])) for r in rows]
+    assert len({(c.active_objs, c.num_objs, c.objsize, c.objperslab, c.pagesperslab)
+                for c in caches}) > 10                     # the columns are not all alike
 
 
 def test_kmalloc_max_predicted_from_the_real_config(kernel):
