@@ -94,7 +94,8 @@ def test_snapshot_counts_are_compared_per_list_and_per_cpu():
     lists = snap.pcp[0].lists
     assert kernel_state.compare_snapshot(zones, snap) == [
         f"DMA32 Unmovable order 0: model {kernel - 1}, kernel {kernel}",
-        f"DMA32 cpu 0 per-CPU lists U,M,R: model {(lists[0], lists[1] + 1, lists[2])}, "
+        f"DMA32 cpu 0 per-CPU list lengths (list order): model "
+        f"{(lists[0], lists[1] + 1, lists[2])}, "
         f"kernel {lists}"]
     del zones[(0, "DMA")]
     assert kernel_state.compare_snapshot(zones, snap, limit=1) == ["zone DMA unknown to the model"]

@@ -368,7 +368,7 @@ def test_minimal_log_parses():
 def test_two_zones_two_cpus_and_61_pcp_lists_parse_in_order():
     op = "op seq=1 verb=clear_log ret=0 cpu=0\n"
     text = LOG_HEADER + op + "".join(snapshot(1, w, ("DMA", "DMA32"), (0, 1)) for w in k.WHENS)
-    text = text.replace("lists=1,2,0\n", "lists=1,2,0,4 orders=0,0,0,3\n")
+    text = text.replace("lists=1,2,0\n", "lists=1,2,0,4 orders=0,0,0,3 free_factor=0\n")
     snap = k.parse_log(text).ops[0].after
     assert [(z.zone, z.mt) for z in snap.zones[4:6]] == [("DMA", "Isolate"), ("DMA32", "Unmovable")]
     assert [(p.zone, p.cpu) for p in snap.pcp] == [("DMA", 0), ("DMA", 1), ("DMA32", 0), ("DMA32", 1)]
@@ -467,7 +467,7 @@ def test_documented_op_lines_parse():
     (lambda t: t.replace("free=0,0,0,0,0,0,0,0,0,0,1", "free=0,0,0,0,0,0,0,0,0,1", 1),
      "line 3: expected 11 comma-separated counts"),
     (lambda t: t.replace("lists=1,2,0", "lists=1,2", 1), "line 8: lists= and orders= do not match"),
-    (lambda t: t.replace("lists=1,2,0", "lists=1,2,0 orders=0,0", 1),
+    (lambda t: t.replace("lists=1,2,0", "lists=1,2,0 orders=0,0 free_factor=0", 1),
      "line 8: lists= and orders= do not match"),
     (lambda t: t.replace("when=after", "when=before", 1), "line 9: zone line after pcp lines"),
     (lambda t: t.replace(AFTER_ZONES + AFTER_PCP, AFTER_PCP + AFTER_ZONES),
