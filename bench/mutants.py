@@ -11,9 +11,10 @@ mutmut names a module after its file's path and imports the mutated copy from
 `mutants/`, so each group runs in build/mutmut/GROUP/, where `src/buddylab`
 links to harness/; its pyproject.toml is the repository's with the group's
 `only_mutate` and test selection added to `[tool.mutmut]`.  A second run of a
-group retests only what changed.
+group retests only what changed; --survivors retests the mutants that survived
+or had no test (after new tests: mutmut keeps a verdict otherwise).
 
-    bench/mutants.py [GROUP ...] [--jobs N]     (default: every group, 2 jobs)
+    bench/mutants.py [GROUP ...] [--jobs N] [--survivors]   (default: every group, 2 jobs)
 """
 
 from __future__ import annotations
@@ -81,11 +82,20 @@ def prepare(group: str) -> Path:
     return tree
 
 
+def survivors(mutmut: Path, tree: Path) -> list[str]:
+    out = subprocess.run([str(mutmut), "results", "--all", "true"], cwd=tree,
+                         capture_output=True, text=True, check=True).stdout
+    return [name.strip() for name, _, status in (line.rpartition(": ") for line in out.splitlines())
+            if status in ("survived", "no tests")]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
     ap.add_argument("groups", nargs="*", metavar="GROUP",
                     help=f"groups to run (default all): {' '.join(GROUPS)}")
     ap.add_argument("--jobs", type=int, default=2, help="mutants tested at once (default 2)")
+    ap.add_argument("--survivors", action="store_true",
+                    help="retest only the mutants that survived or had no test")
     args = ap.parse_args()
     unknown = [g for g in args.groups if g not in GROUPS]
     if unknown:
@@ -95,8 +105,10 @@ def main() -> int:
     for group in args.groups or list(GROUPS):
         tree = prepare(group)
         print(f"== {group}: {' '.join(GROUPS[group][0])}", flush=True)
-        subprocess.run([str(mutmut), "run", "--max-children", str(args.jobs)], cwd=tree,
-                       check=True)
+        names = survivors(mutmut, tree) if args.survivors else []
+        if not args.survivors or names:
+            subprocess.run([str(mutmut), "run", "--max-children", str(args.jobs), *names],
+                           cwd=tree, check=True)
         trees.append(str(tree))
     return subprocess.run([sys.executable, str(ROOT / "bench" / "mutation_score.py"),
                            *trees]).returncode
