@@ -327,7 +327,7 @@ def rejects(parse: Callable[[str], object], text: str, message: str) -> None:
         assert (e.value.lineno, e.value.line) == (int(m[1]), line)
         assert str(e.value).endswith(f": {line!r}")
     else:
-        assert (e.value.lineno, e.value.line) == (None, None)
+        assert (e.value.lineno, e.value.line, str(e.value)) == (None, None, message)
 
 
 LOG_HEADER = "log capacity=1024 records=1 dropped=0\n"
@@ -363,6 +363,7 @@ def test_minimal_log_parses():
     assert log.ops[0].before.free_pages() == 5 * 1024 + 3
     log = k.parse_log(minimal_log().replace("records=1", "records=2") + SECOND_OP)
     assert [op.seq for op in log.ops] == [1, 2] and log.records == 2
+    assert k.parse_log(minimal_log().replace("capacity=1024", "capacity=1")).capacity == 1  # full
 
 
 def test_two_zones_two_cpus_and_61_pcp_lists_parse_in_order():
@@ -386,6 +387,7 @@ def test_two_zones_two_cpus_and_61_pcp_lists_parse_in_order():
      "unexpected key 'n'"),
     ("op seq=1 verb=clear_log ret=-12 cpu=0", "ret=-12 is not documented for clear_log"),
     ("op seq=1 verb=reset ret=0 cpu=0", "unknown verb 'reset'"),
+    ("op seq=1 ret=0 cpu=0", "unknown verb ''"),
     ("op seq=1 ret=0 verb=clear_log cpu=0", "keys seq ret verb cpu do not match"),  # key order
     ("op seq=1 verb=clear_log ret=0 cpu=0 ", "empty field"),     # trailing space
     ("op seq=1  verb=clear_log ret=0 cpu=0", "empty field"),     # double space
@@ -459,7 +461,9 @@ def test_documented_op_lines_parse():
     (lambda t: t + LOG_HEADER, "line 15: a second log header"),
     (lambda t: t.replace("op seq=1 verb=clear_log ret=0 cpu=0\n", ""),
      "line 2: snapshot line before any op"),
-    (lambda t: t.replace("mt=Movable", "mt=CMA", 1), "line 4: unknown value 'CMA'"),
+    (lambda t: t.replace("mt=Movable", "mt=CMA", 1), "line 4: unknown value 'CMA', expected one "
+     "of Unmovable Movable Reclaimable HighAtomic Isolate"),
+    (lambda t: t.replace("mt=Movable", "mt=Unknown", 1), "line 4: unknown value 'Unknown'"),
     (lambda t: t.replace("mt=Reclaimable free", "mt=Movable free", 1),
      "line 5: expected mt=Reclaimable"),
     (lambda t: t.replace("zone=DMA32 mt=Movable", "zone=DMA mt=Movable", 1),
@@ -632,14 +636,16 @@ def test_leaked_and_whole_blocks_are_accepted():
     (lambda t: t.replace("pfn=512 ", "pfn=513 ", 1), "line 2: pfn not aligned to a pageblock"),
     (lambda t: t.replace("pfn=512 ", "pfn=0 ", 1), "line 2: pfns not increasing within the zone"),
     (lambda t: t.replace("mt=Movable", "mt=movable", 1), "line 2: unknown value 'movable'"),
+    (lambda t: t.replace("mt=Movable", "mt=CMA", 1), "line 2: unknown value 'CMA', expected one "
+     "of Unmovable Movable Reclaimable HighAtomic Isolate Unknown"),
 ])
 def test_malformed_pageblocks_are_rejected(edit, message):
     rejects(k.parse_pageblocks, edit(fixture("1cpu", "pageblocks")), message)
 
 
 def test_pageblocks_of_two_zones_may_restart_their_pfns():
-    text = "pageblock nid=0 zone=DMA pfn=512 mt=Movable\npageblock nid=0 zone=DMA32 pfn=0 mt=Movable\n"
-    assert [b.pfn for b in k.parse_pageblocks(text)] == [512, 0]
+    text = "pageblock nid=0 zone=DMA pfn=512 mt=Movable\npageblock nid=0 zone=DMA32 pfn=0 mt=Unknown\n"
+    assert [(b.pfn, b.mt) for b in k.parse_pageblocks(text)] == [(512, "Movable"), (0, "Unknown")]
 
 
 def test_malformed_zones_are_rejected():
