@@ -11,6 +11,17 @@ prints the snapshot's size raw and compressed, and how long zstd takes to
 compress and expand it, which is what decided for zstd -1
 (buddylab.guest.snapshot).  --make-test also times `make test` (the whole
 suite) with this warm cache.
+
+Where the time of a run goes: each result.json has the real boot's steps
+(`steps`: what ended, at which CLOCK_MONOTONIC time; buddylab.guest.session
+Timings.mark), and the benchmark knows when it started the process and when
+the process ended, so it prints, per step, the median over the runs: Python's
+start, imports and argument parsing; the checks of kernel, module and image
+(the `stages` before the boot); each step of the restore; the experiment;
+the power-off; then the report, the result files and Python's exit.
+
+The runs are timed as a user runs them: with Python's bytecode cache
+(PYTHONDONTWRITEBYTECODE, if set, is taken out of their environment).
 """
 
 from __future__ import annotations
@@ -31,17 +42,48 @@ from buddylab.paths import cache_dir
 REPO = Path(__file__).resolve().parent.parent
 
 
+# The stages of prepare() (buddylab.guest.session), all before the first step mark.
+PREPARE_STAGES = ("provision", "module build", "image", "accel probe")
+
+
 def qemu_test(results: Path, *extra: str) -> tuple[float, dict[str, object]]:
     env = dict(os.environ, BUDDYLAB_RESULTS=str(results))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "buddylab.cli", "qemu-test", *extra], cwd=REPO,
                           env=env, capture_output=True, text=True)
-    wall = time.monotonic() - start
+    end = time.monotonic()
     if proc.returncode != 0:
         sys.exit(f"qemu-test {' '.join(extra)} failed (exit {proc.returncode}):\n"
                  f"{proc.stdout}\n{proc.stderr}")
     newest = max(results.glob("qemu-test-*/result.json"), key=lambda p: p.stat().st_mtime)
-    return wall, json.loads(newest.read_text())
+    result = json.loads(newest.read_text())
+    result["bench_steps"] = steps(result, start, end)
+    return end - start, result
+
+
+def steps(result: dict[str, object], started: float, ended: float) -> dict[str, float]:
+    """Seconds per step of one run, in order, from its marks and the process's start and end."""
+    marks = result.get("steps")
+    timings = result["timings"]
+    assert isinstance(marks, list) and marks and isinstance(timings, dict), "no steps recorded"
+    prepare = sum(float(timings.get(s, 0.0)) for s in PREPARE_STAGES)
+    out = {"python start, imports, arguments": marks[0][1] - started - prepare,
+           "kernel, module, image checks": prepare}
+    last = marks[0][1]
+    for name, at in marks[1:]:
+        out[name] = out.get(name, 0.0) + at - last
+        last = at
+    out["report, result files, exit"] = ended - last
+    return out
+
+
+def print_steps(runs: list[dict[str, float]]) -> None:
+    names = list(dict.fromkeys(name for run in runs for name in run))
+    for name in names:
+        values = [run[name] for run in runs if name in run]
+        print(f"    {name:<52} {statistics.median(values):5.2f} s  "
+              f"({min(values):.2f}-{max(values):.2f})")
 
 
 def timed(argv: list[str], **kw: object) -> float:
@@ -91,6 +133,8 @@ def main() -> None:
         fresh: list[float] = []
         boot_restored: list[float] = []
         boot_fresh: list[float] = []
+        steps_restored: list[dict[str, float]] = []
+        steps_fresh: list[dict[str, float]] = []
         same = 0
         differing: dict[str, int] = {}
         for _ in range(args.runs):
@@ -103,14 +147,20 @@ def main() -> None:
                 differing[figure] = differing.get(figure, 0) + 1
             restored.append(wall)
             boot_restored.append(float(res["timings"]["boot to ssh"]))  # type: ignore[index]
+            steps_restored.append(res["bench_steps"])  # type: ignore[arg-type]
             wall, res = qemu_test(results, "--fresh-boot")
             fresh.append(wall)
             boot_fresh.append(float(res["timings"]["boot to ssh"]))  # type: ignore[index]
+            steps_fresh.append(res["bench_steps"])  # type: ignore[arg-type]
     print(f"buddylab qemu-test, warm cache, whole process (median of {args.runs}; min-max):")
     for name, walls, boots in (("restored", restored, boot_restored),
                                ("--fresh-boot", fresh, boot_fresh)):
         print(f"  {name:<13} {statistics.median(walls):6.2f} s  ({min(walls):.2f}-{max(walls):.2f})"
               f"   of which boot to ssh {statistics.median(boots):.2f} s")
+    for name, runs in (("restored", steps_restored), ("--fresh-boot", steps_fresh)):
+        print(f"  where the time goes, {name} (median; min-max):")
+        print_steps(runs)
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"restored runs that started from the snapshot's reference state: {same} of {args.runs}")
     for figure, n in sorted(differing.items()):
         print(f"  differed in {n} of {args.runs}: {figure}")

@@ -33,6 +33,13 @@ from buddylab.guest.ssh import ClientKey, CommandResult, GuestShell, make_client
 @dataclass
 class Timings:
     stages: dict[str, float] = field(default_factory=dict)
+    # Finer steps of a real boot or restore, in order: (what just ended, time.monotonic()).
+    # CLOCK_MONOTONIC is one clock for every process, so a benchmark that
+    # started the process can place them (bench/snapshot_bench.py).
+    marks: list[tuple[str, float]] = field(default_factory=list)
+
+    def mark(self, name: str) -> None:
+        self.marks.append((name, time.monotonic()))
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -120,6 +127,7 @@ def boot(prepared: Prepared, memory_mib: int = 512, cpus: int = 1,
     guest when there is one (buddylab.guest.snapshot), unless `fresh_boot`.
     """
     timings = timings or Timings()
+    timings.mark("until the boot (python, arguments, kernel, module, image)")
     with private_workdir() as workdir:
         client_key = make_client_key(workdir)
         config = QemuConfig(prepared.vmlinuz, prepared.image.initramfs,
@@ -132,14 +140,16 @@ def boot(prepared: Prepared, memory_mib: int = 512, cpus: int = 1,
         try:
             with timings.stage("boot to ssh"):
                 started = start_guest(config, workdir, prepared.image.host_key, client_key,
-                                      ready_timeout, fresh_boot)
+                                      ready_timeout, fresh_boot, mark=timings.mark)
                 qemu, shell = started.qemu, started.shell
             yield Session(qemu, shell, workdir, timings, prepared.image.host_key, client_key,
                           started.start)
         finally:
             if qemu is not None:
+                timings.mark("the caller's guest commands and models")
                 with timings.stage("power-off"):
                     _power_off(qemu, shell)
+                timings.mark("power-off")
             # start_guest stops any QEMU it could not bring up; its log stays.
             serial = workdir / "serial.log"
             if keep_dir is not None and serial.exists():

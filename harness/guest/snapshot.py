@@ -41,7 +41,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from buddylab.errors import BuddylabError, GuestTimeout, SetupError
 from buddylab.guest.image import HostKey
@@ -420,11 +420,19 @@ def _qemu_version() -> str:
     return out.splitlines()[0] if out else ""
 
 
-def restore_state(qemu: Qemu, snap: Snapshot, timeout: float) -> None:
+Mark = Callable[[str], None]
+
+
+def _no_mark(_: str) -> None:
+    pass
+
+
+def restore_state(qemu: Qemu, snap: Snapshot, timeout: float, mark: Mark = _no_mark) -> None:
     """Start `qemu` waiting for a migration and load `snap` into it; the guest runs after."""
     zstd = _zstd()
     deadline = time.monotonic() + timeout
     qemu.start(incoming=True)
+    mark("qemu started (QMP up)")
     assert qemu.qmp is not None
     read_end, write_end = os.pipe()
     try:
@@ -440,6 +448,7 @@ def restore_state(qemu: Qemu, snap: Snapshot, timeout: float) -> None:
             read_end = -1
             qemu.qmp.cmd("migrate-incoming", uri="fd:bl-restore")
             _wait_migration(qemu, deadline)
+            mark("migration loaded")
             # zstd checks its frame checksum at the end: a corrupt file is
             # refused here even if QEMU happened to load every section.
             try:
@@ -462,6 +471,7 @@ def restore_state(qemu: Qemu, snap: Snapshot, timeout: float) -> None:
     # The source was paused when saved, so the loaded guest is paused too.
     if qemu.status() != "running":
         qemu.qmp.cmd("cont")
+    mark("zstd checked, guest running")
 
 
 # --- resume and fingerprint --------------------------------------------------
@@ -521,36 +531,44 @@ def differences(lines: list[str], reference: list[str], limit: int = 8) -> list[
 
 
 def _resume(qemu: Qemu, host_key: HostKey, client_key: ClientKey,
-            timeout: float) -> tuple[GuestShell, list[str]]:
+            timeout: float, mark: Mark = _no_mark) -> tuple[GuestShell, list[str]]:
     qemu.console_write(resume_line(client_key))
     qemu.wait_ready(timeout)
+    mark("resume line to sshd ready")
     status = qemu.status()
     if status != "running":
         raise GuestTimeout(f"guest signalled ready but QMP says {status!r}")
     shell = GuestShell(qemu.config.ssh_port, host_key, client_key)
+    mark("ssh connected")
     try:
-        return shell, fingerprint(shell)
+        lines = fingerprint(shell)
     except BaseException:
         shell.close()
         raise
+    mark("start state read")
+    return shell, lines
 
 
 def _booted(qemu: Qemu, host_key: HostKey, client_key: ClientKey, deadline: float,
-            why: str) -> Started:
+            why: str, mark: Mark = _no_mark) -> Started:
     """Resume a guest that waits at its quiet point; QEMU is stopped if that fails."""
     try:
-        shell, fp = _resume(qemu, host_key, client_key, max(1.0, deadline - time.monotonic()))
+        shell, fp = _resume(qemu, host_key, client_key, max(1.0, deadline - time.monotonic()),
+                            mark)
     except BaseException:
         qemu.stop(grace=0.0)
         raise
     return Started(qemu, shell, StartState("booted", why, None, digest(fp), None))
 
 
-def _boot_to_quiet_point(config: QemuConfig, workdir: Path, timeout: float) -> Qemu:
+def _boot_to_quiet_point(config: QemuConfig, workdir: Path, timeout: float,
+                         mark: Mark = _no_mark) -> Qemu:
     qemu = Qemu(config, workdir)
     try:
         qemu.start()
+        mark("qemu started (QMP up)")
         qemu.wait_ready(timeout, marker=WAIT_MARKER)
+        mark("booted to the quiet point")
     except BaseException:
         qemu.stop(grace=0.0)
         raise
@@ -558,7 +576,7 @@ def _boot_to_quiet_point(config: QemuConfig, workdir: Path, timeout: float) -> Q
 
 
 def start_guest(config: QemuConfig, workdir: Path, host_key: HostKey, client_key: ClientKey,
-                ready_timeout: float, fresh_boot: bool = False) -> Started:
+                ready_timeout: float, fresh_boot: bool = False, mark: Mark = _no_mark) -> Started:
     """A running guest with an SSH shell, restored from this guest's snapshot.
 
     With no snapshot yet, the guest is booted to its quiet point, saved, and
@@ -566,17 +584,19 @@ def start_guest(config: QemuConfig, workdir: Path, host_key: HostKey, client_key
     and every run of a key comes up the same way.  A snapshot that does not
     restore (within RESTORE_TIMEOUT) is thrown away and made anew; one just
     saved that does not restore is dropped and the run boots.  `fresh_boot`
-    neither restores nor saves.
+    neither restores nor saves.  `mark` is told each step that ends (Timings.mark).
     """
     if fresh_boot:
-        qemu = _boot_to_quiet_point(config, workdir, ready_timeout)
+        qemu = _boot_to_quiet_point(config, workdir, ready_timeout, mark)
         return _booted(qemu, host_key, client_key, time.monotonic() + ready_timeout,
-                       "--fresh-boot")
+                       "--fresh-boot", mark)
     key, desc = snapshot_key(config)
+    mark("snapshot key")
     why = ""
     for _ in range(2):
         pending: PendingSnapshot | None = None
         snap = lookup(key)
+        mark("snapshot looked up")
         if snap is None:
             deadline = time.monotonic() + ready_timeout
             source = _boot_to_quiet_point(config, workdir, ready_timeout)
@@ -592,8 +612,9 @@ def start_guest(config: QemuConfig, workdir: Path, host_key: HostKey, client_key
             snap = Snapshot(key, pending.directory, pending.meta)
         qemu = Qemu(config, workdir)
         try:
-            restore_state(qemu, snap, min(ready_timeout, RESTORE_TIMEOUT))
-            shell, fp = _resume(qemu, host_key, client_key, min(ready_timeout, RESTORE_TIMEOUT))
+            restore_state(qemu, snap, min(ready_timeout, RESTORE_TIMEOUT), mark)
+            shell, fp = _resume(qemu, host_key, client_key, min(ready_timeout, RESTORE_TIMEOUT),
+                                mark)
         except (SnapshotUnusable, BuddylabError, OSError) as e:
             qemu.stop(grace=0.0)
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
