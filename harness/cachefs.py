@@ -27,6 +27,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -36,11 +38,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence, TypeVar
 
 from buddylab.errors import SetupError
 
 MIB = 1 << 20
+T = TypeVar("T")
+# A file changed this recently may change again within the same ctime tick
+# without its stamp showing it (git's "racily clean" entries): not remembered.
+RACY_SECONDS = 2.0
 # errno values that mean "the filesystem is full" (disk or quota).
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
@@ -249,3 +255,70 @@ def remove_old_layouts(cache: Path, recipes: Sequence[str], tools: Sequence[str]
         print(f"buddylab: removed {len(removed)} entries of an older cache layout "
               f"({', '.join(str(p.relative_to(cache)) for p in removed)})", file=sys.stderr, flush=True)
     return removed
+
+
+# --- what a warm run need not work out again ----------------------------------------
+
+def file_stamp(path: Path) -> list[int]:
+    """What changes whenever a file's bytes do: device, inode, size, mtime and ctime.
+
+    A write or a replacement through the filesystem changes the ctime, which
+    no one but the kernel sets; so a stamp that is still the same means the
+    same bytes, unless two writes fell in one tick of the filesystem's clock
+    (a few ms): `remembered` keeps no stamp younger than RACY_SECONDS."""
+    st = path.stat()
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def remembered(cache: Path, book: str, key: str,
+               compute: Callable[[], tuple[T, Sequence[Path]]]) -> T:
+    """`compute()`'s value, worked out once and remembered while the files it read are unchanged.
+
+    `compute` returns its value (JSON-able) and the files it depends on; the
+    value is kept under `key` in `<cache>/memo/<book>.json` (`cache`: the
+    cache's root, buddylab.paths.cache_dir()) with their stamps
+    (file_stamp) and given back as long as every stamp is the same (a value
+    that names no file, or a file changed in the last RACY_SECONDS, is not kept).  What is
+    remembered is only a shortcut: a memo that cannot be read or written is
+    worked out again, and two runs that write one at once lose one entry.
+    """
+    path = cache / "memo" / f"{book}.json"
+    try:
+        memo = json.loads(path.read_text())
+        if not isinstance(memo, dict):
+            memo = {}
+    except (OSError, ValueError):
+        memo = {}
+    entry = memo.get(key)
+    if isinstance(entry, dict) and isinstance(entry.get("files"), dict):
+        try:
+            if all(file_stamp(Path(f)) == s for f, s in entry["files"].items()):
+                return entry["value"]  # type: ignore[no-any-return]
+        except OSError:
+            pass
+    value, files = compute()
+    try:
+        stamps = {str(f): file_stamp(f) for f in files}
+        if not stamps or max(s[4] for s in stamps.values()) > time.time_ns() - RACY_SECONDS * 1e9:
+            return value
+        memo[key] = {"value": value, "files": stamps}
+        write_atomic(path, json.dumps(memo).encode())
+    except OSError:
+        pass    # worked out again next time
+    return value
+
+
+def file_sha256(cache: Path, path: Path) -> str:
+    """SHA-256 of a file's bytes, remembered by its stamp (the kernel, the image and
+    the module's inputs are hashed on every run; reading them again costs a warm run
+    a tenth of a second and more)."""
+    def compute() -> tuple[str, list[Path]]:
+        # The stamp is taken before the bytes are read: a write in between
+        # changes the ctime, so the next run hashes again.
+        stamp_first = file_stamp(path)
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        return h.hexdigest(), [path] if file_stamp(path) == stamp_first else []
+    return remembered(cache, "sha256", str(path.resolve()), compute)

@@ -349,3 +349,22 @@ def test_a_recipe_apt_directory_named_like_an_old_entry_is_kept(tmp_path: Path):
     _old_and_current_cache(cache)
     (cache / "apt" / "state" / "sources.list").write_text("")      # a recipe named "state"
     assert cache / "apt" / "state" not in cachefs.old_layout_entries(cache, [], [])
+
+
+def test_remembered_digest_follows_the_file(tmp_path, monkeypatch):
+    import hashlib
+
+    cache, f = tmp_path / "cache", tmp_path / "input"
+    f.write_bytes(b"a" * 4096)
+    # Just written: hashed, not remembered (its ctime may not tick before the next write).
+    assert cachefs.file_sha256(cache, f) == hashlib.sha256(b"a" * 4096).hexdigest()
+    assert not (cache / "memo" / "sha256.json").exists()
+    monkeypatch.setattr(cachefs, "RACY_SECONDS", -1.0)
+    cachefs.file_sha256(cache, f)
+    assert str(f.resolve()) in json.loads((cache / "memo" / "sha256.json").read_text())
+    # Same size, same mtime, other bytes: the ctime tells.
+    st = f.stat()
+    while f.stat().st_ctime_ns == st.st_ctime_ns:      # until the filesystem's clock ticks
+        f.write_bytes(b"b" * 4096)
+        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert cachefs.file_sha256(cache, f) == hashlib.sha256(b"b" * 4096).hexdigest()

@@ -23,7 +23,7 @@ from buddylab.protocol import GUEST_MODULE_PATH
 from buddylab.paths import cache_dir, images_dir
 from buddylab.guest.cpio import CpioWriter
 from buddylab.errors import SetupError
-from buddylab.kernel.elfcheck import read_module_info
+from buddylab.kernel.kbuild import compiler_version
 from buddylab.kernel.provision import Kernel
 
 # The network the guest needs for SSH; a recipe's [guest] modules and
@@ -87,24 +87,34 @@ def ensure_host_key(directory: Path) -> HostKey:
             for f in staging.iterdir():
                 f.unlink()
             staging.rmdir()
-    out = _tool([str(DROPBEARKEY), "-y", "-f", str(private)], "dropbearkey -y")
-    for line in out.splitlines():
-        words = line.split()
-        if len(words) >= 2 and words[0].startswith("ssh-"):
-            return HostKey(private, words[0], words[1])
-    raise SetupError(f"dropbearkey -y printed no public key for {private}")
+    def public_half() -> tuple[list[str], list[Path]]:
+        out = _tool([str(DROPBEARKEY), "-y", "-f", str(private)], "dropbearkey -y")
+        for line in out.splitlines():
+            words = line.split()
+            if len(words) >= 2 and words[0].startswith("ssh-"):
+                return words[:2], [private]
+        raise SetupError(f"dropbearkey -y printed no public key for {private}")
+    key_type, public_b64 = cachefs.remembered(cache_dir(), "host-key", str(private), public_half)
+    return HostKey(private, key_type, public_b64)
+
+LD_CACHE = Path("/etc/ld.so.cache")
+
 
 def shared_libraries(binary: Path) -> list[Path]:
-    """The libraries `ldd` resolves for `binary`, loader included."""
-    out = _tool(["ldd", str(binary)], f"ldd {binary}")
-    libs = []
-    for line in out.splitlines():
-        m = re.search(r"(/\S+)\s+\(0x", line)
-        if m:
-            libs.append(Path(m.group(1)))
-    if not libs:
-        raise SetupError(f"ldd found no libraries for {binary}")
-    return libs
+    """The libraries `ldd` resolves for `binary`, loader included (remembered while
+    the binary, the loader's cache and the libraries are unchanged)."""
+    def ask_ldd() -> tuple[list[str], list[Path]]:
+        out = _tool(["ldd", str(binary)], f"ldd {binary}")
+        libs = []
+        for line in out.splitlines():
+            m = re.search(r"(/\S+)\s+\(0x", line)
+            if m:
+                libs.append(Path(m.group(1)))
+        if not libs:
+            raise SetupError(f"ldd found no libraries for {binary}")
+        depends = [binary, *libs, *(p.resolve() for p in libs)]
+        return [str(p) for p in libs], depends + ([LD_CACHE] if LD_CACHE.exists() else [])
+    return [Path(p) for p in cachefs.remembered(cache_dir(), "ldd", str(binary), ask_ldd)]
 
 def busybox_applets() -> list[str]:
     out = _tool([str(BUSYBOX), "--list-full"], "busybox --list-full")
@@ -123,7 +133,7 @@ def build_guest_tools() -> list[Path]:
     """
     out_dir = cache_dir() / "guest-tools"
     out_dir.mkdir(parents=True, exist_ok=True)
-    compiler = _tool(["gcc", "--version"], "gcc --version").split("\n", 1)[0]
+    compiler = compiler_version()
     built = []
     for src in sorted((images_dir() / "guest-tools").glob("*.c")):
         h = hashlib.sha256(src.read_bytes())
@@ -164,7 +174,23 @@ def _norm(name: str) -> str:
     return name.replace("-", "_")
 
 def guest_module_paths(kernel: Kernel, names: tuple[str, ...]) -> list[Path]:
-    """The .ko files to load, in load order: dependencies first, built-in ones left out."""
+    """The .ko files to load, in load order: dependencies first, built-in ones left out.
+
+    Remembered while the kernel's module directory and the chosen modules are
+    unchanged (walking the directory and reading each module's ELF costs a warm
+    run a tenth of a second and more)."""
+    def work_out() -> tuple[list[str], list[Path]]:
+        order = _guest_module_order(kernel, names)
+        builtin_list = kernel.modules_dir / "modules.builtin"
+        depends = [kernel.modules_dir, *order, *([builtin_list] if builtin_list.is_file() else [])]
+        return [str(p) for p in order], depends
+    key = f"{kernel.modules_dir.resolve()} {' '.join(names)}"
+    return [Path(p) for p in cachefs.remembered(cache_dir(), "guest-modules", key, work_out)]
+
+
+def _guest_module_order(kernel: Kernel, names: tuple[str, ...]) -> list[Path]:
+    from buddylab.kernel.elfcheck import read_module_info
+
     files = {_norm(p.name.removesuffix(".ko")): p for p in sorted(kernel.modules_dir.rglob("*.ko"))}
     builtin_list = kernel.modules_dir / "modules.builtin"
     builtin = set()
@@ -202,7 +228,7 @@ def _cache_key(inputs: list[Path]) -> str:
         # The name inside the image, not where the cache lies: a moved cache
         # keeps its images.
         h.update(p.name.encode() + b"\0")
-        h.update(hashlib.sha256(p.read_bytes()).digest())
+        h.update(bytes.fromhex(cachefs.file_sha256(cache_dir(), p)))
     return h.hexdigest()[:16]
 
 
@@ -214,7 +240,7 @@ def _image_intact(image: Path, host_key: HostKey) -> bool:
     """The cached image is the one its manifest describes, built with this host key."""
     try:
         manifest = json.loads(_manifest_path(image).read_text())
-        digest = hashlib.sha256(image.read_bytes()).hexdigest()
+        digest = cachefs.file_sha256(cache_dir(), image)
     except (OSError, ValueError):
         return False
     return (manifest.get("sha256") == digest

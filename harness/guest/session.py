@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Iterator
 
 from buddylab import cachefs
-from buddylab.kernel import elfcheck
 from buddylab.paths import cache_dir, images_dir
 from buddylab.kernel.recipe import GuestExtras, KernelPins, load_kernel_pins
 from buddylab.errors import BuddylabError
@@ -77,13 +76,26 @@ def prepare(pins: KernelPins | None = None, ko: Path | None = None,
         kernel = provision(pins)
     with timings.stage("module build"):
         module = ko if ko is not None else build_module(kernel)
-        elfcheck.check_module(module, elfcheck.kernel_vermagic(kernel.modules_dir),
-                              kernel.symvers.read_text())
+        _check_module(kernel, module)
     with timings.stage("image"):
         image = build_image(kernel, module, extras.modules)
     with timings.stage("accel probe"):
         kvm, why = probe_kvm(kernel.vmlinuz)
     return Prepared(kernel, module, image, "kvm" if kvm else "tcg", why, kernel.vmlinuz, extras)
+
+
+def _check_module(kernel: Kernel, module: Path) -> None:
+    """elfcheck.check_module against the kernel; its verdict remembered while the
+    module, Module.symvers and the kernel's module directory are unchanged (the
+    ELF reading and pyelftools' import are a large part of a warm run)."""
+    def check() -> tuple[str, list[Path]]:
+        from buddylab.kernel import elfcheck
+
+        elfcheck.check_module(module, elfcheck.kernel_vermagic(kernel.modules_dir),
+                              kernel.symvers.read_text())
+        return "loads", [module, kernel.symvers, kernel.modules_dir]
+    key = f"{module.resolve()} {kernel.modules_dir.resolve()}"
+    cachefs.remembered(cache_dir(), "elfcheck", key, check)
 
 
 class Session:

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from buddylab.cachefs import file_sha256
 from buddylab.errors import BuddylabError, GuestTimeout, SetupError
 from buddylab.guest.image import HostKey
 from buddylab.guest.qemu import QEMU, WAIT_MARKER, Qemu, QemuConfig, _die_with_parent
@@ -110,37 +111,6 @@ def store_dir() -> Path:
     return cache_dir() / "snapshots"
 
 
-def _sha256_file(path: Path) -> str:
-    """SHA-256 of a file's content, remembered by its inode, size, mtime and ctime
-    (hashing the kernel and the initramfs costs ~0.1 s of CPU on every run; any
-    write to a file changes its ctime)."""
-    st = path.stat()
-    stamp = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-    memo_path = store_dir() / "digests.json"
-    try:
-        memo = json.loads(memo_path.read_text())
-        if not isinstance(memo, dict):
-            memo = {}
-    except (OSError, ValueError):
-        memo = {}
-    entry = memo.get(str(path.resolve()))
-    if isinstance(entry, list) and entry[:-1] == stamp:
-        return str(entry[-1])
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    memo[str(path.resolve())] = [*stamp, h.hexdigest()]
-    try:
-        memo_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo_path.with_name(f".digests.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(memo))
-        tmp.rename(memo_path)
-    except OSError:
-        pass
-    return h.hexdigest()
-
-
 def _qemu_identity() -> list[object]:
     binary = shutil.which(QEMU)
     if binary is None:
@@ -156,8 +126,8 @@ def snapshot_key(config: QemuConfig) -> tuple[str, dict[str, object]]:
     desc: dict[str, object] = {
         "format": FORMAT,
         "argv": argv,
-        "kernel_sha256": _sha256_file(config.kernel),
-        "initrd_sha256": _sha256_file(config.initrd),
+        "kernel_sha256": file_sha256(cache_dir(), config.kernel),
+        "initrd_sha256": file_sha256(cache_dir(), config.initrd),
         "qemu": _qemu_identity(),
     }
     key = hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:20]

@@ -42,14 +42,22 @@ def _make_args(kernel: Kernel, build_dir: Path) -> list[str]:
 
 
 def compiler_version() -> str:
-    """`gcc --version`'s first line and target: part of every build's key."""
-    out = []
-    for flag in ("--version", "-dumpmachine"):
-        proc = cachefs.run_tool(["gcc", flag], f"gcc {flag}", TOOL_TIMEOUT)
-        if proc.returncode != 0:
-            raise SetupError(f"gcc {flag} failed: {proc.stderr.strip()}")
-        out.append(proc.stdout.splitlines()[0].strip() if proc.stdout else "")
-    return " ".join(out)
+    """`gcc --version`'s first line and target: part of every build's key.
+
+    Remembered while the gcc driver's file is unchanged (it prints both)."""
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        raise SetupError("make and gcc are needed to build the module")
+
+    def ask() -> tuple[str, list[Path]]:
+        out = []
+        for flag in ("--version", "-dumpmachine"):
+            proc = cachefs.run_tool(["gcc", flag], f"gcc {flag}", TOOL_TIMEOUT)
+            if proc.returncode != 0:
+                raise SetupError(f"gcc {flag} failed: {proc.stderr.strip()}")
+            out.append(proc.stdout.splitlines()[0].strip() if proc.stdout else "")
+        return " ".join(out), [Path(gcc).resolve()]
+    return cachefs.remembered(cache_dir(), "compiler", str(Path(gcc).resolve()), ask)
 
 
 def build_inputs(kernel: Kernel, src_dir: Path) -> dict[str, str]:
@@ -59,12 +67,12 @@ def build_inputs(kernel: Kernel, src_dir: Path) -> dict[str, str]:
     for s in _sources(src_dir):
         if not s.is_file():
             raise SetupError(f"module source {s} missing")
-        inputs[f"source {s.name}"] = hashlib.sha256(s.read_bytes()).hexdigest()
+        inputs[f"source {s.name}"] = cachefs.file_sha256(cache_dir(), s)
     for name in _HEADER_FILES:
         path = kernel.headers / name
         if not path.is_file():
             raise SetupError(f"{path} missing from the kernel headers")
-        inputs[f"headers {name}"] = hashlib.sha256(path.read_bytes()).hexdigest()
+        inputs[f"headers {name}"] = cachefs.file_sha256(cache_dir(), path)
     return inputs
 
 
@@ -82,7 +90,7 @@ def _reusable(build_dir: Path, inputs: dict[str, str], name: str = MODULE_NAME) 
         manifest = {}
     ko = build_dir / f"{name}.ko"
     if (manifest.get("inputs") == inputs and ko.is_file()
-            and hashlib.sha256(ko.read_bytes()).hexdigest() == manifest.get("ko_sha256")):
+            and cachefs.file_sha256(cache_dir(), ko) == manifest.get("ko_sha256")):
         return True
     # Published under this key but not what the manifest says: never hand
     # it out.  Move it aside (a rename, so no reader sees it half-removed).
