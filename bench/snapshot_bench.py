@@ -137,11 +137,13 @@ def main() -> None:
         steps_fresh: list[dict[str, float]] = []
         same = 0
         differing: dict[str, int] = {}
+        states: dict[str, int] = {}
         for _ in range(args.runs):
             wall, res = qemu_test(results)
             start = res["start"]
             assert isinstance(start, dict) and start["how"] == "restored", start
             same += bool(start["from_reference"])
+            states[start["fingerprint"]] = states.get(start["fingerprint"], 0) + 1
             for line in start["differences"]:
                 figure = line.split(":")[0]
                 differing[figure] = differing.get(figure, 0) + 1
@@ -164,6 +166,12 @@ def main() -> None:
     print(f"restored runs that started from the snapshot's reference state: {same} of {args.runs}")
     for figure, n in sorted(differing.items()):
         print(f"  differed in {n} of {args.runs}: {figure}")
+    # Is the reference an odd one out, or are the starts spread?  The most
+    # common start state and how many runs shared it.
+    common, shared = max(states.items(), key=lambda kv: kv[1])
+    reference = first["start"]["reference"]  # type: ignore[index]
+    print(f"  {len(states)} different start states in {args.runs} runs; the most common one "
+          f"started {shared} of them and is {'' if common == reference else 'not '}the reference")
     start = first["start"]
     assert isinstance(start, dict)
     snap = cache_dir() / "snapshots" / str(start["snapshot"])
