@@ -46,19 +46,25 @@ REPO = Path(__file__).resolve().parent.parent
 PREPARE_STAGES = ("provision", "module build", "image", "accel probe")
 
 
-def qemu_test(results: Path, *extra: str) -> tuple[float, dict[str, object]]:
+def qemu_test(results: Path, *extra: str, python: str = sys.executable
+              ) -> tuple[float, dict[str, object]]:
     env = dict(os.environ, BUDDYLAB_RESULTS=str(results))
     env.pop("PYTHONDONTWRITEBYTECODE", None)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "buddylab.cli", "qemu-test", *extra], cwd=REPO,
+    proc = subprocess.run([python, "-m", "buddylab.cli", "qemu-test", *extra], cwd=REPO,
                           env=env, capture_output=True, text=True)
     end = time.monotonic()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         sys.exit(f"qemu-test {' '.join(extra)} failed (exit {proc.returncode}):\n"
                  f"{proc.stdout}\n{proc.stderr}")
     newest = max(results.glob("qemu-test-*/result.json"), key=lambda p: p.stat().st_mtime)
     result = json.loads(newest.read_text())
-    result["bench_steps"] = steps(result, start, end)
+    result["bench_steps"] = steps(result, start, end) if "steps" in result else {}
+    # CPU seconds of the run and its children (QEMU, zstd): the work, whatever the load.
+    result["bench_cpu"] = ((after.ru_utime - before.ru_utime)
+                           + (after.ru_stime - before.ru_stime))
     return end - start, result
 
 
@@ -125,16 +131,26 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--make-test", action="store_true",
                     help="also time `make test` with the warm cache")
+    ap.add_argument("--baseline", metavar="PYTHON",
+                    help="also time, interleaved, restored runs of the buddylab that PYTHON "
+                         "imports (another checkout's venv, e.g. /work/main/.venv/bin/python): "
+                         "before and after under the same load")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="buddylab-bench-") as tmp:
         results = Path(tmp)
         _, first = qemu_test(results)          # warms every cache, saves the snapshot
+        baseline: list[float] = []
+        cpu_baseline: list[float] = []
+        if args.baseline:
+            qemu_test(results, python=args.baseline)   # its own image and snapshot
         restored: list[float] = []
         fresh: list[float] = []
         boot_restored: list[float] = []
         boot_fresh: list[float] = []
         steps_restored: list[dict[str, float]] = []
         steps_fresh: list[dict[str, float]] = []
+        cpu_restored: list[float] = []
+        cpu_fresh: list[float] = []
         same = 0
         differing: dict[str, int] = {}
         states: dict[str, int] = {}
@@ -150,15 +166,28 @@ def main() -> None:
             restored.append(wall)
             boot_restored.append(float(res["timings"]["boot to ssh"]))  # type: ignore[index]
             steps_restored.append(res["bench_steps"])  # type: ignore[arg-type]
+            cpu_restored.append(float(res["bench_cpu"]))  # type: ignore[arg-type]
             wall, res = qemu_test(results, "--fresh-boot")
             fresh.append(wall)
             boot_fresh.append(float(res["timings"]["boot to ssh"]))  # type: ignore[index]
             steps_fresh.append(res["bench_steps"])  # type: ignore[arg-type]
+            cpu_fresh.append(float(res["bench_cpu"]))  # type: ignore[arg-type]
+            if args.baseline:
+                wall, res = qemu_test(results, python=args.baseline)
+                baseline.append(wall)
+                cpu_baseline.append(float(res["bench_cpu"]))  # type: ignore[arg-type]
     print(f"buddylab qemu-test, warm cache, whole process (median of {args.runs}; min-max):")
-    for name, walls, boots in (("restored", restored, boot_restored),
-                               ("--fresh-boot", fresh, boot_fresh)):
+    for name, walls, boots, cpus in (("restored", restored, boot_restored, cpu_restored),
+                                     ("--fresh-boot", fresh, boot_fresh, cpu_fresh)):
         print(f"  {name:<13} {statistics.median(walls):6.2f} s  ({min(walls):.2f}-{max(walls):.2f})"
-              f"   of which boot to ssh {statistics.median(boots):.2f} s")
+              f"   of which boot to ssh {statistics.median(boots):.2f} s;"
+              f" CPU (with QEMU and zstd) {statistics.median(cpus):.2f} s"
+              f" ({min(cpus):.2f}-{max(cpus):.2f})")
+    if baseline:
+        print(f"  {'baseline':<13} {statistics.median(baseline):6.2f} s  "
+              f"({min(baseline):.2f}-{max(baseline):.2f})   restored, {args.baseline};"
+              f" CPU {statistics.median(cpu_baseline):.2f} s "
+              f"({min(cpu_baseline):.2f}-{max(cpu_baseline):.2f})")
     for name, runs in (("restored", steps_restored), ("--fresh-boot", steps_fresh)):
         print(f"  where the time goes, {name} (median; min-max):")
         print_steps(runs)
