@@ -133,7 +133,7 @@ def main() -> None:
                     help="also time `make test` with the warm cache")
     ap.add_argument("--baseline", metavar="PYTHON",
                     help="also time, interleaved, restored runs of the buddylab that PYTHON "
-                         "imports (another checkout's venv, e.g. /work/main/.venv/bin/python): "
+                         "imports (another checkout's .venv/bin/python): "
                          "before and after under the same load")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="buddylab-bench-") as tmp:
