@@ -278,9 +278,10 @@ def remembered(cache: Path, book: str, key: str,
     value is kept under `key` in `<cache>/memo/<book>.json` (`cache`: the
     cache's root, buddylab.paths.cache_dir()) with their stamps
     (file_stamp) and given back as long as every stamp is the same (a value
-    that names no file, or a file changed in the last RACY_SECONDS, is not kept).  What is
-    remembered is only a shortcut: a memo that cannot be read or written is
-    worked out again, and two runs that write one at once lose one entry.
+    that names no file, or a file changed in the last RACY_SECONDS, is not
+    kept).  What is remembered is only a shortcut: a memo that cannot be read
+    or written is worked out again, and two runs that write one at once lose
+    one entry.
     """
     path = cache / "memo" / f"{book}.json"
     try:
@@ -301,6 +302,9 @@ def remembered(cache: Path, book: str, key: str,
         stamps = {str(f): file_stamp(f) for f in files}
         if not stamps or max(s[4] for s in stamps.values()) > time.time_ns() - RACY_SECONDS * 1e9:
             return value
+        # Entries whose files are gone (pruned images, old builds) go with this write.
+        memo = {k: e for k, e in memo.items() if isinstance(e, dict)
+                and all(os.path.exists(f) for f in e.get("files", {}))}
         memo[key] = {"value": value, "files": stamps}
         write_atomic(path, json.dumps(memo).encode())
     except OSError:

@@ -262,7 +262,9 @@ def build_image(kernel: Kernel, module: Path, extra_modules: tuple[str, ...] = (
     images.mkdir(parents=True, exist_ok=True)
     target = images / f"initramfs-{_cache_key(inputs)}.cpio"
     if _image_intact(target, host_key):
-        os.utime(target)                 # in use: _prune keeps it
+        # In use: _prune keeps it.  The manifest is touched, not the image,
+        # whose unchanged stamp lets its digest be remembered (cachefs.file_sha256).
+        os.utime(_manifest_path(target))
         return GuestImage(target, host_key)
     # The image is about as large as what goes into it.
     need = sum(p.stat().st_size for p in inputs) + cachefs.MIB
@@ -293,17 +295,25 @@ def build_image(kernel: Kernel, module: Path, extra_modules: tuple[str, ...] = (
 PRUNE_AGE = 3600.0       # an image used within the last hour is kept
 
 
+def _last_used(image: Path) -> float:
+    """When a run last used `image`: its manifest's mtime (build_image touches it)."""
+    try:
+        return _manifest_path(image).stat().st_mtime
+    except FileNotFoundError:
+        return image.stat().st_mtime
+
+
 def _prune(images: Path, keep: Path) -> None:
     """Keep the newest few images (each is a few MiB) and any used in the last hour.
 
-    A run that is about to boot an image has just touched it, so no run
+    A run that is about to boot an image has just touched its manifest, so no run
     loses its image to another run's pruning.
     """
     now = time.time()
     old = []
     for p in images.glob("initramfs-*.cpio"):
         try:
-            old.append((p.stat().st_mtime, p))
+            old.append((_last_used(p), p))
         except FileNotFoundError:
             continue
     old.sort(reverse=True)
