@@ -13,7 +13,7 @@ compress and expand it, which is what decided for zstd -1
 suite) with this warm cache.
 
 Where the time of a run goes: each result.json has the real boot's steps
-(`steps`: what ended, at which CLOCK_MONOTONIC time; buddylab.guest.session
+(`timeline`: what ended, at which CLOCK_MONOTONIC time; buddylab.guest.session
 Timings.mark), and the benchmark knows when it started the process and when
 the process ended, so it prints, per step, the median over the runs: Python's
 start, imports and argument parsing; the checks of kernel, module and image
@@ -61,7 +61,7 @@ def qemu_test(results: Path, *extra: str, python: str = sys.executable
                  f"{proc.stdout}\n{proc.stderr}")
     newest = max(results.glob("qemu-test-*/result.json"), key=lambda p: p.stat().st_mtime)
     result = json.loads(newest.read_text())
-    result["bench_steps"] = steps(result, start, end) if "steps" in result else {}
+    result["bench_steps"] = steps(result, start, end) if "timeline" in result else {}
     # CPU seconds of the run and its children (QEMU, zstd): the work, whatever the load.
     result["bench_cpu"] = ((after.ru_utime - before.ru_utime)
                            + (after.ru_stime - before.ru_stime))
@@ -70,7 +70,7 @@ def qemu_test(results: Path, *extra: str, python: str = sys.executable
 
 def steps(result: dict[str, object], started: float, ended: float) -> dict[str, float]:
     """Seconds per step of one run, in order, from its marks and the process's start and end."""
-    marks = result.get("steps")
+    marks = result.get("timeline")
     timings = result["timings"]
     assert isinstance(marks, list) and marks and isinstance(timings, dict), "no steps recorded"
     prepare = sum(float(timings.get(s, 0.0)) for s in PREPARE_STAGES)

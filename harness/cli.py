@@ -211,8 +211,8 @@ def qemu_test(args: argparse.Namespace) -> int:
         result = {**_metadata("qemu-test", opts, prepared, session).as_json(),
                   "experiment": "downfall",
                   "passed": report.passed, "timings": {**timings.stages, "total": total},
-                  # A real boot's steps (CLOCK_MONOTONIC), for bench/snapshot_bench.py.
-                  **({"steps": timings.marks} if timings.marks else {}),
+                  # A real boot's timeline (Timings.mark), for bench/snapshot_bench.py.
+                  **({"timeline": timings.marks} if timings.marks else {}),
                   **downfall.report_json(report), "suite": suite.as_json()}
         downfall.save(report, run_dir)
         _save_run(run_dir, result, text)
