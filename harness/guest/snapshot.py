@@ -569,9 +569,10 @@ def start_guest(config: QemuConfig, workdir: Path, host_key: HostKey, client_key
         mark("snapshot looked up")
         if snap is None:
             deadline = time.monotonic() + ready_timeout
-            source = _boot_to_quiet_point(config, workdir, ready_timeout)
+            source = _boot_to_quiet_point(config, workdir, ready_timeout, mark)
             try:
                 pending = save(source, key, desc)
+                mark("snapshot saved")
             except (SnapshotUnusable, OSError) as e:
                 _say(f"snapshot not saved: {e}")
                 return _booted(source, host_key, client_key, deadline, f"snapshot not saved: {e}")
