@@ -458,8 +458,12 @@ def check_module_command(args: argparse.Namespace) -> int:
 
 def _elfcheck_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("ko", type=Path, help="the module file")
-    p.add_argument("--kernel", default=DEFAULT_KERNEL, metavar="RECIPE",
-                   help="kernel recipe, a name in images/ (%(default)s)")
+    # The same default as the commands that boot: a module built for $BUDDYLAB_KERNEL is
+    # checked against that kernel, not against the default one.
+    p.add_argument("--kernel", default=os.environ.get("BUDDYLAB_KERNEL") or DEFAULT_KERNEL,
+                   metavar="NAME|PATH",
+                   help="kernel recipe: a name in images/ or a recipe file (%(default)s; "
+                        "$BUDDYLAB_KERNEL sets the default)")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 
 
@@ -468,11 +472,11 @@ def elfcheck_command(args: argparse.Namespace) -> int:
     import json
 
     from buddylab.kernel import elfcheck
-    from buddylab.kernel.provision import provision_kernel
+    from buddylab.kernel.kinds import provision
 
     if not args.ko.is_file():
         raise errors.UsageError(f"{args.ko}: no such file")
-    kernel = provision_kernel(load_kernel_pins(args.kernel))
+    kernel = provision(load_kernel_pins(args.kernel))
     report = elfcheck.elf_report(args.ko, elfcheck.kernel_vermagic(kernel.modules_dir),
                                  kernel.symvers.read_text())
     print(json.dumps(report.as_json(), indent=2) if args.json else report.render())
