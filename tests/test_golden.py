@@ -26,6 +26,13 @@ from guest_double import Transcript, replay_guest
 REGEN = os.environ.get("BUDDYLAB_REGEN_GOLDEN") == "1"
 
 
+@pytest.fixture(autouse=True)
+def _recorded_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The transcripts are runs on the default kernel: replay them as such, whichever
+    kernel $BUDDYLAB_KERNEL (`make test KERNEL=...`) puts under test."""
+    monkeypatch.delenv("BUDDYLAB_KERNEL", raising=False)
+
+
 def _no_guest(*_args: Any, **_kwargs: Any) -> Any:
     raise AssertionError("this command must not prepare or boot a guest")
 
