@@ -937,7 +937,13 @@ static struct page *bl_get(unsigned int api, gfp_t gfp, unsigned int order,
 	case BL_ZEROED_PAGE:
 		return bl_addr_page(get_zeroed_page(gfp));
 	default:
-		return bl_addr_page((unsigned long)alloc_pages_exact(size, gfp));
+		/*
+		 * 6.1's alloc_pages_exact() WARNs on __GFP_HIGHMEM before removing
+		 * it; 5.10's leaves it to __get_free_pages(), which removes it
+		 * silently.  Removed here, the block is the same on both.
+		 */
+		return bl_addr_page((unsigned long)alloc_pages_exact(size,
+						gfp & ~__GFP_HIGHMEM));
 	}
 }
 
