@@ -31,6 +31,17 @@ def test_parse_real_trace_counts_every_kmem_event():
     assert all(e["order"] == 0 for e in events if e.name == "mm_page_free_batched")
 
 
+def test_parse_reads_6_1s_hexadecimal_pfn():
+    """6.1's kmem.h prints `pfn=0x%lx` (5.10's `pfn=%lu`); the line was printed by
+    debian-6.1-cloud (6.1.0-57) in test_chapter8's guest, with 6.1's five flag columns."""
+    line = ("              sh-100     [000] .....    19.106201: mm_page_alloc: page=000000002bedc00c "
+            "pfn=0x3a12 order=1 migratetype=0 gfp_flags=GFP_KERNEL_ACCOUNT|__GFP_ZERO\n")
+    (event,) = parse_trace(line)
+    assert (event.name, event["pfn"], event["order"], event.flags) == ("mm_page_alloc", 0x3A12, 1, ".....")
+    with pytest.raises(TraceParseError, match="pfn is not a number"):
+        parse_trace(line.replace("0x3a12", "0xzz"))
+
+
 def test_parse_rejects_a_malformed_line():
     bad = "  sh-1 [000] .... 1.000000: mm_page_alloc: pfn=12 order=x migratetype=0\n"
     with pytest.raises(TraceParseError, match="line 1"):
