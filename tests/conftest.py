@@ -12,6 +12,7 @@ deadline: the machine is shared, and a slow example is not a failure.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -52,26 +53,38 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.qemu)
 
 
-@pytest.fixture(scope="session")
-def recipe() -> KernelPins:
+@functools.cache
+def _recipe_under_test() -> KernelPins:
     return load_kernel_pins(os.environ.get("BUDDYLAB_KERNEL") or DEFAULT_KERNEL)
 
 
+@functools.cache
+def _kernel_under_test() -> Kernel:
+    return provision(_recipe_under_test())
+
+
 @pytest.fixture(scope="session")
-def kernel(recipe: KernelPins) -> Kernel:
-    return provision(recipe)
+def recipe() -> KernelPins:
+    return _recipe_under_test()
 
 
-@pytest.fixture(autouse=True)
-def _kernel_series(request: pytest.FixtureRequest) -> None:
-    marker = request.node.get_closest_marker("kernel")
+@pytest.fixture(scope="session")
+def kernel() -> Kernel:
+    return _kernel_under_test()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip a `kernel(series)` test on another series before any of its fixtures is set up
+    (a module-scoped fixture that boots a guest would otherwise fail first)."""
+    marker = item.get_closest_marker("kernel")
     if marker is None:
         return
-    kernel = request.getfixturevalue("kernel")
+    release = _kernel_under_test().release
     series = marker.args[0]
-    if not kernel.release.startswith(series + "."):
+    if not release.startswith(series + "."):
         reason = marker.kwargs.get("why", "it follows that version's code")
-        pytest.skip(f"needs a {series} kernel ({reason}); {kernel.release} is under test")
+        pytest.skip(f"needs a {series} kernel ({reason}); {release} is under test")
 
 
 @pytest.fixture(scope="session")

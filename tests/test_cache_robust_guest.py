@@ -11,7 +11,6 @@ import pytest
 
 from buddylab import errors, protocol
 from buddylab.records import kmod
-from buddylab.kernel.recipe import load_kernel_pins
 
 pytestmark = pytest.mark.qemu
 
@@ -28,7 +27,7 @@ def test_command_past_its_deadline_prints_one_message_and_no_traceback(prepared)
     assert proc.stderr.strip() == "buddylab: guest command timed out after 3 s: sleep 10"
 
 
-def test_two_cold_runs_at_once_on_one_empty_cache_both_pass(tmp_path: Path):
+def test_two_cold_runs_at_once_on_one_empty_cache_both_pass(recipe, tmp_path: Path):
     """Download, extraction, module build, image, boot and module load, twice at the same time.
 
     Each run loads the module and reads one of its records.  Not qemu-test: its
@@ -43,7 +42,10 @@ def test_two_cold_runs_at_once_on_one_empty_cache_both_pass(tmp_path: Path):
     runs = []
     for n in (1, 2):
         env_n = {**env, "BUDDYLAB_RESULTS": str(tmp_path / f"results{n}")}
-        runs.append(subprocess.Popen([sys.executable, "-m", "buddylab.cli", "run", guest_command],
+        # Two TCG guests boot at once on a shared machine: the test is about the cache,
+        # not boot speed (6.1 printed nothing within the default 60 s under a load of 25).
+        runs.append(subprocess.Popen([sys.executable, "-m", "buddylab.cli", "run",
+                                      "--boot-timeout", "300", guest_command],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      env=env_n))
     outputs = [run.communicate(timeout=1200) for run in runs]
@@ -55,8 +57,7 @@ def test_two_cold_runs_at_once_on_one_empty_cache_both_pass(tmp_path: Path):
     assert len(builds) == 1, builds
     # They did overlap: one waited for the other's lock.
     assert any("buddylab: waiting for another run" in err for _, err in outputs)
-    pins = load_kernel_pins()
-    assert (cache / "apt" / pins.name / "sources.list").is_file()
+    assert (cache / "apt" / recipe.name / "sources.list").is_file()
     assert not (cache / "apt" / "sources.list").exists()
     # No private staging directory or file was left behind.
     assert not [p for p in cache.rglob(".*tmp-*")]

@@ -22,8 +22,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if here in Path(item.path).parents:
             item.add_marker(pytest.mark.qemu)
-            # Predictions and tolerances measured on 5.10 (tests/conftest.py skips them elsewhere).
-            item.add_marker(pytest.mark.kernel("5.10", why="predictions and tolerances are 5.10's"))
 
 
 @pytest.fixture(scope="session")

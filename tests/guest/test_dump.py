@@ -64,13 +64,23 @@ def test_idle_dump_sums_to_proc_pagetypeinfo(prepared):
     assert all(pages > 10_000 for _, pages in samples)   # a real dump of a 512 MiB guest
 
 
-RECLAIMABLE_PCP_MIN = 32    # more than one per-CPU batch on the Reclaimable list
+RECLAIMABLE_PCP_MIN = 32    # more than one per-CPU batch on the Reclaimable lists
+
+
+def list_keys(p: kmod.PcpCounts) -> list[tuple[int, str]]:
+    """(order, list name) of each of a `pcp` record's lists, in its order: 5.10's three of
+    order 0, or 6.1's by order (kmod/README.md, "Per kernel series")."""
+    keys: list[tuple[int, str]] = []
+    for order in p.orders or (0,) * len(p.lists):
+        keys.append((order, PCP_TYPES[sum(k[0] == order for k in keys)]))
+    return keys
 
 
 def test_dump_equals_the_modules_snapshot_every_per_cpu_list_included(prepared):
     """An exact dump and the before-snapshot of a `clear_log` written right after its
     open(2) (by the shell's builtin echo: no process in between) agree on every buddy
-    list's counts and on every per-CPU list's length, Reclaimable included.
+    list's counts and on every per-CPU list's length (on 6.1 every order's lists),
+    Reclaimable included.
 
     Reclaimable per-CPU pages come from the kernel's own slab: `ls -R /sys` fills the
     dentry and inode caches, drop_caches frees them, and their pages land on the
@@ -86,16 +96,19 @@ def test_dump_equals_the_modules_snapshot_every_per_cpu_list_included(prepared):
     dump = kmod.parse_freelists(dump_t)
     (op,) = kmod.parse_log(log_t).ops
     snap = op.before
-    dumped = Counter((p.nid, p.zone, p.cpu, p.list) for p in dump.pcp_pages)
-    lengths = {(p.nid, p.zone, p.cpu): tuple(dumped[(p.nid, p.zone, p.cpu, mt)] for mt in PCP_TYPES)
+    dumped = Counter((p.nid, p.zone, p.cpu, p.order, p.list) for p in dump.pcp_pages)
+    lengths = {(p.nid, p.zone, p.cpu): tuple(dumped[(p.nid, p.zone, p.cpu, *k)] for k in list_keys(p))
                for p in snap.pcp}
-    print(f"\nper-CPU lists U,M,R: dump {lengths}, snapshot "
+    print(f"\nper-CPU lists (order, type) {list_keys(snap.pcp[0])}: dump {lengths}, snapshot "
           f"{ {(p.nid, p.zone, p.cpu): p.lists for p in snap.pcp} }")
+    reclaimable = 0
     for p in snap.pcp:
         assert lengths[(p.nid, p.zone, p.cpu)] == tuple(p.lists), p
-        assert sum(p.lists) == p.count, p
-    assert sum(p.lists[PCP_TYPES.index("Reclaimable")] for p in snap.pcp) >= RECLAIMABLE_PCP_MIN
-    assert len(dump.pcp_pages) == sum(p.count for p in snap.pcp)
+        pages = [n << order for n, (order, _) in zip(p.lists, list_keys(p))]
+        assert sum(pages) == p.count, p
+        reclaimable += sum(n for n, (_, name) in zip(pages, list_keys(p)) if name == "Reclaimable")
+    assert reclaimable >= RECLAIMABLE_PCP_MIN
+    assert sum(1 << p.order for p in dump.pcp_pages) == sum(p.count for p in snap.pcp)
     counts = dump.counts()
     for z in snap.zones:
         assert list(counts.get((z.nid, z.zone, z.mt), [0] * 11)) == list(z.free), z

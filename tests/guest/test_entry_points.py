@@ -1,5 +1,5 @@
-"""Every entry point, page for page: each api x gfp x zero allocates and frees as the
-5.10 model predicts from an exact dump."""
+"""Every entry point: each api x gfp x zero allocates and frees what it asked for, and on
+5.10 exactly the block the 5.10 model predicts from an exact dump."""
 
 from __future__ import annotations
 
@@ -49,10 +49,13 @@ def run_in_one_shell(g: Session, first: list[str], second: list[str]) -> list[st
 
 
 def test_every_entry_point_takes_exactly_the_predicted_block(prepared):
-    """Each api x gfp (x zero=1) allocates, then frees; each of the 2 x 72 operations is
-    predicted page for page by the 5.10 model from an exact dump: nothing changed before
-    it that the model did not see, every list and per-CPU list matches after it, and the
-    allocated pfn is the predicted one.  The records agree with `allocs`."""
+    """Each api x gfp (x zero=1) allocates, then frees; the records agree with `allocs`,
+    each takes and gives back its pages from a pageblock of the gfp's migratetype.  On
+    5.10 each of the 2 x 72 operations is also predicted page for page by the 5.10 model
+    from an exact dump: nothing changed before it that the model did not see, every list
+    and per-CPU list matches after it, and the allocated pfn is the predicted one.  (6.1's
+    per-CPU lists are not modelled: the model part is left out there.)"""
+    modelled = prepared.kernel.release.startswith("5.10.")
     commands = entry_point_commands()
     with boot(prepared) as g:
         g.run(f"dmesg -c > /dev/null; insmod {g.module_path}").check()
@@ -67,17 +70,21 @@ def test_every_entry_point_takes_exactly_the_predicted_block(prepared):
     ops = [op for op in log.ops if op.verb != "clear_log"]
     assert len(ops) == 2 * len(commands) and log.dropped == 0
     allocs = {a.id: a for a in kmod.parse_allocs(allocs_t)}
-    limits = kernel_state.pcp_limits(ops[0].before.pcp)
+    # The pageblocks after every alloc (an idle guest steals none: no fallback).
+    pageblock_mt = {(pb.nid, pb.zone, pb.pfn): pb.mt for pb in kmod.parse_pageblocks(pb2_t)}
 
     problems: list[str] = []
-    replayer = operations.OperationReplayer(kernel_state.zones_from_dump(
-        kmod.parse_freelists(dump_t), kmod.parse_pageblocks(pb_t), infos, limits))
+    if modelled:
+        limits = kernel_state.pcp_limits(ops[0].before.pcp)
+        replayer = operations.OperationReplayer(kernel_state.zones_from_dump(
+            kmod.parse_freelists(dump_t), kmod.parse_pageblocks(pb_t), infos, limits))
     for command, op in zip(commands, ops[:len(commands)]):
         assert op.verb == "alloc" and op.ret == 0 and op.n == 1, (command, op)
-        outcome = replayer.replay(op)
-        if outcome.before or not outcome.exact:
-            problems.append(f"{command}: before {outcome.before}, after {outcome.after}, pfn "
-                            f"model {outcome.pfn_predicted} kernel {outcome.pfn_observed}")
+        if modelled:
+            outcome = replayer.replay(op)
+            if outcome.before or not outcome.exact:
+                problems.append(f"{command}: before {outcome.before}, after {outcome.after}, pfn "
+                                f"model {outcome.pfn_predicted} kernel {outcome.pfn_observed}")
         a = allocs[op.id]
         words = exact_args(command)
         size = int(words.get("size", 4096 << int(words.get("order", 0))))
@@ -89,22 +96,26 @@ def test_every_entry_point_takes_exactly_the_predicted_block(prepared):
         assert (a.bytes, a.order, a.pages, a.state) == (size, order, pages, "live"), command
         assert (op.bytes, op.order, op.pages) == (a.bytes, a.order, a.pages), command
         assert (op.pfn, op.nid, op.zone) == (a.pfn, a.nid, a.zone) and a.pfn % (1 << order) == 0
-        model_zone = replayer.zones[(a.nid, a.zone)]
-        assert a.pageblock_mt == model_zone.pageblocks[a.pfn & ~511], command
+        assert a.pageblock_mt == pageblock_mt[(a.nid, a.zone, a.pfn & ~511)], command
+        if modelled:
+            model_zone = replayer.zones[(a.nid, a.zone)]
+            assert a.pageblock_mt == model_zone.pageblocks[a.pfn & ~511], command
         assert a.pageblock_mt == GFP_MT[a.gfp], command    # no fallback in an idle guest
         assert op.before.free_pages() - op.after.free_pages() == pages, command
 
-    replayer = operations.OperationReplayer(kernel_state.zones_from_dump(
-        kmod.parse_freelists(dump2_t), kmod.parse_pageblocks(pb2_t), infos, limits))
-    replayer.adopt(list(allocs.values()))
+    if modelled:
+        replayer = operations.OperationReplayer(kernel_state.zones_from_dump(
+            kmod.parse_freelists(dump2_t), kmod.parse_pageblocks(pb2_t), infos, limits))
+        replayer.adopt(list(allocs.values()))
     for alloc_id, op in zip(ids, ops[len(commands):]):
         assert (op.verb, op.ret, op.id, op.n) == ("free", 0, alloc_id, 1), op
         assert (op.api, op.pfn, op.pages) == (allocs[alloc_id].api, allocs[alloc_id].pfn,
                                               allocs[alloc_id].pages)
-        outcome = replayer.replay(op)
-        if outcome.before or not outcome.exact:
-            problems.append(f"free id={alloc_id} ({op.api}): before {outcome.before}, "
-                            f"after {outcome.after}")
+        if modelled:
+            outcome = replayer.replay(op)
+            if outcome.before or not outcome.exact:
+                problems.append(f"free id={alloc_id} ({op.api}): before {outcome.before}, "
+                                f"after {outcome.after}")
         assert op.after.free_pages() - op.before.free_pages() == op.pages, op
     assert not problems, "\n".join(problems)
     assert not kernel_log_problems(dmesg), dmesg
