@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from buddylab import cachefs, errors
-from buddylab.kernel.recipe import DEFAULT_KERNEL, GuestExtras, load_kernel_pins
+from buddylab.kernel.recipe import DEFAULT_BOOT_TIMEOUT, DEFAULT_KERNEL, GuestExtras, load_kernel_pins
 from buddylab.paths import cache_dir, results_root
 from buddylab.report.output import add_output_options, outputs
 from buddylab.results import RunMetadata, new_run_dir, write_json, write_text
@@ -58,8 +58,9 @@ def add_guest_options(p: argparse.ArgumentParser, kernel: bool = True) -> None:
     g.add_argument("--memory", type=int, default=512, metavar="MIB",
                    help="guest memory in MiB, 64..65536 (%(default)s)")
     g.add_argument("--cpus", type=int, default=1, help="guest CPUs, 1..64 (%(default)s)")
-    g.add_argument("--boot-timeout", type=float, default=60.0, metavar="S",
-                   help="deadline for boot to SSH in seconds (%(default)s)")
+    g.add_argument("--boot-timeout", type=float, default=None, metavar="S",
+                   help="deadline for boot to SSH in seconds (the recipe's [guest] boot_timeout, "
+                        f"else {DEFAULT_BOOT_TIMEOUT:g})")
     g.add_argument("--fresh-boot", action="store_true",
                    help="boot from scratch: neither restore nor save a snapshot of the guest")
 
@@ -69,7 +70,14 @@ def guest_options(args: argparse.Namespace) -> GuestOptions:
         raise errors.UsageError("--memory must be between 64 and 65536 MiB")
     if not 1 <= args.cpus <= 64:
         raise errors.UsageError("--cpus must be between 1 and 64")
-    if not 0 < args.boot_timeout <= 3600:
+    kernel = getattr(args, "kernel", DEFAULT_KERNEL)
+    boot_timeout = args.boot_timeout
+    if boot_timeout is None:
+        try:
+            boot_timeout = load_kernel_pins(kernel).boot_timeout
+        except errors.BuddylabError:
+            boot_timeout = DEFAULT_BOOT_TIMEOUT    # the recipe's error is reported where it is used
+    if not 0 < boot_timeout <= 3600:
         raise errors.UsageError("--boot-timeout must be more than 0 and at most 3600 seconds")
     try:
         qemu_args = tuple(a for text in args.qemu_args for a in shlex.split(text))
@@ -79,8 +87,8 @@ def guest_options(args: argparse.Namespace) -> GuestOptions:
         if not m or "/" in m:
             raise errors.UsageError(f"--guest-module {m!r}: a module name, e.g. qemu_fw_cfg")
     extras = GuestExtras(tuple(args.guest_module), qemu_args)
-    return GuestOptions(getattr(args, "kernel", DEFAULT_KERNEL), args.memory, args.cpus,
-                        args.boot_timeout, getattr(args, "fresh_boot", False), extras)
+    return GuestOptions(kernel, args.memory, args.cpus,
+                        boot_timeout, getattr(args, "fresh_boot", False), extras)
 
 
 # The guest's code (paramiko, QMP) is imported when a command first needs it: a command that

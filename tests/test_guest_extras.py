@@ -44,6 +44,24 @@ def test_recipe_guest_table_is_read(tmp_path: Path):
     assert argv[-2:] == ["-device", "vmcoreinfo"]
 
 
+def test_boot_timeout_comes_from_the_recipe_unless_given(tmp_path: Path):
+    import argparse
+
+    from buddylab import cli
+
+    recipe = tmp_path / "k.toml"
+    base = (Path(__file__).parents[1] / "images" / "debian-5.10-cloud.toml").read_text()
+    recipe.write_text(base + "\n[guest]\nboot_timeout = 240\n")
+    p = argparse.ArgumentParser()
+    cli.add_guest_options(p)
+    assert cli.guest_options(p.parse_args(["--kernel", str(recipe)])).boot_timeout == 240
+    assert cli.guest_options(p.parse_args(["--kernel", str(recipe), "--boot-timeout", "9"])).boot_timeout == 9
+    assert cli.guest_options(p.parse_args(["--kernel", "debian-5.10-cloud"])).boot_timeout == 60
+    recipe.write_text(base + "\n[guest]\nboot_timeout = \"soon\"\n")
+    with pytest.raises(SetupError, match="malformed kernel recipe"):
+        load_kernel_pins(str(recipe))
+
+
 def test_unbalanced_qemu_args_are_a_usage_error(tmp_path: Path):
     proc = subprocess.run([sys.executable, "-m", "buddylab.cli", "run", "true", "--qemu-args", "-device 'x"],
                           capture_output=True, text=True, timeout=60)

@@ -51,6 +51,9 @@ class GuestExtras:
                            self.append + other.append)
 
 
+DEFAULT_BOOT_TIMEOUT = 60.0
+
+
 @dataclass(frozen=True)
 class KernelPins:
     """A kernel recipe.
@@ -72,6 +75,9 @@ class KernelPins:
     tree: Path | None = None
     local_debs: tuple[Path, ...] = ()
     guest: GuestExtras = GuestExtras()
+    # Seconds from QEMU's start to SSH when --boot-timeout is not given ([guest] boot_timeout):
+    # a KASAN kernel's first boot under TCG takes most of a minute.
+    boot_timeout: float = DEFAULT_BOOT_TIMEOUT
 
     @property
     def debs(self) -> tuple[PinnedDeb, ...]:
@@ -128,8 +134,9 @@ def load_kernel_pins(name: str = DEFAULT_KERNEL) -> KernelPins:
             tree=_local(path, data["tree"]["path"]) if kind == "tree" else None,
             local_debs=tuple(_local(path, p) for p in data["debs"]["files"]) if kind == "debs" else (),
             guest=extras,
+            boot_timeout=float(guest.get("boot_timeout", DEFAULT_BOOT_TIMEOUT)),
         )
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, ValueError) as e:
         raise SetupError(f"{path}: malformed kernel recipe (missing or wrong {e})") from e
 
 
