@@ -183,8 +183,9 @@ def foreign(events: list[TraceEvent], op_pid: int | None) -> list[TraceEvent]:
             or (e.task not in SCRIPT_TASKS and (op_pid is None or e.pid != op_pid))]
 
 
-# The series whose per-CPU lists the kmem trace replay (models/kmem_replay.py) follows.
-TRACED_SERIES = "5.10"
+# The series whose per-CPU lists the kmem trace replay (models/kmem_replay.py) follows,
+# each checked against its kernel's dumps in qemu-test runs (README.md, "The report").
+TRACED_SERIES = ("5.10", "6.1")
 
 
 def unverified(run: StepRun) -> list[StepCheck]:
@@ -201,12 +202,18 @@ def unverified(run: StepRun) -> list[StepCheck]:
 
 
 def verify(run: StepRun, keep_zones: bool = False) -> list[StepCheck]:
-    """Replay every step on the model, comparing it with every dump after the first."""
+    """Replay every step on the model, comparing it with every dump after the first.
+
+    The model is that of the series the module's records show
+    (kernel_state.series_of_records(): 5.10's or 6.1's per-CPU lists).
+    """
     ops = {op.seq: op for op in run.log.ops}
     if not run.log.ops:
         raise kmod.RecordError("the module logged no operation")
+    first = run.log.ops[0].before
     zones = kernel_state.zones_from_dump(run.dumps[0], run.pageblocks, run.zones,
-                                         kernel_state.pcp_limits(run.log.ops[0].before.pcp))
+                                         kernel_state.pcp_limits(first.pcp),
+                                         kernel_state.series_of_records(first))
     replayer = operations.OperationReplayer(zones)
     gens = [d.gen for d in run.dumps]
     checks: list[StepCheck] = []

@@ -3,20 +3,28 @@
 Start from an exact dump, apply each traced event the way mm/page_alloc.c
 does, and compare with the exact dump taken at the end.  Where each event
 fires in mm/page_alloc.c of 5.10 is in docs/page-allocator-5.10.md ("The kmem
-tracepoints").  The rules:
+tracepoints").  The rules, for the per-CPU orders of the zones' kernel
+(Zone.pcp_order(): 5.10 order 0; 6.1 orders 0-3 and the THP order,
+pcp_allowed_order()):
 
 * `mm_page_alloc_zone_locked`: the kernel took a block from the buddy
   lists (`__rmqueue`); the model takes the head block of the smallest order
-  that has one, expands, and checks the PFN.  Order 0 means a per-CPU
-  refill: the page goes to the tail of the event CPU's list.
+  that has one, expands, and checks the PFN.  A per-CPU order of a per-CPU
+  type means a per-CPU refill (rmqueue_bulk(); 6.1 prints it as
+  `percpu_refill=1`): the block goes to the tail of the event CPU's list
+  of its order and type.
 * `mm_page_alloc_extfrag`: the next take steals; its `change_ownership`
   tells the model whether the pageblock changed type.
-* `mm_page_alloc` at order 0: the head of the CPU's per-CPU list.
-* `mm_page_free` at order 0: the head of the CPU's per-CPU list, filed
+* `mm_page_alloc` at a per-CPU order: the head of the CPU's list of that
+  order and type (6.1's rmqueue_pcplist() first halves pcp->free_factor).
+* `mm_page_free` at a per-CPU order: the head of the CPU's list, filed
   under the pageblock's type, unless a `mm_page_free_batched` for the same
-  page follows (free_unref_page_list() files it there); at order > 0 the
-  block merges into the buddy lists at once.
-* `mm_page_pcpu_drain`: that per-CPU page merges into the buddy lists now.
+  page follows (free_unref_page_list() files it there); at another order
+  the block merges into the buddy lists at once.  6.1's
+  free_unref_page_commit() raises pcp->free_factor when the free reaches
+  `high` (nr_pcp_free()); no event shows it, the model does it.
+* `mm_page_pcpu_drain`: that per-CPU block (of the event's order) merges
+  into the buddy lists now.
 
 When the kernel took another block than the model would have, the model
 follows the kernel (the event's PFN is authoritative) and the mismatch is
@@ -114,7 +122,7 @@ class KmemTraceReplayer:
             self.report.skipped.append(f"{ev.name} pfn {ev.fields.get('pfn')}: in no zone")
             return
         if ev.cpu not in zone.pcp and ev.name != "mm_page_alloc_extfrag":
-            zone.pcp[ev.cpu] = pagemodel.Pcp(0, 1)
+            zone.pcp[ev.cpu] = zone.new_pcp(0, 1)
         handler = getattr(self, "_" + ev.name)
         if ev.name == "mm_page_free" and id(ev) in batched:
             return  # filed at its mm_page_free_batched
@@ -144,21 +152,25 @@ class KmemTraceReplayer:
             if not zone.take_specific(pfn, order, mt):
                 self.report.mismatch(f"{ev.timestamp:.6f} {zone.name}: pfn {pfn} order {order} "
                                      f"is not free in the model")
-        if order == 0:
-            zone.pcp[ev.cpu].lists[mt].append((pfn, mt))
+        if zone.pcp_order(order) and mt in PCP_TYPES:
+            pcp = zone.pcp[ev.cpu]
+            pcp.lists[pcp.list_key(order, mt)].append((pfn, mt))
 
     def _mm_page_alloc(self, zone: Zone, ev: TraceEvent) -> None:
-        if ev["order"] != 0:
+        order = ev["order"]
+        if not zone.pcp_order(order):
             return  # the block left the buddy lists at its zone_locked event
         pfn, mt = ev["pfn"], _migratetype(ev["migratetype"])
-        lst = zone.pcp[ev.cpu].lists.get(mt)
+        zone.pcp_allocating(ev.cpu)
+        pcp = zone.pcp[ev.cpu]
+        lst = pcp.lists.get(pcp.list_key(order, mt)) if mt in PCP_TYPES else None
         if lst and lst[0][0] == pfn:
             lst.popleft()
             return
-        self.report.mismatch(f"{ev.timestamp:.6f} {zone.name} cpu {ev.cpu}: order-0 {mt} alloc of "
-                             f"pfn {pfn}, the model's list head is "
+        self.report.mismatch(f"{ev.timestamp:.6f} {zone.name} cpu {ev.cpu}: order-{order} {mt} "
+                             f"alloc of pfn {pfn}, the model's list head is "
                              f"{lst[0][0] if lst else 'empty'}")
-        if not zone.remove_from_pcp(pfn) and not zone.take_specific(pfn, 0, mt):
+        if not zone.remove_from_pcp(pfn) and not zone.take_specific(pfn, order, mt):
             self.report.mismatch(f"{ev.timestamp:.6f} {zone.name}: pfn {pfn} is nowhere free")
 
     # -- freeing ---------------------------------------------------------
@@ -181,7 +193,7 @@ class KmemTraceReplayer:
             self.report.mismatch(f"{ev.timestamp:.6f} {zone.name}: drained pfn {pfn} was not on "
                                  f"a per-CPU list of the model")
         try:
-            zone.free_one(pfn, 0, mt)
+            zone.free_one(pfn, ev["order"], mt)
         except pagemodel.ModelError as e:
             self.report.mismatch(f"{ev.timestamp:.6f} {e}")
 

@@ -200,6 +200,14 @@ class Zone:
         """This kernel's struct per_cpu_pages (5.10 has no free_factor)."""
         return Pcp(high, batch)
 
+    def pcp_order(self, order: int) -> bool:
+        """Whether blocks of `order` go through the per-CPU lists: 5.10's rmqueue() takes
+        order 0 from them (rmqueue_pcplist()), free_the_page() frees order 0 to them."""
+        return order == 0
+
+    def pcp_allocating(self, cpu: int) -> None:
+        """What rmqueue_pcplist() does to the CPU's lists before it takes a page (5.10: nothing)."""
+
     # -- the state -------------------------------------------------------
     def add_free(self, pfn: int, order: int, mt: str, tail: bool = False) -> None:
         if pfn in self.free:

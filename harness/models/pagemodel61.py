@@ -90,6 +90,17 @@ class Zone61(Zone):
     def new_pcp(self, high: int, batch: int, free_factor: int = 0) -> Pcp61:
         return Pcp61(high, batch, free_factor=free_factor)
 
+    def pcp_order(self, order: int) -> bool:
+        return pcp_allowed_order(order)
+
+    def pcp_allocating(self, cpu: int) -> None:
+        """rmqueue_pcplist(): `pcp->free_factor >>= 1` on every per-CPU allocation.
+
+        __alloc_pages_bulk() takes from the lists without it (and without an
+        mm_page_alloc event).
+        """
+        self.pcp[cpu].free_factor >>= 1
+
     # -- allocation --------------------------------------------------------
     def alloc(self, order: int, mt: str, cpu: int = 0, harder: bool = False,
               nofragment: bool = False) -> int | None:
@@ -103,8 +114,8 @@ class Zone61(Zone):
 
     def _rmqueue_pcplist61(self, order: int, mt: str, cpu: int, nofragment: bool) -> int | None:
         """rmqueue_pcplist() and __rmqueue_pcplist(): head of the list, refilled when empty."""
+        self.pcp_allocating(cpu)
         pcp = self.pcp[cpu]
-        pcp.free_factor >>= 1
         lst = pcp.lists[order_to_pindex(mt, order)]
         if not lst:
             self.count("per-CPU refills")
@@ -142,7 +153,13 @@ class Zone61(Zone):
             self.free_pages_ok(pfn, order)
 
     def free_unref_page(self, pfn: int, cpu: int, order: int = 0) -> None:
-        """free_unref_page() and free_unref_page_commit()."""
+        """free_unref_page() and free_unref_page_commit().
+
+        A trace replay (auto_drain off) drains where the trace's
+        mm_page_pcpu_drain events say, but no event shows free_factor: the
+        step nr_pcp_free() takes when `count` reaches nr_pcp_high() is the
+        model's own here too.
+        """
         mt = self.pageblock_type(pfn)
         if self.record_events:
             self.events.append(Event("free", pfn, order, mt))
@@ -152,12 +169,12 @@ class Zone61(Zone):
         pcp = self.pcp[cpu]
         pindex = order_to_pindex(mt if mt in PCP_TYPES else MOVABLE, order)
         pcp.lists[pindex].appendleft((pfn, mt))
-        if not self.auto_drain:
-            return
         free_high = bool(pcp.free_factor) and 0 < order <= PAGE_ALLOC_COSTLY_ORDER
         high = 0 if free_high or not pcp.high else pcp.high   # nr_pcp_high()
         if pcp.count >= high:
-            self.free_pcppages_bulk(cpu, self._nr_pcp_free(pcp, high, free_high), pindex)
+            count = self._nr_pcp_free(pcp, high, free_high)
+            if self.auto_drain:
+                self.free_pcppages_bulk(cpu, count, pindex)
 
     @staticmethod
     def _nr_pcp_free(pcp: Pcp61, high: int, free_high: bool) -> int:

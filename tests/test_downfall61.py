@@ -1,0 +1,53 @@
+"""The downfall case's model checks on a real 6.1 run (tests/fixtures/downfall/README.md).
+
+6.1's per-CPU lists hold orders 0-3 and the THP order, so the steps' kmem
+trace replay files and takes blocks of those orders there (models/kmem_replay.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from buddylab.experiments import downfall
+from buddylab.records.kmemtrace import parse_trace
+from buddylab.report.model import Status
+
+RUN61 = Path(__file__).parent / "fixtures" / "downfall" / "6.1-512m-1cpu"
+
+
+def test_every_step_of_a_6_1_run_is_predicted_with_6_1s_per_cpu_lists():
+    report = downfall.load(RUN61)
+    assert report.kernel.startswith("6.1.")
+    models = [c for c in report.cases if " model predicted " in c.name]
+    assert len(models) == 4 and all(c.name.startswith("6.1 model ") for c in models)
+    assert all(c.status is Status.OK for c in report.cases), downfall.format_report(report)
+    assert all(s.exact for s in report.steps)
+    assert all(op.pfn_predicted == op.pfn for op in report.operations)
+    # The trace between the steps took blocks of order 1 and 3 from the per-CPU
+    # lists, which 5.10's lists (order 0 only) do not hold.
+    assert report.step_run is not None
+    taken = {e["order"] for e in report.step_run.events if e.name == "mm_page_alloc"}
+    assert {1, 3} <= taken
+    # alloc_pages_exact()'s tail went to the buddy lists, not the per-CPU list.
+    exact = report.operations[downfall.EXACT_STEP]
+    assert exact.pcp_after == exact.pcp_before
+
+
+def test_an_order_3_take_missing_from_the_trace_fails_the_step(tmp_path: Path):
+    """Without the event of `cat` taking an order-3 block from the per-CPU list in the
+    first step's window, the model keeps it there, and the dump after that step says so
+    (the model carries on from its own state: the later steps miss too)."""
+    text = (RUN61 / downfall.GUEST_OUTPUT).read_text()
+    lines = text.splitlines(keepends=True)
+    first_op = next(i for i, line in enumerate(lines) if "buddylab_snapshot: seq=1 after=1" in line)
+    at = next(i for i in range(first_op, len(lines))
+              if "mm_page_alloc:" in lines[i] and " order=3 " in lines[i])
+    (event,) = parse_trace(lines[at])
+    planted = tmp_path / downfall.GUEST_OUTPUT
+    planted.write_text("".join(lines[:at] + lines[at + 1:]))
+    report = downfall.load(planted)
+    failed = [c for c in report.cases if c.status is Status.FAIL]
+    assert failed and failed[0].name == (
+        "6.1 model predicted alloc_pages(GFP_KERNEL, 6) and the whole dump after it")
+    assert any(f"pfn {event['pfn']}" in d for d in report.steps[0].differences), \
+        report.steps[0].differences
