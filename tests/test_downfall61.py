@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from buddylab.experiments import downfall
+from buddylab.experiments import check_module, downfall, lowlevel, page_exact
+from buddylab.models import kernel_state
 from buddylab.records.kmemtrace import parse_trace
 from buddylab.report.model import Status
 
@@ -51,3 +52,26 @@ def test_an_order_3_take_missing_from_the_trace_fails_the_step(tmp_path: Path):
         "6.1 model predicted alloc_pages(GFP_KERNEL, 6) and the whole dump after it")
     assert any(f"pfn {event['pfn']}" in d for d in report.steps[0].differences), \
         report.steps[0].differences
+
+
+def test_a_per_cpu_block_of_6_1_counts_all_its_pages():
+    """The dump names a per-CPU block once, by its first pfn; check-module's free total,
+    the chapter-8 experiments' free pages and the model's per-CPU pages count every page
+    of it (order 1: 2 pages, order 3: 8)."""
+    report = downfall.load(RUN61)
+    assert report.step_run is not None
+    run = report.step_run
+    dump = run.dumps[0]
+    blocks = [p for p in dump.pcp_pages if p.order > 0]
+    assert {p.order for p in blocks} == {1, 3}
+    total, pages = check_module.free_pages_of(dump)
+    assert total == len(pages) == dump.free_pages()
+    assert all(set(p.pages) <= pages for p in blocks)
+    assert lowlevel.free_pfns(dump, "DMA32") | lowlevel.free_pfns(dump, "DMA") == pages
+    zones = kernel_state.zones_from_dump(dump, run.pageblocks, run.zones,
+                                         kernel_state.pcp_limits(run.log.ops[0].before.pcp),
+                                         "6.1")
+    assert lowlevel.model_free_pfns(zones, "DMA32") == lowlevel.free_pfns(dump, "DMA32")
+    # A per-CPU block's pages after its first are free too.
+    block = max(blocks, key=lambda p: p.order)
+    assert page_exact.contiguous_run(dump, block.zone, block.pfn + 1, 8) == 0

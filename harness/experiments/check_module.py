@@ -121,7 +121,8 @@ def fit_slope(ys: list[int]) -> tuple[float, float]:
 
 
 def free_pages_of(dump: kmod.FreeListDump) -> tuple[int, set[int]]:
-    pages = {p.pfn for p in dump.pcp_pages}
+    """Free pages (buddy and per-CPU) and their pfns; a 6.1 per-CPU block counts all its pages."""
+    pages = {pfn for p in dump.pcp_pages for pfn in p.pages}
     for b in dump.blocks:
         pages.update(range(b.pfn, b.pfn + (1 << b.order)))
     return len(pages), pages

@@ -40,7 +40,7 @@ COMMANDS = [c for _, c, _ in CALLS] + [c for _, c, _ in FREES]
 
 def free_pfns(dump: kmod.FreeListDump, zone: str) -> set[int]:
     """Every page of `zone` on a buddy list or a per-CPU list."""
-    pages = {p.pfn for p in dump.pcp_pages if p.zone == zone}
+    pages = {pfn for p in dump.pcp_pages if p.zone == zone for pfn in p.pages}
     for b in dump.blocks:
         if b.zone == zone:
             pages.update(range(b.pfn, b.pfn + (1 << b.order)))
@@ -49,7 +49,7 @@ def free_pfns(dump: kmod.FreeListDump, zone: str) -> set[int]:
 
 def model_free_pfns(zones: dict, zone: str) -> set[int]:
     z = next(z for (_, name), z in zones.items() if name == zone)
-    pages = {pfn for pcp in z.pcp.values() for lst in pcp.lists.values() for pfn, _ in lst}
+    pages = {pfn for pcp in z.pcp.values() for pfn in pcp.pages()}
     for pfn, (order, _) in z.free.items():
         pages.update(range(pfn, pfn + (1 << order)))
     return pages

@@ -35,7 +35,7 @@ def measured_pages(op: kmod.OpRecord) -> int:
 
 def contiguous_run(dump: kmod.FreeListDump, zone: str, pfn: int, limit: int) -> int:
     """Pages from `pfn` on that are on no free list nor per-CPU list (at most `limit`)."""
-    free: set[int] = {p.pfn for p in dump.pcp_pages if p.zone == zone}
+    free: set[int] = {pfn for p in dump.pcp_pages if p.zone == zone for pfn in p.pages}
     for b in dump.blocks:
         if b.zone == zone and b.pfn < pfn + limit and b.pfn + (1 << b.order) > pfn:
             free.update(range(b.pfn, b.pfn + (1 << b.order)))

@@ -127,7 +127,8 @@ def from_dump(title: str, zone: str, spans: list[kmod.ZoneSpan], pageblocks: lis
     m.pageblocks = {pb.pfn: pb.mt for pb in pageblocks if pb.zone == zone and start <= pb.pfn < end}
     m.free_blocks = sorted((b.pfn, b.order, b.mt) for b in dump.blocks
                            if b.zone == zone and b.pfn < end and b.pfn + (1 << b.order) > start)
-    m.pcp_pages = sorted(p.pfn for p in dump.pcp_pages if p.zone == zone and start <= p.pfn < end)
+    m.pcp_pages = sorted(pfn for p in dump.pcp_pages if p.zone == zone
+                         for pfn in p.pages if start <= pfn < end)
     m.taken = list(taken)
     return m
 

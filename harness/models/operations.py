@@ -176,8 +176,7 @@ class OperationReplayer:
                 continue
             free += 1 << entry[0]
             pfn += 1 << entry[0]
-        pcp = sum(1 for p in zone.pcp.values() for lst in p.lists.values()
-                  for pfn, _ in lst if block <= pfn < end)
+        pcp = sum(1 for p in zone.pcp.values() for pfn in p.pages() if block <= pfn < end)
         held = self.held.get((zone.nid, zone.name, block), 0)
         return pagemodel.PAGEBLOCK_PAGES - free - pcp - held
 

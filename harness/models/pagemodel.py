@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from buddylab.errors import ModelStopped
 from buddylab.allocator import (FALLBACKS, HIGHATOMIC, ISOLATE, MAX_ORDER, MIGRATETYPES, MOVABLE,
@@ -144,6 +144,17 @@ class Pcp:
     def list_names(self) -> list[tuple[int, str]]:
         """(order, name as the module's dump prints it) of each list, in the kernel's list order."""
         return [(0, mt) for mt in PCP_TYPES]
+
+    def list_order(self, key: PcpKey) -> int:
+        """The order of the blocks on list `key` (5.10: 0)."""
+        return 0
+
+    def pages(self) -> Iterator[int]:
+        """Every page on the lists, each block's pages in turn."""
+        for key, lst in self.lists.items():
+            n = 1 << self.list_order(key)
+            for pfn, _ in lst:
+                yield from range(pfn, pfn + n)
 
 
 @dataclass

@@ -76,6 +76,9 @@ class Pcp61(Pcp):
     def list_key(self, order: int, mt: str) -> PcpKey:
         return order_to_pindex(mt, order)
 
+    def list_order(self, key: PcpKey) -> int:
+        return pindex_to_order(int(key))
+
     def list_names(self) -> list[tuple[int, str]]:
         """At the THP order the lists are named Unmovable (with Reclaimable) and Movable."""
         return [(pindex_to_order(i), PCP_TYPES[i % len(PCP_TYPES)] if i < NR_LOWORDER_PCP_LISTS

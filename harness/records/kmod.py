@@ -521,6 +521,12 @@ class PcpPage:
     pfn: int
     order: int = 0          # 6.1 only: the list's order
 
+    @property
+    def pages(self) -> range:
+        """Every page of the per-CPU block: 6.1's lists hold blocks of order 1-3 and the THP
+        order too (pcp_allowed_order()), which the dump lists once, by their first pfn."""
+        return range(self.pfn, self.pfn + (1 << self.order))
+
 
 @dataclass
 class FreeListDump:
