@@ -33,6 +33,12 @@ LEAK_CYCLE = ("echo 'alloc api=alloc_pages gfp=GFP_KERNEL order=5' >&7 && "
               "echo \"leak id=$i order=3\" >&7 || exit 1")
 
 
+def order0_pcp(snap: kmod.Snapshot) -> int:
+    """Pages on the order-0 per-CPU lists (5.10's records name no orders: all are order 0)."""
+    return sum(n for p in snap.pcp for n, order in zip(p.lists, p.orders or (0,) * len(p.lists))
+               if order == 0)
+
+
 def test_load_allocate_unload_cycles_leave_no_pages_behind(prepared):
     """100 cycles of insmod, eight commands (allocations of every kind, two leak
     operations, a free) and rmmod, which frees what is still held, leaked remainders
@@ -93,11 +99,24 @@ def test_load_allocate_unload_cycles_leave_no_pages_behind(prepared):
     totals = [(op.before.free_pages(), op.after.free_pages()) for op in log.ops]
     steps = [b - a for a, b in totals] + [totals[i + 1][0] - totals[i][1]
                                           for i in range(len(totals) - 1)]
+    expected = [-32, 8] * n + [0] * (2 * n - 1)
     if prepared.kernel.release.startswith("5.10."):
-        # On 6.1 (2 of 2 runs) one order-5 allocation took 27 pages from the snapshot's free
-        # total, not 32; not explained yet (6.1's per-CPU lists hold orders up to 3).
-        assert steps == [-32, 8] * n + [0] * (2 * n - 1), totals
+        assert steps == expected, totals
         assert totals[0][0] - totals[-1][1] == 24 * n
+    else:
+        # insmod leaves the module's init layout to do_free_init() (kernel/module/main.c),
+        # which frees it after synchronize_rcu().  5.10's returns at once on one CPU
+        # (rcu_blocking_is_gp(): no CONFIG_PREEMPTION); 6.1's waits for a grace period, so
+        # those order-0 pages (5 in a traced run, by do_free_init -> __vunmap) can come
+        # back inside one of the first windows (3 of 30 first allocations, traced), the
+        # module's cond_resched() after a block letting that worker run.  The rest is exact.
+        pcp0 = [(order0_pcp(op.before), order0_pcp(op.after)) for op in log.ops]
+        pcp0_steps = [b - a for a, b in pcp0] + [pcp0[i + 1][0] - pcp0[i][1]
+                                                 for i in range(len(pcp0) - 1)]
+        off = [(i, got - want, pcp) for i, (got, want, pcp)
+               in enumerate(zip(steps, expected, pcp0_steps)) if got != want]
+        assert len(off) <= 1 and all(extra == pcp > 0 for _, extra, pcp in off), (off, totals)
+        assert totals[0][0] - totals[-1][1] == 24 * n - sum(extra for _, extra, _ in off)
     # With /proc readings in between: the slope check would have failed ...
     control_mems = [parse_mem(text) for text in control[1:n + 1]]
     allocs = kmod.parse_allocs(control[n + 1])
