@@ -187,26 +187,16 @@ def test_experiment_usage_errors_exit_2(capsys):
 
 # The real kernel: every experiment in one booted guest.
 
-# downfall, page-exact and lowlevel replay each step with the 5.10 page model
-# (experiments/steps.py), which stops on 6.1's per-order per-CPU lists.
-STEP_REPLAYS = ("downfall", "page-exact", "lowlevel")
-FOLLOWS_5_10_STEPS = pytest.mark.kernel(
-    "5.10", why="the experiment replays each step with the 5.10 page model (experiments/steps.py)")
-
-
 @pytest.fixture(scope="module")
 def results(prepared, kernel, tmp_path_factory):
     out = tmp_path_factory.mktemp("experiments")
-    names = [n for n in registry.EXPERIMENTS
-             if kernel.release.startswith("5.10.") or n not in STEP_REPLAYS]
     with boot(prepared) as session:
-        done = registry.run_experiments(session, names, out, kernel.config,
+        done = registry.run_experiments(session, list(registry.EXPERIMENTS), out, kernel.config,
                                         registry.Progress(enabled=False))
     return {r.name: r for r, _ in done}, out
 
 
 @pytest.mark.qemu
-@FOLLOWS_5_10_STEPS
 def test_downfall_sees_the_way_back_and_writes_zone_maps(results):
     res, out = results
     r = res["downfall"]
@@ -225,7 +215,6 @@ def test_downfall_sees_the_way_back_and_writes_zone_maps(results):
 
 
 @pytest.mark.qemu
-@FOLLOWS_5_10_STEPS
 def test_page_exact_keeps_9_pages_each(results):
     r = results[0]["page-exact"]
     assert r.passed, r.render()
@@ -234,7 +223,6 @@ def test_page_exact_keeps_9_pages_each(results):
 
 
 @pytest.mark.qemu
-@FOLLOWS_5_10_STEPS
 def test_lowlevel_names_the_24_lost_pages(results):
     r = results[0]["lowlevel"]
     assert r.passed, r.render()

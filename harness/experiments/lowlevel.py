@@ -136,7 +136,8 @@ def run(ctx: Context) -> Result:
       block_op is not None and block_op.pfn is not None
       and lost_kernel == list(range(block_op.pfn + 8, block_op.pfn + 32)))
     c("the model predicts the same lost PFNs", lost_model == lost_kernel and bool(lost_kernel))
-    c("5.10 model predicted every step and the whole dump after it", all(k.exact for k in checks))
+    c(f"{steps.model_series(sr)} model predicted every step and the whole dump after it",
+      all(k.exact for k in checks))
     c("kernel log clean", not sr.kernel_log_problems, "; ".join(sr.kernel_log_problems[:3]))
     result.data = {"steps": [{"command": k.command, "pages_taken": t, "exact": k.exact,
                               "dump_differences": k.dump_differences}

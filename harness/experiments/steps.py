@@ -201,19 +201,23 @@ def unverified(run: StepRun) -> list[StepCheck]:
             for command, op, dump in zip(run.commands, run.log.ops, run.dumps)]
 
 
+def model_series(run: StepRun) -> str:
+    """The series whose page model replays `run`: the one its module records show."""
+    return kernel_state.series_of_records(run.log.ops[0].before) if run.log.ops else "5.10"
+
+
 def verify(run: StepRun, keep_zones: bool = False) -> list[StepCheck]:
     """Replay every step on the model, comparing it with every dump after the first.
 
-    The model is that of the series the module's records show
-    (kernel_state.series_of_records(): 5.10's or 6.1's per-CPU lists).
+    The model is that of the series the module's records show (`model_series`:
+    5.10's or 6.1's per-CPU lists).
     """
     ops = {op.seq: op for op in run.log.ops}
     if not run.log.ops:
         raise kmod.RecordError("the module logged no operation")
-    first = run.log.ops[0].before
     zones = kernel_state.zones_from_dump(run.dumps[0], run.pageblocks, run.zones,
-                                         kernel_state.pcp_limits(first.pcp),
-                                         kernel_state.series_of_records(first))
+                                         kernel_state.pcp_limits(run.log.ops[0].before.pcp),
+                                         model_series(run))
     replayer = operations.OperationReplayer(zones)
     gens = [d.gen for d in run.dumps]
     checks: list[StepCheck] = []
