@@ -26,6 +26,10 @@ pcp_allowed_order()):
 * `mm_page_pcpu_drain`: that per-CPU block (of the event's order) merges
   into the buddy lists now.
 
+Not followed: 6.1's __alloc_pages_bulk() (vmalloc's vm_area_alloc_pages()
+uses it) takes order-0 pages off a per-CPU list with no mm_page_alloc
+event; the next traced take of that list then is not its head, a mismatch.
+
 When the kernel took another block than the model would have, the model
 follows the kernel (the event's PFN is authoritative) and the mismatch is
 counted: a replay never stops, it reports.
