@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from buddylab.experiments import check_module, downfall, lowlevel, page_exact
+from buddylab.experiments import check_module, downfall, lowlevel, page_exact, steps
 from buddylab.models import kernel_state
 from buddylab.records.kmemtrace import parse_trace
 from buddylab.report.model import Status
@@ -75,3 +75,18 @@ def test_a_per_cpu_block_of_6_1_counts_all_its_pages():
     # A per-CPU block's pages after its first are free too.
     block = max(blocks, key=lambda p: p.order)
     assert page_exact.contiguous_run(dump, block.zone, block.pfn + 1, 8) == 0
+
+
+RUN61_2CPU = Path(__file__).parent / "fixtures" / "downfall" / "6.1-512m-2cpu"
+
+
+def test_a_6_1_run_on_two_cpus_skips_the_model_checks_and_says_why():
+    """The replay follows 6.1 on one CPU only (steps.not_followed); on two it would miss."""
+    report = downfall.load(RUN61_2CPU)
+    assert report.step_run is not None
+    assert {p.cpu for p in report.step_run.log.ops[0].before.pcp} == {0, 1}
+    skipped = [c for c in report.cases if c.status is Status.SKIP]
+    assert len(skipped) == 4 and all(" model predicted " in c.name for c in skipped)
+    assert all("one CPU only (this guest has 2)" in c.reason for c in skipped)
+    assert report.passed and all(op.page_model == "not modelled" for op in report.operations)
+    assert not all(check.exact for check in steps.verify(report.step_run))
