@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from buddylab.experiments import check_module, downfall, lowlevel, page_exact, steps
-from buddylab.models import kernel_state
-from buddylab.records.kmemtrace import parse_trace
+from buddylab.models import kernel_state, pagemodel61
+from buddylab.models.kmem_replay import KmemTraceReplayer
+from buddylab.records.kmemtrace import TraceEvent, parse_trace
 from buddylab.report.model import Status
 
 RUN61 = Path(__file__).parent / "fixtures" / "downfall" / "6.1-512m-1cpu"
@@ -90,3 +91,30 @@ def test_a_6_1_run_on_two_cpus_skips_the_model_checks_and_says_why():
     assert all("one CPU only (this guest has 2)" in c.reason for c in skipped)
     assert report.passed and all(op.page_model == "not modelled" for op in report.operations)
     assert not all(check.exact for check in steps.verify(report.step_run))
+
+
+def test_the_trace_replay_keeps_free_factor_as_6_1_does():
+    """No event shows pcp->free_factor: a free that brings `count` to `high` raises it
+    (free_unref_page_commit() -> nr_pcp_free()), an order-0 take of the list halves it
+    (rmqueue_pcplist()); the drain itself comes from the trace."""
+    report = downfall.load(RUN61)
+    assert report.step_run is not None
+    run = report.step_run
+    zones = kernel_state.zones_from_dump(run.dumps[1], run.pageblocks, run.zones,
+                                         kernel_state.pcp_limits(run.log.ops[1].before.pcp),
+                                         "6.1")
+    zone = zones[(0, "DMA32")]
+    pcp = zone.pcp[0]
+    assert isinstance(pcp, pagemodel61.Pcp61) and pcp.free_factor == 0
+    pcp.high = pcp.count + 2
+    held = report.operations[0].pfn          # the order-6 block the first step holds
+    frees = [TraceEvent(0, 1.0 + i, "sh", 1, "mm_page_free", {"pfn": held + i, "order": 0})
+             for i in range(2)]
+    KmemTraceReplayer([zone]).replay(frees[:1])
+    assert (pcp.free_factor, pcp.count) == (0, pcp.high - 1)
+    KmemTraceReplayer([zone]).replay(frees[1:])
+    assert pcp.free_factor == 1 and pcp.count == pcp.high   # no drain without its events
+    take = TraceEvent(0, 3.0, "sh", 1, "mm_page_alloc",
+                      {"pfn": held + 1, "order": 0, "migratetype": 0})
+    replay = KmemTraceReplayer([zone]).replay([take])
+    assert pcp.free_factor == 0 and not replay.mismatches
