@@ -139,11 +139,14 @@ def _print_timings(timings: Timings, total: float) -> None:
 
 
 def _boot(guest: Guest, prepared: Prepared, opts: GuestOptions, run_dir: Path | None,
-          timings: Timings | None = None) -> AbstractContextManager[Session]:
-    """The guest of `prepared` as the options ask, its serial log kept in `run_dir`."""
+          timings: Timings | None = None, meanwhile: Callable[[], None] | None = None
+          ) -> AbstractContextManager[Session]:
+    """The guest of `prepared` as the options ask, its serial log kept in `run_dir`;
+    `meanwhile` runs while QEMU loads a snapshot (session.boot)."""
     return guest.boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
                       ready_timeout=opts.boot_timeout, fresh_boot=opts.fresh_boot,
-                      keep_dir=run_dir, **({"timings": timings} if timings is not None else {}))
+                      keep_dir=run_dir, **({"timings": timings} if timings is not None else {}),
+                      **({"meanwhile": meanwhile} if meanwhile is not None else {}))
 
 
 def _save_run(run_dir: Path, result: dict[str, object], report: str) -> None:
@@ -187,8 +190,11 @@ def _qemu_test_args(p: argparse.ArgumentParser) -> None:
     add_output_options(p)
 
 
+def _import_downfall() -> None:
+    import buddylab.experiments.downfall  # noqa: F401
+
+
 def qemu_test(args: argparse.Namespace) -> int:
-    from buddylab.experiments import downfall
     from buddylab.guest.session import Timings
 
     opts = guest_options(args)
@@ -201,6 +207,7 @@ def qemu_test(args: argparse.Namespace) -> int:
         prepared = None
         session = None
         if args.from_dir is not None:
+            from buddylab.experiments import downfall
             report = downfall.load(args.from_dir)
             out.run_dir = run_dir = new_run_dir("qemu-test")
         else:
@@ -209,10 +216,13 @@ def qemu_test(args: argparse.Namespace) -> int:
             print(f"buddylab: kernel {prepared.kernel.release}, accelerator {prepared.accel} "
                   f"({prepared.accel_why}), module build {prepared.module.parent.name}", flush=True)
             out.run_dir = run_dir = new_run_dir("qemu-test")
-            with _boot(args.guest, prepared, opts, run_dir, timings) as session:
-                print(f"buddylab: guest {session.start.describe()}", flush=True)
+            # The experiment's modules are imported while QEMU loads the snapshot.
+            with _boot(args.guest, prepared, opts, run_dir, timings, _import_downfall) as session:
+                from buddylab.experiments import downfall
                 with timings.stage("experiment"):
                     report = downfall.measure(session, downfall.Expectations(planted=args.plant_failure))
+                # The start state is read with the experiment's first command.
+                print(f"buddylab: guest {session.start.describe()}", flush=True)
         total = time.monotonic() - start
         text = downfall.format_report(report)
         suite = downfall.suite(report, _properties(opts, prepared, "qemu-test"), total)

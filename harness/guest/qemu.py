@@ -179,8 +179,11 @@ class Qemu:
         self.qmp: QEMUMonitorProtocol | None = None
         self._stderr_path = workdir / "qemu.stderr"
 
-    def start(self, qmp_timeout: float = 10.0, incoming: bool = False) -> None:
-        """Start QEMU; with `incoming`, it waits for QMP migrate-incoming (a restore)."""
+    def start(self, qmp_timeout: float = 10.0, incoming: bool = False,
+              meanwhile: Callable[[], None] = lambda: None) -> None:
+        """Start QEMU; with `incoming`, it waits for QMP migrate-incoming (a restore).
+
+        `meanwhile` runs while QEMU starts up, before its QMP connection is taken."""
         self.qmp = QEMUMonitorProtocol(str(self.qmp_path), server=True)
         stderr = self._stderr_path.open("wb")
         argv = self.config.argv(self.qmp_path) + (["-incoming", "defer"] if incoming else [])
@@ -192,6 +195,11 @@ class Qemu:
         stderr.close()
         assert self.proc.stdout is not None
         self.serial = SerialLog(self.proc.stdout, self.serial_path)
+        try:
+            meanwhile()
+        except BaseException:
+            self.stop(grace=0.0)
+            raise
         try:
             self.qmp.accept(timeout=qmp_timeout)
         except Exception as e:

@@ -9,24 +9,29 @@ Stages and their timings are recorded in `Session.timings`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from buddylab import cachefs
 from buddylab.paths import cache_dir, images_dir
 from buddylab.kernel.recipe import GuestExtras, KernelPins, load_kernel_pins
-from buddylab.errors import BuddylabError
+from buddylab.errors import BuddylabError, GuestCommandError
 from buddylab.guest.image import GuestImage, HostKey, build_image
 from buddylab.protocol import GUEST_MODULE_PATH
 from buddylab.kernel.kbuild import build_module
 from buddylab.kernel.kinds import provision
 from buddylab.kernel.provision import Kernel
 from buddylab.guest.qemu import Qemu, QemuConfig, free_port, probe_kvm
-from buddylab.guest.snapshot import StartState, start_guest
+from buddylab.guest import snapshot
+from buddylab.guest.snapshot import StartState, Starting, start_guest
 from buddylab.guest.workdir import private_workdir
-from buddylab.guest.ssh import ClientKey, CommandResult, GuestShell, make_client_key
+
+if TYPE_CHECKING:   # paramiko is imported while QEMU loads the snapshot (snapshot.start_guest)
+    from buddylab.guest.ssh import ClientKey, CommandResult, GuestShell
 
 
 @dataclass
@@ -102,10 +107,10 @@ class Session:
     """A running guest: QEMU, its serial log, and one SSH connection."""
 
     def __init__(self, qemu: Qemu, shell: GuestShell, workdir: Path, timings: Timings,
-                 host_key: HostKey, client_key: ClientKey, start: StartState) -> None:
+                 host_key: HostKey, client_key: ClientKey, starting: Starting) -> None:
         self.qemu = qemu
-        # Booted or restored, and whether from the snapshot's reference state.
-        self.start = start
+        self._starting = starting
+        self._start: StartState | None = None
         self.shell = shell
         self.workdir = workdir
         self.timings = timings
@@ -113,35 +118,72 @@ class Session:
         self._host_key = host_key
         self._client_key = client_key
 
+    @property
+    def start(self) -> StartState:
+        """Booted or restored, and whether from the snapshot's reference state.
+
+        Read with the first guest command (`run`); asked before, it costs a
+        command of its own."""
+        if self._start is None:
+            self.run("true").check()
+        assert self._start is not None
+        return self._start
+
+    @property
+    def start_read(self) -> bool:
+        return self._start is not None
+
     def open_shell(self) -> GuestShell:
         """A second, independent SSH connection (the caller closes it)."""
+        from buddylab.guest.ssh import GuestShell
+
         return GuestShell(self.qemu.config.ssh_port, self._host_key, self._client_key)
 
     def run(self, command: str, timeout: float = 60.0, stdin: bytes | None = None) -> CommandResult:
-        """Run a guest command; a guest crash during it is raised as GuestCrashed."""
+        """Run a guest command; a guest crash during it is raised as GuestCrashed.
+
+        The first one reads the guest's start state too (snapshot.with_start_state)."""
+        first = self._start is None
         try:
-            result = self.shell.run(command, timeout=timeout, stdin=stdin)
+            result = self.shell.run(snapshot.with_start_state(command) if first else command,
+                                    timeout=timeout, stdin=stdin)
         except BuddylabError:
             self.qemu.check_crash()
             raise
         self.qemu.check_crash()
+        if first:
+            split = snapshot.split_start_state(result.stdout)
+            if split is None:
+                raise GuestCommandError(f"the guest printed no start state "
+                                        f"({snapshot.START_STATE_FILE}): {result.stderr.strip()}")
+            lines, stdout = split
+            self._start = self._starting.finish(lines)
+            result = dataclasses.replace(result, command=command, stdout=stdout)
         return result
+
+    def abandon_start(self) -> None:
+        """The session ends without its start state: a snapshot saved by it is not kept."""
+        if self._start is None:
+            self._starting.abandon()
 
 
 @contextlib.contextmanager
 def boot(prepared: Prepared, memory_mib: int = 512, cpus: int = 1,
          ready_timeout: float = 60.0, extra_append: list[str] | None = None,
          timings: Timings | None = None, keep_dir: Path | None = None,
-         fresh_boot: bool = False) -> Iterator[Session]:
+         fresh_boot: bool = False, meanwhile: Callable[[], None] = lambda: None
+         ) -> Iterator[Session]:
     """Bring the prepared guest up and yield a Session; QEMU is gone on exit.
 
     The guest is restored from a snapshot of an earlier boot of the same
     guest when there is one (buddylab.guest.snapshot), unless `fresh_boot`.
+    `meanwhile` is the caller's own work (imports) that can run while QEMU
+    loads the snapshot.
     """
     timings = timings or Timings()
     timings.mark("until the boot (python, arguments, kernel, module, image)")
     with private_workdir() as workdir:
-        client_key = make_client_key(workdir)
+        client_key = functools.cache(lambda: _client_key(workdir))
         config = QemuConfig(prepared.vmlinuz, prepared.image.initramfs,
                             memory_mib=memory_mib, cpus=cpus, accel=prepared.accel,
                             ssh_port=free_port(),
@@ -149,14 +191,22 @@ def boot(prepared: Prepared, memory_mib: int = 512, cpus: int = 1,
                             extra_args=list(prepared.extras.qemu_args))
         qemu: Qemu | None = None
         shell = None
+        session: Session | None = None
         try:
             with timings.stage("boot to ssh"):
                 started = start_guest(config, workdir, prepared.image.host_key, client_key,
-                                      ready_timeout, fresh_boot, mark=timings.mark)
+                                      ready_timeout, fresh_boot, mark=timings.mark,
+                                      meanwhile=meanwhile)
                 qemu, shell = started.qemu, started.shell
-            yield Session(qemu, shell, workdir, timings, prepared.image.host_key, client_key,
-                          started.start)
+            session = Session(qemu, shell, workdir, timings, prepared.image.host_key,
+                              client_key(), started.starting)
+            yield session
+            # A snapshot saved by this run is kept once its reference is read.
+            if started.starting.pending is not None and not session.start_read:
+                session.start
         finally:
+            if session is not None:
+                session.abandon_start()
             if qemu is not None:
                 timings.mark("the caller's guest commands and models")
                 with timings.stage("power-off"):
@@ -167,6 +217,12 @@ def boot(prepared: Prepared, memory_mib: int = 512, cpus: int = 1,
             if keep_dir is not None and serial.exists():
                 keep_dir.mkdir(parents=True, exist_ok=True)
                 (keep_dir / "serial.log").write_bytes(serial.read_bytes())
+
+
+def _client_key(workdir: Path) -> ClientKey:
+    from buddylab.guest.ssh import make_client_key
+
+    return make_client_key(workdir)
 
 
 def _power_off(qemu: Qemu, shell: GuestShell | None) -> None:

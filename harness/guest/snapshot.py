@@ -22,11 +22,14 @@ reseed, the host's time, and this run's client key.  Only then does the
 guest start serving SSH, so dropbear's session keys and everything else
 that asks for randomness see fresh entropy.
 
-Same start: right after SSH is up, the session reads a fingerprint of the
-free-page state (/proc/pagetypeinfo's free counts per zone, migratetype and
-order, each zone's free pages and per-CPU list counts).  The run that saves
-a snapshot records its own (after its restore) as the reference; every
-later run says whether it started from that state.
+Same start: once the resume line is handled, and before it listens for
+SSH, bl-resume waits for the kernel to be quiet and writes the free-page
+state (/proc/pagetypeinfo's free counts per zone, migratetype and order,
+each zone's free pages and per-CPU list counts) to START_STATE_FILE; the
+session reads it with its first guest command (`with_start_state`), which
+costs no connection of its own.  The run that saves a snapshot records its
+own (after its restore) as the reference; every later run says whether it
+started from that state.
 """
 
 from __future__ import annotations
@@ -41,14 +44,16 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from buddylab.cachefs import file_sha256
 from buddylab.errors import BuddylabError, GuestTimeout, SetupError
 from buddylab.guest.image import HostKey
 from buddylab.guest.qemu import QEMU, WAIT_MARKER, Qemu, QemuConfig, _die_with_parent
-from buddylab.guest.ssh import ClientKey, GuestShell
 from buddylab.paths import cache_dir
+
+if TYPE_CHECKING:   # paramiko is imported while QEMU loads the snapshot (start_guest)
+    from buddylab.guest.ssh import ClientKey, GuestShell
 
 FORMAT = 1
 # Bounds of the snapshot store (cache_dir()/snapshots): at most this many
@@ -62,6 +67,9 @@ RESTORE_TIMEOUT = 30.0
 SEED_BYTES = 64
 # Waits for the kernel to be quiet, then prints pagetypeinfo, "@@", zoneinfo.
 FINGERPRINT_COMMAND = "bl-resume --fingerprint"
+# The same, as bl-resume read it after the resume line (images/guest-tools/bl-resume.c).
+START_STATE_FILE = "/tmp/buddylab-start-state"
+START_STATE_END = "@@buddylab-start-state-end@@"
 
 
 class SnapshotUnusable(Exception):
@@ -98,11 +106,41 @@ class StartState:
         return f"{self.how} ({self.why})"
 
 
+@dataclass
+class Starting:
+    """How the guest came up, until its start state is read (`finish` makes the StartState)."""
+
+    how: str
+    why: str
+    snapshot: Snapshot | None = None
+    pending: PendingSnapshot | None = None   # saved by this run: committed with its reference
+
+    def finish(self, lines: list[str]) -> StartState:
+        """The StartState of `lines`; a snapshot saved by this run is committed with them
+        as its reference."""
+        fp = digest(lines)
+        if self.pending is not None:
+            self.pending.commit(lines)
+            self.pending = None
+            return StartState("restored", self.why or "snapshot saved by this run",
+                              self.snapshot.key if self.snapshot else None, fp, fp)
+        if self.snapshot is None:
+            return StartState(self.how, self.why, None, fp, None)
+        return StartState("restored", self.why, self.snapshot.key, fp, self.snapshot.reference,
+                          differences(lines, self.snapshot.reference_lines))
+
+    def abandon(self) -> None:
+        """The start state could not be read: a snapshot saved by this run is not kept."""
+        if self.pending is not None:
+            self.pending.abandon()
+            self.pending = None
+
+
 @dataclass(frozen=True)
 class Started:
     qemu: Qemu
     shell: GuestShell
-    start: StartState
+    starting: Starting
 
 
 # --- the store ----------------------------------------------------------------
@@ -397,11 +435,27 @@ def _no_mark(_: str) -> None:
     pass
 
 
-def restore_state(qemu: Qemu, snap: Snapshot, timeout: float, mark: Mark = _no_mark) -> None:
-    """Start `qemu` waiting for a migration and load `snap` into it; the guest runs after."""
+Jobs = list[Callable[[], None]]
+
+
+def _run_jobs(jobs: Jobs, n: int = 1 << 30) -> None:
+    """Run (and take off the list) the first `n` jobs."""
+    while jobs and n > 0:
+        jobs.pop(0)()
+        n -= 1
+
+
+def restore_state(qemu: Qemu, snap: Snapshot, timeout: float, mark: Mark = _no_mark,
+                  meanwhile: Jobs | None = None) -> None:
+    """Start `qemu` waiting for a migration and load `snap` into it; the guest runs after.
+
+    `meanwhile` is the host's own work of the run (imports, the client key),
+    done while QEMU starts (the first job) and while it loads (the rest):
+    the 2-core machine runs both at once."""
+    jobs = meanwhile if meanwhile is not None else []
     zstd = _zstd()
     deadline = time.monotonic() + timeout
-    qemu.start(incoming=True)
+    qemu.start(incoming=True, meanwhile=lambda: _run_jobs(jobs, 1))
     mark("qemu started (QMP up)")
     assert qemu.qmp is not None
     read_end, write_end = os.pipe()
@@ -417,6 +471,8 @@ def restore_state(qemu: Qemu, snap: Snapshot, timeout: float, mark: Mark = _no_m
             os.close(read_end)
             read_end = -1
             qemu.qmp.cmd("migrate-incoming", uri="fd:bl-restore")
+            _run_jobs(jobs)
+            mark("meanwhile: the caller's imports")
             _wait_migration(qemu, deadline)
             mark("migration loaded")
             # zstd checks its frame checksum at the end: a corrupt file is
@@ -479,12 +535,30 @@ def fingerprint_lines(pagetypeinfo: str, zoneinfo: str) -> list[str]:
 
 
 def fingerprint(shell: GuestShell) -> list[str]:
-    out = shell.run(FINGERPRINT_COMMAND, timeout=30.0).check().stdout
+    """The free-page state now (after the kernel is quiet again), read over `shell`."""
+    return _state_lines(shell.run(FINGERPRINT_COMMAND, timeout=30.0).check().stdout)
+
+
+def _state_lines(out: str) -> list[str]:
     pti, _, zi = out.partition("@@\n")
     lines = fingerprint_lines(pti, zi)
     if not lines:
         raise SnapshotUnusable(f"no free-page state in /proc: {out[:200]!r}")
     return lines
+
+
+def with_start_state(command: str) -> str:
+    """`command` preceded by the reading of the start state (`split_start_state`)."""
+    return f"cat {START_STATE_FILE} && echo {START_STATE_END} && {{ {command}\n}}"
+
+
+def split_start_state(out: str) -> tuple[list[str], str] | None:
+    """The start state and the command's own output of `with_start_state`'s output;
+    None if the guest printed no start state."""
+    state, sep, rest = out.partition(f"\n{START_STATE_END}\n")
+    if not sep:
+        return None
+    return _state_lines(state + "\n"), rest
 
 
 def digest(lines: list[str]) -> str:
@@ -500,35 +574,33 @@ def differences(lines: list[str], reference: list[str], limit: int = 8) -> list[
     return diffs[:limit] + ([f"... {len(diffs) - limit} more"] if len(diffs) > limit else [])
 
 
-def _resume(qemu: Qemu, host_key: HostKey, client_key: ClientKey,
-            timeout: float, mark: Mark = _no_mark) -> tuple[GuestShell, list[str]]:
-    qemu.console_write(resume_line(client_key))
+ClientKeys = Callable[[], "ClientKey"]
+
+
+def _resume(qemu: Qemu, host_key: HostKey, client_key: ClientKeys,
+            timeout: float, mark: Mark = _no_mark) -> GuestShell:
+    from buddylab.guest.ssh import GuestShell
+
+    qemu.console_write(resume_line(client_key()))
     qemu.wait_ready(timeout)
     mark("resume line to sshd ready")
     status = qemu.status()
     if status != "running":
         raise GuestTimeout(f"guest signalled ready but QMP says {status!r}")
-    shell = GuestShell(qemu.config.ssh_port, host_key, client_key)
+    shell = GuestShell(qemu.config.ssh_port, host_key, client_key())
     mark("ssh connected")
-    try:
-        lines = fingerprint(shell)
-    except BaseException:
-        shell.close()
-        raise
-    mark("start state read")
-    return shell, lines
+    return shell
 
 
-def _booted(qemu: Qemu, host_key: HostKey, client_key: ClientKey, deadline: float,
+def _booted(qemu: Qemu, host_key: HostKey, client_key: ClientKeys, deadline: float,
             why: str, mark: Mark = _no_mark) -> Started:
     """Resume a guest that waits at its quiet point; QEMU is stopped if that fails."""
     try:
-        shell, fp = _resume(qemu, host_key, client_key, max(1.0, deadline - time.monotonic()),
-                            mark)
+        shell = _resume(qemu, host_key, client_key, max(1.0, deadline - time.monotonic()), mark)
     except BaseException:
         qemu.stop(grace=0.0)
         raise
-    return Started(qemu, shell, StartState("booted", why, None, digest(fp), None))
+    return Started(qemu, shell, Starting("booted", why))
 
 
 def _boot_to_quiet_point(config: QemuConfig, workdir: Path, timeout: float,
@@ -545,8 +617,9 @@ def _boot_to_quiet_point(config: QemuConfig, workdir: Path, timeout: float,
     return qemu
 
 
-def start_guest(config: QemuConfig, workdir: Path, host_key: HostKey, client_key: ClientKey,
-                ready_timeout: float, fresh_boot: bool = False, mark: Mark = _no_mark) -> Started:
+def start_guest(config: QemuConfig, workdir: Path, host_key: HostKey, client_key: ClientKeys,
+                ready_timeout: float, fresh_boot: bool = False, mark: Mark = _no_mark,
+                meanwhile: Callable[[], None] = lambda: None) -> Started:
     """A running guest with an SSH shell, restored from this guest's snapshot.
 
     With no snapshot yet, the guest is booted to its quiet point, saved, and
@@ -554,10 +627,18 @@ def start_guest(config: QemuConfig, workdir: Path, host_key: HostKey, client_key
     and every run of a key comes up the same way.  A snapshot that does not
     restore (within RESTORE_TIMEOUT) is thrown away and made anew; one just
     saved that does not restore is dropped and the run boots.  `fresh_boot`
-    neither restores nor saves.  `mark` is told each step that ends (Timings.mark).
+    neither restores nor saves.  `mark` is told each step that ends
+    (Timings.mark); `client_key` gives this run's client key (made once);
+    `meanwhile` is the host's work that can run while QEMU loads a snapshot
+    (run once, before the guest is resumed).  The start state is read with
+    the session's first command (Starting.finish).
     """
+    def make_key() -> None:
+        client_key()            # imports paramiko (buddylab.guest.ssh) too
+    jobs: Jobs = [make_key, meanwhile]
     if fresh_boot:
         qemu = _boot_to_quiet_point(config, workdir, ready_timeout, mark)
+        _run_jobs(jobs)
         return _booted(qemu, host_key, client_key, time.monotonic() + ready_timeout,
                        "--fresh-boot", mark)
     key, desc = snapshot_key(config)
@@ -575,6 +656,7 @@ def start_guest(config: QemuConfig, workdir: Path, host_key: HostKey, client_key
                 mark("snapshot saved")
             except (SnapshotUnusable, OSError) as e:
                 _say(f"snapshot not saved: {e}")
+                _run_jobs(jobs)
                 return _booted(source, host_key, client_key, deadline, f"snapshot not saved: {e}")
             except BaseException:
                 source.stop(grace=0.0)
@@ -583,9 +665,8 @@ def start_guest(config: QemuConfig, workdir: Path, host_key: HostKey, client_key
             snap = Snapshot(key, pending.directory, pending.meta)
         qemu = Qemu(config, workdir)
         try:
-            restore_state(qemu, snap, min(ready_timeout, RESTORE_TIMEOUT), mark)
-            shell, fp = _resume(qemu, host_key, client_key, min(ready_timeout, RESTORE_TIMEOUT),
-                                mark)
+            restore_state(qemu, snap, min(ready_timeout, RESTORE_TIMEOUT), mark, jobs)
+            shell = _resume(qemu, host_key, client_key, min(ready_timeout, RESTORE_TIMEOUT), mark)
         except (SnapshotUnusable, BuddylabError, OSError) as e:
             qemu.stop(grace=0.0)
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -593,6 +674,7 @@ def start_guest(config: QemuConfig, workdir: Path, host_key: HostKey, client_key
                 pending.abandon()
                 _say(f"snapshot not saved: it does not restore ({reason}); booting fresh")
                 qemu = _boot_to_quiet_point(config, workdir, ready_timeout)
+                _run_jobs(jobs)
                 return _booted(qemu, host_key, client_key, time.monotonic() + ready_timeout,
                                f"snapshot not saved: it does not restore ({reason})")
             discard(snap.directory, reason)
@@ -603,14 +685,10 @@ def start_guest(config: QemuConfig, workdir: Path, host_key: HostKey, client_key
             if pending is not None:
                 pending.abandon()
             raise
-        if pending is not None:
-            pending.commit(fp)
-            return Started(qemu, shell, StartState(
-                "restored", why or "snapshot saved by this run", key, digest(fp), digest(fp)))
-        _touch(snap)
-        return Started(qemu, shell, StartState(
-            "restored", why, key, digest(fp), snap.reference,
-            differences(fp, snap.reference_lines)))
+        if pending is None:
+            _touch(snap)
+        return Started(qemu, shell, Starting("restored", why, snap, pending))
     # Only if other runs keep saving snapshots of this key that do not restore.
     qemu = _boot_to_quiet_point(config, workdir, ready_timeout)
+    _run_jobs(jobs)
     return _booted(qemu, host_key, client_key, time.monotonic() + ready_timeout, why)

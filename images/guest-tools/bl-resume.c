@@ -19,7 +19,12 @@
  *      (credited), reseeds the kernel's CRNG (RNDRESEEDCRNG), so every
  *      restored guest's /dev/urandom differs from the snapshot's, sets
  *      CLOCK_REALTIME, and writes /root/.ssh/authorized_keys;
- *   4. listens on TCP port 22, prints BUDDYLAB-SSHD-READY (connections queue
+ *   4. waits until the kernel is quiet again (as --fingerprint does) and
+ *      writes the start state (/proc/pagetypeinfo, "@@", /proc/zoneinfo) to
+ *      START_STATE_FILE: read here, before any SSH connection, every restore
+ *      of one snapshot has run the same few steps since the snapshot; the
+ *      host reads the file with its first guest command;
+ *   5. listens on TCP port 22, prints BUDDYLAB-SSHD-READY (connections queue
  *      from now on) and serves each connection with `dropbear -i`, started
  *      after the reseed, so its session keys come from fresh entropy.
  * It never returns unless something fails: then it prints
@@ -57,6 +62,8 @@
 #define FP_QUIET_SAMPLES	4
 #define MAX_SEED	256
 #define LINE_MAX_LEN	2048
+/* buddylab.guest.snapshot.START_STATE_FILE */
+#define START_STATE_FILE	"/tmp/buddylab-start-state"
 
 static void fail(const char *why)
 {
@@ -119,17 +126,39 @@ static int slurp(const char *path)
 	return n;
 }
 
-static int print_fingerprint(void)
+static int read_fingerprint(void)
 {
 	static const char sep[] = "@@\n";
 
+	fp_len = 0;
 	if (slurp("/proc/pagetypeinfo") || fp_len + sizeof(sep) > sizeof(fp_buf))
 		return 1;
 	memcpy(fp_buf + fp_len, sep, sizeof(sep) - 1);
 	fp_len += sizeof(sep) - 1;
-	if (slurp("/proc/zoneinfo"))
+	return slurp("/proc/zoneinfo");
+}
+
+static int print_fingerprint(void)
+{
+	if (read_fingerprint())
 		return 1;
 	return fwrite(fp_buf, 1, fp_len, stdout) != fp_len || fflush(stdout);
+}
+
+/* The state is read whole before the file is made: its pages come after. */
+static void save_start_state(void)
+{
+	FILE *f;
+	int fd;
+
+	wait_quiet(FP_QUIET_MS, FP_QUIET_SAMPLES);
+	if (read_fingerprint())
+		fail("cannot read the start state in /proc");
+	fd = open(START_STATE_FILE, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	if (fd < 0 || !(f = fdopen(fd, "w")))
+		fail("cannot write " START_STATE_FILE);
+	if (fwrite(fp_buf, 1, fp_len, f) != fp_len || fclose(f))
+		fail("cannot write " START_STATE_FILE);
 }
 
 static int hexval(char c)
@@ -273,6 +302,7 @@ int main(int argc, char **argv)
 	set_clock(words[2]);
 	authorize(words[3], words[4]);
 	explicit_bzero(line, sizeof(line));
+	save_start_state();
 	serve(argv[1]);
 	return 1;
 }
