@@ -325,7 +325,7 @@ def analyse(out: str) -> Report:
     expect, release = Expectations.parse(header)
     sr = steps.parse(rest, COMMANDS)
     modelled = page_model_series(release) in steps.TRACED_SERIES and not steps.not_followed(sr)
-    checks = steps.verify(sr, keep_zones=True) if modelled else steps.unverified(sr)
+    checks = steps.verify(sr) if modelled else steps.unverified(sr)
     report = Report(expect=expect, guest_output=out, kernel=release, step_run=sr,
                     kernel_log_problems=sr.kernel_log_problems)
     for i, (step, check) in enumerate(zip(STEPS, checks)):
