@@ -40,7 +40,7 @@ def test_recipe_guest_table_is_read(tmp_path: Path):
     pins = load_kernel_pins(str(recipe))
     assert pins.guest.modules == ("qemu_fw_cfg",)
     assert pins.guest.qemu_args == ("-device", "vmcoreinfo")
-    argv = QemuConfig(Path("k"), Path("i"), extra_args=list(pins.guest.qemu_args)).argv(Path("q"))
+    argv = QemuConfig(Path("k"), Path("i"), extra_args=list(pins.guest.qemu_args)).argv(qmp_fd=3)
     assert argv[-2:] == ["-device", "vmcoreinfo"]
 
 

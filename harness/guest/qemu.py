@@ -12,6 +12,7 @@ import ctypes
 import json
 import os
 import shutil
+import select
 import signal
 import socket
 import subprocess
@@ -20,13 +21,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
-
-from qemu.qmp.legacy import QEMUMonitorProtocol
+from typing import TYPE_CHECKING, Callable
 
 from buddylab.cachefs import write_atomic
 from buddylab.errors import GuestCrashed, GuestTimeout, SetupError
 from buddylab.kernel.bzimage import check_bzimage
+
+if TYPE_CHECKING:   # QEMU's QMP library (asyncio) is imported while QEMU starts (Qemu.start)
+    from qemu.qmp.legacy import QEMUMonitorProtocol
 
 QEMU = "qemu-system-x86_64"
 READY_MARKER = "BUDDYLAB-SSHD-READY"
@@ -63,7 +65,8 @@ class QemuConfig:
                  "no_timer_check", "quiet", *self.extra_append]
         return " ".join(words)
 
-    def argv(self, qmp_path: Path) -> list[str]:
+    def argv(self, qmp_fd: int) -> list[str]:
+        """QEMU's arguments; QMP on `qmp_fd`, one end of a connected socket pair."""
         netdev = f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22"
         cpu = "host" if self.accel == "kvm" else "qemu64,+rdrand"
         return [
@@ -73,7 +76,7 @@ class QemuConfig:
             "-kernel", str(self.kernel), "-initrd", str(self.initrd),
             "-append", self.append(),
             "-display", "none", "-serial", "stdio", "-monitor", "none",
-            "-qmp", f"unix:{qmp_path}",
+            "-chardev", f"socket,id=qmp,fd={qmp_fd}", "-mon", "chardev=qmp,mode=control",
             "-netdev", netdev,
             # No option ROM: iPXE is of no use with -kernel and costs boot time.
             "-device", "virtio-net-pci,netdev=n0,romfile=",
@@ -172,7 +175,6 @@ class Qemu:
         check_bzimage(config.kernel)
         self.config = config
         self.workdir = workdir
-        self.qmp_path = workdir / "qmp.sock"
         self.serial_path = workdir / "serial.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.serial: SerialLog | None = None
@@ -183,25 +185,41 @@ class Qemu:
               meanwhile: Callable[[], None] = lambda: None) -> None:
         """Start QEMU; with `incoming`, it waits for QMP migrate-incoming (a restore).
 
-        `meanwhile` runs while QEMU starts up, before its QMP connection is taken."""
-        self.qmp = QEMUMonitorProtocol(str(self.qmp_path), server=True)
+        QMP runs on a socket pair made before QEMU starts (QEMU sends its
+        greeting as soon as it is up), so QEMU's start, the import of the QMP
+        library and `meanwhile` (the caller's work) overlap."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         stderr = self._stderr_path.open("wb")
-        argv = self.config.argv(self.qmp_path) + (["-incoming", "defer"] if incoming else [])
-        # stdin is the guest console's input (the resume line, images/init.sh).
-        self.proc = subprocess.Popen(
-            argv, stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=stderr, preexec_fn=_die_with_parent,
-        )
-        stderr.close()
+        argv = self.config.argv(theirs.fileno()) + (["-incoming", "defer"] if incoming else [])
+        try:
+            # stdin is the guest console's input (the resume line, images/init.sh).
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
+                pass_fds=[theirs.fileno()], preexec_fn=_die_with_parent,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            stderr.close()
+            theirs.close()     # QEMU's end: ours sees EOF if QEMU exits
         assert self.proc.stdout is not None
         self.serial = SerialLog(self.proc.stdout, self.serial_path)
         try:
+            from qemu.qmp.legacy import QEMUMonitorProtocol
+
+            self.qmp = QEMUMonitorProtocol(ours)
             meanwhile()
         except BaseException:
+            ours.close()
             self.stop(grace=0.0)
             raise
         try:
-            self.qmp.accept(timeout=qmp_timeout)
+            # The greeting (or QEMU's exit) makes our end readable; nothing within
+            # the deadline is a QEMU that hangs.
+            if not select.select([ours], [], [], qmp_timeout)[0]:
+                raise SetupError(f"no QMP greeting within {qmp_timeout:.0f} s")
+            self.qmp.connect()
         except Exception as e:
             self.stop()
             raise SetupError(f"QEMU did not come up: {self.stderr_text() or e}") from e

@@ -160,7 +160,8 @@ def _qemu_identity() -> list[object]:
 
 def snapshot_key(config: QemuConfig) -> tuple[str, dict[str, object]]:
     """The key of a guest: everything that makes it, and its description."""
-    argv = dataclasses.replace(config, ssh_port=0).argv(Path("qmp.sock"))
+    # Neither the forwarded port nor QMP's descriptor number makes the guest.
+    argv = dataclasses.replace(config, ssh_port=0).argv(qmp_fd=-1)
     desc: dict[str, object] = {
         "format": FORMAT,
         "argv": argv,
