@@ -1,4 +1,4 @@
-"""A run's private temporary directory (client key, QMP socket, serial log), and its clean-up.
+"""A run's private temporary directory (client key, serial log, QEMU's stderr), and its clean-up.
 
 A run killed by SIGKILL runs no `finally`: its directory stays behind with
 the client key in it.  Each directory therefore records its owner (pid and
