@@ -42,6 +42,31 @@ def test_differences_name_the_figure_and_both_values():
     assert snapshot.digest(now) != snapshot.digest(ref)
 
 
+def test_first_command_reads_the_start_state_and_keeps_its_own_output_and_status(
+        tmp_path, monkeypatch):
+    """with_start_state's text, run by the guest's shell (busybox sh), split again."""
+    state = tmp_path / "start-state"
+    state.write_text((PROC / "pagetypeinfo-5.10-4096m-2cpu.txt").read_text() + "@@\n"
+                     + (PROC / "zoneinfo-5.10-4096m-2cpu.txt").read_text())
+    monkeypatch.setattr(snapshot, "START_STATE_FILE", str(state))
+    for command, out, rc in (("echo one; echo two >&2; exit 7", "one\n", 7),
+                             ("printf 'no newline'", "no newline", 0),
+                             ("true # a comment", "", 0)):
+        proc = subprocess.run(["busybox", "sh", "-c", snapshot.with_start_state(command)],
+                              capture_output=True, text=True)
+        assert proc.returncode == rc
+        split = snapshot.split_start_state(proc.stdout)
+        assert split is not None
+        lines, rest = split
+        assert rest == out
+        assert "DMA32 cpu 0 per-CPU list count: 375" in lines
+    # No start state file: the command does not run, and the output says so.
+    state.unlink()
+    proc = subprocess.run(["busybox", "sh", "-c", snapshot.with_start_state("echo ran")],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and snapshot.split_start_state(proc.stdout) is None
+
+
 def _fake_snapshot(store: Path, key: str, size: int, saved_size: int | None = None) -> Path:
     d = store / key
     d.mkdir(parents=True)
