@@ -146,7 +146,7 @@ class Session:
         first = self._start is None
         try:
             result = self.shell.run(snapshot.with_start_state(command) if first else command,
-                                    timeout=timeout, stdin=stdin)
+                                    timeout=timeout, stdin=stdin, shown=command)
         except BuddylabError:
             self.qemu.check_crash()
             raise
@@ -158,7 +158,7 @@ class Session:
                                         f"({snapshot.START_STATE_FILE}): {result.stderr.strip()}")
             lines, stdout = split
             self._start = self._starting.finish(lines)
-            result = dataclasses.replace(result, command=command, stdout=stdout)
+            result = dataclasses.replace(result, stdout=stdout)
         return result
 
     def abandon_start(self) -> None:

@@ -73,15 +73,20 @@ class GuestShell:
         except (OSError, paramiko.SSHException) as e:
             raise GuestTimeout(f"SSH to the guest failed: {e}") from e
 
-    def run(self, command: str, timeout: float = 60.0, stdin: bytes | None = None) -> CommandResult:
-        """Run `command` in the guest's shell; raise GuestTimeout past `timeout`."""
+    def run(self, command: str, timeout: float = 60.0, stdin: bytes | None = None,
+            shown: str | None = None) -> CommandResult:
+        """Run `command` in the guest's shell; raise GuestTimeout past `timeout`.
+
+        `shown` is the command as messages and the result name it (the caller's
+        own, where `command` wraps it)."""
+        shown = command if shown is None else shown
         transport = self._client.get_transport()
         if transport is None or not transport.is_active():
-            raise GuestTimeout(f"SSH connection lost before: {command}")
+            raise GuestTimeout(f"SSH connection lost before: {shown}")
         try:
             chan = transport.open_session(timeout=timeout)
         except (paramiko.SSHException, OSError) as e:
-            raise GuestTimeout(f"could not open an SSH channel for {command!r}: {e}") from e
+            raise GuestTimeout(f"could not open an SSH channel for {shown!r}: {e}") from e
         chan.settimeout(timeout)
         try:
             chan.exec_command(command)
@@ -109,10 +114,10 @@ class GuestShell:
             err = b"".join(err_parts)
             rc = chan.recv_exit_status()
         except socket.timeout as e:
-            raise GuestTimeout(f"guest command timed out after {timeout:.0f} s: {command}") from e
+            raise GuestTimeout(f"guest command timed out after {timeout:.0f} s: {shown}") from e
         finally:
             chan.close()
-        return CommandResult(command, rc, out.decode(errors="replace"),
+        return CommandResult(shown, rc, out.decode(errors="replace"),
                              err.decode(errors="replace"))
 
     def start(self, command: str) -> None:
