@@ -201,8 +201,10 @@ def boot(prepared: Prepared, memory_mib: int = 512, cpus: int = 1,
             session = Session(qemu, shell, workdir, timings, prepared.image.host_key,
                               client_key(), started.starting)
             yield session
-            # A snapshot saved by this run is kept once its reference is read.
-            if started.starting.pending is not None and not session.start_read:
+            # Read while the guest runs (a session that ran no command): results ask
+            # for it after the power-off, and a snapshot saved by this run is kept
+            # once its reference is known.
+            if not session.start_read:
                 session.start
         finally:
             if session is not None:
