@@ -12,8 +12,13 @@ deadline: the machine is shared, and a slow example is not a failure.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import io
 import os
+import signal
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -95,3 +100,43 @@ def module_ko(kernel: Kernel) -> Path:
 @pytest.fixture(scope="session")
 def prepared(recipe: KernelPins, kernel: Kernel, module_ko: Path) -> Prepared:
     return prepare(pins=recipe, ko=module_ko)
+
+
+@dataclasses.dataclass
+class CliRun:
+    """What a `buddylab` process would leave: its exit code, stdout and stderr."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def buddylab_main(monkeypatch: pytest.MonkeyPatch,
+                  capsys: pytest.CaptureFixture[str]) -> Callable[..., CliRun]:
+    """`buddylab ARGS` run in this process: `cli.main(ARGS)`, with `env` (None unsets a
+    variable) and `stdin` for the run.  A process costs a Python start and the command's
+    imports each time (0.2-0.6 s); the tests that need a real one (`entry()`'s exit, its
+    stderr) run `python -m buddylab.cli`, one for each exit code."""
+    from buddylab import cli
+
+    def run(*args: str, env: dict[str, str | None] | None = None, stdin: str = "",
+            guest: cli.Guest = cli.Guest()) -> CliRun:
+        sigterm = signal.getsignal(signal.SIGTERM)      # main() sets its own
+        capsys.readouterr()
+        with monkeypatch.context() as m:
+            for name, value in (env or {}).items():
+                if value is None:
+                    m.delenv(name, raising=False)
+                else:
+                    m.setenv(name, value)
+            m.setattr(sys, "stdin", io.StringIO(stdin))
+            try:
+                code = cli.main(list(args), guest=guest)
+            except SystemExit as e:                     # argparse's own exit
+                code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+            finally:
+                signal.signal(signal.SIGTERM, sigterm)
+        out = capsys.readouterr()
+        return CliRun(code, out.out, out.err)
+    return run

@@ -212,10 +212,10 @@ def _complete_looking(cache: Path) -> list[Path]:
     return found
 
 
-def test_cold_run_on_a_tiny_cache_filesystem_exits_3_at_once(tmp_path: Path):
+def test_cold_run_on_a_tiny_cache_filesystem_exits_3_at_once(buddylab_main, tmp_path: Path):
     with _tiny_filesystem(tmp_path / "small") as small:
         start = time.monotonic()
-        proc = _buddylab("run", "true", env={"BUDDYLAB_CACHE": str(small)}, timeout=120)
+        proc = buddylab_main("run", "true", env={"BUDDYLAB_CACHE": str(small)})
         took = time.monotonic() - start
         assert proc.returncode == errors.EXIT_SETUP, proc.stderr
         assert took < 60
@@ -281,15 +281,15 @@ def test_a_replaced_host_key_or_image_is_never_reused(kernel, module_ko, tmp_pat
     assert manifest["host_key"] == f"{second.host_key.key_type} {second.host_key.public_b64}"
 
 
-def test_results_on_a_full_disk_give_one_line_and_exit_3(tmp_path: Path):
+def test_results_on_a_full_disk_give_one_line_and_exit_3(buddylab_main, tmp_path: Path):
     """A write no stage checked for (the results) meets ENOSPC: still exit 3, no traceback."""
     capture = Path(__file__).parent / "fixtures" / "tracerun" / "small-1cpu"
     with _tiny_filesystem(tmp_path / "full", size="64k") as full:
         with contextlib.suppress(OSError), (full / "filler").open("wb", buffering=0) as f:
             while True:
                 f.write(bytes(4096))
-        proc = _buddylab("trace-replay", "--from", str(capture),
-                         env={"BUDDYLAB_RESULTS": str(full / "results")})
+        proc = buddylab_main("trace-replay", "--from", str(capture),
+                             env={"BUDDYLAB_RESULTS": str(full / "results")})
         assert proc.returncode == errors.EXIT_SETUP, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"buddylab: no space left in {full}"), lines

@@ -1,4 +1,8 @@
-"""The command line: bad input gets a clear error and its own exit code, and leaves nothing."""
+"""The command line: bad input gets a clear error and its own exit code, and leaves nothing.
+
+`buddylab()` runs a real process (exits through entry()): one test each for exit 0, argparse's
+usage error and a set-up error.  The others run main() in this process (`buddylab_main`).
+"""
 
 import subprocess
 import sys
@@ -15,15 +19,20 @@ def buddylab(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           text=True, env=env, timeout=120)
 
 
-def test_memory_out_of_range_is_a_usage_error(tmp_path: Path):
-    proc = buddylab(tmp_path, "qemu-test", "--memory", "10")
+def in_process(buddylab_main, tmp_path: Path, *args: str):
+    return buddylab_main(*args, env={"BUDDYLAB_RESULTS": str(tmp_path / "results"),
+                                     "BUDDYLAB_KERNEL": None})
+
+
+def test_memory_out_of_range_is_a_usage_error(buddylab_main, tmp_path: Path):
+    proc = in_process(buddylab_main, tmp_path, "qemu-test", "--memory", "10")
     assert proc.returncode == errors.EXIT_USAGE
     assert "--memory must be between" in proc.stderr
     assert not (tmp_path / "results").exists()
 
 
-def test_unknown_kernel_recipe_names_the_known_ones(tmp_path: Path):
-    proc = buddylab(tmp_path, "qemu-test", "--kernel", "no-such-kernel")
+def test_unknown_kernel_recipe_names_the_known_ones(buddylab_main, tmp_path: Path):
+    proc = in_process(buddylab_main, tmp_path, "qemu-test", "--kernel", "no-such-kernel")
     assert proc.returncode == errors.EXIT_SETUP
     assert "debian-5.10-cloud" in proc.stderr
 

@@ -50,10 +50,17 @@ def test_a_server_output_yaml_reads_the_same():
         lava.read_log(PASS_LOG.read_text().splitlines()))
 
 
-def test_a_failed_test_case_fails_the_results_though_the_job_passed(tmp_path: Path):
+def in_process(buddylab_main, tmp_path: Path, *args: str, stdin: str = ""):
+    """`buddylab ARGS` in this process (test_cli.py runs the real processes)."""
+    return buddylab_main(*args, stdin=stdin,
+                         env={"BUDDYLAB_RESULTS": str(tmp_path / "results"), "BUDDYLAB_KERNEL": None})
+
+
+def test_a_failed_test_case_fails_the_results_though_the_job_passed(buddylab_main, tmp_path: Path):
     log = lava.read_log(PLANTED_LOG.read_text().splitlines())
     assert log.job["result"] == "pass"
-    proc = buddylab(tmp_path, "lava-results", str(PLANTED_LOG), "--junit", str(tmp_path / "j.xml"))
+    proc = in_process(buddylab_main, tmp_path, "lava-results", str(PLANTED_LOG),
+                      "--junit", str(tmp_path / "j.xml"))
     assert proc.returncode == errors.EXIT_CHECKS_FAILED, proc.stderr
     assert "[FAIL] alloc_pages_exact kept 34 pages: kept 33" in proc.stdout
     failures = ET.parse(tmp_path / "j.xml").getroot().findall(".//failure")
@@ -72,20 +79,21 @@ def test_a_lava_case_that_disagrees_with_the_records_fails_the_check():
     assert failed.reason.startswith("LAVA test case alloc_pages_exact-kept-33-pages: fail; the records: ok")
 
 
-def test_a_damaged_capture_is_bad_records(tmp_path: Path):
+def test_a_damaged_capture_is_bad_records(buddylab_main, tmp_path: Path):
     lines = [line for line in PASS_LOG.read_text().splitlines()
              if "pageblock nid=0 zone=DMA32 pfn=4608 " not in line]
     bad = tmp_path / "bad.log"
     bad.write_text("\n".join(lines) + "\n")
-    proc = buddylab(tmp_path, "lava-results", str(bad))
+    proc = in_process(buddylab_main, tmp_path, "lava-results", str(bad))
     assert proc.returncode == errors.EXIT_BAD_RECORDS
     assert "the buddylab output in the LAVA log is damaged" in proc.stderr and proc.stderr.count("\n") == 1
 
 
-def test_not_a_lava_log(tmp_path: Path):
-    proc = buddylab(tmp_path, "lava-results", "-", stdin="hello\n")
+def test_not_a_lava_log(buddylab_main, tmp_path: Path):
+    proc = in_process(buddylab_main, tmp_path, "lava-results", "-", stdin="hello\n")
     assert proc.returncode == errors.EXIT_BAD_RECORDS and "not a LAVA job log" in proc.stderr
-    assert buddylab(tmp_path, "lava-results", str(tmp_path / "none")).returncode == errors.EXIT_SETUP
+    missing = in_process(buddylab_main, tmp_path, "lava-results", str(tmp_path / "none"))
+    assert missing.returncode == errors.EXIT_SETUP
 
 
 @pytest.mark.provisioned        # lava-job prepares the kernel, the module and the image

@@ -73,8 +73,10 @@ def test_jobs_at_once_follow_cores_and_memory():
     (["--kernels", DEFAULT_KERNEL, "-j", "0"], errors.EXIT_USAGE, "-j must be"),
     (["--kernels", ","], errors.EXIT_USAGE, "names no kernel"),
 ])
-def test_bad_matrix_arguments_stop_before_anything_runs(tmp_path: Path, args, code, message):
-    proc = buddylab(tmp_path, "matrix", *args)
+def test_bad_matrix_arguments_stop_before_anything_runs(buddylab_main, tmp_path: Path, args, code,
+                                                        message):
+    proc = buddylab_main("matrix", *args, env={"BUDDYLAB_RESULTS": str(tmp_path / "results"),
+                                               "BUDDYLAB_KERNEL": None})
     assert proc.returncode == code and message in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
 

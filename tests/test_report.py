@@ -155,12 +155,19 @@ def test_a_planted_disagreement_fails_the_run_in_every_format(tmp_path: Path):
     assert (run / "junit.xml").read_text() == (tmp_path / "junit.xml").read_text()
 
 
-def test_an_experiment_that_cannot_run_is_a_failed_test_with_its_exit_code(tmp_path: Path):
+def in_process(buddylab_main, tmp_path: Path, *args: str):
+    """`buddylab ARGS` in this process (test_cli.py runs the real processes)."""
+    return buddylab_main(*args, env={"BUDDYLAB_RESULTS": str(tmp_path / "results"),
+                                     "BUDDYLAB_KERNEL": None})
+
+
+def test_an_experiment_that_cannot_run_is_a_failed_test_with_its_exit_code(buddylab_main,
+                                                                            tmp_path: Path):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "guest-output.txt").write_text("downfall expect_asked=33 expect_taken=64 expect_kept=33\n@@\n")
-    proc = buddylab(tmp_path, "qemu-test", "--from", str(bad), "--junit", str(tmp_path / "j.xml"),
-                    "--ktap", str(tmp_path / "r.ktap"))
+    proc = in_process(buddylab_main, tmp_path, "qemu-test", "--from", str(bad),
+                      "--junit", str(tmp_path / "j.xml"), "--ktap", str(tmp_path / "r.ktap"))
     assert proc.returncode == errors.EXIT_BAD_RECORDS
     assert "expected 11 parts" in proc.stderr and proc.stderr.count("\n") == 1
     error = ET.parse(tmp_path / "j.xml").getroot().find(".//error")
@@ -168,8 +175,9 @@ def test_an_experiment_that_cannot_run_is_a_failed_test_with_its_exit_code(tmp_p
     assert "not ok 1 downfall" in (tmp_path / "r.ktap").read_text()
 
 
-def test_output_into_a_missing_directory_is_a_usage_error(tmp_path: Path):
-    proc = buddylab(tmp_path, "qemu-test", "--from", str(GOLDEN), "--junit", str(tmp_path / "no" / "j.xml"))
+def test_output_into_a_missing_directory_is_a_usage_error(buddylab_main, tmp_path: Path):
+    proc = in_process(buddylab_main, tmp_path, "qemu-test", "--from", str(GOLDEN),
+                      "--junit", str(tmp_path / "no" / "j.xml"))
     assert proc.returncode == errors.EXIT_USAGE and "no such directory" in proc.stderr
 
 

@@ -71,12 +71,11 @@ def test_a_built_tree_is_a_kernel_to_build_for(tree_recipe: Path):
     assert build_module(kernel).is_file()
 
 
-def test_a_tree_missing_its_bzimage_is_one_line(tmp_path: Path):
+def test_a_tree_missing_its_bzimage_is_one_line(buddylab_main, tmp_path: Path):
     (tmp_path / "tree").mkdir()
     recipe = tmp_path / "t.toml"
     recipe.write_text(f'kind = "tree"\n[tree]\npath = "{tmp_path / "tree"}"\n')
-    proc = subprocess.run([sys.executable, "-m", "buddylab.cli", "kernel", "fetch", str(recipe)],
-                          capture_output=True, text=True, timeout=60)
+    proc = buddylab_main("kernel", "fetch", str(recipe))
     assert proc.returncode == 3
     assert proc.stderr.count("\n") == 1
     assert "arch/x86/boot/bzImage, .config, Module.symvers, include/config/kernel.release missing" \
