@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import pickle
 from pathlib import Path
 
 import pytest
@@ -18,13 +20,19 @@ KMOD61 = Path(__file__).parent / "fixtures" / "kmod61"
 
 
 def chunk(name: str) -> Chunk:
+    """The chunk's records, parsed once a session; each call gets its own copy."""
+    return pickle.loads(_parsed_chunk(name))
+
+
+@functools.cache
+def _parsed_chunk(name: str) -> bytes:
     d = KMOD61 / name
-    return Chunk(kmod.parse_zones((d / "zones.txt").read_text()),
-                 kmod.parse_pageblocks((d / "pageblocks.txt").read_text()),
-                 kmod.parse_freelists((d / "freelists.txt").read_text()),
-                 kmod.parse_log((d / "log.txt").read_text()),
-                 kmod.parse_allocs((d / "allocs.txt").read_text()),
-                 (d / "commands.txt").read_text().splitlines())
+    return pickle.dumps(Chunk(kmod.parse_zones((d / "zones.txt").read_text()),
+                              kmod.parse_pageblocks((d / "pageblocks.txt").read_text()),
+                              kmod.parse_freelists((d / "freelists.txt").read_text()),
+                              kmod.parse_log((d / "log.txt").read_text()),
+                              kmod.parse_allocs((d / "allocs.txt").read_text()),
+                              (d / "commands.txt").read_text().splitlines()))
 
 
 def replay(name: str) -> list[tuple[kmod.OpRecord, operations.OpOutcome, tuple[int, int]]]:

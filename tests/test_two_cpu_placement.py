@@ -13,6 +13,8 @@ before-snapshot then matches, and the model predicts the operation's block.
 
 from __future__ import annotations
 
+import functools
+import pickle
 from pathlib import Path
 
 import pytest
@@ -26,13 +28,20 @@ HELD = "before its steps (with a free stamped before its before-snapshot)"
 
 
 def chunk() -> Chunk:
+    """The chunk as run_chunk() reads it from the guest, once a session; each call gets its
+    own copy."""
+    return pickle.loads(_chunk_read())
+
+
+@functools.cache
+def _chunk_read() -> bytes:
     t = Transcript.load(SESSION)
     assert t.boot == {"memory_mib": 512, "cpus": 2}
     commands = (t.calls[0].stdin or "").splitlines()
     session = ReplaySession(t)
     c = run_chunk(session, commands, traced=True)   # type: ignore[arg-type]
     assert session.unanswered == 0
-    return c
+    return pickle.dumps(c)
 
 
 def test_the_trace_shows_a_free_of_the_other_cpu_still_in_flight_at_a_before_snapshot():
