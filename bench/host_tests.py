@@ -1,12 +1,11 @@
 """How long the host-only tests take: `pytest -m "not qemu"`, run N times (default 3).
 
 Prints, for each run, the wall time and the CPU time (user + system, pytest and
-every process it started, xdist's workers included) and the load average
-before and after it, then the medians.  The goal is under 10 s of wall time on
-the 2-core machine; CPU time tells the same story on a machine that others
-share.  `--jobs J` runs the tests in J pytest-xdist workers (`-n J`).
+every process it started) and the load average before and after it, then the
+ranges and medians.  The goal is under 10 s of wall time on the 2-core
+machine; CPU time tells the same story on a machine that others share.
 
-    .venv/bin/python bench/host_tests.py [N] [--jobs J]
+    .venv/bin/python bench/host_tests.py [N]
 """
 
 from __future__ import annotations
@@ -27,14 +26,12 @@ def _load() -> str:
     return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def one_run(jobs: int) -> tuple[float, float]:
+def one_run() -> tuple[float, float]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     load = _load()
     start = time.monotonic()
-    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not qemu"]
-    if jobs > 1:
-        argv += ["-n", str(jobs)]
-    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "-m", "not qemu"], cwd=REPO, capture_output=True, text=True)
     wall = time.monotonic() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
@@ -48,12 +45,11 @@ def one_run(jobs: int) -> tuple[float, float]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="?", type=int, default=3)
-    ap.add_argument("--jobs", type=int, default=1, help="pytest-xdist workers (-n); 1: none")
     args = ap.parse_args()
-    print(f'pytest -m "not qemu"{f" -n {args.jobs}" if args.jobs > 1 else ""}, {args.runs} runs '
+    print(f'pytest -m "not qemu", {args.runs} runs '
           f'(PYTHONDONTWRITEBYTECODE={os.environ.get("PYTHONDONTWRITEBYTECODE", "")!r}, '
           f"{os.cpu_count()} CPUs):")
-    runs = [one_run(args.jobs) for _ in range(args.runs)]
+    runs = [one_run() for _ in range(args.runs)]
     walls, cpus = [w for w, _ in runs], [c for _, c in runs]
     print(f"wall {min(walls):.2f}-{max(walls):.2f} s (median {statistics.median(walls):.2f}), "
           f"cpu {min(cpus):.2f}-{max(cpus):.2f} s (median {statistics.median(cpus):.2f})")

@@ -56,10 +56,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.provisioned)
         if item.get_closest_marker("provisioned") or item.get_closest_marker("archive"):
             item.add_marker(pytest.mark.qemu)
-        if item.get_closest_marker("qemu"):
-            # Under pytest-xdist (`-n`), every guest and Kbuild test goes to one worker, in
-            # order: two guests at once would only be slower under TCG, and less predictable.
-            item.add_marker(pytest.mark.xdist_group("qemu"))
 
 
 @functools.cache

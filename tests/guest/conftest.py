@@ -17,7 +17,6 @@ ROOT = Path(__file__).resolve().parents[2]
 BL_WRITE_SRC = ROOT / "images" / "guest-tools" / "bl-write.c"
 
 
-@pytest.hookimpl(tryfirst=True)      # before tests/conftest.py's hook reads the qemu mark
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     here = Path(__file__).parent
     for item in items:
