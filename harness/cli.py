@@ -323,8 +323,11 @@ def accuracy_command(args: argparse.Namespace) -> int:
                                        # The model applies the watermarks only unboosted.
                                        not args.no_boost and args.workload != "pressure",
                                        proactive_compaction=args.workload != "pressure")
-    if args.kernels:
-        return _accuracy_kernels(args.guest, opts, request, [k for k in args.kernels.split(",") if k])
+    if args.kernels is not None:
+        recipes = [k for k in args.kernels.split(",") if k]
+        if not recipes:
+            raise errors.UsageError("--kernels names no kernel recipe")
+        return _accuracy_kernels(args.guest, opts, request, recipes)
     with outputs(args, "accuracy", _properties(opts, None, "accuracy")) as out:
         start = time.monotonic()
         prepared = args.guest.prepare(pins=load_kernel_pins(opts.kernel), extras=opts.extras)
@@ -492,8 +495,7 @@ def elfcheck_command(args: argparse.Namespace) -> int:
     from buddylab.kernel import elfcheck
     from buddylab.kernel.kinds import provision
 
-    if not args.ko.is_file():
-        raise errors.UsageError(f"{args.ko}: no such file")
+    elfcheck.require_elf_file(args.ko)
     kernel = provision(load_kernel_pins(args.kernel))
     report = elfcheck.elf_report(args.ko, elfcheck.kernel_vermagic(kernel.modules_dir),
                                  kernel.symvers.read_text())

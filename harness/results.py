@@ -8,7 +8,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from buddylab.errors import SetupError
+from buddylab.errors import SetupError, UsageError
 from buddylab.paths import results_root
 
 
@@ -48,6 +48,16 @@ def new_run_dir(kind: str) -> Path:
         except FileExistsError:
             continue
     raise RuntimeError(f"cannot make a run directory under {root}")
+
+
+def output_file(name: str | Path) -> Path:
+    """A file the user names for output (--junit, -o, ...), checked before any work is done."""
+    path = Path(name)
+    if path.is_dir():
+        raise UsageError(f"{path}: a directory; name a file in it")
+    if not path.parent.is_dir():
+        raise UsageError(f"{path}: no such directory")
+    return path
 
 
 def write_json(path: Path, data: object) -> None:

@@ -293,30 +293,40 @@ SAVED_OUTPUT = FIXTURES / "downfall" / "5.10-512m-1cpu"
 def _bad_inputs(tmp: Path) -> dict[str, Path]:
     """Files a user might hand a command by mistake, each named for what is wrong with it."""
     files = {name: tmp / name for name in ("nothing", "empty-dir", "no-obj-m", "bad.toml", "tree.toml",
-                                           "junk.ko", "cut.log", "damaged.log", "saved-output")}
+                                           "latin1.toml", "junk.ko", "damaged.ko", "cut.log",
+                                           "damaged.log", "saved-output", "binary-output")}
     files["empty-dir"].mkdir()
     files["no-obj-m"].mkdir()
     (files["no-obj-m"] / "Kbuild").write_text("ccflags-y := -Wall\n")
     files["bad.toml"].write_text('kind = "debian\n[debian\n')           # cut in the middle
     files["tree.toml"].write_text(f'kind = "tree"\n[tree]\npath = "{files["empty-dir"]}"\n')
+    files["latin1.toml"].write_bytes('kind = "d\u00e9bian"\n'.encode("latin-1"))   # not UTF-8
     files["junk.ko"].write_bytes(b"not an ELF file")
+    files["damaged.ko"].write_bytes(b"\x7fELF nonsense")      # an ELF header, nothing after it
     log = LAVA_LOG.read_text()
     files["cut.log"].write_text(log[:len(log) // 2])
     files["damaged.log"].write_text(log.replace(" pfn=", " pfn=1", 1))
     shutil.copytree(SAVED_OUTPUT, files["saved-output"])
     out = files["saved-output"] / "guest-output.txt"
     out.write_text(_insert_garbage(out.read_text()))
+    shutil.copytree(SAVED_OUTPUT, files["binary-output"])
+    (files["binary-output"] / "guest-output.txt").write_bytes(bytes(range(256)))
     return files
 
+
+IMAGE = "linux-image-5.10.0-46-cloud-amd64"
 
 # argv ({name} is a file of _bad_inputs), exit code, words stderr's line must hold.
 COMMAND_CASES: list[tuple[list[str], int, tuple[str, ...]]] = [
     (["qemu-test", "--memory", "1"], errors.EXIT_USAGE, ("--memory",)),
     (["qemu-test", "--from", "{empty-dir}"], errors.EXIT_SETUP, ("no saved guest output",)),
     (["qemu-test", "--from", "{saved-output}"], errors.EXIT_BAD_RECORDS, ("does not parse",)),
+    (["qemu-test", "--from", "{binary-output}"], errors.EXIT_BAD_RECORDS, ("not text",)),
     (["qemu-test", "--kernel", "{bad.toml}"], errors.EXIT_SETUP, ("not a TOML file",)),
+    (["qemu-test", "--kernel", "{latin1.toml}"], errors.EXIT_SETUP, ("not UTF-8",)),
     (["accuracy", "--ops", "0"], errors.EXIT_USAGE, ("--ops",)),
     (["accuracy", "--kernels", "{bad.toml}"], errors.EXIT_SETUP, ("not a TOML file",)),
+    (["accuracy", "--kernels", ","], errors.EXIT_USAGE, ("names no kernel",)),
     (["trace-replay", "--from", "{nothing}"], errors.EXIT_SETUP, ("not a saved capture",)),
     (["run", "--timeout", "0", "true"], errors.EXIT_USAGE, ("--timeout",)),
     (["run", "--kernel", "{bad.toml}", "true"], errors.EXIT_SETUP, ("not a TOML file",)),
@@ -326,6 +336,10 @@ COMMAND_CASES: list[tuple[list[str], int, tuple[str, ...]]] = [
     (["matrix", "--kernels", "{bad.toml}"], errors.EXIT_SETUP, ("not a TOML file",)),
     (["lava-job", "--url-base", "https://lab.example"], errors.EXIT_USAGE, ("--artifacts",)),
     (["lava-job", "--kernel", "{bad.toml}"], errors.EXIT_SETUP, ("not a TOML file",)),
+    (["lava-job", "--artifacts", "{junk.ko}"], errors.EXIT_USAGE, ("--artifacts", "not a directory")),
+    (["lava-job", "-o", "{empty-dir}"], errors.EXIT_USAGE, ("a directory",)),
+    (["lava-job", "--device", "{nothing}/device.jinja2"], errors.EXIT_USAGE, ("no such directory",)),
+    (["lava-job", "--device-type", "qemu x86"], errors.EXIT_USAGE, ("--device-type",)),
     (["lava-results", "{nothing}"], errors.EXIT_SETUP, ("no such file",)),
     (["lava-results", "{cut.log}"], errors.EXIT_BAD_RECORDS, ("does not parse",)),
     (["lava-results", "{damaged.log}"], errors.EXIT_BAD_RECORDS, ("damaged",)),
@@ -335,15 +349,26 @@ COMMAND_CASES: list[tuple[list[str], int, tuple[str, ...]]] = [
     (["check-module", "{nothing}"], errors.EXIT_USAGE, ("no such file",)),
     (["check-module", "{empty-dir}"], errors.EXIT_USAGE, ("no Kbuild file or Makefile",)),
     (["check-module", "{no-obj-m}"], errors.EXIT_USAGE, ("names no module",)),
+    (["check-module", "{junk.ko}"], errors.EXIT_USAGE, ("not an ELF file",)),
     (["check-module", "{junk.ko}", "--cycles", "1"], errors.EXIT_USAGE, ("--cycles",)),
     (["check-module", "{junk.ko}", "--params", "n=1;reboot"], errors.EXIT_USAGE, ("--params",)),
     (["check-module", "{junk.ko}", "--kernel", "{bad.toml}"], errors.EXIT_SETUP, ("not a TOML file",)),
     (["elfcheck", "{nothing}"], errors.EXIT_USAGE, ("no such file",)),
-    (["elfcheck", "{junk.ko}", "--kernel", "{bad.toml}"], errors.EXIT_SETUP, ("not a TOML file",)),
+    (["elfcheck", "{empty-dir}"], errors.EXIT_USAGE, ("no such file",)),
+    (["elfcheck", "{junk.ko}"], errors.EXIT_USAGE, ("not an ELF file",)),
+    (["elfcheck", "{damaged.ko}", "--kernel", "{bad.toml}"], errors.EXIT_SETUP, ("not a TOML file",)),
     (["slab-oob", "--size", "0"], errors.EXIT_USAGE, ("--size",)),
     (["slab-oob", "--kernel", "{bad.toml}"], errors.EXIT_SETUP, ("not a TOML file",)),
     (["kernel", "pin", "linux-image-5.10.0-46-cloud-amd64"], errors.EXIT_USAGE, ("PACKAGE=VERSION",)),
+    # pin checks what it is given before apt reads an index: none of these needs the network.
+    (["kernel", "pin", f"{IMAGE}=1", "--name", "../x"], errors.EXIT_USAGE, ("recipe name",)),
+    (["kernel", "pin", f"{IMAGE}=1", "--suite", ""], errors.EXIT_USAGE, ("--suite",)),
+    (["kernel", "pin", f"{IMAGE}=1", "--output", "{nothing}/x.toml"], errors.EXIT_USAGE,
+     ("no such directory",)),
+    (["kernel", "pin", f"{IMAGE}=1", f"{IMAGE}=2"], errors.EXIT_USAGE, ("exactly one",)),
     (["kernel", "fetch", "{bad.toml}"], errors.EXIT_SETUP, ("not a TOML file",)),
+    (["kernel", "fetch", "{latin1.toml}"], errors.EXIT_SETUP, ("not UTF-8",)),
+    (["kernel", "fetch", "{empty-dir}"], errors.EXIT_SETUP, ("no such file",)),
     (["kernel", "fetch", "{tree.toml}"], errors.EXIT_SETUP, ("bzImage",)),
     (["kernel", "fetch", "no-such-recipe"], errors.EXIT_SETUP, ("no kernel recipe",)),
 ]
@@ -360,9 +385,45 @@ def assert_clear_error(rc: int, err: str, code: int, *words: str) -> None:
 def test_bad_input_to_a_command(argv: list[str], code: int, words: tuple[str, ...], tmp_path: Path,
                                 monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
     files = _bad_inputs(tmp_path)
-    argv = [str(files[a[1:-1]]) if a.startswith("{") else a for a in argv]
+    argv = [re.sub(r"\{([^}]+)\}", lambda m: str(files[m[1]]), a) for a in argv]
     rc, err = run_cli(argv, cli.Guest(_no_guest, _no_guest), tmp_path, monkeypatch, capsys)
     assert_clear_error(rc, err, code, *words)
+
+
+# The least each command with --ktap/--junit needs besides them, to get as far as checking them.
+OUTPUT_ARGV = {
+    "qemu-test": ["--from", "{saved-output}"],
+    "accuracy": [],
+    "trace-replay": ["--from", "{nothing}"],
+    "matrix": ["--kernels", DEFAULT_KERNEL],
+    "lava-results": ["{cut.log}"],
+    "experiment": ["downfall"],
+}
+
+
+def _commands_with_output_options() -> list[str]:
+    return [c.name for c in cli.COMMANDS
+            if "--junit" in cli.parser(c.name)._subparsers._group_actions[0]
+            .choices[c.name]._option_string_actions]
+
+
+@pytest.mark.parametrize("option", ["--junit", "--ktap"])
+@pytest.mark.parametrize("target,words", [("{empty-dir}", ("a directory",)),
+                                          ("{nothing}/out", ("no such directory",))])
+def test_results_for_ci_into_a_place_that_is_no_file(option: str, target: str, words: tuple[str, ...],
+                                                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]):
+    """--junit/--ktap naming a directory, or a file in none: exit 2 before any work, every command."""
+    files = _bad_inputs(tmp_path)
+    commands = _commands_with_output_options()
+    assert set(commands) == set(OUTPUT_ARGV), "a command with --junit/--ktap has no case here"
+    for name in commands:
+        argv = [name, *OUTPUT_ARGV[name], option, target]
+        argv = [re.sub(r"\{([^}]+)\}", lambda m: str(files[m[1]]), a) for a in argv]
+        rc, err = run_cli(argv, cli.Guest(_no_guest, _no_guest), tmp_path, monkeypatch, capsys)
+        assert_clear_error(rc, err, errors.EXIT_USAGE, *words)
+        assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir()), \
+            f"{name}: a result was written before the argument was refused"
 
 
 class DamagedOutputSession:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from buddylab.ci import lava
 from buddylab.experiments import downfall
 from buddylab.kernel.recipe import load_kernel_pins
 from buddylab.report.output import add_output_options, outputs
-from buddylab.results import new_run_dir, write_json, write_text
+from buddylab.results import new_run_dir, output_file, write_json, write_text
 
 
 def add_job_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,6 +37,13 @@ def job_main(args: argparse.Namespace, recipe: str, memory_mib: int, cpus: int) 
 
     if args.url_base and not args.artifacts:
         raise errors.UsageError("--url-base names where --artifacts DIR is served; give --artifacts")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", args.device_type):
+        raise errors.UsageError(f"--device-type {args.device_type!r}: a device type name, e.g. qemu")
+    for name in (args.output, args.device):     # before the kernel is provisioned
+        if name:
+            output_file(name)
+    if args.artifacts is not None and args.artifacts.exists() and not args.artifacts.is_dir():
+        raise errors.UsageError(f"--artifacts {args.artifacts}: not a directory")
     prepared = prepare(pins=load_kernel_pins(recipe))
     kernel, initramfs = prepared.vmlinuz, prepared.image.initramfs
     if args.artifacts is not None:
@@ -63,9 +71,7 @@ def job_main(args: argparse.Namespace, recipe: str, memory_mib: int, cpus: int) 
 
 
 def _write(path: Path, text: str) -> None:
-    if not path.parent.is_dir():
-        raise errors.UsageError(f"{path}: no such directory")
-    write_text(path, text)
+    write_text(output_file(path), text)
 
 
 def add_results_arguments(p: argparse.ArgumentParser) -> None:

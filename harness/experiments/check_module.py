@@ -320,8 +320,10 @@ def run_check(req: CheckRequest, pins: object, run_dir: Path, progress: Progress
     # Input with nothing to check is a usage error before anything is provisioned or built.
     if req.path.is_dir():
         extbuild.read_build_files(req.path)
-    elif not req.path.is_file():
+    elif not req.path.exists():
         raise errors.UsageError(f"{req.path}: no such file or directory")
+    else:
+        elfcheck.require_elf_file(req.path)
     report = CheckReport(str(req.path), threshold=req.threshold)
     progress("provisioning the kernel and the instrument")
     prepared = prepare(pins=pins)  # type: ignore[arg-type]

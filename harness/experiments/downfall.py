@@ -441,9 +441,12 @@ def load(directory: Path) -> Report:
     path = directory / GUEST_OUTPUT if directory.is_dir() else directory
     if not path.is_file():
         raise SetupError(f"{directory}: no saved guest output ({GUEST_OUTPUT})")
-    report = analyse(path.read_text())
     first = path.with_name(RETRIED_OUTPUT)
-    return _retried(analyse(first.read_text()), report) if first.is_file() else report
+    try:
+        report = analyse(path.read_text())
+        return _retried(analyse(first.read_text()), report) if first.is_file() else report
+    except UnicodeDecodeError as e:
+        raise RecordError(f"{path}: the saved output is not text ({e.reason})") from None
 
 
 # --- what a run shows ---------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
-from buddylab.errors import SetupError
+from buddylab.errors import SetupError, UsageError
 
 # kernel/module.c: license_is_gpl_compatible()
 GPL_COMPATIBLE = frozenset(
@@ -184,6 +184,16 @@ def _modinfo_all(ko: Path) -> list[tuple[str, str]]:
         if sep:
             pairs.append((key, value))
     return pairs
+
+
+def require_elf_file(path: Path) -> None:
+    """Refuse a path that is no ELF file at all (a wrong argument), before any kernel is
+    provisioned; a damaged ELF file is for elf_report to judge."""
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file")
+    with path.open("rb") as f:
+        if f.read(4) != b"\x7fELF":
+            raise UsageError(f"{path}: not an ELF file (a .ko starts with \\x7fELF)")
 
 
 def elf_report(ko: Path, want_vermagic: str, symvers_text: str) -> ElfReport:

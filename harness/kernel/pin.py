@@ -24,6 +24,7 @@ from buddylab.kernel.aptindex import AptIndex, IndexEntry, inrelease_files, sign
 from buddylab.kernel.provision import DEBIAN_KEYRING, LocalApt, NotServed, sha256_of
 from buddylab.kernel.recipe import PinnedDeb
 from buddylab.paths import cache_dir, images_dir
+from buddylab.results import output_file, write_text
 
 # Which Debian release ships which kernel series (the suites to search).
 SERIES_CODENAMES = {"4.19": "buster", "5.10": "bullseye", "6.1": "bookworm", "6.12": "trixie"}
@@ -78,6 +79,14 @@ def pin(req: PinRequest) -> Pinned:
     images = [n for n, _ in req.specs if n.startswith("linux-image-")]
     if len(images) != 1:
         raise UsageError("name exactly one linux-image-* package (and its headers, -common, kbuild)")
+    # What the user named is checked before apt reads an index or downloads anything.
+    if req.name is not None:
+        _check_recipe_name(req.name)
+    if req.output is not None:
+        output_file(req.output)
+    for suite in req.suites or ():
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]*", suite):
+            raise UsageError(f"--suite {suite!r}: a suite name, e.g. bullseye-security")
     suites = req.suites or default_suites(images[0])
     apt = LocalApt(cache_dir() / "apt" / ("pin-" + "+".join(suites)), suites)
     apt.update()
@@ -117,12 +126,16 @@ def pin(req: PinRequest) -> Pinned:
     image = next(d for d in debs if d.name.startswith("linux-image-"))
     release = release_of(downloads / image.filename)
     name = req.name or f"debian-{release}"
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        raise UsageError(f"recipe name {name!r}: letters, digits, '.', '_' and '-' only")
+    _check_recipe_name(name)
     path = req.output or images_dir() / f"{name}.toml"
-    path.write_text(recipe_text(name, release, suites, image, [d for d in debs if d is not image],
+    write_text(path, recipe_text(name, release, suites, image, [d for d in debs if d is not image],
                                 signers, req.specs))
     return Pinned(name, path, release, suites, tuple(debs), signers)
+
+
+def _check_recipe_name(name: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise UsageError(f"recipe name {name!r}: letters, digits, '.', '_' and '-' only")
 
 
 def _deb_table(header: str, d: PinnedDeb) -> str:

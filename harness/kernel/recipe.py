@@ -113,6 +113,8 @@ def load_kernel_pins(name: str = DEFAULT_KERNEL) -> KernelPins:
             data = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise SetupError(f"{path}: not a TOML file ({e})") from None
+    except UnicodeDecodeError as e:
+        raise SetupError(f"{path}: not a TOML file (not UTF-8 text: {e.reason})") from None
     try:
         kind = data.get("kind", "debian")
         if kind not in KINDS:

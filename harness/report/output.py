@@ -21,7 +21,7 @@ from pathlib import Path
 from buddylab import errors
 from buddylab.report import junit, ktap
 from buddylab.report.model import Suite, exit_code
-from buddylab.results import write_json, write_text
+from buddylab.results import output_file, write_json, write_text
 
 
 def add_output_options(p: argparse.ArgumentParser) -> None:
@@ -53,9 +53,7 @@ def write_outputs(suites: Sequence[Suite], run_dir: Path | None, ktap_to: str | 
 
 
 def _write_file(path: Path, text: str) -> None:
-    if not path.parent.is_dir():
-        raise errors.UsageError(f"{path}: no such directory")
-    write_text(path, text)
+    write_text(output_file(path), text)
 
 
 class Outputs:
@@ -70,8 +68,8 @@ class Outputs:
         self.finished = False
         self._stdout = sys.stdout
         for target in (self.ktap_to, self.junit_to):
-            if target and target != "-" and not Path(target).parent.is_dir():
-                raise errors.UsageError(f"{target}: no such directory")
+            if target and target != "-":
+                output_file(target)
 
     def finish(self, suites: Sequence[Suite], run_dir: Path | None, group_kernels: bool = False) -> int:
         """Write every format; the exit code the suites call for (0, or 1 if a check failed)."""
