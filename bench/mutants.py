@@ -14,13 +14,18 @@ links to harness/; its pyproject.toml is the repository's with the group's
 group retests only what changed; --survivors retests the mutants that survived
 or had no test (after new tests: mutmut keeps a verdict otherwise).
 
-    bench/mutants.py [GROUP ...] [--jobs N] [--survivors]   (default: every group, 2 jobs)
+    bench/mutants.py [GROUP ...] [--jobs N] [--survivors] [--sample N [--seed S]] [--write FILE]
+
+(default: every group, 2 jobs, every mutant).  --sample N tests at most N
+mutants of each module, the same ones for the same seed, so that a module too
+big to finish in a session is measured on a fixed draw and said to be sampled.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -31,17 +36,21 @@ BUILD = ROOT / "build" / "mutmut"
 # group -> (files mutated, relative to harness/; host test files run on them)
 GROUPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "kmod": (("records/kmod.py",), ("test_kmodrec.py", "test_chapter8.py")),
-    "procfs": (("records/procfs.py",), ("test_procfs.py",)),
+    "procfs": (("records/procfs.py",), ("test_procfs.py", "test_watermarks.py")),
     "traces": (("records/kmemtrace.py", "models/kmem_replay.py", "models/synthetic_trace.py"),
-               ("test_replay.py",)),
+               ("test_replay.py", "test_zone_edge.py")),
     "slab": (("records/kasan.py", "records/slabinfo.py"),
              ("test_slab_oob.py", "test_chapter8.py")),
-    "pagemodel": (("models/pagemodel.py",), ("test_buddy.py", "test_zone_edge.py")),
+    "pagemodel": (("models/pagemodel.py",),
+                  ("test_buddy.py", "test_zone_edge.py", "test_watermarks.py")),
+    "pagemodel61": (("models/pagemodel61.py",), ("test_model61.py",)),
     "counts": (("models/counts.py", "models/textbook.py", "allocator.py"), ("test_model.py",)),
     "kernel_state": (("models/kernel_state.py",), ("test_kernel_state.py", "test_zone_edge.py")),
     "scoring": (("models/operations.py", "models/versions.py",
                  "experiments/accuracy/scoring.py"),
-                ("test_experiments_saved.py", "test_versions.py")),
+                ("test_experiments_saved.py", "test_versions.py", "test_model61.py",
+                 "test_watermarks.py")),
+    "placement": (("experiments/accuracy/placement.py",), ("test_two_cpu_placement.py",)),
 }
 
 # Renders a PNG for a minute from parsers test_kmodrec.py covers.
@@ -82,11 +91,43 @@ def prepare(group: str) -> Path:
     return tree
 
 
-def survivors(mutmut: Path, tree: Path) -> list[str]:
+def statuses(mutmut: Path, tree: Path) -> dict[str, str]:
+    """Every mutant of a tree and its status ("not checked" until it has run)."""
     out = subprocess.run([str(mutmut), "results", "--all", "true"], cwd=tree,
                          capture_output=True, text=True, check=True).stdout
-    return [name.strip() for name, _, status in (line.rpartition(": ") for line in out.splitlines())
-            if status in ("survived", "no tests")]
+    return {name.strip(): status
+            for name, sep, status in (line.rpartition(": ") for line in out.splitlines())
+            if sep and "__mutmut_" in name}
+
+
+def module_of(mutant: str) -> str:
+    return mutant.partition("__mutmut_")[0].rpartition(".")[0]
+
+
+def generate(mutmut: Path, tree: Path) -> None:
+    """Make a tree's mutants and its test map without testing any mutant.
+
+    `mutmut run` has no switch for that: a filter that matches no mutant stops
+    it right after it has made the mutants and run the tests once to map them
+    (an assertion, its output hidden here).
+    """
+    subprocess.run([str(mutmut), "run", "--max-children", "2", "no-such-mutant"], cwd=tree,
+                   capture_output=True, text=True)
+    if not statuses(mutmut, tree):
+        raise SystemExit(f"{tree}: mutmut made no mutants")
+
+
+def sample(names: list[str], size: int, seed: int) -> list[str]:
+    """At most `size` mutants of each module, drawn with a fixed seed (the same draw each run)."""
+    by_module: dict[str, list[str]] = {}
+    for name in sorted(names):
+        by_module.setdefault(module_of(name), []).append(name)
+    picked: list[str] = []
+    for module in sorted(by_module):
+        group = by_module[module]
+        picked += group if len(group) <= size else random.Random(f"{seed}:{module}").sample(
+            group, size)
+    return picked
 
 
 def main() -> int:
@@ -96,6 +137,12 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=2, help="mutants tested at once (default 2)")
     ap.add_argument("--survivors", action="store_true",
                     help="retest only the mutants that survived or had no test")
+    ap.add_argument("--sample", type=int, metavar="N",
+                    help="test at most N mutants of each module, drawn with --seed "
+                         "(the others stay 'not checked'; the score table says 'sampled')")
+    ap.add_argument("--seed", type=int, default=1, help="seed of --sample's draw (default 1)")
+    ap.add_argument("--write", type=Path, metavar="FILE",
+                    help="also write the score table to FILE (bench/mutation_score.py --write)")
     args = ap.parse_args()
     unknown = [g for g in args.groups if g not in GROUPS]
     if unknown:
@@ -105,13 +152,22 @@ def main() -> int:
     for group in args.groups or list(GROUPS):
         tree = prepare(group)
         print(f"== {group}: {' '.join(GROUPS[group][0])}", flush=True)
-        names = survivors(mutmut, tree) if args.survivors else []
+        names: list[str] = []
+        if args.sample is not None:
+            generate(mutmut, tree)
+            names = sample(list(statuses(mutmut, tree)), args.sample, args.seed)
+        if args.survivors:
+            left = {n for n, s in statuses(mutmut, tree).items() if s in ("survived", "no tests")}
+            names = [n for n in names if n in left] if args.sample is not None else sorted(left)
         if not args.survivors or names:
             subprocess.run([str(mutmut), "run", "--max-children", str(args.jobs), *names],
                            cwd=tree, check=True)
         trees.append(str(tree))
+    write = ["--write", str(args.write)] if args.write else []
+    if args.sample is not None:
+        write += ["--sample", str(args.sample), "--seed", str(args.seed)]
     return subprocess.run([sys.executable, str(ROOT / "bench" / "mutation_score.py"),
-                           *trees]).returncode
+                           *write, *trees]).returncode
 
 
 if __name__ == "__main__":
