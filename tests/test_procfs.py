@@ -339,3 +339,130 @@ def test_zoneinfo_malformed():
                                          "protection: 0, 446"), 47, "protection")
     _raises(parse_zoneinfo, good.replace("protection: (0, 446,", "protection: (0, x,"),
             47, "x")
+
+
+# Each rejection says why and names its line exactly: the message is what a user reads
+# (exit 6), the line number and the line are what they look for in the capture.
+def _rejects(parser, text: str, lineno: int, message: str) -> None:
+    with pytest.raises(ProcParseError) as info:
+        parser(text)
+    err = info.value
+    assert (err.message, err.lineno) == (message, lineno), str(err)
+    assert err.line == text.splitlines()[lineno - 1].rstrip()
+    assert str(err) == f"line {lineno}: {message}: {err.line!r}"
+
+
+def _pti_with(text: str, old: str, new: str, nth: int = 1) -> tuple[str, int]:
+    """`text` with the nth occurrence of line `old` replaced by `new`, and its line number."""
+    lines = text.splitlines(keepends=True)
+    at = [i for i, ln in enumerate(lines) if ln.rstrip() == old.rstrip()][nth - 1]
+    lines[at] = new + "\n"
+    return "".join(lines), at + 1
+
+
+def test_empty_input_is_refused_by_every_parser():
+    for parser in (parse_buddyinfo, parse_pagetypeinfo, parse_zoneinfo):
+        with pytest.raises(ProcParseError) as info:
+            parser(" \n\n")
+        assert (info.value.message, info.value.lineno) == ("empty input", 1)
+
+
+def test_buddyinfo_rejections_say_why():
+    good = _text("buddyinfo", "5.10-512m-1cpu")
+    _rejects(parse_buddyinfo, "zone DMA 1 2 3\n", 1, "expected 'Node N, zone NAME counts...'")
+    _rejects(parse_buddyinfo, good.replace(" 105 ", " ten "), 2, "expected integers")
+    one_short = good.splitlines()[1].rsplit(None, 1)[0] + " \n"
+    _rejects(parse_buddyinfo, good.splitlines(True)[0] + one_short, 2,
+             "10 orders, previous rows had 11")
+
+
+def test_pagetypeinfo_sections_of_two_nodes_must_agree():
+    """pagetypeinfo_showfree() and pagetypeinfo_showblockitems() print the page block
+    order, the order header and the migratetype names once per node: they must agree."""
+    text, at = _pti_with(NUMA_PTI, "Page block order: 9", "Page block order: 10", 2)
+    _rejects(parse_pagetypeinfo, text, at, "pageblock order 10 differs from earlier 9")
+    text, at = _pti_with(NUMA_PTI, "Pages per block:  512", "Pages per block:  256", 2)
+    _rejects(parse_pagetypeinfo, text, at, "pages per block 256 differs from earlier 512")
+    header = "Free pages count per migrate type at order       0      1      2"
+    text, at = _pti_with(NUMA_PTI, header, header.rsplit(None, 1)[0], 2)
+    _rejects(parse_pagetypeinfo, text, at, "order count 2 differs from earlier 3")
+    blocks = "Number of blocks type     Unmovable      Movable          CMA "
+    text, at = _pti_with(NUMA_PTI, blocks, "Number of blocks type     Unmovable      Movable", 2)
+    _rejects(parse_pagetypeinfo, text, at, "migratetypes ('Unmovable', 'Movable') differ from "
+                                           "('Unmovable', 'Movable', 'CMA')")
+
+
+def test_pagetypeinfo_rejections_say_why():
+    good = _text("pagetypeinfo", "5.10-512m-1cpu")
+    lines = good.splitlines(keepends=True)
+    # a repeated free-list row and a repeated block-table row
+    _rejects(parse_pagetypeinfo, "".join(lines[:6] + lines[5:]), 7, "duplicate row")
+    _rejects(parse_pagetypeinfo, "".join(lines + lines[-1:]), len(lines) + 1, "duplicate row")
+    _rejects(parse_pagetypeinfo, "".join(lines[:3] + ["what is this\n"] + lines[3:]), 4,
+             "unrecognised line")
+    # the free-list header with no 'Page block order' / 'Pages per block' before it
+    _rejects(parse_pagetypeinfo, "".join(lines[2:]), 2,
+             "free-list header before 'Page block order'")
+    _rejects(parse_pagetypeinfo, good.replace("Pages per block:  512", "Pages per block:  500"),
+             2, "pages per block is not 2**9")
+    # cut before DMA32's block row: its free lists have no pageblock counts
+    _rejects(parse_pagetypeinfo, "".join(lines[:-1]), len(lines) - 1,
+             "truncated: block table lacks [(0, 'DMA32')]")
+    # free lists of a migratetype the block table does not name
+    text = good.replace("zone    DMA32, type      Isolate", "zone    DMA32, type          CMA")
+    _rejects(parse_pagetypeinfo, text, len(lines),
+             "free-list types ['CMA', 'HighAtomic', 'Isolate', 'Movable', 'Reclaimable', "
+             "'Unmovable'] not in header ('Unmovable', 'Movable', 'Reclaimable', 'HighAtomic', "
+             "'Isolate')")
+
+
+def test_pagetypeinfo_without_free_lists_is_truncated():
+    """The block table alone (the free-list section lost): no order count, refused."""
+    lines = _text("pagetypeinfo", "5.10-512m-1cpu").splitlines(keepends=True)
+    text = "".join(lines[:3] + lines[15:])
+    _rejects(parse_pagetypeinfo, text, len(text.splitlines()),
+             "truncated: no 'Number of blocks type' table")
+
+
+def test_zoneinfo_rejections_say_why():
+    good = _text("zoneinfo", "5.10-512m-1cpu")
+    lines = good.splitlines(keepends=True)
+    free_at = next(i for i, ln in enumerate(lines) if ln.strip().startswith("pages free"))
+    # "pagesets" before the zone's watermarks: zoneinfo_show_print() (mm/vmstat.c) prints
+    # "pages free", the watermarks and protection first
+    _rejects(parse_zoneinfo, "".join(lines[:free_at] + ["  pagesets\n"] + lines[free_at:]),
+             free_at + 1, "pagesets before 'pages free'")
+    _rejects(parse_zoneinfo, "".join(lines[:free_at] + ["        protection: (0, 1)\n"]
+                                     + lines[free_at:]),
+             free_at + 1, "protection outside the zone block")
+    _rejects(parse_zoneinfo, "".join(lines[:free_at + 1] + lines[free_at:]), free_at + 2,
+             "unexpected 'pages free'")
+    _rejects(parse_zoneinfo, "".join(lines[:free_at + 2] + lines[free_at + 1:]), free_at + 3,
+             "duplicate min")
+    _rejects(parse_zoneinfo, "  nr_free_pages 1\n" + good, 1,
+             "expected 'Node N, zone NAME' header")
+    # a populated zone whose tail (start_pfn) is lost: named at its header line
+    start_pfn = next(i for i, ln in enumerate(lines) if "start_pfn" in ln)
+    _rejects(parse_zoneinfo, "".join(lines[:start_pfn]), 1, "zone lacks ['start_pfn']")
+
+
+def test_each_inconsistency_is_named():
+    buddy, pti, zones = _all("5.10-512m-1cpu")
+    assert check_consistency(buddy, pti, zones, tolerance=0.01) == []
+    assert check_consistency(buddy + buddy[:1]) == ["buddyinfo: duplicate zones"]
+    short = replace(buddy[1], free=buddy[1].free[:-1])
+    assert check_consistency([buddy[0], short]) == [
+        "buddyinfo: rows disagree on the number of orders"]
+    no_dma32 = replace(pti, blocks={k: v for k, v in pti.blocks.items() if k[1] != "DMA32"})
+    assert check_consistency(None, no_dma32) == [
+        "pagetypeinfo: free-list zones [(0, 'DMA'), (0, 'DMA32')] != block-table zones "
+        "[(0, 'DMA')]"]
+    assert "buddyinfo and pagetypeinfo list different zones" in check_consistency(
+        buddy[:1], pti)
+    # managed <= present <= spanned: mm/page_alloc.c v5.10, calculate_node_totalpages() sets
+    # present to spanned less the holes; free_area_init_core() starts managed at present less
+    # the memmap and the DMA reserve.
+    for field_, value in (("present", zones[1].spanned + 1), ("managed", zones[1].present + 1)):
+        bad = replace(zones[1], **{field_: value})
+        assert check_consistency(zones=[zones[0], bad]) == [
+            "zoneinfo: 0/DMA32 managed <= present <= spanned violated"], field_
