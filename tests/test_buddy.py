@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from buddylab.models.pagemodel import (HIGHATOMIC, ISOLATE, MAX_ORDER, MOVABLE, PAGEBLOCK_PAGES,
                                        PCP_TYPES, RECLAIMABLE, UNMOVABLE, Allocation, FreeList,
-                                       ModelError, Pcp, Unknowable, Zone, alloc_pages_exact,
+                                       Event, ModelError, Pcp, Unknowable, Zone, alloc_pages_exact,
                                        free_pages_exact, pfn_ranges_overlap)
 
 ZONE_PAGES = 8192  # eight order-10 blocks, sixteen pageblocks
@@ -443,3 +443,27 @@ def test_pfn_ranges_overlap_names_the_first_overlapping_pair():
     assert pfn_ranges_overlap([(16, 4), (0, 3), (4, 0)]) == (0, 4)
     assert pfn_ranges_overlap([(0, 0), (0, 0)]) == (0, 0)
     assert pfn_ranges_overlap([(7, 0), (8, 0), (9, 0), (8, 1)]) == (8, 8)
+
+
+def test_the_events_a_replay_compares_are_those_the_kernel_traces():
+    """alloc_pages_exact(132 KiB): mm_page_alloc_zone_locked for the order-6 take (from the
+    order-10 block), then make_alloc_exact() frees pages 33..63 one by one, in that order:
+    an order-0 mm_page_free each, filed under the pageblock's type (mm/page_alloc.c v5.10)."""
+    zone = fresh_zone()
+    zone.record_events = True
+    a = alloc_pages_exact(zone, 132 * 1024, UNMOVABLE)
+    assert a is not None
+    assert zone.events == [Event("zone_locked", 0, 6, UNMOVABLE, "from order 10")] + [
+        Event("free", pfn, 0, UNMOVABLE) for pfn in range(33, 64)]
+
+
+def test_alloc_pages_exact_with_alloc_harder_reserves_the_pageblock_as_highatomic():
+    """rmqueue() after an ALLOC_HARDER order > 0 success: reserve_highatomic_pageblock()
+    turns the block's pageblock HighAtomic (within 1 % of managed plus one pageblock)."""
+    zone = fresh_zone()
+    a = alloc_pages_exact(zone, 132 * 1024, UNMOVABLE, harder=True)
+    assert a is not None and a.pfn == 0
+    assert zone.pageblock_type(0) == HIGHATOMIC and zone.nr_reserved_highatomic == PAGEBLOCK_PAGES
+    plain = fresh_zone()
+    alloc_pages_exact(plain, 132 * 1024, UNMOVABLE)
+    assert plain.pageblock_type(0) == UNMOVABLE and plain.nr_reserved_highatomic == 0
