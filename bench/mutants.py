@@ -24,8 +24,11 @@ big to finish in a session is measured on a fixed draw and said to be sampled.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import random
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -118,16 +121,68 @@ def generate(mutmut: Path, tree: Path) -> None:
 
 
 def sample(names: list[str], size: int, seed: int) -> list[str]:
-    """At most `size` mutants of each module, drawn with a fixed seed (the same draw each run)."""
+    """The first `size` mutants of each module in an order shuffled with a fixed seed.
+
+    The same draw each run, and a larger sample holds every mutant of a smaller one.
+    """
     by_module: dict[str, list[str]] = {}
     for name in sorted(names):
         by_module.setdefault(module_of(name), []).append(name)
     picked: list[str] = []
     for module in sorted(by_module):
         group = by_module[module]
-        picked += group if len(group) <= size else random.Random(f"{seed}:{module}").sample(
-            group, size)
+        random.Random(f"{seed}:{module}").shuffle(group)
+        picked += group[:size]
     return picked
+
+
+def _mutant_workers(root: int) -> list[tuple[int, float]]:
+    """(pid, seconds running) of each mutmut worker ("mutmut: NAME") under process `root`."""
+    parent: dict[int, int] = {}
+    started: dict[int, float] = {}
+    names: dict[int, str] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            names[int(d.name)] = (d / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat.rpartition(")")[2].split()
+        parent[int(d.name)] = int(fields[1])
+        started[int(d.name)] = int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    found = []
+    for pid, name in names.items():
+        if not name.startswith("mutmut: "):
+            continue
+        up = pid
+        while up > 1 and up != root:
+            up = parent.get(up, 1)
+        if up == root:
+            found.append((pid, uptime - started[pid]))
+    return found
+
+
+def run_mutmut(argv: list[str], tree: Path, wall_timeout: float) -> None:
+    """`mutmut run`, with each mutant's tests stopped after `wall_timeout` seconds.
+
+    mutmut's own limit is CPU time (SIGXCPU at about 30 times the tests' time): on a
+    machine shared and niced, a mutant that loops gets a few percent of a core and
+    takes half an hour to reach it.  The same signal after a wall-clock limit makes
+    it a timeout, as mutmut would have counted it.
+    """
+    proc = subprocess.Popen(argv, cwd=tree)
+    while proc.poll() is None:
+        for pid, age in _mutant_workers(proc.pid):
+            if age > wall_timeout:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGXCPU)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(argv[:2])} failed in {tree} (exit {proc.returncode})")
 
 
 def main() -> int:
@@ -141,6 +196,9 @@ def main() -> int:
                     help="test at most N mutants of each module, drawn with --seed "
                          "(the others stay 'not checked'; the score table says 'sampled')")
     ap.add_argument("--seed", type=int, default=1, help="seed of --sample's draw (default 1)")
+    ap.add_argument("--wall-timeout", type=float, default=180, metavar="S",
+                    help="stop a mutant's tests after S seconds of wall time: a timeout "
+                         "(default 180; mutmut's own limit is CPU time)")
     ap.add_argument("--write", type=Path, metavar="FILE",
                     help="also write the score table to FILE (bench/mutation_score.py --write)")
     args = ap.parse_args()
@@ -160,8 +218,8 @@ def main() -> int:
             left = {n for n, s in statuses(mutmut, tree).items() if s in ("survived", "no tests")}
             names = [n for n in names if n in left] if args.sample is not None else sorted(left)
         if not args.survivors or names:
-            subprocess.run([str(mutmut), "run", "--max-children", str(args.jobs), *names],
-                           cwd=tree, check=True)
+            run_mutmut([str(mutmut), "run", "--max-children", str(args.jobs), *names], tree,
+                       args.wall_timeout)
         trees.append(str(tree))
     write = ["--write", str(args.write)] if args.write else []
     if args.sample is not None:

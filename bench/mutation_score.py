@@ -21,6 +21,8 @@ import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from mutants import module_of, sample   # bench/ is the script's directory, on sys.path
+
 ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = ("killed", "survived", "timeout", "suspicious", "segfault", "no tests", "skipped",
            "not checked")
@@ -31,21 +33,27 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
     ap.add_argument("trees", nargs="*", type=Path, metavar="TREE")
     ap.add_argument("--write", type=Path, metavar="FILE", help="also write the table to FILE")
-    ap.add_argument("--sample", type=int, metavar="N", help="the sample size the run used")
-    ap.add_argument("--seed", type=int, help="the sample's seed")
+    ap.add_argument("--sample", type=int, metavar="N",
+                    help="count only the draw of bench/mutants.py --sample N (others: not checked)")
+    ap.add_argument("--seed", type=int, default=1, help="the draw's seed (default 1)")
     args = ap.parse_args()
     mutmut = Path(sys.executable).parent / "mutmut"
     trees = args.trees or sorted(p.parent for p in (ROOT / "build" / "mutmut").glob("*/mutants"))
     out = "".join(subprocess.run([str(mutmut), "results", "--all", "true"], cwd=tree,
                                  capture_output=True, text=True, check=True).stdout
                   for tree in trees)
-    by_module: dict[str, Counter[str]] = defaultdict(Counter)
+    statuses = {}
     for line in out.splitlines():
         key, sep, status = line.strip().rpartition(": ")
-        if not sep or "__mutmut_" not in key:
-            continue
-        module = key.partition("__mutmut_")[0].rpartition(".")[0]
-        by_module[module][status] += 1
+        if sep and "__mutmut_" in key:
+            statuses[key] = status
+    if args.sample is not None:
+        # Only the draw counts: a tree keeps the verdicts of earlier runs on other mutants.
+        drawn = set(sample(list(statuses), args.sample, args.seed))
+        statuses = {k: v if k in drawn else "not checked" for k, v in statuses.items()}
+    by_module: dict[str, Counter[str]] = defaultdict(Counter)
+    for key, status in statuses.items():
+        by_module[module_of(key)][status] += 1
     if not by_module:
         print("mutmut has no results (run `make mutants` first)", file=sys.stderr)
         return 1

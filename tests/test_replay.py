@@ -9,8 +9,9 @@ import pytest
 
 from buddylab.models import kernel_state
 from buddylab.models import synthetic_trace
-from buddylab.models.kmem_replay import KmemTraceReplayer
-from buddylab.records.kmemtrace import TraceParseError, parse_trace
+from buddylab.models.kmem_replay import (KmemTraceReplayer, ReplayReport, _batched_frees,
+                                         _migratetype, _reorderings)
+from buddylab.records.kmemtrace import TraceEvent, TraceParseError, parse_trace
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -169,3 +170,121 @@ def test_the_order_search_keeps_a_free_before_its_cpus_next_event():
     zone, events = _late_free_trace(cpu1_busy=True)
     searched = KmemTraceReplayer([zone]).replay(events, search=8)
     assert searched.mismatch_count == 1 and searched.reordered == []
+
+
+# --- the parser, column by column -------------------------------------------------
+
+def test_parse_keeps_every_column_of_a_real_line():
+    """The capture's first two events (2-CPU 5.10 guest, tests/fixtures/trace): task, pid,
+    CPU, irq flags, stamp, and every integer field of kmem.h's print format but page=."""
+    text = (FIXTURES / "trace" / "kmem-workload-5.10-2cpu.txt").read_text()
+    locked, alloc = parse_trace(text)[:2]
+    assert locked == TraceEvent(1, 2.261329, "sh", 101, "mm_page_alloc_zone_locked",
+                                {"pfn": 129568, "order": 3, "migratetype": 0, "percpu_refill": 0},
+                                "", "d...")
+    assert (alloc.name, alloc.fields, alloc.flags) == (
+        "mm_page_alloc", {"pfn": 129568, "order": 3, "migratetype": 0}, "....")
+    assert alloc.gfp == ("__GFP_IO|__GFP_FS|__GFP_NOWARN|__GFP_NORETRY|__GFP_COMP|"
+                         "__GFP_NOMEMALLOC")
+
+
+def test_parse_keeps_compaction_and_reclaim_events_by_name_only():
+    """vmscan.h's mm_vmscan_kswapd_wake prints "nid=%d order=%d": kept with its CPU, stamp
+    and task, no fields (the model cannot follow reclaim); kswapd's sleep names nothing."""
+    text = ("         kswapd0-30      [001] ....     5.000001: mm_vmscan_kswapd_wake: nid=0 order=3\n"
+            "         kswapd0-30      [001] ....     5.000002: mm_vmscan_kswapd_sleep: nid=0\n")
+    assert parse_trace(text) == [TraceEvent(1, 5.000001, "kswapd0", 30, "mm_vmscan_kswapd_wake",
+                                            {}, "", "....")]
+
+
+def test_parse_errors_name_the_line_and_why():
+    good = "              sh-101     [001] ....     2.261957: mm_page_alloc: pfn=1 order=0 migratetype=0\n"
+    # header lines, indented or not, and blank lines are no events
+    assert len(parse_trace("# tracer: nop\n   #\n\n" + good)) == 1
+    with pytest.raises(TraceParseError) as info:
+        parse_trace("# tracer: nop\n" + good + "garbage\n")
+    assert (str(info.value), info.value.lineno) == ("line 3: not a trace line: 'garbage'", 3)
+    no_value, no_order = good.replace("order=0", "order"), good.replace(" order=0", "")
+    with pytest.raises(TraceParseError) as info:
+        parse_trace(no_value)
+    assert str(info.value) == f"line 1: field without '=': 'order': {no_value.rstrip()!r}"
+    with pytest.raises(TraceParseError) as info:
+        parse_trace(no_order)
+    assert str(info.value) == f"line 1: mm_page_alloc lacks order: {no_order.rstrip()!r}"
+    # without tracefs's irq-info option a line has no flags column: no interrupt context
+    (plain,) = parse_trace(good.replace(" ....  ", " "))
+    assert (plain.cpu, plain.flags, plain.in_interrupt) == (1, "", False)
+
+
+def test_a_migratetype_number_the_model_does_not_know_is_named():
+    """5.10's MIGRATE_TYPES without CMA is 5 (Unmovable .. Isolate): a 5 is no index."""
+    assert [_migratetype(n) for n in (0, 4, 5, -1)] == ["Unmovable", "Isolate", "type5", "type-1"]
+
+
+# --- the order search of two CPUs' events -----------------------------------------
+
+def _ev(cpu: int, ts: float, name: str, pfn: int, order: int = 0, flags: str = "....") -> TraceEvent:
+    return TraceEvent(cpu, ts, "sh", 100 + cpu, name, {"pfn": pfn, "order": order, "migratetype": 1},
+                      "", flags)
+
+
+def test_events_of_another_cpu_with_the_takes_stamp_are_moved_across_it():
+    """trace_clock_global() (kernel/trace/trace_clock.c) clamps a lagging CPU's stamp to
+    the last one handed out; the `trace` file lists equal stamps lower CPU first.  Only
+    events that change the buddy lists are worth a new order, and only those that share
+    the take's stamp move."""
+    d0 = _ev(1, 0.5, "mm_page_pcpu_drain", 9)
+    d1 = _ev(1, 0.7, "mm_page_pcpu_drain", 8)
+    drain = _ev(1, 1.0, "mm_page_pcpu_drain", 10)
+    alloc1 = _ev(1, 1.0, "mm_page_alloc", 11)
+    take = _ev(0, 1.0, "mm_page_alloc_zone_locked", 20, 1)
+    free = _ev(1, 1.0, "mm_page_free", 30, 1)
+    alloc2 = _ev(1, 1.0, "mm_page_alloc", 31)
+    later = _ev(1, 2.0, "mm_page_alloc", 32)
+    order = [d0, d1, drain, alloc1, take, free, alloc2, later]
+    assert _reorderings(order, 4, 64) == [
+        (4, [d0, d1, drain, alloc1, free, take, alloc2, later],
+         "1 event(s) of cpu 1 with the same stamp put before it"),
+        (2, [d0, d1, take, drain, alloc1, free, alloc2, later],
+         "2 event(s) of cpu 1 with the same stamp put after it"),
+    ]
+    assert len(_reorderings(order, 4, 2)) == 1          # half the limit for each direction
+
+
+def test_a_free_in_flight_lands_up_to_its_cpus_next_task_event():
+    """An order > 0 free fires in free_pages_prepare(), before free_one_page() files it
+    under zone->lock: it may land after any later list event of another CPU, up to its own
+    CPU's next event in task context (voluntary preemption: nothing else runs there)."""
+    free = _ev(1, 0.9, "mm_page_free", 40, 2)
+    other = _ev(0, 0.95, "mm_page_alloc_zone_locked", 50)
+    take = _ev(0, 1.0, "mm_page_alloc_zone_locked", 60, 3)
+    nxt = _ev(1, 1.1, "mm_page_alloc", 70)
+    assert _reorderings([free, other, take, nxt], 2, 64) == [
+        (0, [other, take, free, nxt], "free of pfn 40 order 2 on cpu 1 (0.900000) landed after "
+                                      "mm_page_alloc_zone_locked pfn 60 (1.000000)"),
+        (0, [other, free, take, nxt], "free of pfn 40 order 2 on cpu 1 (0.900000) landed after "
+                                      "mm_page_alloc_zone_locked pfn 50 (0.950000)"),
+    ]
+    # its CPU ran a task-context event before the take: it had landed by then
+    assert _reorderings([free, _ev(1, 0.92, "mm_page_alloc", 71), other, take], 3, 64) == []
+    # an interrupt on its CPU does not bound it
+    irq = _ev(1, 0.92, "mm_page_alloc", 71, flags="..s.")
+    assert [c for _, c, _ in _reorderings([free, irq, other, take], 3, 64)] == [
+        [irq, other, take, free], [irq, other, free, take]]
+
+
+def test_a_mismatch_is_counted_past_the_fifty_it_keeps():
+    report = ReplayReport()
+    for n in range(60):
+        report.mismatch(f"take {n}")
+    assert report.mismatch_count == 60 and report.mismatches == [f"take {n}" for n in range(50)]
+
+
+def test_an_order_0_free_is_filed_at_its_batched_free_on_the_same_cpu():
+    """free_unref_page_list() traces mm_page_free for each page, then mm_page_free_batched
+    when it files it; an allocation of the page in between ends that."""
+    f1, f2, f3 = (_ev(0, 1.0, "mm_page_free", p) for p in (1, 2, 3))
+    events = [f1, f2, f3, _ev(0, 1.1, "mm_page_free_batched", 1),
+              _ev(1, 1.1, "mm_page_free_batched", 2),            # another CPU's page 2
+              _ev(0, 1.2, "mm_page_alloc", 3), _ev(0, 1.3, "mm_page_free_batched", 3)]
+    assert _batched_frees(events) == {id(f1)}
