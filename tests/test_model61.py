@@ -12,7 +12,7 @@ from buddylab.errors import RecordError
 from buddylab.experiments.accuracy.guestrun import Chunk
 from buddylab.experiments.accuracy.scoring import Accuracy, evaluate
 from buddylab.experiments.accuracy.workload import command_args
-from buddylab.models import kernel_state, operations, pagemodel61
+from buddylab.models import kernel_state, operations, pagemodel, pagemodel61
 from buddylab.models.pagemodel61 import Pcp61, Zone61
 from buddylab.records import kmod
 
@@ -130,3 +130,56 @@ def test_6_1_does_not_merge_a_highatomic_pageblock_with_a_movable_one():
     z.add_free(4608, 9, "Movable")
     assert z.free_one(4096, 9, "HighAtomic") == 4096
     assert z.free[4096] == (9, "HighAtomic") and z.free[4608] == (9, "Movable")
+
+
+def _zone61(high: int = 186, batch: int = 31) -> Zone61:
+    """Four order-10 blocks, all Movable pageblocks, one CPU's lists."""
+    zone = Zone61("DMA32", 0, 4096)
+    zone.managed = 4096
+    for pfn in range(0, 4096, 1 << 10):
+        for pb in range(pfn, pfn + (1 << 10), pagemodel.PAGEBLOCK_PAGES):
+            zone.set_pageblock_type(pb, "Movable")
+        zone.add_free(pfn, 10, "Movable", tail=True)
+    zone.pcp[0] = zone.new_pcp(high, batch)
+    return zone
+
+
+def test_nr_pcp_free_raises_free_factor_only_while_the_batch_is_below_its_ceiling():
+    """nr_pcp_free() (6.1 mm/page_alloc.c): `if (batch < max_nr_free) pcp->free_factor++`."""
+    pcp = Pcp61(62, 31)                       # max_nr_free = high - batch = 31 = batch
+    assert Zone61._nr_pcp_free(pcp, 62, False) == 31 and pcp.free_factor == 0
+
+
+def test_a_drain_of_one_page_frees_the_oldest_page_of_the_list():
+    """free_pcppages_bulk() frees `count` pages, each from the list's tail (the oldest)."""
+    zone = _zone61()
+    assert zone.alloc(0, "Movable") == 0      # a refill: pages 1..30 left on the list
+    lst = zone.pcp[0].lists[pagemodel61.order_to_pindex("Movable", 0)]
+    oldest = lst[-1][0]
+    zone.free_pcppages_bulk(0, 1)
+    assert zone.pcp[0].count == 29 and oldest not in [p for p, _ in lst] and oldest in zone.free
+
+
+def test_a_free_into_an_isolated_pageblock_skips_the_per_cpu_lists():
+    """free_unref_page(): an Isolate pageblock's page goes to the buddy lists as Isolate."""
+    zone = _zone61()
+    pfn = zone.alloc(1, "Movable")
+    assert pfn is not None
+    zone.set_pageblock_type(pfn, pagemodel.ISOLATE)
+    count = zone.pcp[0].count
+    zone.free_unref_page(pfn, 0, order=1)
+    assert zone.pcp[0].count == count
+    merged = next(p for p, (o, mt) in zone.free.items() if p <= pfn < p + (1 << o))
+    assert zone.free[merged][1] == pagemodel.ISOLATE
+
+
+def test_alloc_pages_exact_frees_its_tail_past_the_per_cpu_lists_and_traces_each_page():
+    """6.1's make_alloc_exact(): __free_pages_ok(page, 0, FPI_TO_TAIL) for pages 33..63, in
+    order, an order-0 mm_page_free each; the per-CPU lists stay empty."""
+    zone = _zone61()
+    zone.record_events = True
+    a = pagemodel.alloc_pages_exact(zone, 132 * 1024, "Movable")
+    assert a is not None and a.pfn == 0
+    assert [e for e in zone.events if e.kind == "free"] == [
+        pagemodel.Event("free", pfn, 0, "Movable") for pfn in range(33, 64)]
+    assert zone.pcp[0].count == 0
