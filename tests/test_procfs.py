@@ -405,6 +405,8 @@ def test_pagetypeinfo_rejections_say_why():
              "free-list header before 'Page block order'")
     _rejects(parse_pagetypeinfo, good.replace("Pages per block:  512", "Pages per block:  500"),
              2, "pages per block is not 2**9")
+    _rejects(parse_pagetypeinfo, good.replace("      9     10", "      9     11"), 4,
+             "orders must be 0..N-1")
     # cut before DMA32's block row: its free lists have no pageblock counts
     _rejects(parse_pagetypeinfo, "".join(lines[:-1]), len(lines) - 1,
              "truncated: block table lacks [(0, 'DMA32')]")
@@ -439,6 +441,10 @@ def test_zoneinfo_rejections_say_why():
              "unexpected 'pages free'")
     _rejects(parse_zoneinfo, "".join(lines[:free_at + 2] + lines[free_at + 1:]), free_at + 3,
              "duplicate min")
+    # zoneinfo_show_print() prints the node's stats right after its first zone's header
+    _rejects(parse_zoneinfo, "".join(lines[:free_at + 1] + ["  per-node stats\n"]
+                                     + lines[free_at + 1:]),
+             free_at + 2, "per-node stats not right after the zone header")
     _rejects(parse_zoneinfo, "  nr_free_pages 1\n" + good, 1,
              "expected 'Node N, zone NAME' header")
     # a populated zone whose tail (start_pfn) is lost: named at its header line
