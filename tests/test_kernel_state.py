@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 from buddylab.allocator import PCP_TYPES
 from buddylab.errors import RecordError
-from buddylab.models import kernel_state
+from buddylab.models import kernel_state, pagemodel61
 from buddylab.models.counts import PcpList
 from buddylab.records import kmod
 
@@ -112,3 +113,55 @@ def test_a_dump_with_a_zone_the_zone_list_lacks_is_a_record_error():
     infos = kmod.parse_zones((directory / "zones.txt").read_text())
     with pytest.raises(RecordError, match="^no high/batch known for CPU 0 of zone DMA32$"):
         kernel_state.zones_from_dump(dump, pageblocks, infos, {})
+
+
+KMOD61 = Path(__file__).parent / "fixtures" / "kmod61" / "pcp-rules"
+
+
+def _first_snapshot(directory: Path) -> kmod.Snapshot:
+    return kmod.parse_log((directory / "log.txt").read_text()).ops[0].before
+
+
+def test_6_1_records_name_their_series_and_carry_free_factor():
+    """The module prints `orders=` and `free_factor=` in its pcp records on 6.1 only."""
+    old, new = _first_snapshot(FIXTURES / "1cpu"), _first_snapshot(KMOD61)
+    assert (kernel_state.series_of_records(old), kernel_state.series_of_records(new)) == (
+        "5.10", "6.1")
+    assert all(len(v) == 2 for v in kernel_state.pcp_limits(old.pcp).values())
+    limits = kernel_state.pcp_limits(new.pcp)
+    assert limits and all(v == (p.high, p.batch, p.free_factor)
+                          for p in new.pcp for k, v in limits.items() if k == (p.nid, p.zone, p.cpu))
+
+
+def test_a_6_1_directory_builds_the_6_1_model_and_its_free_factor_is_compared():
+    zones = kernel_state.zones_from_dir(KMOD61, "6.1")
+    assert all(isinstance(z, pagemodel61.Zone61) for z in zones.values())
+    snap = _first_snapshot(KMOD61)
+    pc = next(p for p in snap.pcp if p.free_factor is not None)
+    pcp = zones[(pc.nid, pc.zone)].pcp[pc.cpu]
+    assert pcp.free_factor == pc.free_factor
+    before = kernel_state.compare_snapshot(zones, snap, limit=100)
+    pcp.free_factor += 1
+    after = kernel_state.compare_snapshot(zones, snap, limit=100)
+    assert set(after) - set(before) == {f"{pc.zone} cpu {pc.cpu} free_factor: model "
+                                        f"{pc.free_factor + 1}, kernel {pc.free_factor}"}
+
+
+def test_highatomic_pageblocks_count_as_reserved_and_a_per_cpu_page_needs_its_zone():
+    """reserve_highatomic_pageblock() counts a pageblock's pages in nr_reserved_highatomic."""
+    directory = FIXTURES / "1cpu"
+    dump = kmod.parse_freelists((directory / "freelists.txt").read_text())
+    pageblocks = kmod.parse_pageblocks((directory / "pageblocks.txt").read_text())
+    infos = kmod.parse_zones((directory / "zones.txt").read_text())
+    limits = kernel_state.pcp_limits(_first_snapshot(directory).pcp)
+    dma32 = [i for i, pb in enumerate(pageblocks) if pb.zone == "DMA32"][:2]
+    for i in dma32:
+        pageblocks[i] = dataclasses.replace(pageblocks[i], mt="HighAtomic")
+    zones = kernel_state.zones_from_dump(dump, pageblocks, infos, limits)
+    assert zones[(0, "DMA32")].nr_reserved_highatomic == 2 * 512
+    assert zones[(0, "DMA")].nr_reserved_highatomic == 0
+    assert dump.pcp_pages
+    moved = dataclasses.replace(dump, pcp_pages=[dataclasses.replace(dump.pcp_pages[0],
+                                                                      zone="Normal")])
+    with pytest.raises(RecordError, match="zone Normal, which the zone list lacks"):
+        kernel_state.zones_from_dump(moved, pageblocks, infos, limits)
