@@ -21,6 +21,7 @@ import pytest
 
 from buddylab.experiments.accuracy import Accuracy, evaluate, placement
 from buddylab.experiments.accuracy.guestrun import Chunk, run_chunk
+from buddylab.records.kmemtrace import TraceEvent
 from guest_double import ReplaySession, Transcript
 
 SESSION = Path(__file__).parent / "fixtures" / "sessions" / "accuracy-2cpu-chunk.json.gz"
@@ -69,3 +70,31 @@ def test_in_the_traces_order_alone_the_operation_is_missed(monkeypatch: pytest.M
     evaluate(chunk(), result)
     assert HELD not in result.placed
     assert result.page.missed >= 1
+
+
+def _event(cpu: int, ts: float, name: str, **fields: int) -> TraceEvent:
+    return TraceEvent(cpu, ts, "sh" if cpu == 0 else "kworker/1:1", 100 + cpu, name, fields)
+
+
+def test_after_the_last_operation_up_to_the_last_capture_of_a_dump():
+    """A retried capture emits its `buddylab_dump` again: the last one marks the image."""
+    snap = _event(0, 1.0, "buddylab_snapshot", seq=3, after=1)
+    e1, e2, e3 = (_event(1, t, "mm_page_free", pfn=p, order=0) for t, p in ((1.1, 5), (1.2, 6), (1.4, 7)))
+    dump1, dump2 = _event(0, 1.15, "buddylab_dump", gen=4), _event(0, 1.3, "buddylab_dump", gen=4)
+    assert placement.after_last_op([snap, e1, dump1, e2, dump2, e3], 4) == [e1, e2]
+    assert placement.after_last_op([snap, e1, e2], 4) is None
+
+
+def test_the_traces_plan_puts_another_cpus_event_before_the_block_it_precedes():
+    """One mm_page_alloc per block allocated, one mm_page_free per block freed: another
+    CPU's event goes before the operation's block that the trace shows after it."""
+    c = chunk()
+    free = next(op for op in c.log.ops if op.verb == "free")
+    own1, own2 = (_event(0, t, "mm_page_free", pfn=p, order=0) for t, p in ((2.0, 10), (2.2, 11)))
+    other = _event(1, 2.1, "mm_page_alloc", pfn=20, order=0)
+    assert placement._trace_plan(free, [own1, other, own2], [other]) == {1: [other]}
+    # after the last of its blocks: after its steps
+    assert placement._trace_plan(free, [own1, own2, other], [other]) == {
+        placement.AFTER_STEPS: [other]}
+    # no window given: after its steps as well
+    assert placement._trace_plan(free, [], [other]) == {placement.AFTER_STEPS: [other]}
