@@ -162,3 +162,34 @@ def test_what_counts_cannot_predict_is_named():
     assert (p.taken_order, p.taken_from) == (9, UNMOVABLE)
     assert p.notes == ["fallback: Movable had no block of order >= 9; "
                        "took the largest Unmovable block (order 9)"]
+
+
+def test_aligned_blocks_are_the_largest_the_alignment_and_the_range_allow():
+    """What __free_pages_ok() merges a freed range into: each block aligned to its size,
+    at most order 10 (MAX_ORDER - 1 in 5.10)."""
+    assert aligned_blocks(33, 64) == [(33, 0), (34, 1), (36, 2), (40, 3), (48, 4)]
+    assert aligned_blocks(0, 64) == [(0, 6)]
+    assert aligned_blocks(32, 40) == [(32, 3)]
+    assert aligned_blocks(0, 2048 + 3) == [(0, 10), (1024, 10), (2048, 1), (2050, 0)]
+
+
+def test_the_textbook_takes_the_smallest_large_enough_block_and_says_so():
+    before = zone(counts(o0=3, o7=1), counts(o0=2))
+    totals, note = predict_textbook(before, 6)
+    assert totals == counts(o0=5, o6=1) and note == "takes an order-7 block, split down to order 6"
+    totals, note = predict_textbook(zone(counts(o6=1), counts()), 6)
+    assert totals == counts() and note == "takes an order-6 block"
+
+
+def test_an_exact_allocation_of_a_whole_block_frees_no_tail():
+    """alloc_pages_exact(64 pages): make_alloc_exact() has nothing to free."""
+    before = zone(counts(o10=1), counts(o10=700), pcp_count=10)
+    p = predict_alloc(before, UNMOVABLE, 6, exact_pages=64)
+    assert p.state is not None and p.state.pcp is not None and p.state.pcp.count == 10
+    assert not any("tail pages" in n for n in p.notes)
+
+
+def test_an_order_0_page_from_the_per_cpu_list_is_one_page_off_its_list():
+    before = zone(counts(o10=1), counts(o10=700), pcp_count=5)
+    p = predict_alloc(before, MOVABLE, 0)
+    assert p.state is not None and p.state.pcp is not None and p.state.pcp.lists[MOVABLE] == 4
