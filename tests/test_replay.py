@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from buddylab.models import kernel_state
+from buddylab.models import kernel_state, pagemodel
 from buddylab.models import synthetic_trace
 from buddylab.models.kmem_replay import (KmemTraceReplayer, ReplayReport, _batched_frees,
                                          _migratetype, _reorderings)
@@ -288,3 +288,39 @@ def test_an_order_0_free_is_filed_at_its_batched_free_on_the_same_cpu():
               _ev(1, 1.1, "mm_page_free_batched", 2),            # another CPU's page 2
               _ev(0, 1.2, "mm_page_alloc", 3), _ev(0, 1.3, "mm_page_free_batched", 3)]
     assert _batched_frees(events) == {id(f1)}
+
+
+def _movable_zone() -> pagemodel.Zone:
+    """Four order-10 Movable blocks and one CPU's per-CPU lists."""
+    zone = pagemodel.Zone("DMA32", 0, 4096)
+    zone.managed = 4096
+    for pfn in range(0, 4096, 1 << 10):
+        for pb in range(pfn, pfn + (1 << 10), pagemodel.PAGEBLOCK_PAGES):
+            zone.set_pageblock_type(pb, "Movable")
+        zone.add_free(pfn, 10, "Movable", tail=True)
+    zone.pcp[0] = pagemodel.Pcp(186, 31)
+    return zone
+
+
+def _free_in(zone: pagemodel.Zone, lo: int, hi: int) -> dict[int, tuple[int, str]]:
+    return {p: v for p, v in zone.free.items() if lo <= p < hi}
+
+
+def test_a_take_the_model_did_not_expect_follows_the_kernels_pfn_and_type():
+    """The kernel's PFN is authoritative: the block is cut out of its free block, the
+    halves filed under the requested type (expand()), and the miss is counted."""
+    zone = _movable_zone()
+    replayer = KmemTraceReplayer([zone])
+    report = replayer.replay([_ev(0, 1.0, "mm_page_alloc_zone_locked", 2048, 2)])
+    assert report.mismatch_count == 1 and "the model would take 0" in report.mismatches[0]
+    rest = _free_in(zone, 2048, 3072)
+    assert 2048 not in rest and sum(1 << o for o, _ in rest.values()) == 1024 - 4
+    assert {mt for _, mt in rest.values()} == {"Movable"}
+
+
+def test_an_order_0_alloc_of_a_page_off_the_per_cpu_lists_takes_that_page_alone():
+    zone = _movable_zone()
+    report = KmemTraceReplayer([zone]).replay([_ev(0, 1.0, "mm_page_alloc", 3077)])
+    assert report.mismatch_count == 1 and "list head is empty" in report.mismatches[0]
+    rest = _free_in(zone, 3072, 4096)
+    assert 3077 not in rest and sum(1 << o for o, _ in rest.values()) == 1024 - 1
