@@ -114,7 +114,7 @@ class StepCheck:
     # model holds them after applying what the trace says happened since the last dump.
     free_before: list[tuple[str, int, int, str]] = field(default_factory=list)
     # Page events between the dump before the step and the dump after it that neither
-    # the script's own processes nor the operation's kworker caused (`foreign`).
+    # the script's own processes nor the operation itself caused (`foreign`).
     foreign: list[TraceEvent] = field(default_factory=list)
 
     @property
@@ -176,11 +176,19 @@ def _segments(events: list[TraceEvent], first_gen: int) -> list[Segment]:
 SCRIPT_TASKS = ("sh", "cat")
 
 
-def foreign(events: list[TraceEvent], op_pid: int | None) -> list[TraceEvent]:
-    """The events the script did not cause: interrupts, and tasks other than its own
-    processes and the kworker that ran the operation (background kernel work)."""
-    return [e for e in events if e.in_interrupt
-            or (e.task not in SCRIPT_TASKS and (op_pid is None or e.pid != op_pid))]
+def foreign(outside: list[TraceEvent], during: list[TraceEvent],
+            op: kmod.OpRecord | None, op_pid: int | None) -> list[TraceEvent]:
+    """The events of a step's window that the script did not cause (background kernel work).
+
+    `outside` are the window's events outside the operation's snapshots: there,
+    everything but the script's own processes is foreign, interrupts included,
+    and so is the kworker that ran the operation: it is a worker of the CPU's
+    shared pool, which runs vmstat_update(), LRU and per-CPU drains too.
+    `during` are the events between the operation's snapshots: there, what its
+    own kworker did (in task context, on its CPU) is the operation.
+    """
+    not_mine = [e for e in outside if e.in_interrupt or e.task not in SCRIPT_TASKS]
+    return not_mine + (during if op is None else not_the_op(during, op, op_pid))
 
 
 # The series whose per-CPU lists the kmem trace replay (models/kmem_replay.py) follows,
@@ -245,23 +253,27 @@ def verify(run: StepRun, keep_zones: bool = False) -> list[StepCheck]:
     pending: list[TraceEvent] = []
     current: StepCheck | None = None
     mismatches: list[str] = []
-    window: list[TraceEvent] = []           # every event since the last dump
+    outside: list[TraceEvent] = []          # events since the last dump, outside the operation
+    during: list[TraceEvent] = []           # the operation's window (between its snapshots)
     op_pid: int | None = None
     for seg in _segments(run.events, gens[0]):
-        window += seg.events
         if seg.kind == "events":
+            outside += seg.events
             pending += seg.events
         elif seg.kind == "op":
             op = ops.get(seg.seq)
             if op is None or step >= len(run.commands):
+                outside += seg.events
                 continue
-            concurrent = not_the_op(seg.events, op)
+            # Another kworker that ran on the CPU while the operation rescheduled is not
+            # the operation: its events are placed like another CPU's.
+            concurrent = not_the_op(seg.events, op, seg.pid)
             tracer = KmemTraceReplayer(list(replayer.zones.values()))
             tracer.replay(pending)
             mismatches += tracer.report.mismatches
             free_before = [(z.name, pfn, order, mt) for z in replayer.zones.values()
                            for pfn, (order, mt) in z.free.items()]
-            op_pid = seg.pid
+            op_pid, during = seg.pid, seg.events
             replayer, outcome, _ = replay_traced(replayer, op, run.commands[step], [], concurrent)
             pending = []
             current = StepCheck(run.commands[step], op, outcome, [], [], free_before=free_before)
@@ -276,12 +288,12 @@ def verify(run: StepRun, keep_zones: bool = False) -> list[StepCheck]:
                 current = StepCheck(run.commands[index - 1], None, None, [], [])
             current.dump_differences = diffs
             current.trace_mismatches += mismatches
-            current.foreign = foreign(window, op_pid)
+            current.foreign = foreign(outside, during, current.op, op_pid)
             if keep_zones:
                 current.zones_after = copy.deepcopy(replayer.zones)
             checks.append(current)
             current = None
-            mismatches, window, op_pid = [], [], None
+            mismatches, outside, during, op_pid = [], [], [], None
             step += 1
     if len(checks) != len(run.commands) or len(seqs) < len(run.commands):
         raise kmod.RecordError(f"{len(run.commands)} steps run, {len(checks)} dumps and "
