@@ -18,10 +18,11 @@ from typing import Callable
 import pytest
 
 from buddylab import cli, errors
-from buddylab.experiments import accuracy, downfall
+from buddylab.experiments import accuracy, downfall, steps
+from buddylab.experiments.base import Result
 from buddylab.report import Status
 from buddylab.report.model import exit_code
-from guest_double import ReplaySession, Transcript
+from guest_double import Call, ReplaySession, Transcript
 from planted import foreign_take_in_the_first_window, op_kworker
 
 SESSIONS = Path(__file__).parent / "fixtures" / "sessions"
@@ -204,6 +205,37 @@ def test_a_saved_disturbed_run_reads_back_the_same(tmp_path: Path, capsys: pytes
     out = capsys.readouterr().out
     assert rc == errors.EXIT_DISTURBED
     assert out.rstrip().endswith("verdict: DISTURBED")
+
+
+@pytest.mark.parametrize("kinds, undecided", [
+    (["clean"], False), (["disturbed", "clean"], False), (["disturbed", "miss"], False),
+    (["disturbed"] * 3, True)])
+def test_any_steps_case_runs_again_after_a_disturbed_attempt(kinds: list[str], undecided: bool):
+    """page-exact and lowlevel run their steps through steps.run_attempts: the same rule,
+    here on the downfall case's recorded steps (its output without the header)."""
+    t = Transcript.load(SESSIONS / "qemu-test.json.gz")
+    (call,) = t.calls
+    script = steps.script(downfall.COMMANDS)
+    t.calls = [Call(script, None, 0, ATTEMPT_EDITS[k](call.stdout).partition("@@\n")[2], "")
+               for k in kinds]
+    guest = ReplaySession(t)
+    attempts = steps.run_attempts(guest, downfall.COMMANDS)      # type: ignore[arg-type]
+    assert guest.unanswered == 0
+    assert (attempts.made, len(attempts.disturbed), attempts.undecided) == (
+        len(kinds), kinds.count("disturbed"), undecided)
+    result = Result("case", "title", "claim")
+    result.check("the model", all(c.exact for c in attempts.checks))
+    result.check("the records", True)
+    attempts.conclude(result, ["the model"])
+    verdict = "DISTURBED" if undecided else "FAIL" if "miss" in kinds else "PASS"
+    assert result.verdict == verdict and result.passed is (verdict == "PASS")
+    assert result.table[-len(attempts.lines()):] == attempts.lines()
+    assert exit_code([result.suite({})]) == {"PASS": errors.EXIT_OK, "FAIL": errors.EXIT_CHECKS_FAILED,
+                                             "DISTURBED": errors.EXIT_DISTURBED}[verdict]
+    if undecided:
+        assert [(c.name, c.skipped, c.note) for c in result.checks][0] == (
+            "the model", True, "undecided: all 3 attempts disturbed by background activity")
+        assert "verdict: DISTURBED" in result.render()
 
 
 def accuracy_result(edit: Callable[[str], str] = lambda s: s) -> accuracy.Accuracy:

@@ -181,9 +181,7 @@ class StepResult:
 
     def summary(self) -> str:
         """The differences' count and the first of them."""
-        n = len(self.differences)
-        return (f"{n} difference{'' if n == 1 else 's'}"
-                + (f", first: {self.differences[0]}" if self.differences else ""))
+        return steps.summary(self.differences)
 
 
 @dataclass
@@ -230,23 +228,14 @@ class Report:
         """Why this attempt's misses may be background work's: the first step the model
         missed had foreign events in its window ("": nothing missed, or a miss that stands).
         The model carries on from its own state, so the later steps may miss because of it."""
-        missed = [s for s in self.steps if not s.exact]
-        if not model_checked(self) or not missed or not missed[0].foreign:
+        if not model_checked(self):
             return ""
-        s = missed[0]
-        return (f"{s.label}: {len(s.foreign)} page events of other tasks in its window "
-                f"({', '.join(sorted(set(s.foreign))[:4])}); the model missed {s.summary()}"
-                + (f"; {len(missed) - 1} later steps missed too" if len(missed) > 1 else ""))
+        return steps.disturbance([(s.label, s.exact, s.foreign, s.differences) for s in self.steps])
 
     def attempt_lines(self) -> list[str]:
         """How many attempts ran, and why each disturbed one was."""
-        disturbed = [r.disturbance() for r in [*self.earlier, self]]
-        disturbed = [f"attempt {n}: {why}" for n, why in enumerate(disturbed, 1) if why]
-        return ([f"attempts: {self.attempts} (at most {ATTEMPTS}), {len(disturbed)} disturbed by "
-                 "background activity"]
-                + [f"  disturbed, {line}" for line in disturbed]
-                + ([f"no verdict on the model: all {self.attempts} attempts disturbed "
-                    f"(DISTURBED, exit {EXIT_DISTURBED})"] if self.disturbed else []))
+        return steps.attempt_lines(self.attempts, [r.disturbance() for r in [*self.earlier, self]
+                                                   if r.disturbance()])
 
 
 def _count_differences(predicted: ZoneState, observed: ZoneState) -> list[str]:
@@ -359,7 +348,7 @@ def analyse(out: str) -> Report:
                     kernel_log_problems=sr.kernel_log_problems)
     for i, (step, check) in enumerate(zip(STEPS, checks)):
         op = check.op
-        differences = _differences(check) if modelled else []
+        differences = check.differences() if modelled else []
         report.steps.append(StepResult(
             step.label, step.command, op.ret if op else None, op.pfn if op else None,
             check.outcome.pfn_predicted if check.outcome else None, op.pages if op else None,
@@ -385,18 +374,6 @@ def model_checked(report: Report) -> bool:
     support = support_for(report.kernel) if report.kernel else None
     return ((support is None or support.modelled)
             and not (report.step_run is not None and steps.not_followed(report.step_run)))
-
-
-def _differences(check: steps.StepCheck) -> list[str]:
-    """Everything the model got wrong about one step, the operation's pfn first."""
-    out = check.outcome
-    if check.op is None or out is None:
-        return ["the module recorded no operation for this step"] + check.dump_differences
-    pfn = ([f"pfn: predicted {out.pfn_predicted}, kernel {out.pfn_observed}"]
-           if out.pfn_predicted != out.pfn_observed else [])
-    unknowable = [f"unpredictable: {out.unknowable}"] if out.unknowable else []
-    return (pfn + unknowable + [f"before it: {d}" for d in out.before] + out.after
-            + check.dump_differences + check.trace_mismatches)
 
 
 def _checks(report: Report) -> None:
@@ -445,10 +422,7 @@ def _checks(report: Report) -> None:
                         report.kernel_log_problems))
 
 
-# Runs of the case at most: a disturbed attempt is followed by another.  Under TCG
-# a run takes 0.3 to 1 s of guest time, and a disturbance is rare (one page event
-# of another task in a step's window in 1 of 178 saved runs on this machine).
-ATTEMPTS = 3
+ATTEMPTS = steps.ATTEMPTS
 
 
 def measure(session: Session, expect: Expectations = Expectations()) -> Report:
@@ -478,7 +452,7 @@ def _with_earlier(report: Report, earlier: list[Report]) -> Report:
     report.earlier = earlier
     if report.disturbed:
         # Undecided, not failed: a miss that followed background work in its window.
-        why = f"undecided: all {report.attempts} attempts disturbed by background activity"
+        why = steps.undecided_reason(report.attempts)
         report.cases = [Case.skip(c.name, why) if c.status is Status.FAIL and c.name in
                         _model_check_names(report) else c for c in report.cases]
     return report
