@@ -238,6 +238,30 @@ def test_any_steps_case_runs_again_after_a_disturbed_attempt(kinds: list[str], u
         assert "verdict: DISTURBED" in result.render()
 
 
+AFTER_BOOT = Path(__file__).parent / "fixtures" / "downfall" / "5.10-lava-after-boot"
+
+
+def test_a_pageblock_the_first_dump_stole_has_its_new_type():
+    """A real LAVA attempt right after boot: the first dump's own buffer stole a Movable
+    order-10 block after `pageblocks` was read.  The model starts from the types at the
+    dump, the trace's change of ownership applied, and predicts every step; with the types
+    as read it filed the block Movable when the buffer came back (the kernel: Unmovable)."""
+    report = downfall.load(AFTER_BOOT)
+    assert report.verdict == "PASS", downfall.format_report(report)
+    run = report.step_run
+    assert run is not None
+    read = {pb.pfn: pb.mt for pb in run.pageblocks}
+    at_dump = {pb.pfn: pb.mt for pb in steps.pageblocks_at_first_dump(run)}
+    assert {pfn for pfn in read if read[pfn] != at_dump[pfn]} == {13312, 13824}
+    assert (read[13312], at_dump[13312], at_dump[13824]) == ("Movable", "Unmovable", "Unmovable")
+    as_read = dataclasses.replace(run, events=[e for e in run.events
+                                              if e.name != "mm_page_alloc_extfrag"
+                                              or e["pfn"] != 13312])
+    first = steps.verify(as_read)[0]
+    assert not first.exact
+    assert "before it: DMA32 Unmovable order 10: model 0, kernel 1" in first.differences()
+
+
 def accuracy_result(edit: Callable[[str], str] = lambda s: s) -> accuracy.Accuracy:
     guest = replay("accuracy", edit)
     result = accuracy.measure(guest, ACCURACY)      # type: ignore[arg-type]
