@@ -351,7 +351,8 @@ def pageblocks_at_first_dump(run: StepRun) -> list[kmod.Pageblock]:
     runs at once) no Unmovable block of order 3 or more was free, the buffer
     took a Movable order-10 block and both its pageblocks became Unmovable;
     with the older types the model filed that block Movable when the buffer
-    came back, where the kernel filed it Unmovable (2 of 5 LAVA jobs here).
+    came back, where the kernel filed it Unmovable (2 of the 4 LAVA jobs run
+    here on 2026-12-01 before this change).
     The trace shows each change of ownership (mm_page_alloc_extfrag with
     change_ownership=1: the pageblock of `pfn`, or each pageblock of the
     stolen block when it is of pageblock order or more, as
