@@ -176,6 +176,14 @@ def test_every_attempt_disturbed_is_no_verdict_with_its_own_exit_code():
     assert suite.error in downfall.format_report(report)
 
 
+def test_a_failed_suite_outweighs_a_disturbed_one():
+    """`experiment all`: one experiment without a verdict, another failed: exit 1."""
+    disturbed = downfall.suite(_attempts(["disturbed"] * downfall.ATTEMPTS)[0])
+    failed = downfall.suite(_attempts(["miss"])[0])
+    assert exit_code([disturbed, failed]) == exit_code([failed, disturbed]) == errors.EXIT_CHECKS_FAILED
+    assert exit_code([disturbed, downfall.suite(_attempts(["clean"])[0])]) == errors.EXIT_DISTURBED
+
+
 def test_a_check_that_failed_outweighs_the_disturbance():
     """A record check that fails is a failure whatever the model's attempts say."""
     t = Transcript.load(SESSIONS / "qemu-test.json.gz")
