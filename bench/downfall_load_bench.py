@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
-"""`buddylab qemu-test` while other guests keep the CPU busy: passes, retries, background work.
+"""`buddylab qemu-test` while other guests keep the CPU busy: verdicts, attempts, background work.
 
     .venv/bin/python bench/downfall_load_bench.py [--runs N] [--busy-guests K]
 
 Starts K guests (`buddylab run 'while :; do :; done'`, each a TCG vCPU
 spinning on a host core), then runs `buddylab qemu-test` N times one after
-the other, and stops the busy guests.  For each run it prints the verdict,
-whether the case ran twice ("background activity, retried"), the page
-events of other tasks the trace showed in each step's window, and the load
-average; then the count of passes.  Uses the cache as it is ($BUDDYLAB_CACHE).
+the other, and stops the busy guests.  For each run it prints the verdict
+(PASS, FAIL or DISTURBED), how many attempts it made and why each disturbed
+one was, the page events of other tasks the trace showed in each step's
+window of the deciding attempt, and the load average; then the counts.
+Uses the cache as it is ($BUDDYLAB_CACHE).
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def main() -> int:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="downfall-load-") as tmp:
         results = Path(tmp)
-        passes = retried = 0
+        verdicts: dict[str, int] = {}
+        extra_attempts = 0
         with busy_guests(args.busy_guests, results / "busy"):
             for i in range(1, args.runs + 1):
                 out = results / f"run-{i}"
@@ -64,16 +66,19 @@ def main() -> int:
                 steps = data.get("steps", [])
                 foreign = [len(s["foreign"]) for s in steps]
                 tasks = sorted({t for s in steps for t in s["foreign"]})
-                passes += proc.returncode == 0
-                retried += bool(data.get("retried"))
-                print(f"run {i}: exit {proc.returncode}, retried {'yes' if data.get('retried') else 'no'}, "
+                attempts = data.get("attempts", {})
+                verdict = data.get("verdict", f"exit {proc.returncode}")
+                verdicts[verdict] = verdicts.get(verdict, 0) + 1
+                extra_attempts += attempts.get("made", 1) - 1
+                print(f"run {i}: exit {proc.returncode}, {verdict}, attempts {attempts.get('made', '-')}, "
                       f"other tasks' page events per step {foreign} {' '.join(tasks)}, "
                       f"load average {os.getloadavg()[0]:.1f}", flush=True)
-                for line in data.get("retried", []):
-                    print(f"  {line}")
+                for line in attempts.get("disturbed", []):
+                    print(f"  disturbed: {line}")
                 if proc.returncode != 0 and not found:
                     print("  " + (proc.stderr.strip().splitlines() or ["no output"])[-1])
-    print(f"{passes} of {args.runs} passed, {retried} retried, with {args.busy_guests} busy guests "
+    print(f"{args.runs} runs: " + ", ".join(f"{n} {v}" for v, n in sorted(verdicts.items()))
+          + f"; {extra_attempts} attempts after a disturbed one; {args.busy_guests} busy guests "
           f"on {os.cpu_count()} cores")
     return 0
 

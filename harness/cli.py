@@ -237,7 +237,7 @@ def qemu_test(args: argparse.Namespace) -> int:
         print(text)
         _print_timings(timings, total)
         print(f"results: {run_dir}")
-        print("verdict: PASS" if report.passed else "verdict: FAIL")
+        print(f"verdict: {report.verdict}")
         return out.finish([suite], run_dir)
 
 

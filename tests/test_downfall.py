@@ -24,8 +24,9 @@ def test_downfall_case_on_the_real_kernel(prepared):
         report = downfall.measure(session)
     after = sorted(store.glob("*/meta.json")) if store.is_dir() else []
     assert after == before and [p.stat().st_mtime_ns for p in after] == stamps
-    failed = [c.name for c in report.cases if c.status is Status.FAIL]
-    assert not failed, downfall.format_report(report)
+    # Not DISTURBED either: three attempts in a row with background work in a missed
+    # step's window would be news about the guest, and the report says which work.
+    assert report.verdict == "PASS", downfall.format_report(report)
     plain, exact_ = report.operations
     assert (plain.pages_taken, plain.pages_kept, plain.pages_wasted) == (64, 64, 31)
     assert (exact_.pages_taken, exact_.pages_kept, exact_.pages_wasted) == (64, 33, 0)

@@ -17,8 +17,13 @@ from typing import Callable
 
 import pytest
 
-from buddylab.experiments import accuracy, downfall
-from guest_double import ReplaySession, Transcript
+from buddylab import cli, errors
+from buddylab.experiments import accuracy, downfall, steps
+from buddylab.experiments.base import Result
+from buddylab.report import Status
+from buddylab.report.model import exit_code
+from guest_double import Call, ReplaySession, Transcript
+from planted import foreign_take_in_the_first_window, op_kworker
 
 SESSIONS = Path(__file__).parent / "fixtures" / "sessions"
 # What `buddylab accuracy --ops 300` asked (tests/fixtures/sessions/README.md).
@@ -54,7 +59,7 @@ def test_downfall_verdict_on_saved_output_passes():
         "kernel log clean (no WARN, BUG, Oops, allocation failure)"]
     assert [op.page_model for op in report.operations] == ["match", "match"]
     assert [op.model for op in report.operations] == ["match", "match"]
-    assert not report.retried and all(not s.foreign for s in report.steps)
+    assert (report.attempts, report.verdict) == (1, "PASS") and all(not s.foreign for s in report.steps)
 
 
 def _first_alloc_pfn(text: str) -> int:
@@ -91,38 +96,178 @@ def test_downfall_verdict_fails_when_the_page_model_does_not_match(edit):
     assert failed[0] == "5.10 model predicted alloc_pages(GFP_KERNEL, 6) and the whole dump after it", failed
     assert all(name.startswith("5.10 model predicted") for name in failed)
     assert report.operations[0].page_model == "differs"
-    assert not report.passed and not report.retried
+    assert not report.passed and (report.attempts, report.verdict) == (1, "FAIL")
 
 
-def _foreign_take_in_the_first_window(text: str) -> str:
-    """A kworker the script did not start takes an order-0 page that, by the dumps, stayed
-    free: the model applies it and misses the dump after the first step."""
-    first_gen = re.search(r"^dump gen=(\d+) ", text, re.M)[1]
-    pfn = re.search(r"^block nid=0 zone=DMA32 order=0 mt=Unmovable pos=0 pfn=(\d+)$", text, re.M)[1]
-    mark = re.search(rf"^.*\[000\] \S+\s+(\d+\.\d+): buddylab_dump: gen={first_gen}\n", text, re.M)
-    line = (f"     kworker/0:2-99      [000] ....    {mark[1]}: mm_page_alloc: page=0 pfn={pfn} "
-            "order=0 migratetype=0 gfp_flags=GFP_KERNEL\n")
-    return text[:mark.end()] + line + text[mark.end():]
+# Each attempt a recorded run: "clean" as recorded, "disturbed" with a foreign page event
+# planted in the first step's window, "miss" with the first allocation moved (no foreign
+# event: a miss that stands).
+ATTEMPT_EDITS = {"clean": lambda s: s, "disturbed": foreign_take_in_the_first_window,
+                 "miss": _move_first_alloc}
 
 
-@pytest.mark.parametrize("second_run_too", [False, True])
-def test_a_miss_with_background_work_in_its_window_runs_the_case_again(second_run_too: bool):
-    """The first run misses with a foreign page event in the step's window: the case runs
-    once more and the report says so; a second miss still fails (never passed silently)."""
+def _attempts(kinds: list[str]) -> tuple[downfall.Report, ReplaySession, list[str]]:
     t = Transcript.load(SESSIONS / "qemu-test.json.gz")
     (call,) = t.calls
-    first = dataclasses.replace(call, stdout=_foreign_take_in_the_first_window(call.stdout))
-    t.calls = [first, first if second_run_too else call]
+    outputs = [ATTEMPT_EDITS[k](call.stdout) for k in kinds]
+    t.calls = [dataclasses.replace(call, stdout=out) for out in outputs]
     guest = ReplaySession(t)
-    report = downfall.measure(guest)      # type: ignore[arg-type]
+    return downfall.measure(guest), guest, outputs      # type: ignore[arg-type]
+
+
+DISTURBED_LINE = ("alloc_pages(GFP_KERNEL, 6): 1 page events of other tasks in its window "
+                  "(kworker/0:2-99); the model missed ")
+
+
+@pytest.mark.parametrize("kinds, verdict", [
+    (["disturbed", "clean"], "PASS"),
+    (["disturbed", "disturbed", "clean"], "PASS"),
+    (["disturbed", "miss"], "FAIL"),
+    (["disturbed", "disturbed", "disturbed"], "DISTURBED"),
+])
+def test_a_disturbed_attempt_runs_the_case_again(kinds: list[str], verdict: str):
+    """An attempt that misses with a foreign page event in the step's window runs the case
+    again, at most ATTEMPTS times; the first undisturbed attempt decides (a miss there
+    fails), and the report says how many attempts ran and why each disturbed one was."""
+    report, guest, outputs = _attempts(kinds)
+    assert guest.unanswered == 0         # no attempt after the deciding one
+    assert (report.attempts, report.verdict) == (len(kinds), verdict)
+    assert report.guest_output == outputs[-1]
+    assert [r.guest_output for r in report.earlier] == outputs[:-1]
+    text = downfall.format_report(report)
+    disturbed = kinds.count("disturbed")
+    assert f"attempts: {len(kinds)} (at most {downfall.ATTEMPTS}), {disturbed} disturbed" in text
+    lines = [line.strip() for line in text.splitlines() if line.strip().startswith("disturbed, attempt")]
+    assert len(lines) == disturbed
+    assert all(line.startswith(f"disturbed, attempt {n}: {DISTURBED_LINE}") for n, line in
+               enumerate(lines, 1)), lines
+    suite = downfall.suite(report)
+    assert ("attempts", len(kinds)) in [(m.name, m.value) for m in suite.measurements]
+    assert report.passed is (verdict == "PASS")
+    if verdict == "FAIL":
+        assert suite.failed and not suite.error and exit_code([suite]) == errors.EXIT_CHECKS_FAILED
+
+
+def test_the_operations_kworker_outside_the_operation_is_background_work():
+    """The op's kworker is a worker of the CPU's shared pool: what it does outside the op's
+    snapshots (vmstat_update(), an LRU drain) is foreign, and disturbs the attempt."""
+    out = Transcript.load(SESSIONS / "qemu-test.json.gz").calls[0].stdout
+    worker = op_kworker(out)
+    assert worker.startswith("kworker/")
+    report = downfall.analyse(foreign_take_in_the_first_window(out, worker))
+    assert report.steps[0].foreign == [worker] and not report.steps[0].exact
+    assert report.disturbance().startswith(f"alloc_pages(GFP_KERNEL, 6): 1 page events of other "
+                                           f"tasks in its window ({worker})")
+
+
+def test_every_attempt_disturbed_is_no_verdict_with_its_own_exit_code():
+    """The model's misses in the last disturbed attempt are left undecided (skipped, with
+    the reason), not failed; the suite has no verdict and exits EXIT_DISTURBED.  The model
+    carries on from its own state, so the planted take makes every later step miss too."""
+    report, _, _ = _attempts(["disturbed"] * downfall.ATTEMPTS)
+    skipped = [c for c in report.cases if c.status is Status.SKIP]
+    assert [c.name for c in skipped] == [f"5.10 model predicted {s.label} and the whole dump after it"
+                                         for s in downfall.STEPS]
+    assert {c.reason for c in skipped} == {"undecided: all 3 attempts disturbed by background activity"}
+    assert not [c for c in report.cases if c.status is Status.FAIL]
+    suite = downfall.suite(report)
+    assert suite.status is Status.FAIL and exit_code([suite]) == errors.EXIT_DISTURBED == 9
+    assert suite.error == ("no verdict on the model: all 3 attempts disturbed (DISTURBED, exit 9)")
+    assert suite.error in downfall.format_report(report)
+
+
+def test_a_failed_suite_outweighs_a_disturbed_one():
+    """`experiment all`: one experiment without a verdict, another failed: exit 1."""
+    disturbed = downfall.suite(_attempts(["disturbed"] * downfall.ATTEMPTS)[0])
+    failed = downfall.suite(_attempts(["miss"])[0])
+    assert exit_code([disturbed, failed]) == exit_code([failed, disturbed]) == errors.EXIT_CHECKS_FAILED
+    assert exit_code([disturbed, downfall.suite(_attempts(["clean"])[0])]) == errors.EXIT_DISTURBED
+
+
+def test_a_check_that_failed_outweighs_the_disturbance():
+    """A record check that fails is a failure whatever the model's attempts say."""
+    t = Transcript.load(SESSIONS / "qemu-test.json.gz")
+    (call,) = t.calls
+    out = foreign_take_in_the_first_window(call.stdout).replace(
+        "expect_kept=33", "expect_kept=34", 1)
+    report = downfall.decide([downfall.analyse(out)] * downfall.ATTEMPTS)
+    assert report.verdict == "FAIL"
+    assert exit_code([downfall.suite(report)]) == errors.EXIT_CHECKS_FAILED
+
+
+def test_a_saved_disturbed_run_reads_back_the_same(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch):
+    """`qemu-test --from DIR` of a run whose attempts were all disturbed: the same attempts,
+    the DISTURBED verdict and its exit code."""
+    report, _, outputs = _attempts(["disturbed"] * downfall.ATTEMPTS)
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    downfall.save(report, saved)
+    assert sorted(p.name for p in saved.iterdir()) == [
+        "guest-output-attempt-1.txt", "guest-output-attempt-2.txt", "guest-output.txt"]
+    again = downfall.load(saved)
+    assert (again.attempts, again.verdict) == (3, "DISTURBED")
+    assert downfall.format_report(again) == downfall.format_report(report)
+    monkeypatch.setenv("BUDDYLAB_RESULTS", str(tmp_path / "results"))
+    rc = cli.main(["qemu-test", "--from", str(saved)])
+    out = capsys.readouterr().out
+    assert rc == errors.EXIT_DISTURBED
+    assert out.rstrip().endswith("verdict: DISTURBED")
+
+
+@pytest.mark.parametrize("kinds, undecided", [
+    (["clean"], False), (["disturbed", "clean"], False), (["disturbed", "miss"], False),
+    (["disturbed"] * 3, True)])
+def test_any_steps_case_runs_again_after_a_disturbed_attempt(kinds: list[str], undecided: bool):
+    """page-exact and lowlevel run their steps through steps.run_attempts: the same rule,
+    here on the downfall case's recorded steps (its output without the header)."""
+    t = Transcript.load(SESSIONS / "qemu-test.json.gz")
+    (call,) = t.calls
+    script = steps.script(downfall.COMMANDS)
+    t.calls = [Call(script, None, 0, ATTEMPT_EDITS[k](call.stdout).partition("@@\n")[2], "")
+               for k in kinds]
+    guest = ReplaySession(t)
+    attempts = steps.run_attempts(guest, downfall.COMMANDS)      # type: ignore[arg-type]
     assert guest.unanswered == 0
-    (line,) = report.retried
-    assert line.startswith("background activity, retried: alloc_pages(GFP_KERNEL, 6): 1 page events "
-                           "of other tasks in its window (kworker/0:2-99); the model missed "), line
-    assert report.retried_output == first.stdout
-    assert report.passed is not second_run_too
-    assert line in downfall.format_report(report)
-    assert ("retried", line) in [(m.name, m.value) for m in downfall.suite(report).measurements]
+    assert (attempts.made, len(attempts.disturbed), attempts.undecided) == (
+        len(kinds), kinds.count("disturbed"), undecided)
+    result = Result("case", "title", "claim")
+    result.check("the model", all(c.exact for c in attempts.checks))
+    result.check("the records", True)
+    attempts.conclude(result, ["the model"])
+    verdict = "DISTURBED" if undecided else "FAIL" if "miss" in kinds else "PASS"
+    assert result.verdict == verdict and result.passed is (verdict == "PASS")
+    assert result.table[-len(attempts.lines()):] == attempts.lines()
+    assert exit_code([result.suite({})]) == {"PASS": errors.EXIT_OK, "FAIL": errors.EXIT_CHECKS_FAILED,
+                                             "DISTURBED": errors.EXIT_DISTURBED}[verdict]
+    if undecided:
+        assert [(c.name, c.skipped, c.note) for c in result.checks][0] == (
+            "the model", True, "undecided: all 3 attempts disturbed by background activity")
+        assert "verdict: DISTURBED" in result.render()
+
+
+AFTER_BOOT = Path(__file__).parent / "fixtures" / "downfall" / "5.10-lava-after-boot"
+
+
+def test_a_pageblock_the_first_dump_stole_has_its_new_type():
+    """A real LAVA attempt right after boot: the first dump's own buffer stole a Movable
+    order-10 block after `pageblocks` was read.  The model starts from the types at the
+    dump, the trace's change of ownership applied, and predicts every step; with the types
+    as read it filed the block Movable when the buffer came back (the kernel: Unmovable)."""
+    report = downfall.load(AFTER_BOOT)
+    assert report.verdict == "PASS", downfall.format_report(report)
+    run = report.step_run
+    assert run is not None
+    read = {pb.pfn: pb.mt for pb in run.pageblocks}
+    at_dump = {pb.pfn: pb.mt for pb in steps.pageblocks_at_first_dump(run)}
+    assert {pfn for pfn in read if read[pfn] != at_dump[pfn]} == {13312, 13824}
+    assert (read[13312], at_dump[13312], at_dump[13824]) == ("Movable", "Unmovable", "Unmovable")
+    as_read = dataclasses.replace(run, events=[e for e in run.events
+                                              if e.name != "mm_page_alloc_extfrag"
+                                              or e["pfn"] != 13312])
+    first = steps.verify(as_read)[0]
+    assert not first.exact
+    assert "before it: DMA32 Unmovable order 10: model 0, kernel 1" in first.differences()
 
 
 def accuracy_result(edit: Callable[[str], str] = lambda s: s) -> accuracy.Accuracy:

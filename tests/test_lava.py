@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import yaml
@@ -15,6 +18,7 @@ import yaml
 from buddylab import errors
 from buddylab.ci import lava
 from buddylab.experiments import downfall
+from planted import foreign_take_in_the_first_window
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PASS_LOG = FIXTURES / "lava" / "downfall-pass.log"
@@ -77,6 +81,52 @@ def test_a_lava_case_that_disagrees_with_the_records_fails_the_check():
     suite = lava.suite_from_log(lava.read_log(text.splitlines()))
     (failed,) = suite.failed
     assert failed.reason.startswith("LAVA test case alloc_pages_exact-kept-33-pages: fail; the records: ok")
+
+
+def _log_with_attempts(edits: list[Callable[[str], str]]) -> str:
+    """PASS_LOG with its one capture printed once per edit, edited, as attempts 1, 2, ..."""
+    lines = PASS_LOG.read_text().splitlines()
+    begin = next(i for i, line in enumerate(lines) if lava.BEGIN in line)
+    end = next(i for i, line in enumerate(lines) if lava.END in line)
+    ((text, head),) = lava.captures(lava.read_log(lines))
+
+    def target(msg: str) -> str:
+        return json.dumps({"dt": "2026-12-01T18:01:14.602197", "lvl": "target", "msg": msg})
+    block = []
+    for n, edit in enumerate(edits, 1):
+        out = edit(text)
+        block.append(target(f"{lava.BEGIN} downfall attempt={n} recipe={head['recipe']} "
+                            f"kernel={head['kernel']}"))
+        block += [target(line) for line in out.splitlines()]
+        block.append(target(f"{lava.END} downfall attempt={n} rc=0 lines={len(out.splitlines())} "
+                            f"sha256={hashlib.sha256(out.encode()).hexdigest()}"))
+    return "\n".join(lines[:begin] + block + lines[end + 1:]) + "\n"
+
+
+def test_a_job_whose_first_attempt_was_disturbed_is_decided_by_the_next(buddylab_main, tmp_path: Path):
+    """The guest prints every attempt; the host skips the disturbed one, as a direct run does."""
+    log = tmp_path / "attempts.log"
+    log.write_text(_log_with_attempts([foreign_take_in_the_first_window, str, str]))
+    suite = lava.suite_from_log(lava.read_log(log.read_text().splitlines()))
+    assert suite.status.value == "ok" and not suite.error
+    figures = {m.name: m.value for m in suite.measurements}
+    assert (figures["attempts"], figures["attempts printed"]) == (2, 3)
+    assert figures["disturbed attempt 1"].startswith("alloc_pages(GFP_KERNEL, 6): 1 page events")
+    proc = in_process(buddylab_main, tmp_path, "lava-results", str(log))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "attempts: 2 (at most 3), 1 disturbed by background activity" in proc.stdout
+
+
+def test_a_job_whose_attempts_were_all_disturbed_has_no_verdict(buddylab_main, tmp_path: Path):
+    log = tmp_path / "attempts.log"
+    log.write_text(_log_with_attempts([foreign_take_in_the_first_window] * downfall.ATTEMPTS))
+    proc = in_process(buddylab_main, tmp_path, "lava-results", str(log), "--ktap", str(tmp_path / "r.ktap"))
+    assert proc.returncode == errors.EXIT_DISTURBED, proc.stdout + proc.stderr
+    assert "no verdict on the model: all 3 attempts disturbed (DISTURBED, exit 9)" in proc.stdout
+    assert "# error (exit 9): no verdict on the model" in (tmp_path / "r.ktap").read_text()
+    # Saved as a direct run saves it: `qemu-test --from` gives the same verdict.
+    (saved,) = (tmp_path / "results").glob("lava-results-*")
+    assert downfall.load(saved).verdict == "DISTURBED"
 
 
 def test_a_damaged_capture_is_bad_records(buddylab_main, tmp_path: Path):

@@ -10,14 +10,18 @@ into the experiment's suite.
 In the guest there is no SSH: /init opens a root shell on the serial
 console (`bl_console=shell`), LAVA appends its test-shell overlay to the
 initramfs, and the test definition runs the experiment's own guest script
-(the one a direct run sends over SSH), prints its whole output between two
-markers with its line count and SHA256, and reports the checks that need
-only the module's records as LAVA test cases (`lava-test-case`, with the
-figure as measurement).  The checks that need the model run on the host:
-`suite_from_log` analyses the captured output exactly as a direct run does,
-and fails any check whose LAVA test case says otherwise.  A failing test
-case does not fail a LAVA job, so the verdict comes from the results, never
-from the job's status.
+(the one a direct run sends over SSH) downfall.ATTEMPTS times, prints each
+whole output between two markers with its line count and SHA256, and
+reports the checks that need only the module's records as LAVA test cases
+(`lava-test-case`, with the first attempt's figure as measurement; a case
+passes only if every attempt's records pass it).  The checks that need the
+model run on the host: `suite_from_log` analyses the captured outputs
+exactly as a direct run does (downfall.decide: the first attempt that
+background work did not disturb decides), and fails any check whose LAVA
+test case says otherwise.  The guest runs every attempt, since only the
+host's model can tell a disturbed one; a direct run stops at the deciding
+one.  A failing test case does not fail a LAVA job, so the verdict comes
+from the results, never from the job's status.
 """
 
 from __future__ import annotations
@@ -57,39 +61,60 @@ def kernel_append(cmdline: str) -> str:
     return " ".join([*words, "panic=0", "loglevel=6", "bl_console=shell"])
 
 
+def attempt_out(n: int | str) -> str:
+    """Where the guest keeps attempt `n`'s output."""
+    return f"{OUT}.{n}"
+
+
+ATTEMPT_OUTS = " ".join(attempt_out(n) for n in range(1, downfall.ATTEMPTS + 1))
+
+
 def _record_pages(api: str) -> str:
-    """The pages the module's log records for the first successful `alloc` with `api`."""
-    return (f"$(sed -n 's/^op seq=[0-9]* verb=alloc ret=0 .* pages=\\([0-9]*\\) api={api} .*/\\1/p' "
-            f"{OUT} | head -n 1)")
+    """The pages the module's logs record for each attempt's first successful `alloc` with
+    `api`, one line each."""
+    return (f"$(for f in {ATTEMPT_OUTS}; do sed -n 's/^op seq=[0-9]* verb=alloc ret=0 .* "
+            f"pages=\\([0-9]*\\) api={api} .*/\\1/p' $f | head -n 1; done)")
 
 
 def guest_steps(expect: downfall.Expectations, recipe: str) -> list[str]:
     """The test definition's steps: the experiment, its output between markers, the record checks."""
     problems = " ".join(f"-e '{p}'" for p in KERNEL_LOG_PROBLEMS)
     last_part = ("awk '/^@@$/ { part = \"\" ; next } { part = part $0 \"\\n\" } "
-                 f"END {{ printf \"%s\", part }}' {OUT}")
+                 "END { printf \"%s\", part }' $f")
+    attempts = downfall.ATTEMPTS
 
     def case(name: str, test: str, measure: str, units: str) -> str:
         return (f"if {test}; then r=pass; else r=fail; fi; "
                 f"lava-test-case {slug(name)} --result $r --measurement {measure} --units {units}")
+
+    def every(values: str, want: object) -> str:
+        """A test that each attempt's line of `values` is `want`."""
+        return f'[ "$(echo "{values}" | grep -c -x {want})" = {attempts} ]'
+    out = attempt_out("$a")
     return [
         # LAVA's run.sh has set -e and set -x: a check that finds a failure must not end the
         # script, and no trace line may land between the markers.  Kernel messages stay
         # off the console while the output is printed.
         "set +e +x",
         "dmesg -n 1",
-        # stdout only, as over SSH.
-        f"( {downfall.guest_script(expect)} ) > {OUT} 2> {OUT}.err; rc=$?",
-        f"echo \"{BEGIN} downfall recipe={recipe} kernel=$(uname -r)\"",
-        f"cat {OUT}",
-        f"echo \"{END} downfall rc=$rc lines=$(wc -l < {OUT}) "
-        f"sha256=$(sha256sum < {OUT} | cut -d ' ' -f 1)\"",
-        f"n=$(grep -c '^op seq=[0-9]* verb=[a-z_]* ret=0 ' {OUT}); taken={_record_pages('alloc_pages')}; "
-        f"kept={_record_pages('alloc_pages_exact')}; bad=$({last_part} | grep -c {problems})",
-        case(expect.steps_check, f'[ "$rc" = 0 ] && [ "$n" = {len(downfall.STEPS)} ]', "$n", "steps"),
-        case(expect.plain_check, f'[ "$taken" = {expect.taken} ]', '"${taken:-0}"', "pages"),
-        case(expect.exact_check, f'[ "$kept" = {expect.kept_exact} ]', '"${kept:-0}"', "pages"),
-        case(expect.log_check, '[ "$bad" = 0 ]', "$bad", "lines"),
+        # stdout only, as over SSH; each attempt's status in its own file.
+        f"for a in $(seq {attempts}); do ( {downfall.guest_script(expect)} ) > {out} "
+        f"2> {out}.err; echo $? > {out}.rc; done",
+        f"for a in $(seq {attempts}); do "
+        f"echo \"{BEGIN} downfall attempt=$a recipe={recipe} kernel=$(uname -r)\"; cat {out}; "
+        f"echo \"{END} downfall attempt=$a rc=$(cat {out}.rc) lines=$(wc -l < {out}) "
+        f"sha256=$(sha256sum < {out} | cut -d ' ' -f 1)\"; done",
+        f"rc=$(for f in {ATTEMPT_OUTS}; do cat $f.rc; done); "
+        f"n=$(for f in {ATTEMPT_OUTS}; do grep -c '^op seq=[0-9]* verb=[a-z_]* ret=0 ' $f; done); "
+        f"taken={_record_pages('alloc_pages')}; kept={_record_pages('alloc_pages_exact')}; "
+        f"bad=$(for f in {ATTEMPT_OUTS}; do {last_part} | grep -c {problems}; done)",
+        # The measurement: the first attempt's figure (0 if it has none).
+        'first() { echo "${1:-0}"; }',
+        case(expect.steps_check, f"{every('$rc', 0)} && {every('$n', len(downfall.STEPS))}",
+             "$(first $n)", "steps"),
+        case(expect.plain_check, every("$taken", expect.taken), "$(first $taken)", "pages"),
+        case(expect.exact_check, every("$kept", expect.kept_exact), "$(first $kept)", "pages"),
+        case(expect.log_check, every("$bad", 0), "$(first $bad)", "lines"),
     ]
 
 
@@ -219,22 +244,29 @@ def read_log(lines: Iterable[str]) -> LavaLog:
     return log
 
 
-def capture(log: LavaLog) -> tuple[str, dict[str, str]]:
-    """The experiment's output between the markers, checked against its line count and SHA256."""
-    begin = [i for i, line in enumerate(log.target) if line.startswith(f"{BEGIN} downfall ")]
-    end = [i for i, line in enumerate(log.target) if line.startswith(f"{END} downfall ")]
-    if not begin or not end or end[-1] < begin[-1]:
+def captures(log: LavaLog) -> list[tuple[str, dict[str, str]]]:
+    """Each attempt's output between its markers, checked against its line count and SHA256,
+    in the order printed (a log of a job that ran the case once holds one)."""
+    begins = [i for i, line in enumerate(log.target) if line.startswith(f"{BEGIN} downfall ")]
+    out = []
+    for begin in begins:
+        end = next((i for i in range(begin + 1, len(log.target))
+                    if log.target[i].startswith((f"{END} downfall ", f"{BEGIN} downfall "))), None)
+        if end is None or not log.target[end].startswith(END):
+            break
+        head = dict(w.split("=", 1) for w in log.target[begin].split()[2:] if "=" in w)
+        tail = dict(w.split("=", 1) for w in log.target[end].split()[2:] if "=" in w)
+        lines = log.target[begin + 1:end]
+        text = "".join(line + "\n" for line in lines)
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        if str(len(lines)) != tail.get("lines") or digest != tail.get("sha256"):
+            raise errors.RecordError(f"the buddylab output in the LAVA log is damaged: {len(lines)} "
+                                     f"lines, the guest printed {tail.get('lines')} (SHA256 differs)")
+        out.append((text, {**head, "rc": tail.get("rc", "")}))
+    if not out or len(out) != len(begins):
         raise errors.RecordError("the LAVA log holds no complete buddylab output (did the job boot "
                                  f"and run its test shell?){_job_error(log)}")
-    head = dict(w.split("=", 1) for w in log.target[begin[-1]].split()[2:] if "=" in w)
-    tail = dict(w.split("=", 1) for w in log.target[end[-1]].split()[2:] if "=" in w)
-    lines = log.target[begin[-1] + 1:end[-1]]
-    text = "".join(line + "\n" for line in lines)
-    digest = hashlib.sha256(text.encode()).hexdigest()
-    if str(len(lines)) != tail.get("lines") or digest != tail.get("sha256"):
-        raise errors.RecordError(f"the buddylab output in the LAVA log is damaged: {len(lines)} lines, "
-                                 f"the guest printed {tail.get('lines')} (SHA256 differs)")
-    return text, {**head, "rc": tail.get("rc", "")}
+    return out
 
 
 def _job_error(log: LavaLog) -> str:
@@ -244,11 +276,19 @@ def _job_error(log: LavaLog) -> str:
     return ""
 
 
-def suite_from_log(log: LavaLog) -> Suite:
-    """The downfall suite of a LAVA job: the captured output analysed as a direct run's is,
-    each check held against the LAVA test case the guest reported for it."""
-    text, head = capture(log)
-    report = downfall.analyse(text)
+def report_from_log(log: LavaLog) -> downfall.Report:
+    """The downfall report of a LAVA job's captured attempts, decided as a direct run's is."""
+    return downfall.decide(downfall.analyse(text) for text, _ in captures(log))
+
+
+def suite_from_log(log: LavaLog, report: downfall.Report | None = None) -> Suite:
+    """The downfall suite of a LAVA job: the captured output analysed as a direct run's is
+    (`report`, if already made by report_from_log), each check held against the LAVA test
+    case the guest reported for it."""
+    attempts = captures(log)
+    head = attempts[0][1]
+    if report is None:
+        report = report_from_log(log)
     lava_cases = log.test_cases(DEFINITION)
     cases = []
     for c in report.cases:
@@ -268,5 +308,8 @@ def suite_from_log(log: LavaLog) -> Suite:
                               ms, c.details))
     props = {"recipe": head.get("recipe", ""), "kernel": head.get("kernel", ""), "runner": "lava"}
     job = log.job
-    figures = (Measurement("LAVA job", str(job.get("result", "unknown"))),)
-    return Suite("downfall", tuple(cases), props, figures)
+    direct = downfall.suite(report)
+    figures = (Measurement("LAVA job", str(job.get("result", "unknown"))), *direct.measurements,
+               Measurement("attempts printed", len(attempts)))
+    return Suite("downfall", tuple(cases), props, figures, error=direct.error,
+                 exit_code=direct.exit_code)

@@ -90,15 +90,17 @@ def results_main(args: argparse.Namespace) -> int:
                 raise errors.SetupError(f"{path}: no such file")
             lines = path.read_text(errors="replace").splitlines()
         log = lava.read_log(lines)
-        suite = lava.suite_from_log(log)
+        report = lava.report_from_log(log)
+        suite = lava.suite_from_log(log, report)
         out.run_dir = run_dir = new_run_dir("lava-results")
         write_json(run_dir / "result.json", {"log": str(args.log), "suite": suite.as_json(),
                                              "lava_cases": log.cases})
-        text, _ = lava.capture(log)
-        write_text(run_dir / downfall.GUEST_OUTPUT, text)
+        downfall.save(report, run_dir)
         for c in suite.cases:
             print(f"  [{c.status.value if c.status.value != 'fail' else 'FAIL'}] {c.name}"
                   + (f": {c.reason}" if c.reason else ""))
+        for line in report.attempt_lines():
+            print(line)
         print(f"LAVA job: {log.job.get('result', 'unknown')}")
         print(f"results: {run_dir}")
         return out.finish([suite], run_dir)

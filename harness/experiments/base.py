@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Protocol, Sequence, TYPE_CHECKING
 
+from buddylab.errors import EXIT_DISTURBED
 from buddylab.report import Case, Suite
 
 if TYPE_CHECKING:  # the guest's code (paramiko, QMP) loads only where a guest boots
@@ -47,6 +48,9 @@ class Result:
     figures: list[Path] = field(default_factory=list)       # PNG and data files written
     data: dict[str, object] = field(default_factory=dict)   # the measured and predicted values
     base_dir: Path | None = None     # figures are named relative to it (the results directory)
+    # Set when background kernel work disturbed every attempt: the checks it
+    # left undecided are skipped, and the verdict is DISTURBED (exit EXIT_DISTURBED).
+    disturbed: str = ""
 
     def figure_names(self) -> list[str]:
         out = []
@@ -59,7 +63,13 @@ class Result:
 
     @property
     def passed(self) -> bool:
-        return bool(self.checks) and all(c.ok for c in self.checks)
+        return bool(self.checks) and all(c.ok for c in self.checks) and not self.disturbed
+
+    @property
+    def verdict(self) -> str:
+        if not all(c.ok for c in self.checks):
+            return "FAIL"
+        return "DISTURBED" if self.disturbed else "PASS" if self.checks else "FAIL"
 
     def check(self, name: str, ok: bool, note: str = "") -> bool:
         self.checks.append(Check(name, bool(ok), note))
@@ -67,11 +77,15 @@ class Result:
 
     def suite(self, properties: Mapping[str, str], duration: float | None = None) -> Suite:
         """The checks as a test suite (KTAP, JUnit, the matrix's suites.json)."""
-        return Suite(self.name, tuple(c.case() for c in self.checks), dict(properties), (), duration)
+        cases = tuple(c.case() for c in self.checks)
+        if self.verdict == "DISTURBED":
+            return Suite(self.name, cases, dict(properties), (), duration, error=self.disturbed,
+                         exit_code=EXIT_DISTURBED)
+        return Suite(self.name, cases, dict(properties), (), duration)
 
     def as_json(self) -> dict[str, object]:
         return {"experiment": self.name, "title": self.title, "book_claim": self.book_claim,
-                "passed": self.passed,
+                "passed": self.passed, "verdict": self.verdict,
                 "checks": [{"check": c.name, "ok": c.ok, "note": c.note} for c in self.checks],
                 "explanations": self.explanations,
                 "figures": self.figure_names(), "data": self.data}
@@ -86,7 +100,9 @@ class Result:
             status = "skip" if c.skipped else "ok" if c.ok else "FAIL"
             lines.append(f"    [{status}] {c.name}" + (f" ({c.note})" if c.note else ""))
         lines += [f"  figure (in the results directory): {p}" for p in self.figure_names()]
-        lines.append(f"  verdict: {'PASS' if self.passed else 'FAIL'}")
+        if self.disturbed:
+            lines.append(f"  {self.disturbed}")
+        lines.append(f"  verdict: {self.verdict}")
         return "\n".join(lines)
 
 

@@ -14,12 +14,15 @@ per-CPU lists included, with the kmem trace applied in between
 are shown beside the two allocations.  `qemu-test` and `experiment downfall`
 both run this (`measure`, `run`); a LAVA job runs its guest script too.
 
-Background kernel work (a kworker, an interrupt) can land between a dump
-and its operation.  The trace shows it, and the model applies it; if a
-step still misses and such foreign events were in its window, the whole
-case runs once more and the report says so ("background activity,
-retried"), with what the first run missed.  A miss with no foreign event
-in its window is not retried.
+Background kernel work (a kworker's vmstat_update() or LRU drain, an
+interrupt) can land between a dump and its operation.  The trace shows it,
+and the model applies it; if a step still misses and such foreign events
+were in its window (steps.foreign), the attempt was disturbed: the model's
+miss may be the background work's, so the whole case runs again, at most
+ATTEMPTS times in all.  Only a miss in an undisturbed attempt fails the
+model's checks; when every attempt was disturbed the verdict is DISTURBED
+(exit code errors.EXIT_DISTURBED), no pass and no model failure.  The
+report says how many attempts ran and why each disturbed one was.
 """
 
 from __future__ import annotations
@@ -27,10 +30,10 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 from buddylab.allocator import GFP_TYPES, get_order
-from buddylab.errors import RecordError, SetupError
+from buddylab.errors import EXIT_DISTURBED, RecordError, SetupError
 from buddylab.experiments import steps, zonemap
 from buddylab.experiments.base import Check, Context, Result, table
 from buddylab.experiments.steps import StepRun
@@ -178,9 +181,7 @@ class StepResult:
 
     def summary(self) -> str:
         """The differences' count and the first of them."""
-        n = len(self.differences)
-        return (f"{n} difference{'' if n == 1 else 's'}"
-                + (f", first: {self.differences[0]}" if self.differences else ""))
+        return steps.summary(self.differences)
 
 
 @dataclass
@@ -193,31 +194,48 @@ class Report:
     guest_output: str = ""       # what the guest printed: `analyse` reads it again
     kernel: str = ""             # the guest's release, as its output names it
     step_run: StepRun | None = None
-    # When the case ran twice ("background activity, retried"): the first run's output
-    # and what it missed.
-    retried_output: str = ""
-    retried: list[str] = field(default_factory=list)
+    # The attempts before this one, each disturbed (`disturbance`), oldest first.
+    earlier: list[Report] = field(default_factory=list)
 
     @property
     def checks(self) -> list[tuple[str, bool]]:
         return [(c.name, c.status is Status.OK) for c in self.cases]
 
     @property
-    def passed(self) -> bool:
-        """No check failed (a check skipped on a kernel the model does not follow is no failure)."""
-        return not any(c.status is Status.FAIL for c in self.cases)
+    def disturbed(self) -> bool:
+        """This attempt was disturbed, and so was each `earlier` one (`decide` keeps the
+        first that was not): the model's checks have no verdict."""
+        return bool(self.disturbance())
 
-    def retry_reason(self) -> str:
-        """Why this run's verdict may be background work's: the first step the model missed
-        had foreign events in its window ("": nothing missed, or a miss that stands).
+    @property
+    def passed(self) -> bool:
+        """No check failed (a check skipped on a kernel the model does not follow is no
+        failure), and the last attempt was not disturbed."""
+        return not any(c.status is Status.FAIL for c in self.cases) and not self.disturbed
+
+    @property
+    def verdict(self) -> str:
+        """PASS, FAIL (a check failed), or DISTURBED (only the model's checks went undecided)."""
+        if any(c.status is Status.FAIL for c in self.cases):
+            return "FAIL"
+        return "DISTURBED" if self.disturbed else "PASS"
+
+    @property
+    def attempts(self) -> int:
+        return len(self.earlier) + 1
+
+    def disturbance(self) -> str:
+        """Why this attempt's misses may be background work's: the first step the model
+        missed had foreign events in its window ("": nothing missed, or a miss that stands).
         The model carries on from its own state, so the later steps may miss because of it."""
-        missed = [s for s in self.steps if not s.exact]
-        if not missed or not missed[0].foreign:
+        if not model_checked(self):
             return ""
-        s = missed[0]
-        return (f"{s.label}: {len(s.foreign)} page events of other tasks in its window "
-                f"({', '.join(sorted(set(s.foreign))[:4])}); the model missed {s.summary()}"
-                + (f"; {len(missed) - 1} later steps missed too" if len(missed) > 1 else ""))
+        return steps.disturbance([(s.label, s.exact, s.foreign, s.differences) for s in self.steps])
+
+    def attempt_lines(self) -> list[str]:
+        """How many attempts ran, and why each disturbed one was."""
+        return steps.attempt_lines(self.attempts, [r.disturbance() for r in [*self.earlier, self]
+                                                   if r.disturbance()])
 
 
 def _count_differences(predicted: ZoneState, observed: ZoneState) -> list[str]:
@@ -330,7 +348,7 @@ def analyse(out: str) -> Report:
                     kernel_log_problems=sr.kernel_log_problems)
     for i, (step, check) in enumerate(zip(STEPS, checks)):
         op = check.op
-        differences = _differences(check) if modelled else []
+        differences = check.differences() if modelled else []
         report.steps.append(StepResult(
             step.label, step.command, op.ret if op else None, op.pfn if op else None,
             check.outcome.pfn_predicted if check.outcome else None, op.pages if op else None,
@@ -351,16 +369,11 @@ def page_model_series(release: str) -> str:
     return support.series if support is not None and support.modelled else "5.10"
 
 
-def _differences(check: steps.StepCheck) -> list[str]:
-    """Everything the model got wrong about one step, the operation's pfn first."""
-    out = check.outcome
-    if check.op is None or out is None:
-        return ["the module recorded no operation for this step"] + check.dump_differences
-    pfn = ([f"pfn: predicted {out.pfn_predicted}, kernel {out.pfn_observed}"]
-           if out.pfn_predicted != out.pfn_observed else [])
-    unknowable = [f"unpredictable: {out.unknowable}"] if out.unknowable else []
-    return (pfn + unknowable + [f"before it: {d}" for d in out.before] + out.after
-            + check.dump_differences + check.trace_mismatches)
+def model_checked(report: Report) -> bool:
+    """Whether the page model's checks apply to this run (`_checks` skips them if not)."""
+    support = support_for(report.kernel) if report.kernel else None
+    return ((support is None or support.modelled)
+            and not (report.step_run is not None and steps.not_followed(report.step_run)))
 
 
 def _checks(report: Report) -> None:
@@ -391,7 +404,7 @@ def _checks(report: Report) -> None:
     support = support_for(report.kernel) if report.kernel else None
     series = page_model_series(report.kernel)
     for s in report.steps:
-        name = f"{series} model predicted {s.label} and the whole dump after it"
+        name = _model_check_name(series, s.label)
         if support is not None and not support.modelled:
             # models.versions says what of this kernel the model does not follow.
             c.append(Case.skip(name, f"{report.kernel}: {support.not_modelled}"))
@@ -409,31 +422,63 @@ def _checks(report: Report) -> None:
                         report.kernel_log_problems))
 
 
+ATTEMPTS = steps.ATTEMPTS
+
+
 def measure(session: Session, expect: Expectations = Expectations()) -> Report:
-    """Run the case in the guest; once more if a step missed with background work in its window."""
-    first = analyse(session.run(guest_script(expect), timeout=120).check().stdout)
-    reason = first.retry_reason()
-    if not reason:
-        return first
-    again = analyse(session.run(guest_script(expect), timeout=120).check().stdout)
-    return _retried(first, again)
+    """Run the case in the guest, again after a disturbed attempt, at most ATTEMPTS times."""
+    return decide(analyse(session.run(guest_script(expect), timeout=120).check().stdout)
+                  for _ in range(ATTEMPTS))
 
 
-def _retried(first: Report, again: Report) -> Report:
-    again.retried_output = first.guest_output
-    again.retried = [f"background activity, retried: {first.retry_reason()}"]
-    return again
+def decide(attempts: Iterable[Report]) -> Report:
+    """The first attempt that was not disturbed, with the disturbed ones before it; the
+    last one if every one was (its model's checks then have no verdict).
+
+    `attempts` is consumed lazily: no attempt runs after the deciding one.
+    """
+    earlier: list[Report] = []
+    for report in attempts:
+        if not report.disturbance() or len(earlier) + 1 == ATTEMPTS:
+            return _with_earlier(report, earlier)
+        earlier.append(report)
+    if not earlier:
+        raise ValueError("no attempt to decide on")
+    # Fewer attempts than ATTEMPTS, all disturbed (a saved run of an older buddylab).
+    return _with_earlier(earlier[-1], earlier[:-1])
 
 
-GUEST_OUTPUT = "guest-output.txt"
-RETRIED_OUTPUT = "guest-output-retried.txt"      # the first run's, when the case ran twice
+def _with_earlier(report: Report, earlier: list[Report]) -> Report:
+    report.earlier = earlier
+    if report.disturbed:
+        # Undecided, not failed: a miss that followed background work in its window.
+        why = steps.undecided_reason(report.attempts)
+        report.cases = [Case.skip(c.name, why) if c.status is Status.FAIL and c.name in
+                        _model_check_names(report) else c for c in report.cases]
+    return report
+
+
+def _model_check_names(report: Report) -> set[str]:
+    return {_model_check_name(page_model_series(report.kernel), s.label) for s in report.steps}
+
+
+def _model_check_name(series: str, label: str) -> str:
+    return f"{series} model predicted {label} and the whole dump after it"
+
+
+GUEST_OUTPUT = "guest-output.txt"          # the deciding attempt's
+
+
+def attempt_output(n: int) -> str:
+    """The file of disturbed attempt `n` (1-based) that came before the deciding one."""
+    return f"guest-output-attempt-{n}.txt"
 
 
 def save(report: Report, directory: Path) -> None:
     """Keep what the guest printed, so the run can be checked again without a guest (`load`)."""
     write_text(directory / GUEST_OUTPUT, report.guest_output)
-    if report.retried_output:
-        write_text(directory / RETRIED_OUTPUT, report.retried_output)
+    for n, earlier in enumerate(report.earlier, 1):
+        write_text(directory / attempt_output(n), earlier.guest_output)
 
 
 def load(directory: Path) -> Report:
@@ -441,10 +486,11 @@ def load(directory: Path) -> Report:
     path = directory / GUEST_OUTPUT if directory.is_dir() else directory
     if not path.is_file():
         raise SetupError(f"{directory}: no saved guest output ({GUEST_OUTPUT})")
-    first = path.with_name(RETRIED_OUTPUT)
+    earlier: list[Report] = []
     try:
-        report = analyse(path.read_text())
-        return _retried(analyse(first.read_text()), report) if first.is_file() else report
+        while (n := len(earlier) + 1) < ATTEMPTS and path.with_name(attempt_output(n)).is_file():
+            earlier.append(analyse(path.with_name(attempt_output(n)).read_text()))
+        return decide([*earlier, analyse(path.read_text())])
     except UnicodeDecodeError as e:
         raise RecordError(f"{path}: the saved output is not text ({e.reason})") from None
 
@@ -455,7 +501,12 @@ def suite(report: Report, properties: dict[str, str] | None = None,
           duration: float | None = None) -> Suite:
     """The report as a test suite: one case per check; the textbook's verdicts as figures."""
     figures = [Measurement(f"textbook model, {r.label}", r.textbook) for r in report.operations]
-    figures += [Measurement("retried", line) for line in report.retried]
+    figures += [Measurement("attempts", report.attempts),
+                *(Measurement(f"disturbed attempt {n}", why) for n, why in
+                  enumerate((r.disturbance() for r in [*report.earlier, report]), 1) if why)]
+    if report.verdict == "DISTURBED":
+        return Suite(NAME, tuple(report.cases), properties or {}, tuple(figures), duration,
+                     error=report.attempt_lines()[-1], exit_code=EXIT_DISTURBED)
     return Suite(NAME, tuple(report.cases), properties or {}, tuple(figures), duration)
 
 
@@ -463,7 +514,10 @@ def report_json(report: Report) -> dict[str, object]:
     return {"operations": [asdict(op) for op in report.operations],
             "steps": [asdict(s) for s in report.steps],
             "kernel_log_problems": report.kernel_log_problems,
-            "retried": report.retried,
+            "attempts": {"made": report.attempts, "at_most": ATTEMPTS,
+                         "disturbed": [r.disturbance() for r in [*report.earlier, report]
+                                       if r.disturbance()]},
+            "verdict": report.verdict,
             "checks": [{"check": name, "ok": ok} for name, ok in report.checks]}
 
 
@@ -499,9 +553,7 @@ def body(report: Report) -> list[str]:
         lines += ["", f"{s.label}: {series} model, page for page: {verdict} "
                       "(the whole dump after it)"]
         lines += [f"    ! {d}" for d in s.differences]
-    if report.retried:
-        lines.append("")
-        lines += report.retried
+    lines += ["", *report.attempt_lines()]
     return lines
 
 
@@ -532,6 +584,8 @@ def run(ctx: Context) -> Result:
     result.checks = [Check(c.name, c.status is not Status.FAIL, c.reason, c.status is Status.SKIP)
                      for c in report.cases]
     result.data = report_json(report)
+    if report.verdict == "DISTURBED":
+        result.disturbed = report.attempt_lines()[-1]
     if report.step_run is not None:
         result.figures += zonemap.downfall_maps(report.step_run, ctx.out_dir)
     return result

@@ -29,6 +29,7 @@ COMMANDS = ([f"alloc api=alloc_pages_exact gfp=GFP_KERNEL size={SIZE}"] * 3
             + [f"alloc api=alloc_pages gfp=GFP_KERNEL order={ORDER}"] * 3 + ["free_all"])
 
 
+
 def measured_pages(op: kmod.OpRecord) -> int:
     """Pages the call took, as the kernel counts them: free pages before minus after."""
     return op.before.free_pages() - op.after.free_pages()
@@ -49,8 +50,8 @@ def contiguous_run(dump: kmod.FreeListDump, zone: str, pfn: int, limit: int) -> 
 def run(ctx: Context) -> Result:
     result = Result(NAME, TITLE, BOOK_CLAIM, base_dir=ctx.out_dir)
     ctx.progress(f"{len(COMMANDS)} steps, an exact dump after each (traced)")
-    sr = steps.run_steps(ctx.session, COMMANDS)
-    checks = steps.verify(sr)
+    attempts = steps.run_attempts(ctx.session, COMMANDS)
+    sr, checks = attempts.run, attempts.checks
     rows, apis = [], []
     totals = {"alloc_pages_exact": [0, 0], "alloc_pages": [0, 0]}   # measured, predicted
     all_ok = True
@@ -92,12 +93,13 @@ def run(ctx: Context) -> Result:
       all(a["pages_measured"] == 16 and a["contiguous_run"] == 16 for a in apis[3:]))
     c("measured pages equal the predicted ones",
       all(a["pages_measured"] == a["pages_predicted"] for a in apis))
-    c(f"{steps.model_series(sr)} model predicted every step and the whole dump after it",
-      all_ok and all(k.exact for k in checks))
+    model_check = f"{steps.model_series(sr)} model predicted every step and the whole dump after it"
+    c(model_check, all_ok and all(k.exact for k in checks))
     c("kernel log clean", not sr.kernel_log_problems, "; ".join(sr.kernel_log_problems[:3]))
     result.data = {"size": SIZE, "order": ORDER, "allocations": apis,
                    "totals": {k: {"pages_measured": m, "pages_predicted": p,
                                   "bytes_kept": m * PAGE, "bytes_wasted": m * PAGE - 3 * SIZE}
                               for k, (m, p) in totals.items()},
                    "steps_exact": [k.exact for k in checks]}
+    attempts.conclude(result, [model_check])
     return result

@@ -6,7 +6,7 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from buddylab.errors import EXIT_CHECKS_FAILED, EXIT_OK, RecordError
+from buddylab.errors import EXIT_CHECKS_FAILED, EXIT_DISTURBED, EXIT_OK, RecordError
 
 
 class Status(enum.Enum):
@@ -118,9 +118,12 @@ def suite_from_json(data: object) -> Suite:
 
 
 def exit_code(suites: Iterable[Suite]) -> int:
-    """0 when every case held; else the first error's code, else 1 (a check failed)."""
+    """0 when every case held; else the first error's code, else 1 (a check failed), else
+    EXIT_DISTURBED (no verdict: a suite whose model checks every attempt left undecided)."""
     suites = list(suites)
     for s in suites:
-        if s.error:
+        if s.error and s.exit_code != EXIT_DISTURBED:
             return s.exit_code
-    return EXIT_CHECKS_FAILED if any(s.failed for s in suites) else EXIT_OK
+    if any(s.failed for s in suites):
+        return EXIT_CHECKS_FAILED
+    return EXIT_DISTURBED if any(s.error for s in suites) else EXIT_OK
