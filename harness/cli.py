@@ -306,6 +306,13 @@ def _accuracy_args(p: argparse.ArgumentParser) -> None:
                         "always so with --workload pressure); the report says so")
     p.add_argument("--kernels", metavar="RECIPE,RECIPE...",
                    help="run on each of these kernel recipes in turn and show them side by side")
+    p.add_argument("--keep-chunks", action="store_true",
+                   help="keep every chunk as read under the run's chunks/ (gzipped)")
+    p.add_argument("--from", dest="from_dir", type=Path, metavar="DIR",
+                   help="score again the chunks an earlier --keep-chunks run kept in DIR (no "
+                        "guest is booted; the request is the kept one's)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="with --from: score N chunks at a time (%(default)s)")
 
 
 def accuracy_command(args: argparse.Namespace) -> int:
@@ -316,6 +323,8 @@ def accuracy_command(args: argparse.Namespace) -> int:
         raise errors.UsageError("--ops must be 1..1000000 and --chunk 1..1000")
     if not 0.0 <= args.min_share <= 1.0:
         raise errors.UsageError("--min-share must be between 0 and 1")
+    if not 1 <= args.jobs <= 64:
+        raise errors.UsageError("--jobs must be 1..64")
     if args.workload not in accuracy.WORKLOADS:
         raise errors.UsageError(f"--workload must be one of {', '.join(accuracy.WORKLOADS)}")
     request = accuracy.AccuracyRequest(args.seed, args.ops, args.chunk, args.trace,
@@ -330,10 +339,19 @@ def accuracy_command(args: argparse.Namespace) -> int:
         return _accuracy_kernels(args.guest, opts, request, recipes)
     with outputs(args, "accuracy", _properties(opts, None, "accuracy")) as out:
         start = time.monotonic()
-        prepared = args.guest.prepare(pins=load_kernel_pins(opts.kernel), extras=opts.extras)
-        out.run_dir = run_dir = new_run_dir("accuracy")
-        with _boot(args.guest, prepared, opts, run_dir) as session:
-            result = accuracy.measure(session, request)
+        prepared = None
+        session = None
+        if args.from_dir is not None:
+            kept, result, cpus = accuracy.rescore(args.from_dir, args.jobs)
+            request = dataclasses.replace(kept, min_share=args.min_share)
+            opts = dataclasses.replace(opts, memory_mib=kept.memory_mib, cpus=cpus)
+            out.run_dir = run_dir = new_run_dir("accuracy")
+        else:
+            prepared = args.guest.prepare(pins=load_kernel_pins(opts.kernel), extras=opts.extras)
+            out.run_dir = run_dir = new_run_dir("accuracy")
+            with _boot(args.guest, prepared, opts, run_dir) as session:
+                result = accuracy.measure(session, request,
+                                          keep=run_dir / "chunks" if args.keep_chunks else None)
         table = accuracy.format_table(result, request.seed, request.min_share,
                                       request.workload, request.boost,
                                       request.proactive_compaction)

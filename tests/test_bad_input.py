@@ -294,8 +294,17 @@ def _bad_inputs(tmp: Path) -> dict[str, Path]:
     """Files a user might hand a command by mistake, each named for what is wrong with it."""
     files = {name: tmp / name for name in ("nothing", "empty-dir", "no-obj-m", "bad.toml", "tree.toml",
                                            "latin1.toml", "junk.ko", "damaged.ko", "cut.log",
-                                           "damaged.log", "saved-output", "binary-output")}
+                                           "damaged.log", "saved-output", "binary-output",
+                                           "kept-chunks")}
     files["empty-dir"].mkdir()
+    # `accuracy --keep-chunks`'s files, the chunk's trace not gzip.
+    (files["kept-chunks"] / "0000").mkdir(parents=True)
+    (files["kept-chunks"] / "request.json").write_text(
+        '{"seed": 1, "ops": 1, "chunk": 1, "traced": true}\n')
+    (files["kept-chunks"] / "zoneinfo.txt").write_text("")
+    for part in ("zones", "pageblocks", "freelists", "log", "allocs", "trace"):
+        (files["kept-chunks"] / "0000" / f"{part}.txt.gz").write_bytes(b"not gzip\n")
+    (files["kept-chunks"] / "0000" / "commands.txt").write_text("alloc\n")
     files["no-obj-m"].mkdir()
     (files["no-obj-m"] / "Kbuild").write_text("ccflags-y := -Wall\n")
     files["bad.toml"].write_text('kind = "debian\n[debian\n')           # cut in the middle
@@ -327,6 +336,9 @@ COMMAND_CASES: list[tuple[list[str], int, tuple[str, ...]]] = [
     (["accuracy", "--ops", "0"], errors.EXIT_USAGE, ("--ops",)),
     (["accuracy", "--kernels", "{bad.toml}"], errors.EXIT_SETUP, ("not a TOML file",)),
     (["accuracy", "--kernels", ","], errors.EXIT_USAGE, ("names no kernel",)),
+    (["accuracy", "--from", "{empty-dir}"], errors.EXIT_SETUP, ("request.json missing",)),
+    (["accuracy", "--from", "{kept-chunks}"], errors.EXIT_BAD_RECORDS, ("does not parse",)),
+    (["accuracy", "--from", "{kept-chunks}", "--jobs", "0"], errors.EXIT_USAGE, ("--jobs",)),
     (["trace-replay", "--from", "{nothing}"], errors.EXIT_SETUP, ("not a saved capture",)),
     (["run", "--timeout", "0", "true"], errors.EXIT_USAGE, ("--timeout",)),
     (["run", "--kernel", "{bad.toml}", "true"], errors.EXIT_SETUP, ("not a TOML file",)),

@@ -8,22 +8,34 @@ commands, `guestrun` runs a chunk of them in the guest after an exact dump,
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
+import gzip
+import hashlib
+import json
+import os
+import zlib
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
 from buddylab import protocol
-from buddylab.errors import SetupError
-from buddylab.experiments.accuracy.guestrun import enable_tracing, run_chunk
+from buddylab.errors import BuddylabError, RecordError, SetupError
+from buddylab.experiments.accuracy.guestrun import (enable_tracing, load_chunk, run_chunk,
+                                                    save_chunk)
 from buddylab.experiments.accuracy.report import AccuracyRequest, format_table, result_json, suite
-from buddylab.experiments.accuracy.scoring import Accuracy, evaluate
+from buddylab.experiments.accuracy.scoring import Accuracy, Divergence, Tally, evaluate
 from buddylab.experiments.accuracy.workload import WORKLOADS, generate
 from buddylab.guest.session import Session
 from buddylab.models.versions import ModelSupport
 from buddylab.records import procfs
 
-__all__ = ["Accuracy", "AccuracyRequest", "WORKLOADS", "format_table", "measure", "result_json",
-           "suite"]
+__all__ = ["Accuracy", "AccuracyRequest", "WORKLOADS", "format_table", "measure", "rescore",
+           "result_json", "suite"]
 
 
 def measure(session: Session, request: AccuracyRequest,
-            support: ModelSupport | None = None) -> Accuracy:
+            support: ModelSupport | None = None, keep: Path | None = None) -> Accuracy:
     """Load the module, run `count` generated operations in chunks, evaluate each chunk.
 
     `request.traced` records the kmem tracepoints too: what else the kernel did
@@ -40,8 +52,13 @@ def measure(session: Session, request: AccuracyRequest,
         session.run("echo 0 > /proc/sys/vm/compaction_proactiveness").check()
     # The watermarks and lowmem reserves do not move while boosting is off
     # (and the model does not apply them while it is on).
-    zoneinfo = procfs.parse_zoneinfo(session.run("cat /proc/zoneinfo").check().stdout) \
-        if not request.boost else None
+    zoneinfo_text = session.run("cat /proc/zoneinfo").check().stdout \
+        if not request.boost or keep is not None else ""
+    zoneinfo = procfs.parse_zoneinfo(zoneinfo_text) if not request.boost else None
+    if keep is not None:
+        keep.mkdir(parents=True)
+        (keep / "request.json").write_text(json.dumps(asdict(request)) + "\n")
+        (keep / "zoneinfo.txt").write_text(zoneinfo_text)
     session.run(protocol.insmod()).check()
     if request.traced:
         # A pressure chunk's batches trace some 1,300 events per operation:
@@ -52,8 +69,98 @@ def measure(session: Session, request: AccuracyRequest,
                         request.chunk)
     result = Accuracy(series=support.series if support is not None else "")
     for start in range(0, len(commands), request.chunk):
-        evaluate(run_chunk(session, commands[start:start + request.chunk], request.traced), result,
-                 zoneinfo)
+        chunk = run_chunk(session, commands[start:start + request.chunk], request.traced)
+        if keep is not None:
+            save_chunk(keep / f"{start // request.chunk:04d}", chunk)
+        evaluate(chunk, result, zoneinfo)
     session.run(f"echo free_all > {protocol.DEBUGFS}/control "
                 f"&& rmmod {protocol.MODULE_NAME}").check()
     return result
+
+
+def _scoring_digest() -> str:
+    """A digest of the code that scores a chunk: a kept score is reused only under it."""
+    root = Path(protocol.__file__).parent
+    h = hashlib.sha256()
+    for path in sorted([*root.glob("experiments/accuracy/*.py"), *root.glob("models/*.py"),
+                        *root.glob("records/*.py"), root / "allocator.py", root / "protocol.py"]):
+        h.update(f"{path.relative_to(root)}\0".encode() + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def _accuracy_from_json(data: dict[str, Any]) -> Accuracy:
+    result = Accuracy(**data)
+    for name in ("page", "counts", "textbook", "searched"):
+        setattr(result, name, Tally(**data[name]))
+    result.divergences = [Divergence(**d) for d in data["divergences"]]
+    return result
+
+
+def _score_kept(directory: Path, zoneinfo_text: str | None, digest: str,
+                ) -> Accuracy | BuddylabError:
+    """One kept chunk's scores (in a worker process: an error comes back as a plain one).
+
+    The scores are kept beside the chunk under the scoring code's digest
+    (`.score-DIGEST.json`): a later `--from` with the same code reads them.
+    """
+    kept = directory / f".score-{digest}.json"
+    try:
+        if kept.is_file():
+            return _accuracy_from_json(json.loads(kept.read_text()))
+    except (ValueError, TypeError, KeyError):
+        pass   # scored again below
+    try:
+        result = Accuracy(series="")
+        zoneinfo = procfs.parse_zoneinfo(zoneinfo_text) if zoneinfo_text is not None else None
+        evaluate(load_chunk(directory), result, zoneinfo)
+    except RecordError as e:
+        return RecordError(f"{directory.name}: {e}")
+    except (ValueError, TypeError, EOFError, gzip.BadGzipFile, zlib.error) as e:
+        return RecordError(f"{directory}: a kept file does not parse: {e}")
+    except OSError as e:
+        return SetupError(f"{directory}: cannot read the kept chunk: {e.strerror}: {e.filename}")
+    with contextlib.suppress(OSError):   # a read-only capture is scored every time
+        tmp = kept.with_name(f"{kept.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(asdict(result)))
+        tmp.rename(kept)
+    return result
+
+
+def rescore(kept: Path, jobs: int = 1) -> tuple[AccuracyRequest, Accuracy, int]:
+    """Score again the chunks a run kept (`accuracy --keep-chunks`: DIR or DIR/chunks).
+
+    Each chunk starts from its own exact dump, so `jobs` processes score them
+    apart; the scores are added up in chunk order.  Returns the kept request,
+    the scores and the guest's CPU count (its per-CPU lists in the records).
+    """
+    if not (kept / "request.json").is_file() and (kept / "chunks" / "request.json").is_file():
+        kept = kept / "chunks"
+    if not (kept / "request.json").is_file():
+        raise SetupError(f"{kept} holds no chunks kept by `accuracy --keep-chunks` "
+                         "(request.json missing)")
+    try:
+        request = AccuracyRequest(**json.loads((kept / "request.json").read_text()))
+        zoneinfo_text = (kept / "zoneinfo.txt").read_text() if not request.boost else None
+        chunks = sorted(d for d in kept.iterdir() if d.is_dir() and d.name.isdigit())
+    except (ValueError, TypeError) as e:
+        raise RecordError(f"{kept}: a kept file does not parse: {e}") from None
+    except OSError as e:
+        raise SetupError(f"{kept}: cannot read the kept chunks: {e.strerror}: {e.filename}") \
+            from None
+    if not chunks:
+        raise SetupError(f"{kept} holds no chunk")
+    digest = _scoring_digest()
+    if jobs > 1:
+        with concurrent.futures.ProcessPoolExecutor(min(jobs, len(chunks))) as pool:
+            scores = list(pool.map(_score_kept, chunks, [zoneinfo_text] * len(chunks),
+                                   [digest] * len(chunks)))
+    else:
+        scores = [_score_kept(d, zoneinfo_text, digest) for d in chunks]
+    result = Accuracy(series="")
+    for score in scores:
+        if isinstance(score, BuddylabError):
+            raise score
+        result.merge(score)
+    first = load_chunk(chunks[0])
+    cpus = len({p.cpu for op in first.log.ops[:1] for p in op.before.pcp})
+    return request, result, cpus

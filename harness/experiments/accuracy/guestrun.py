@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 from dataclasses import dataclass
+from pathlib import Path
 
 from buddylab import protocol
 from buddylab.guest.session import Session
@@ -59,7 +61,18 @@ def run_chunk(session: Session, commands: list[str], traced: bool = False) -> Ch
         reads=("cat log", "cat /tmp/allocs",
                *((f"cat {tracing}/trace", "cat <&8", "cat <&9") if traced else ())))
     out = session.run(script, timeout=600).check().stdout
-    parts = protocol.split_output(out, 8 if traced else 5)
+    return parse_chunk(protocol.split_output(out, 8 if traced else 5), commands)
+
+
+# The parts of a chunk's output, in order (the last three traced runs only),
+# as kept on disk by save_chunk().
+PART_NAMES = ("zones", "pageblocks", "freelists", "log", "allocs", "trace", "end-freelists",
+              "end-pageblocks")
+
+
+def parse_chunk(parts: list[str], commands: list[str]) -> Chunk:
+    """A chunk from its output's parts (5, or 8 traced)."""
+    traced = len(parts) == len(PART_NAMES)
     part = protocol.parse_part
     return Chunk(part("zones", kmod.parse_zones, parts[0]),
                  part("pageblocks", kmod.parse_pageblocks, parts[1]),
@@ -70,3 +83,27 @@ def run_chunk(session: Session, commands: list[str], traced: bool = False) -> Ch
                  part("end freelists", kmod.parse_freelists, parts[6]) if traced else None,
                  part("end pageblocks", kmod.parse_pageblocks, parts[7]) if traced else None,
                  tuple(parts))
+
+
+def save_chunk(directory: Path, chunk: Chunk) -> None:
+    """Keep `chunk` as read (each part gzipped, and its commands), for load_chunk()."""
+    tmp = directory.with_name(f".{directory.name}.tmp")
+    tmp.mkdir(parents=True)
+    for name, text in zip(PART_NAMES, chunk.raw):
+        with gzip.open(tmp / f"{name}.txt.gz", "wt", compresslevel=3) as f:
+            f.write(text)
+    (tmp / "commands.txt").write_text("\n".join(chunk.commands) + "\n")
+    tmp.rename(directory)
+
+
+def load_chunk(directory: Path) -> Chunk:
+    """A chunk kept by save_chunk()."""
+    parts = []
+    for name in PART_NAMES:
+        path = directory / f"{name}.txt.gz"
+        if not path.exists():
+            break
+        with gzip.open(path, "rt") as f:
+            parts.append(f.read())
+    commands = [c for c in (directory / "commands.txt").read_text().splitlines() if c]
+    return parse_chunk(parts, commands)

@@ -22,7 +22,7 @@ Three models predict each operation:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from buddylab.allocator import GFP_TYPES, MAX_ORDER, RECLAIM_GFPS
 from buddylab.errors import RecordError
@@ -116,6 +116,25 @@ class Accuracy:
 
     def cover(self, path: str, n: int = 1) -> None:
         self.coverage[path] = self.coverage.get(path, 0) + n
+
+    def merge(self, other: Accuracy) -> None:
+        """Add the scores of `other` (later chunks, scored apart) to these."""
+        if self.series and other.series and self.series != other.series:
+            raise RecordError(f"chunks of a {self.series} and a {other.series} kernel")
+        self.series = self.series or other.series
+        for f in fields(self):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(mine, Tally):
+                mine.ops += theirs.ops
+                mine.attempted += theirs.attempted
+                mine.exact += theirs.exact
+            elif isinstance(mine, dict):
+                for k, v in theirs.items():
+                    mine[k] = mine.get(k, 0) + v
+            elif isinstance(mine, list):
+                mine.extend(theirs)
+            elif isinstance(mine, int):
+                setattr(self, f.name, mine + theirs)
 
     def passed(self, min_share: float = 1.0) -> bool:
         """The page model missed no operation it attempts (or no more than min_share allows)."""
