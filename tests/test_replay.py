@@ -11,7 +11,7 @@ from buddylab.models import kernel_state, pagemodel
 from buddylab.models import synthetic_trace
 from buddylab.models.kmem_replay import (KmemTraceReplayer, ReplayReport, _batched_frees,
                                          _migratetype, _reorderings)
-from buddylab.records.kmemtrace import TraceEvent, TraceParseError, parse_trace
+from buddylab.records.kmemtrace import TraceEvent, TraceParseError, parse_trace, unseen_cause
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -190,11 +190,16 @@ def test_parse_keeps_every_column_of_a_real_line():
 
 def test_parse_keeps_compaction_and_reclaim_events_by_name_only():
     """vmscan.h's mm_vmscan_kswapd_wake prints "nid=%d order=%d": kept with its CPU, stamp
-    and task, no fields (the model cannot follow reclaim); kswapd's sleep names nothing."""
+    and task, no fields (an event of another task); a wake-up and a sleep move no page, so
+    they name nothing, and reclaim's own work does."""
     text = ("         kswapd0-30      [001] ....     5.000001: mm_vmscan_kswapd_wake: nid=0 order=3\n"
-            "         kswapd0-30      [001] ....     5.000002: mm_vmscan_kswapd_sleep: nid=0\n")
-    assert parse_trace(text) == [TraceEvent(1, 5.000001, "kswapd0", 30, "mm_vmscan_kswapd_wake",
-                                            {}, "", "....")]
+            "         kswapd0-30      [001] ....     5.000002: mm_vmscan_kswapd_sleep: nid=0\n"
+            "         kswapd0-30      [001] ....     5.000003: mm_vmscan_lru_isolate: isolate_mode=0\n")
+    assert parse_trace(text) == [
+        TraceEvent(1, 5.000001, "kswapd0", 30, "mm_vmscan_kswapd_wake", {}, "", "...."),
+        TraceEvent(1, 5.000002, "kswapd0", 30, "mm_vmscan_kswapd_sleep", {}, "", "...."),
+        TraceEvent(1, 5.000003, "kswapd0", 30, "mm_vmscan_lru_isolate", {}, "", "....")]
+    assert [unseen_cause(e.name) for e in parse_trace(text)] == [None, None, "reclaim"]
 
 
 def test_parse_errors_name_the_line_and_why():

@@ -38,15 +38,23 @@ _REQUIRED = {
 # pages without a per-page kmem event, so the model cannot follow them; their
 # presence is kept (name, CPU, time; no fields) so that a replay can name it.
 UNSEEN_GROUPS = {"mm_compaction_": "compaction", "mm_vmscan_": "reclaim"}
+# Events of those groups that move no page: a thread woken or going to sleep,
+# and compaction's own checks and bookkeeping before it runs (5.10's
+# compaction isolates and reorders free pages only inside compact_zone(),
+# after its `mm_compaction_begin`).  A pressure chunk's other tasks wake
+# kswapd and ask whether kcompactd is worth waking (compaction_suitable())
+# with GFP_ATOMIC requests; the work that may follow has events of its own.
+NO_PAGE_MOVED = frozenset({
+    "mm_vmscan_wakeup_kswapd", "mm_vmscan_kswapd_wake", "mm_vmscan_kswapd_sleep",
+    "mm_compaction_wakeup_kcompactd", "mm_compaction_kcompactd_wake",
+    "mm_compaction_kcompactd_sleep", "mm_compaction_suitable", "mm_compaction_deferred",
+    "mm_compaction_defer_compaction", "mm_compaction_defer_reset",
+    "mm_compaction_try_to_compact_pages"})
 
 
 def unseen_cause(name: str) -> str | None:
-    """"compaction" or "reclaim" for an event of those groups, else None.
-
-    kswapd's and kcompactd's `*_sleep` events say a thread went to sleep: no
-    page moved, so they name nothing.
-    """
-    if name.endswith("_sleep"):
+    """"compaction" or "reclaim" for an event of those groups that moves pages, else None."""
+    if name in NO_PAGE_MOVED:
         return None
     for prefix, cause in UNSEEN_GROUPS.items():
         if name.startswith(prefix):
@@ -97,7 +105,7 @@ def parse_trace(text: str) -> list[TraceEvent]:
         if m is None:
             raise TraceParseError(lineno, line, "not a trace line")
         name = m["event"]
-        if unseen_cause(name) is not None:
+        if name.startswith(tuple(UNSEEN_GROUPS)):
             events.append(TraceEvent(int(m["cpu"]), float(m["ts"]), m["task"].strip(),
                                      int(m["pid"]), name, {}, "", m["flags"] or ""))
             continue
