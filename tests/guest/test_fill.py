@@ -41,7 +41,7 @@ def test_fill_until_failure_then_free_all(prepared):
         g.run("echo 0 > /proc/sys/vm/watermark_boost_factor").check()
         zoneinfo = {z.zone: z for z in procfs.parse_zoneinfo(g.run("cat /proc/zoneinfo").stdout)
                     if z.populated}
-        g.run(f"dmesg -c > /dev/null; insmod {g.module_path}").check()
+        g.run(f"dmesg -c > /dev/null; insmod {g.module_path} noreclaim_min=1").check()
         for gfp in kmod.GFPS:
             for order in (0, 10):
                 fill = f"fill api=alloc_pages gfp={gfp} order={order}"
@@ -76,7 +76,7 @@ def test_fill_until_failure_then_free_all(prepared):
         dma32 = zoneinfo["DMA32"]
         batch = op.after.pcp_of(0, "DMA32", op.cpu).batch
         left = sum(z.pages for z in op.after.zones if z.zone == "DMA32")
-        # The guard's line: the high watermark, the min one for a NORECLAIM mask.
+        # The guard's line: the high watermark, the min one for a NORECLAIM mask (noreclaim_min=1).
         # It keeps the HighAtomic reserve free too, which an earlier atomic
         # order-10 fill's slow path may have made (one pageblock).
         line = dma32.high if exact_args(fill)["gfp"] in RECLAIM_GFPS else dma32.min
