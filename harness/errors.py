@@ -43,6 +43,17 @@ class GuestTimeout(BuddylabError):
     exit_code = EXIT_GUEST_TIMEOUT
 
 
+class GuestConnectionLost(GuestTimeout):
+    """The SSH connection dropped while a command ran (its dropbear killed, QEMU gone).
+
+    The message carries the tail of the guest's serial console, where the
+    kernel says why (an OOM kill, a panic), when the harness has it."""
+
+    def __init__(self, message: str, log_tail: str = "") -> None:
+        super().__init__(message + (f"\n--- serial log tail ---\n{log_tail}" if log_tail else ""))
+        self.log_tail = log_tail
+
+
 class GuestCrashed(BuddylabError):
     """The guest kernel panicked or oopsed (seen on its serial console)."""
 

@@ -16,6 +16,7 @@
 #include <linux/cpu.h>
 #include <linux/cpumask.h>
 #include <linux/debugfs.h>
+#include <linux/fs.h>
 #include <linux/gfp.h>
 #include <linux/kernel.h>
 #include <linux/list.h>
@@ -69,6 +70,8 @@
 #define BL_LOG_CAP	1024		/* op records kept */
 #define BL_LOG_BUDGET	(64 << 20)	/* bytes the log may take at most */
 #define BL_DUMP_TRIES	4
+/* vm.watermark_boost_factor's default (mm/page_alloc.c) */
+#define BL_DEFAULT_BOOST_FACTOR	15000
 
 /*
  * The module's own memory (zones, log, pool, tracking blocks, images):
@@ -83,6 +86,11 @@
 static bool allow_leak;
 module_param(allow_leak, bool, 0400);
 MODULE_PARM_DESC(allow_leak, "accept the leak command, which breaks page refcounts on purpose");
+
+/* The watermark guard's line for the NORECLAIM masks: see bl_headroom(). */
+static bool noreclaim_min;
+module_param(noreclaim_min, bool, 0400);
+MODULE_PARM_DESC(noreclaim_min, "let NORECLAIM requests take a zone down to one per-CPU batch above its min watermark (for a guest that runs nothing else)");
 
 /*
  * The per-CPU lists.  5.10: one list of order-0 pages per migratetype below
@@ -486,12 +494,14 @@ static struct bl_state {
 	struct bl_psnap *psnaps;	/* per op: before, after; per CPU, zone */
 	struct workqueue_struct *wq;
 	struct dentry *dir;
+	int boost_factor;		/* see bl_max_boost() */
 } bl = {
 	.lock = __MUTEX_INITIALIZER(bl.lock),
 	.allocs = RB_ROOT,
 	.next_id = 1,
 	.gc = LIST_HEAD_INIT(bl.gc),
 	.next_seq = 1,
+	.boost_factor = BL_DEFAULT_BOOST_FACTOR,
 };
 
 /* Zones and pageblocks */
@@ -864,6 +874,48 @@ static gfp_t bl_gfp(const struct bl_cmd *cmd, bool fill)
 }
 
 /*
+ * bl.boost_factor: vm.watermark_boost_factor, read at load (the kernel
+ * exports neither the variable nor a function that reads it), else the
+ * kernel's default.  A change of the sysctl reaches the guard at the next
+ * load.
+ */
+static void __init bl_read_boost_factor(void)
+{
+	char buf[16] = "";
+	struct file *f;
+	loff_t pos = 0;
+	ssize_t n;
+	int factor;
+
+	f = filp_open("/proc/sys/vm/watermark_boost_factor", O_RDONLY, 0);
+	if (IS_ERR(f))
+		return;
+	n = kernel_read(f, buf, sizeof(buf) - 1, &pos);
+	filp_close(f, NULL);
+	if (n > 0 && !kstrtoint(strim(buf), 10, &factor) && factor >= 0)
+		bl.boost_factor = factor;
+}
+
+/*
+ * The most that boost_watermark() (mm/page_alloc.c) can add to each of
+ * @z's watermarks: every fallback steal of a part of a pageblock, by any
+ * allocation, raises them by a pageblock, up to this.  Only kswapd takes
+ * a boost back, after a reclaim pass, and until it has run, someone
+ * else's request sees a min watermark raised by as much.
+ */
+static unsigned long bl_max_boost(struct zone *z)
+{
+	unsigned long max_boost;
+
+	if (!bl.boost_factor || pageblock_nr_pages * 4 > zone_managed_pages(z))
+		return 0;
+	max_boost = mult_frac(z->_watermark[WMARK_HIGH], bl.boost_factor, 10000);
+	if (!max_boost)
+		return 0;
+	return max_t(unsigned long, max_boost, pageblock_nr_pages);
+}
+
+/*
  * Whether the module may take @pages more pages now.  The zone the
  * allocator would take them from is the first one of the local node's
  * zonelist for @gfp that has pages above its lowmem reserve for the
@@ -872,15 +924,30 @@ static gfp_t bl_gfp(const struct bl_cmd *cmd, bool fill)
  * pages, nor @extra (the pageblock a GFP_ATOMIC order > 0 success may
  * add to that reserve).
  *
- * The watermark is the high one for a mask that may reclaim: the
- * allocator then stays on its fast path.  A NORECLAIM mask cannot reclaim,
- * compact or call the OOM killer itself, so the allocator may refuse it
- * on its own (at the low watermark on the fast path, the min one on the
- * slow path); the guard keeps the zone above the min watermark by one
+ * The watermark is the high one: the allocator then stays on its fast
+ * path, and the guest keeps the margin between the high and the min
+ * watermark for its own work (measured: one per-CPU batch was not enough
+ * beside two SSH sessions and a reader forking cat, the fuzz test's; the
+ * OOM killer took dropbear, also with boosting off).  With noreclaim_min=1
+ * a NORECLAIM mask's watermark is the min one: such a mask cannot reclaim,
+ * compact or call the OOM killer itself, so the allocator may refuse it on
+ * its own (at the low watermark on the fast path, the min one on the slow
+ * path), and the guard keeps the zone above the min watermark by one
  * refill, so that someone else's order-0 allocation still succeeds
- * without reclaim.  Either way nothing the module does can drive a zone
- * down to its min watermark and have the OOM killer woken by someone
- * else's allocation.
+ * without reclaim.  That line is for a guest that runs nothing else
+ * meanwhile (the pressure workload).
+ *
+ * The watermark is taken at its highest boost (bl_max_boost()), not at
+ * the boost of the moment: the module's blocks stay taken while a later
+ * fallback steal (the module's own next block, or anyone's) boosts the
+ * watermarks, and the guest's memory cannot be reclaimed (an initramfs,
+ * no swap), so a request of someone else's that meets a boosted min
+ * watermark above the free pages ends in the OOM killer before kswapd
+ * has taken the boost back.  The fuzz test lost its SSH connection so:
+ * dropbear was killed with DMA32 at 2,171 free pages, a HighAtomic reserve
+ * of 512 and its min watermark boosted from about 660 to 2,150.  With
+ * vm.watermark_boost_factor=0 (as the pressure workload runs) there is
+ * no boost and the guard is the plain watermark.
  */
 static bool bl_headroom(gfp_t gfp, unsigned long pages, unsigned long extra)
 {
@@ -898,8 +965,9 @@ static bool bl_headroom(gfp_t gfp, unsigned long pages, unsigned long extra)
 		free = zone_page_state_snapshot(z, NR_FREE_PAGES) - (long)pages;
 		if (free <= (long)z->lowmem_reserve[high])
 			continue;
-		keep = (gfp & __GFP_RECLAIM ? high_wmark_pages(z) :
-					      min_wmark_pages(z)) +
+		keep = z->_watermark[gfp & __GFP_RECLAIM || !noreclaim_min ?
+				     WMARK_HIGH : WMARK_MIN] +
+		       max(READ_ONCE(z->watermark_boost), bl_max_boost(z)) +
 		       z->lowmem_reserve[high] +
 		       READ_ONCE(z->nr_reserved_highatomic) +
 		       READ_ONCE(bl_pcp(z, cpu)->batch) + extra;
@@ -2175,6 +2243,7 @@ static int __init bl_init(void)
 	ret = bl_zones_init();
 	if (ret)
 		return ret;
+	bl_read_boost_factor();
 	ret = bl_log_alloc();
 	if (ret)
 		goto err_log;

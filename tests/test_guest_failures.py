@@ -83,3 +83,14 @@ def test_command_status_is_passed_through(prepared):
     proc = _buddylab("run", "cat /proc/buddyinfo; exit 7")
     assert proc.returncode == 7
     assert "zone    DMA32" in proc.stdout
+
+
+def test_dropped_connection_says_so_with_the_serial_log(prepared):
+    """A command whose SSH server dies under it (as the OOM killer killed dropbear in
+    the fuzz test) ends with exit 4, a message that names the lost connection, and
+    the tail of the guest's serial console (here a line the command printed there)."""
+    proc = _buddylab("run", "printf 'lost-%s\\n' link-marker > /dev/console; kill -9 $PPID; sleep 30")
+    assert proc.returncode == errors.EXIT_GUEST_TIMEOUT, proc.stderr
+    assert "SSH connection to the guest lost during: printf" in proc.stderr
+    assert "--- serial log tail ---" in proc.stderr
+    assert "lost-link-marker" in proc.stderr

@@ -137,7 +137,8 @@ class Session:
         """A second, independent SSH connection (the caller closes it)."""
         from buddylab.guest.ssh import GuestShell
 
-        return GuestShell(self.qemu.config.ssh_port, self._host_key, self._client_key)
+        return GuestShell(self.qemu.config.ssh_port, self._host_key, self._client_key,
+                          console_tail=self.qemu.serial_tail)
 
     def run(self, command: str, timeout: float = 60.0, stdin: bytes | None = None) -> CommandResult:
         """Run a guest command; a guest crash during it is raised as GuestCrashed.

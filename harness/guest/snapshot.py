@@ -588,7 +588,7 @@ def _resume(qemu: Qemu, host_key: HostKey, client_key: ClientKeys,
     status = qemu.status()
     if status != "running":
         raise GuestTimeout(f"guest signalled ready but QMP says {status!r}")
-    shell = GuestShell(qemu.config.ssh_port, host_key, client_key())
+    shell = GuestShell(qemu.config.ssh_port, host_key, client_key(), console_tail=qemu.serial_tail)
     mark("ssh connected")
     return shell
 

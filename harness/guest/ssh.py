@@ -9,6 +9,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 # paramiko.config imports invoke for ssh_config's "Match exec", which buddylab
 # never reads (it connects by port and key); invoke and what it imports are a
@@ -17,7 +18,7 @@ if "invoke" not in sys.modules:
     sys.modules["invoke"] = None  # type: ignore[assignment]
 import paramiko  # noqa: E402
 
-from buddylab.errors import GuestCommandError, GuestTimeout, SetupError
+from buddylab.errors import GuestCommandError, GuestConnectionLost, GuestTimeout, SetupError
 from buddylab.guest.image import HostKey
 
 
@@ -56,7 +57,9 @@ class GuestShell:
     """Runs commands in the guest over one paramiko connection."""
 
     def __init__(self, port: int, host_key: HostKey, client_key: ClientKey,
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0, console_tail: Callable[[], str] | None = None) -> None:
+        # The guest's serial console, quoted when the connection drops.
+        self._console_tail = console_tail or str
         self._client = paramiko.SSHClient()
         pinned = paramiko.PKey.from_type_string(host_key.key_type,
                                                  base64.b64decode(host_key.public_b64))
@@ -82,7 +85,8 @@ class GuestShell:
         shown = command if shown is None else shown
         transport = self._client.get_transport()
         if transport is None or not transport.is_active():
-            raise GuestTimeout(f"SSH connection lost before: {shown}")
+            raise GuestConnectionLost(f"SSH connection lost before: {shown}",
+                                      self._console_tail())
         try:
             chan = transport.open_session(timeout=timeout)
         except (paramiko.SSHException, OSError) as e:
@@ -113,8 +117,14 @@ class GuestShell:
                 raise err_failure[0]
             err = b"".join(err_parts)
             rc = chan.recv_exit_status()
+            if rc == -1 and not transport.is_active():
+                # The channel ended without an exit status because the link did.
+                raise OSError("the connection closed without the command's exit status")
         except socket.timeout as e:
             raise GuestTimeout(f"guest command timed out after {timeout:.0f} s: {shown}") from e
+        except (OSError, EOFError, paramiko.SSHException) as e:
+            raise GuestConnectionLost(f"SSH connection to the guest lost during: {shown} "
+                                      f"({type(e).__name__}: {e})", self._console_tail()) from e
         finally:
             chan.close()
         return CommandResult(shown, rc, out.decode(errors="replace"),

@@ -273,7 +273,9 @@ class OperationReplayer:
         return None
 
     def guard_allows(self, api: str, gfp: str, order: int, cpu: int) -> bool:
-        """The module's watermark guard (kmod/README.md) for one block: bl_block_headroom().
+        """The module's watermark guard (kmod/README.md) for one block: bl_block_headroom(),
+        of a module loaded with noreclaim_min=1 while boosting is off (as `accuracy` loads it
+        whenever the model has the watermarks).
 
         It reads the free pages with every CPU's delta (zone_page_state_snapshot()).
         """

@@ -41,7 +41,7 @@ def test_fill_until_failure_then_free_all(prepared):
         g.run("echo 0 > /proc/sys/vm/watermark_boost_factor").check()
         zoneinfo = {z.zone: z for z in procfs.parse_zoneinfo(g.run("cat /proc/zoneinfo").stdout)
                     if z.populated}
-        g.run(f"dmesg -c > /dev/null; insmod {g.module_path}").check()
+        g.run(f"dmesg -c > /dev/null; insmod {g.module_path} noreclaim_min=1").check()
         for gfp in kmod.GFPS:
             for order in (0, 10):
                 fill = f"fill api=alloc_pages gfp={gfp} order={order}"
@@ -76,7 +76,7 @@ def test_fill_until_failure_then_free_all(prepared):
         dma32 = zoneinfo["DMA32"]
         batch = op.after.pcp_of(0, "DMA32", op.cpu).batch
         left = sum(z.pages for z in op.after.zones if z.zone == "DMA32")
-        # The guard's line: the high watermark, the min one for a NORECLAIM mask.
+        # The guard's line: the high watermark, the min one for a NORECLAIM mask (noreclaim_min=1).
         # It keeps the HighAtomic reserve free too, which an earlier atomic
         # order-10 fill's slow path may have made (one pageblock).
         line = dma32.high if exact_args(fill)["gfp"] in RECLAIM_GFPS else dma32.min
@@ -104,3 +104,44 @@ def test_fill_until_failure_then_free_all(prepared):
     assert (freed.n, freed.pages) == (fill.n, fill.pages)
     print(f"alloc count=20000 with {65536 - fill.n} pool entries left and memory at the "
           f"guard: n=0 stop=watermark, {taken:+d} pages between the two commands")
+
+
+def unboosted_high(zones: list[procfs.ZoneInfo], name: str, min_free_kbytes: int,
+                   scale_factor: int) -> int:
+    """A zone's high watermark without its boost, as __setup_per_zone_wmarks() (5.10) sets
+    it; /proc/zoneinfo prints the watermarks with the boost of the moment added."""
+    lowmem = sum(z.managed for z in zones)           # no highmem zone on x86-64
+    zone = next(z for z in zones if z.zone == name)
+    low_min = (min_free_kbytes >> 2) * zone.managed // lowmem
+    gap = max(low_min >> 2, zone.managed * scale_factor // 10000)
+    return low_min + 2 * gap
+
+
+def test_guard_leaves_room_for_the_highest_watermark_boost(prepared):
+    """With boosting on (the default), a NORECLAIM fill at order 0 stops at the high
+    watermark plus the most boost_watermark() can add to it, max(512, high x
+    vm.watermark_boost_factor / 10000) (about 1,490 pages in DMA32): a fallback steal
+    after the fill then raises the min watermark without taking it above what the guest's
+    own requests find free.  A guard at the watermark of the moment let the OOM killer
+    take dropbear in the fuzz test.  (test_fill_until_failure_then_free_all checks the
+    lines with boosting off.)"""
+    with boot(prepared) as g:
+        sysctl = g.run("cat /proc/sys/vm/watermark_boost_factor /proc/sys/vm/min_free_kbytes "
+                       "/proc/sys/vm/watermark_scale_factor").check().stdout.split()
+        factor, min_free_kbytes, scale_factor = map(int, sysctl)
+        zones = [z for z in procfs.parse_zoneinfo(g.run("cat /proc/zoneinfo").stdout) if z.populated]
+        out = g.run(f"dmesg -c > /dev/null; insmod {g.module_path} && cd {D} && exec 7> control && "
+                    "echo 'fill api=alloc_pages gfp=NORECLAIM order=0' >&7; echo free_all >&7; "
+                    "exec 7>&-; cat log").check().stdout
+        dmesg = g.run("rmmod buddylab && dmesg").check().stdout
+    assert not kernel_log_problems(dmesg), dmesg
+    assert factor > 0, "the guest boots with watermark boosting on"
+    op = next(o for o in kmod.parse_log(out).ops if o.verb == "fill")
+    high = unboosted_high(zones, "DMA32", min_free_kbytes, scale_factor)
+    line = high + max(PAGEBLOCK_PAGES, high * factor // 10000)
+    batch = op.after.pcp_of(0, "DMA32", op.cpu).batch
+    left = sum(z.pages for z in op.after.zones if z.zone == "DMA32")
+    print(f"\nNORECLAIM fill, boost factor {factor}: n={op.n}, DMA32 left {left}; "
+          f"unboosted high {high}, the guard's line {line}")
+    assert (op.ret, op.stop) == (ENOMEM, "watermark"), op
+    assert line < left <= line + 2 * batch, (left, line, batch)

@@ -338,7 +338,10 @@ def test_fuzzing_two_writers_leaves_the_kernel_clean(prepared, bl_write):
       by -22 pages at most.
     - So the test runs a warm-up round of the same size first and then takes the
       baseline.  After it, the free total came back 8 to 50 pages short (twelve runs)
-      and free + accounted memory within -8 .. +11 pages.
+      and free + accounted memory within -8 .. +11 pages.  With the guard at the high
+      watermark plus the highest boost (kmod/README.md, "The watermark guard"; before it
+      the OOM killer took dropbear in 3 of 3 runs), ten runs on the shared 2-core machine
+      (load average 2 to 24): 25 to 70 pages short, free + accounted -4 .. -27.
     The first bound catches a leaked order-7 block, a leaked tracking block of 7,300
     entries or the 4.5 MiB pool; the second, more than 32 pages taken with alloc_pages()
     and never given back.

@@ -59,7 +59,10 @@ def measure(session: Session, request: AccuracyRequest,
         keep.mkdir(parents=True)
         (keep / "request.json").write_text(json.dumps(asdict(request)) + "\n")
         (keep / "zoneinfo.txt").write_text(zoneinfo_text)
-    session.run(protocol.insmod()).check()
+    # The model applies the watermarks (and the module's guard) only with boosting off; the
+    # module's guard then lets NORECLAIM masks reach the allocator's slow path, as the
+    # model's guard_allows() expects (kmod/README.md, "The watermark guard").
+    session.run(protocol.insmod("" if request.boost else "noreclaim_min=1")).check()
     if request.traced:
         # A pressure chunk's batches trace some 1,300 events per operation:
         # 250 operations overflow the default buffer, which then loses the
