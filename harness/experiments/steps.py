@@ -16,13 +16,11 @@ every later dump list by list, in list order, per-CPU lists included
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from buddylab import protocol
-from buddylab.allocator import MIGRATETYPES, PAGEBLOCK_PAGES
 from buddylab.errors import EXIT_DISTURBED
 from buddylab.experiments.accuracy.placement import not_the_op, replay_traced
 from buddylab.experiments.base import Check, Result, kernel_log_problems
@@ -346,36 +344,16 @@ def pageblocks_at_first_dump(run: StepRun) -> list[kmod.Pageblock]:
     """The pageblocks' types when the first dump was captured.
 
     The script reads `pageblocks` before tracing starts and takes the first
-    dump after: the dump's own buffer (order 3, Unmovable) may steal a
-    pageblock in between.  Right after boot (a LAVA job, whose test shell
-    runs at once) no Unmovable block of order 3 or more was free, the buffer
-    took a Movable order-10 block and both its pageblocks became Unmovable;
-    with the older types the model filed that block Movable when the buffer
-    came back, where the kernel filed it Unmovable (2 of the 4 LAVA jobs run
-    here on 2026-12-01 before this change).
-    The trace shows each change of ownership (mm_page_alloc_extfrag with
-    change_ownership=1: the pageblock of `pfn`, or each pageblock of the
-    stolen block when it is of pageblock order or more, as
-    change_pageblock_range() does); the last one before the dump's capture
-    event wins.
+    dump after: the dump's own buffer may steal a pageblock in between
+    (kernel_state.pageblocks_with_steals).  Right after boot (a LAVA job,
+    whose test shell runs at once) no Unmovable block of order 3 or more was
+    free, the buffer took a Movable order-10 block and both its pageblocks
+    became Unmovable; with the older types the model filed that block
+    Movable when the buffer came back, where the kernel filed it Unmovable
+    (2 of the 4 LAVA jobs run here on 2026-12-01 before this change).
     """
-    gen = run.dumps[0].gen
-    end = max((i for i, e in enumerate(run.events)
-               if e.name == "buddylab_dump" and e["gen"] == gen), default=-1)
-    by_pfn = {pb.pfn: pb for pb in run.pageblocks}
-    for ev in run.events[:max(end, 0)]:
-        if ev.name != "mm_page_alloc_extfrag" or not ev["change_ownership"]:
-            continue
-        if not 0 <= ev["alloc_migratetype"] < len(MIGRATETYPES):
-            raise kmod.RecordError(f"trace: mm_page_alloc_extfrag with alloc_migratetype="
-                                   f"{ev['alloc_migratetype']}, not a migratetype")
-        start = ev["pfn"] & ~(PAGEBLOCK_PAGES - 1)
-        mt = MIGRATETYPES[ev["alloc_migratetype"]]
-        for pfn in range(start, start + max(1 << ev["fallback_order"], PAGEBLOCK_PAGES),
-                         PAGEBLOCK_PAGES):
-            if pfn in by_pfn:
-                by_pfn[pfn] = dataclasses.replace(by_pfn[pfn], mt=mt)
-    return list(by_pfn.values())
+    return kernel_state.pageblocks_with_steals(
+        run.pageblocks, kernel_state.events_before_capture(run.events, run.dumps[0].gen))
 
 
 def verify(run: StepRun, keep_zones: bool = False) -> list[StepCheck]:

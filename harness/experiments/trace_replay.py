@@ -163,7 +163,9 @@ ORDER_SEARCH = 64
 
 
 def replay_capture(cap: TraceCapture, search: int = ORDER_SEARCH) -> TraceResult:
-    zones = kernel_state.zones_from_dump(cap.first, cap.pageblocks, cap.zones,
+    pageblocks = kernel_state.pageblocks_with_steals(   # the types at the first capture
+        cap.pageblocks, kernel_state.events_before_capture(cap.events, cap.first.gen))
+    zones = kernel_state.zones_from_dump(cap.first, pageblocks, cap.zones,
                                   limits_from_zoneinfo(cap.zoneinfo))
     for z in zones.values():
         z.record_events = False

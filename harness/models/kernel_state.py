@@ -14,12 +14,16 @@ while remembering HighAtomic.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable
 from pathlib import Path
 
 from buddylab.errors import RecordError
 from buddylab.models import pagemodel, pagemodel61
 from buddylab.records import kmod
-from buddylab.models.pagemodel import HIGHATOMIC, MIGRATETYPES, MOVABLE, PCP_TYPES, Zone
+from buddylab.records.kmemtrace import TraceEvent
+from buddylab.models.pagemodel import (HIGHATOMIC, MIGRATETYPES, MOVABLE, PAGEBLOCK_PAGES,
+                                       PCP_TYPES, Zone)
 from buddylab.models.counts import PcpList, ZoneState
 
 ZoneKey = tuple[int, str]
@@ -44,6 +48,54 @@ def pcp_limits(pcps: list[kmod.PcpCounts]) -> PcpLimits:
     """Per-CPU `high`, `batch` and (6.1) `free_factor` from a module snapshot."""
     return {(p.nid, p.zone, p.cpu): (p.high, p.batch) if p.free_factor is None
             else (p.high, p.batch, p.free_factor) for p in pcps}
+
+
+def ownership_changes(events: Iterable[TraceEvent]) -> dict[int, str]:
+    """Pageblock pfn -> the type each change of ownership in `events` gave it, the last winning.
+
+    A change is mm_page_alloc_extfrag with change_ownership=1: the pageblock
+    of `pfn`, or every pageblock of the stolen block when it is of pageblock
+    order or more, as 5.10's change_pageblock_range() does.  (A GFP_ATOMIC
+    reservation, reserve_highatomic_pageblock(), has no event of its own.)
+    """
+    changed: dict[int, str] = {}
+    for ev in events:
+        if ev.name != "mm_page_alloc_extfrag" or not ev["change_ownership"]:
+            continue
+        if not 0 <= ev["alloc_migratetype"] < len(MIGRATETYPES):
+            raise RecordError(f"trace: mm_page_alloc_extfrag with alloc_migratetype="
+                              f"{ev['alloc_migratetype']}, not a migratetype")
+        start = ev["pfn"] & ~(PAGEBLOCK_PAGES - 1)
+        for pfn in range(start, start + max(1 << ev["fallback_order"], PAGEBLOCK_PAGES),
+                         PAGEBLOCK_PAGES):
+            changed[pfn] = MIGRATETYPES[ev["alloc_migratetype"]]
+    return changed
+
+
+def pageblocks_with_steals(pageblocks: list[kmod.Pageblock], events: Iterable[TraceEvent],
+                           ) -> list[kmod.Pageblock]:
+    """`pageblocks` as read, with the changes of ownership in `events` (after the read) applied.
+
+    The capture scripts read `pageblocks` and then open `freelists`, whose
+    image buffer (order 3 or 4, Unmovable) is allocated before its capture:
+    when no Unmovable block is free, that allocation steals one and changes
+    its pageblocks' type after they were read, while the dump already shows
+    the moved pages.  `events` are those between the read and the capture.
+    """
+    changed = ownership_changes(events)
+    return [dataclasses.replace(pb, mt=changed[pb.pfn]) if pb.pfn in changed else pb
+            for pb in pageblocks]
+
+
+def capture_index(events: list[TraceEvent], gen: int) -> int:
+    """Where dump `gen`'s capture event is in `events` (the last, if a capture was retried), or -1."""
+    return max((i for i, e in enumerate(events) if e.name == "buddylab_dump" and e["gen"] == gen),
+               default=-1)
+
+
+def events_before_capture(events: list[TraceEvent], gen: int) -> list[TraceEvent]:
+    """The events before dump `gen`'s capture event (none if the trace lacks it)."""
+    return events[:max(capture_index(events, gen), 0)]
 
 
 def zones_from_dump(dump: kmod.FreeListDump, pageblocks: list[kmod.Pageblock],

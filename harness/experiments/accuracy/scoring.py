@@ -252,7 +252,11 @@ def evaluate(chunk: Chunk, result: Accuracy, zoneinfo: list[procfs.ZoneInfo] | N
     if chunk.events is not None and series != "5.10":
         raise RecordError("traced runs replay the kmem events on 5.10's per-CPU lists only "
                           "(models/kmem_replay.py); run without --trace")
-    zones = kernel_state.zones_from_dump(chunk.dump, chunk.pageblocks, chunk.zones,
+    pageblocks = chunk.pageblocks
+    if chunk.events is not None:   # the types at the dump's capture, not at their read
+        pageblocks = kernel_state.pageblocks_with_steals(
+            pageblocks, kernel_state.events_before_capture(chunk.events, chunk.dump.gen))
+    zones = kernel_state.zones_from_dump(chunk.dump, pageblocks, chunk.zones,
                                          kernel_state.pcp_limits(ops[0].before.pcp), series)
     if zoneinfo is not None and series == "5.10":
         set_watermarks(zones, zoneinfo)
@@ -382,8 +386,12 @@ def _compare_end_dump(chunk: Chunk, replayer: operations.OperationReplayer, resu
                           "(was the trace buffer too small?)")
     KmemTraceReplayer(list(replayer.zones.values())).replay(
         [e for e in tail if unseen_cause(e.name) is None])
-    diffs = kernel_state.compare_dump(replayer.zones, chunk.end_dump, chunk.end_pageblocks,
-                                      limit=6)
+    # The end's `pageblocks` are read after the end dump's capture: a pageblock
+    # that their own buffer stole in between has a type the dump never saw.
+    stolen_after = kernel_state.ownership_changes(
+        chunk.events[kernel_state.capture_index(chunk.events, chunk.end_dump.gen) + 1:])
+    end_pageblocks = [pb for pb in chunk.end_pageblocks or [] if pb.pfn not in stolen_after]
+    diffs = kernel_state.compare_dump(replayer.zones, chunk.end_dump, end_pageblocks, limit=6)
     result.end_dumps += 1
     if diffs:
         result.end_dump_differences.append(diffs)

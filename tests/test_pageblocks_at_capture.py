@@ -1,0 +1,51 @@
+"""The pageblocks' types at a dump's capture, not at their read (kernel_state.pageblocks_with_steals).
+
+On a real 2-CPU chunk whose first dump's own buffer stole a Movable
+order-10 block between the `pageblocks` read and the capture
+(tests/fixtures/accuracy-chunks/README.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from buddylab.experiments.accuracy import Accuracy, evaluate
+from buddylab.experiments.accuracy.guestrun import load_chunk
+from buddylab.models import kernel_state
+
+STEAL = Path(__file__).parent / "fixtures" / "accuracy-chunks" / "5.10-2cpu-dump-buffer-steal"
+
+
+def test_the_steal_before_the_capture_changes_both_pageblocks_of_the_block():
+    chunk = load_chunk(STEAL)
+    assert chunk.events is not None
+    before = kernel_state.events_before_capture(chunk.events, chunk.dump.gen)
+    assert [e["pfn"] for e in before if e.name == "mm_page_alloc_extfrag"] == [13312]
+    read = {pb.pfn: pb.mt for pb in chunk.pageblocks}
+    at_capture = {pb.pfn: pb.mt
+                  for pb in kernel_state.pageblocks_with_steals(chunk.pageblocks, before)}
+    assert {pfn for pfn in read if read[pfn] != at_capture[pfn]} == {13312, 13824}
+    assert (read[13312], at_capture[13312], at_capture[13824]) == (
+        "Movable", "Unmovable", "Unmovable")
+
+
+def test_the_chunk_is_predicted_from_the_types_at_the_capture():
+    result = Accuracy()
+    evaluate(load_chunk(STEAL), result)
+    assert (result.page.ops, result.page.attempted, result.page.exact) == (300, 300, 300), \
+        result.divergences[:2]
+    assert result.end_dumps == 1 and not result.end_dump_differences
+
+
+def test_with_the_types_as_read_the_freed_block_is_filed_movable_and_the_chunk_misses():
+    chunk = load_chunk(STEAL)
+    assert chunk.events is not None
+    as_read = dataclasses.replace(chunk, events=[
+        e for e in chunk.events if e.name != "mm_page_alloc_extfrag" or e["pfn"] != 13312])
+    result = Accuracy()
+    evaluate(as_read, result)
+    first = result.divergences[0]
+    assert (first.seq, first.command) == (26, "free id=19")
+    assert "DMA32 Unmovable order 1: model 1, kernel 2" in first.what
+    assert result.page.exact < 100
