@@ -273,6 +273,7 @@ def evaluate(chunk: Chunk, result: Accuracy, zoneinfo: list[procfs.ZoneInfo] | N
         # The ring buffer overwrote the chunk's start: which events came
         # between the operations is not known.
         unseen = "the trace buffer overflowed (its start was lost)"
+    carried: tuple[int, list[str]] | None = None   # the first miss still off, its diffs
     for op, command in zip(ops, chunk.commands):
         window = windows.get(op.seq, OpWindow())
         if unseen is None:
@@ -339,7 +340,14 @@ def evaluate(chunk: Chunk, result: Accuracy, zoneinfo: list[procfs.ZoneInfo] | N
         if outcome is not None and not page_ok and not guard and unseen is None:
             result.divergences.append(
                 _divergence(op, command, outcome, window.before + concurrent, concurrent,
-                            f"{series} page for page"))
+                            f"{series} page for page", carried))
+        # A miss leaves the model's state off until the next dump: the next
+        # operation's before-differences are then that miss's, not an event.
+        if outcome is not None and outcome.after:
+            carried = (carried[0] if carried is not None and outcome.before == carried[1]
+                       else op.seq, outcome.after)
+        else:
+            carried = None
         if unseen is None and outcome is not None and outcome.unknowable is not None and not (
                 outcome.unknowable.startswith(COUNTER_CAUSE) and not outcome.after):
             # Half-way through the operation, or the kernel decided otherwise:
@@ -430,7 +438,8 @@ def _blocks_freed(replayer: operations.OperationReplayer, op: kmod.OpRecord,
 
 
 def _divergence(op: kmod.OpRecord, command: str, outcome: operations.OpOutcome,
-                seen: list[TraceEvent], concurrent: list[TraceEvent], model: str) -> Divergence:
+                seen: list[TraceEvent], concurrent: list[TraceEvent], model: str,
+                carried: tuple[int, list[str]] | None = None) -> Divergence:
     what: list[str] = []
     if seen and not outcome.unknowable:
         what = [f"{e.name} pfn={e.fields.get('pfn')} order={e.fields.get('order')} "
@@ -442,6 +451,10 @@ def _divergence(op: kmod.OpRecord, command: str, outcome: operations.OpOutcome,
                           f"reproduce the kernel's state: their interleaving is not known")
     if outcome.unknowable:
         cause = "unknowable: " + outcome.unknowable
+    elif outcome.before and carried is not None and outcome.before == carried[1]:
+        cause = (f"the model's state is still off since op {carried[0]}'s miss (the next "
+                 "dump re-synchronises it)")
+        what = outcome.before
     elif outcome.before:
         cause = ("the kernel's state changed between the previous operation and this one: "
                  "an event the model could not see (no module operation ran)")
