@@ -233,11 +233,25 @@ def _split(text: str, lineno: int) -> tuple[str, list[tuple[str, str]]]:
     return tokens[0], pairs
 
 
-def _parse_line(file: str, text: str, lineno: int) -> Line:
+@dataclass
+class _Seen:
+    """What one text's lines repeat, found once a text (see _lines())."""
+
+    converters: dict[tuple[str, str, tuple[str, ...]], tuple[Callable[[str], object], ...]] = \
+        field(default_factory=dict)          # a checked list of keys -> its converters
+    values: dict[tuple[Callable[[str], object], str], object] = \
+        field(default_factory=dict)          # (converter, value) -> the value converted
+
+
+_NOT_SEEN = object()
+
+
+def _parse_line(file: str, text: str, lineno: int, seen: _Seen | None = None) -> Line:
     name, pairs = _split(text, lineno)
     if (file, name) not in RECORD_KEYS:
         raise RecordError(f"no record {name!r} in {file}", lineno, text)
-    keys = tuple(k for k, _ in pairs)
+    keys = tuple([k for k, _ in pairs])
+    seen = _Seen() if seen is None else seen
     try:
         spec = RECORD_KEYS[(file, name)]
         if name == "op":
@@ -245,9 +259,18 @@ def _parse_line(file: str, text: str, lineno: int) -> Line:
             if verb not in OP_KEYS:
                 raise RecordError(f"unknown verb {verb!r}")
             spec = OP_KEYS[verb]
-        _check_keys(keys, spec)
-        convert = _converters(name)
-        fields = {k: convert.get(k, _uint)(v) for k, v in pairs}
+        converters = seen.converters.get((name, spec, keys))
+        if converters is None:
+            _check_keys(keys, spec)
+            convert = _converters(name)
+            converters = tuple(convert.get(k, _uint) for k in keys)
+            seen.converters[(name, spec, keys)] = converters
+        fields: dict[str, object] = {}
+        for (k, v), conv in zip(pairs, converters):
+            value = seen.values.get((conv, v), _NOT_SEEN)
+            if value is _NOT_SEEN:
+                value = seen.values[(conv, v)] = conv(v)
+            fields[k] = value
     except RecordError as e:
         raise RecordError(str(e), lineno, text) from None
     return Line(lineno, text, name, fields)
@@ -256,10 +279,15 @@ def _parse_line(file: str, text: str, lineno: int) -> Line:
 def _lines(file: str, text: str) -> Iterator[Line]:
     if text and not text.endswith("\n"):
         raise RecordError(f"{file}: text does not end with a newline")
+    # A dump's or a log's lines share a few lists of keys, and most of their values
+    # (a zone's name, a per-CPU list's counts) another line had: each is checked and
+    # converted once a text.  The converters are pure; a value that does not convert
+    # raises on every line that has it.
+    seen = _Seen()
     for lineno, raw in enumerate(text.split("\n")[:-1], 1):
         if not raw.isascii() or not raw.isprintable():
             raise RecordError("byte outside printable ASCII", lineno, raw)
-        yield _parse_line(file, raw, lineno)
+        yield _parse_line(file, raw, lineno, seen)
 
 
 # allocs
