@@ -4,6 +4,7 @@ import ast
 import functools
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,6 +48,17 @@ def package_imports() -> dict[str, set[str]]:
     return _imports_under(PACKAGE_DIR)
 
 
+def _statements(body: list[ast.stmt]) -> Iterator[ast.AST]:
+    """Every statement of `body`, at any depth.  An import is a statement: the
+    expressions, most of a module's nodes, need not be walked (ast.walk would)."""
+    for node in body:
+        yield node
+        for name in ("body", "orelse", "finalbody", "handlers", "cases"):
+            inner = getattr(node, name, None)
+            if isinstance(inner, list):
+                yield from _statements(inner)
+
+
 @functools.lru_cache(maxsize=None)
 def _imports_under(package_dir: Path) -> dict[str, set[str]]:
     """package_imports() of one folder, parsed once per test session."""
@@ -54,7 +66,7 @@ def _imports_under(package_dir: Path) -> dict[str, set[str]]:
     for path in sorted(package_dir.rglob("*.py")):
         name = _module_name(path)
         found: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        for node in _statements(ast.parse(path.read_text(), str(path)).body):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("buddylab"):
                 found.add(node.module)
                 found.update(f"{node.module}.{a.name}" for a in node.names)
