@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -37,8 +38,15 @@ def buddylab(tmp_path: Path, *args: str, stdin: str | None = None) -> subprocess
                           text=True, env=env, timeout=600, input=stdin)
 
 
+@functools.cache
+def pass_log() -> lava.LavaLog:
+    """PASS_LOG read once, for the tests that only read it (its thousands of lines are
+    each a YAML document: most of such a test's time)."""
+    return lava.read_log(PASS_LOG.read_text().splitlines())
+
+
 def test_lava_results_give_the_direct_runs_checks():
-    suite = lava.suite_from_log(lava.read_log(PASS_LOG.read_text().splitlines()))
+    suite = lava.suite_from_log(pass_log())
     direct = downfall.suite(downfall.load(GOLDEN))
     assert [c.name for c in suite.cases] == [c.name for c in direct.cases]
     assert all(c.status.value == "ok" for c in suite.cases)
@@ -50,8 +58,7 @@ def test_lava_results_give_the_direct_runs_checks():
 
 def test_a_server_output_yaml_reads_the_same():
     lines = [f"- {line}" for line in PASS_LOG.read_text().splitlines()]
-    assert lava.suite_from_log(lava.read_log(lines)) == lava.suite_from_log(
-        lava.read_log(PASS_LOG.read_text().splitlines()))
+    assert lava.suite_from_log(lava.read_log(lines)) == lava.suite_from_log(pass_log())
 
 
 def in_process(buddylab_main, tmp_path: Path, *args: str, stdin: str = ""):
@@ -88,7 +95,7 @@ def _log_with_attempts(edits: list[Callable[[str], str]]) -> str:
     lines = PASS_LOG.read_text().splitlines()
     begin = next(i for i, line in enumerate(lines) if lava.BEGIN in line)
     end = next(i for i, line in enumerate(lines) if lava.END in line)
-    ((text, head),) = lava.captures(lava.read_log(lines))
+    ((text, head),) = lava.captures(pass_log())
 
     def target(msg: str) -> str:
         return json.dumps({"dt": "2026-12-01T18:01:14.602197", "lvl": "target", "msg": msg})
