@@ -61,6 +61,19 @@ def test_a_server_output_yaml_reads_the_same():
     assert lava.suite_from_log(lava.read_log(lines)) == lava.suite_from_log(pass_log())
 
 
+def test_a_line_read_as_json_reads_as_yaml_reads_it():
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    lines = [line.strip() for log in (PASS_LOG, PLANTED_LOG) for line in log.read_text().splitlines()
+             if line.strip().startswith("{")]
+    as_json = [(line, lava._json_entry(line)) for line in lines]
+    assert sum(entry is not None for _, entry in as_json) > 0.9 * len(lines)  # the guest's output
+    assert all(entry == yaml.load(line, Loader=loader) for line, entry in as_json if entry is not None)
+    # Where JSON and YAML read a line differently, or JSON cannot, YAML reads it.
+    for line in ('{"lvl": "results", "msg": {"n": 1e5}}', '{"msg": ! "33.0"}',
+                 '{"msg": "a\\tb"}', '{"msg": "\u00e9"}', '{"msg": null}'):
+        assert lava._json_entry(line) is None, line
+
+
 def in_process(buddylab_main, tmp_path: Path, *args: str, stdin: str = ""):
     """`buddylab ARGS` in this process (test_cli.py runs the real processes)."""
     return buddylab_main(*args, stdin=stdin,
