@@ -15,9 +15,9 @@ import pytest
 
 from buddylab import cli, errors
 from buddylab.experiments import accuracy
-from buddylab.experiments.accuracy import Accuracy, AccuracyRequest, evaluate, rescore
+from buddylab.experiments.accuracy import Accuracy, AccuracyRequest, rescore
 from buddylab.experiments.accuracy.guestrun import load_chunk, save_chunk
-from test_two_cpu_placement import chunk
+from test_two_cpu_placement import chunk, chunk_scores
 
 
 def kept_run(tmp: Path) -> Path:
@@ -62,8 +62,7 @@ def test_a_kept_chunk_reads_back_as_it_was_read(tmp_path: Path):
 def test_the_kept_chunks_score_as_the_run_scored_them(scored: tuple[Path, Accuracy]):
     run, result = scored
     kept = run / "chunks"
-    once = Accuracy()
-    evaluate(chunk(), once)
+    once = chunk_scores()
     request, read_back, cpus = rescore(run)   # the run's directory: its chunks/ is found
     assert (request.seed, request.ops, request.traced, cpus) == (23, 500, True, 2)
     assert (result.page.ops, result.page.attempted, result.page.exact) == (

@@ -45,6 +45,18 @@ def _chunk_read() -> bytes:
     return pickle.dumps(c)
 
 
+def chunk_scores() -> Accuracy:
+    """The chunk's scores (evaluate() on it, once a session); each call gets its own copy."""
+    return pickle.loads(_chunk_scores())
+
+
+@functools.cache
+def _chunk_scores() -> bytes:
+    result = Accuracy()
+    evaluate(chunk(), result)
+    return pickle.dumps(result)
+
+
 def test_the_trace_shows_a_free_of_the_other_cpu_still_in_flight_at_a_before_snapshot():
     c = chunk()
     assert c.events is not None
@@ -56,8 +68,7 @@ def test_the_trace_shows_a_free_of_the_other_cpu_still_in_flight_at_a_before_sna
 
 
 def test_the_held_back_free_is_placed_and_the_chunk_is_predicted():
-    result = Accuracy()
-    evaluate(chunk(), result)
+    result = chunk_scores()
     assert result.placed.get(HELD) == 1, result.placed
     assert (result.searched.attempted, result.searched.exact) == (1, 1)
     assert result.page.attempted == 250 and result.page.missed == 0, result.divergences
