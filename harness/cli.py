@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from buddylab import cachefs, errors
+from buddylab.guest.preload import FLAG as PRELOAD_FLAG
 from buddylab.kernel.recipe import DEFAULT_BOOT_TIMEOUT, DEFAULT_KERNEL, GuestExtras, load_kernel_pins
 from buddylab.paths import cache_dir, results_root
 from buddylab.report.output import add_output_options, outputs
@@ -139,14 +140,15 @@ def _print_timings(timings: Timings, total: float) -> None:
 
 
 def _boot(guest: Guest, prepared: Prepared, opts: GuestOptions, run_dir: Path | None,
-          timings: Timings | None = None, meanwhile: Callable[[], None] | None = None
-          ) -> AbstractContextManager[Session]:
+          timings: Timings | None = None, meanwhile: Callable[[], None] | None = None,
+          extra_append: list[str] | None = None) -> AbstractContextManager[Session]:
     """The guest of `prepared` as the options ask, its serial log kept in `run_dir`;
     `meanwhile` runs while QEMU loads a snapshot (session.boot)."""
     return guest.boot(prepared, memory_mib=opts.memory_mib, cpus=opts.cpus,
                       ready_timeout=opts.boot_timeout, fresh_boot=opts.fresh_boot,
                       keep_dir=run_dir, **({"timings": timings} if timings is not None else {}),
-                      **({"meanwhile": meanwhile} if meanwhile is not None else {}))
+                      **({"meanwhile": meanwhile} if meanwhile is not None else {}),
+                      **({"extra_append": extra_append} if extra_append else {}))
 
 
 def _save_run(run_dir: Path, result: dict[str, object], report: str) -> None:
@@ -216,8 +218,10 @@ def qemu_test(args: argparse.Namespace) -> int:
             print(f"buddylab: kernel {prepared.kernel.release}, accelerator {prepared.accel} "
                   f"({prepared.accel_why}), module build {prepared.module.parent.name}", flush=True)
             out.run_dir = run_dir = new_run_dir("qemu-test")
-            # The experiment's modules are imported while QEMU loads the snapshot.
-            with _boot(args.guest, prepared, opts, run_dir, timings, _import_downfall) as session:
+            # The experiment's modules are imported while QEMU loads the snapshot; the
+            # guest has the module loaded and the steps' tracing set up (guest.preload).
+            with _boot(args.guest, prepared, opts, run_dir, timings, _import_downfall,
+                       extra_append=[PRELOAD_FLAG]) as session:
                 from buddylab.experiments import downfall
                 with timings.stage("experiment"):
                     report = downfall.measure(session, downfall.Expectations(planted=args.plant_failure))

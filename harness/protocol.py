@@ -121,6 +121,10 @@ def parse_command(data: bytes) -> str | None:
 
 # The module's own trace events (kmod/buddylab_trace.h).
 TRACE_EVENTS = ("buddylab/buddylab_dump", "buddylab/buddylab_snapshot")
+# The kernel's page-allocator events in the `kmem` group (include/trace/events/kmem.h),
+# as the experiments turn them on and buddylab.records.kmemtrace parses them.
+KMEM_EVENTS = ("mm_page_alloc", "mm_page_free", "mm_page_free_batched",
+               "mm_page_alloc_zone_locked", "mm_page_pcpu_drain", "mm_page_alloc_extfrag")
 
 # Lines between the parts of a script's output.
 SEPARATOR = "@@"

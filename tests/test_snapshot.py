@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from buddylab.guest import snapshot
+from buddylab import protocol
+from buddylab.guest import preload, snapshot
 from buddylab.guest.session import boot
 from buddylab.paths import cache_dir
 
@@ -113,9 +114,10 @@ def test_store_keeps_its_bounds_least_recently_used_first(tmp_path, monkeypatch)
 
 # --- with the real guest ----------------------------------------------------------
 
-def _snapshot_dir(prepared) -> Path:
-    """The stored snapshot of the default guest; made by a boot if there is none."""
-    with boot(prepared) as g:
+def _snapshot_dir(prepared, extra_append: list[str] | None = None) -> Path:
+    """The stored snapshot of the default guest (with `extra_append` on its kernel command
+    line: another guest); made by a boot if there is none."""
+    with boot(prepared, extra_append=extra_append) as g:
         key = g.start.snapshot
     assert key is not None
     d = cache_dir() / "snapshots" / key
@@ -173,7 +175,7 @@ def _buddylab(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.qemu
 def test_restored_runs_report_whether_they_started_from_the_reference(prepared, tmp_path,
                                                                      monkeypatch):
-    d = _snapshot_dir(prepared)
+    d = _snapshot_dir(prepared, [preload.FLAG])          # qemu-test's guest
     reference = json.loads((d / "meta.json").read_text())["fingerprint"]
     env_results = tmp_path / "results"
     monkeypatch.setenv("BUDDYLAB_RESULTS", str(env_results))
@@ -190,6 +192,25 @@ def test_restored_runs_report_whether_they_started_from_the_reference(prepared, 
         assert start["from_reference"] == (start["fingerprint"] == reference)
         # A start that differs says where.
         assert bool(start["differences"]) == (not start["from_reference"])
+
+
+@pytest.mark.qemu
+def test_preloaded_guest_is_saved_with_the_module_loaded_and_the_steps_tracing(prepared):
+    plain, loaded = _snapshot_dir(prepared), _snapshot_dir(prepared, [preload.FLAG])
+    assert plain != loaded                  # the flag is on the command line: a key of its own
+    t = protocol.TRACING
+    with boot(prepared, extra_append=[preload.FLAG]) as g:
+        assert g.start.how == "restored" and g.start.snapshot == loaded.name
+        out = g.run(f"cat /sys/module/{protocol.MODULE_NAME}/initstate {t}/buffer_size_kb "
+                    f"{t}/tracing_on {t}/trace_clock; "
+                    + "; ".join(f"cat {t}/events/{e}/enable" for e in preload.STEP_EVENTS))
+        initstate, size, on, clock, *enabled = out.check().stdout.split("\n")[:-1]
+    # The kernel rounds the size up to whole buffer pages (4080 bytes of data each).
+    assert (initstate, on) == ("live", "0") and 0 <= int(size) - preload.STEP_BUFFER_KB < 16
+    assert "[global]" in clock and enabled == ["1"] * len(preload.STEP_EVENTS)
+    with boot(prepared) as g:
+        assert g.start.snapshot == plain.name
+        assert g.run(f"test -d /sys/module/{protocol.MODULE_NAME}").rc == 1
 
 
 @pytest.mark.qemu

@@ -1,7 +1,8 @@
 """Run module commands one step at a time, with an exact dump after every step, and check
 each dump against the page-for-page model.
 
-The guest script loads the module, turns the kmem tracepoints on, and then
+The guest script loads the module (unless /init preloaded it:
+buddylab.guest.preload), turns the kmem tracepoints on, and then
 takes a `freelists` dump, runs one command, takes a dump, runs the next, and
 so on.  A dump allocates its own image buffer and forks a `cat`; that traffic
 is in the trace.  The model starts from the first dump; before each
@@ -24,10 +25,11 @@ from buddylab import protocol
 from buddylab.errors import EXIT_DISTURBED
 from buddylab.experiments.accuracy.placement import not_the_op, replay_traced
 from buddylab.experiments.base import Check, Result, kernel_log_problems
+from buddylab.guest import preload
 from buddylab.models import kernel_state, operations, pagemodel
 from buddylab.models.kmem_replay import KmemTraceReplayer
 from buddylab.records import kmod
-from buddylab.records.kmemtrace import KMEM_EVENTS, TraceEvent, parse_trace
+from buddylab.records.kmemtrace import TraceEvent, parse_trace
 
 if TYPE_CHECKING:  # the guest's code (paramiko, QMP) loads only where a guest boots
     from buddylab.guest.session import Session
@@ -54,21 +56,20 @@ class StepRun:
         return kernel_log_problems(self.dmesg)
 
 
-def script(commands: list[str], buffer_kb: int = 16384, params: str = "") -> str:
+def script(commands: list[str], buffer_kb: int = preload.STEP_BUFFER_KB, params: str = "") -> str:
     """The guest shell text for `commands` (see the module docstring).
 
     The output: zones, pageblocks, the first dump, allocs, log, the dump
     after each step, the trace and dmesg, separated by SEPARATOR lines
     (`parse`); the records every run has come first.
     """
-    events = [f"kmem/{e}" for e in KMEM_EVENTS] + list(protocol.TRACE_EVENTS)
     t = protocol.TRACING
     steps = "".join(f"echo '{c}' >&7; cat freelists > {DUMP_DIR}/{i + 1}; "
                     for i, c in enumerate(commands))
     reads = " ".join(f"echo {protocol.SEPARATOR}; cat {DUMP_DIR}/{i};"
                      for i in range(1, len(commands) + 1))
     return (f"dmesg -c > /dev/null; rm -rf {DUMP_DIR}; mkdir -p {DUMP_DIR}; "
-            f"{protocol.insmod(params)} && {protocol.tracing_setup(events, buffer_kb)} "
+            f"{preload.load_module(params)} && {protocol.tracing_setup(preload.STEP_EVENTS, buffer_kb)} "
             f"&& cd {protocol.DEBUGFS} && cat zones > {DUMP_DIR}/zones "
             f"&& cat pageblocks > {DUMP_DIR}/pageblocks && exec 7> control "
             f"&& echo 1 > {t}/tracing_on && cat freelists > {DUMP_DIR}/0; {steps}"

@@ -21,6 +21,7 @@ from pathlib import Path
 from buddylab import cachefs
 from buddylab.protocol import GUEST_MODULE_PATH
 from buddylab.paths import cache_dir, images_dir
+from buddylab.guest import preload
 from buddylab.guest.cpio import CpioWriter
 from buddylab.errors import SetupError
 from buddylab.kernel.kbuild import compiler_version
@@ -224,6 +225,9 @@ def _guest_module_order(kernel: Kernel, names: tuple[str, ...]) -> list[Path]:
 
 def _cache_key(inputs: list[Path]) -> str:
     h = hashlib.sha256()
+    # preload.script() is made of buddylab.protocol's figures, which this file's digest
+    # does not cover.
+    h.update(preload.script().encode() + b"\0")
     for p in inputs:
         # The name inside the image, not where the cache lies: a moved cache
         # keeps its images.
@@ -348,6 +352,7 @@ def _write_image(w: CpioWriter, guest_modules: list[Path], module: Path, host_ke
     # /init loads them in this order.
     w.file(MODULE_LIST, "".join(f"/lib/modules/{p.name}\n" for p in guest_modules).encode())
     w.file(GUEST_MODULE_PATH, module.read_bytes())
+    w.file(preload.PRELOAD_FILE, preload.script().encode())
     for tool in tools:
         w.file(f"usr/bin/{_tool_name(tool)}", tool.read_bytes(), 0o755)
     w.file("init", (images_dir() / "init.sh").read_bytes(), 0o755)

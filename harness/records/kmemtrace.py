@@ -12,9 +12,7 @@ import re
 from dataclasses import dataclass
 
 from buddylab.errors import RecordError
-
-KMEM_EVENTS = ("mm_page_alloc", "mm_page_free", "mm_page_free_batched",
-               "mm_page_alloc_zone_locked", "mm_page_pcpu_drain", "mm_page_alloc_extfrag")
+from buddylab.protocol import KMEM_EVENTS as KMEM_EVENTS     # the events parsed here
 
 _LINE = re.compile(r"^\s*(?P<task>.*?)-(?P<pid>\d+)\s+(?:\(\s*[-\d]+\)\s+)?\[(?P<cpu>\d+)\]\s+"
                    r"(?:(?P<flags>\S{4,5})\s+)?(?P<ts>\d+\.\d+):\s+(?P<event>\w+):\s*(?P<rest>.*)$")

@@ -20,7 +20,8 @@
  *      (credited), reseeds the kernel's CRNG (RNDRESEEDCRNG), so every
  *      restored guest's /dev/urandom differs from the snapshot's, sets
  *      CLOCK_REALTIME, and writes /root/.ssh/authorized_keys;
- *   4. waits until the kernel is quiet again (as --fingerprint does) and
+ *   4. folds the per-CPU counter differences (fold_vmstat), waits until
+ *      the kernel is quiet again (as --fingerprint does) and
  *      writes the start state (/proc/pagetypeinfo, "@@", /proc/zoneinfo) to
  *      START_STATE_FILE: read here, before any SSH connection, every restore
  *      of one snapshot has run the same few steps since the snapshot; the
@@ -32,7 +33,7 @@
  *   BUDDYLAB-INIT-FAILED <why>
  * and exits 1.
  *
- * With --fingerprint it waits until the kernel is quiet (FP_QUIET_SAMPLES
+ * With --fingerprint it folds the counters and waits until the kernel is quiet (FP_QUIET_SAMPLES
  * samples FP_QUIET_MS apart: RCU callbacks that free the page tables and
  * stacks of exited processes run within a few ticks), then prints
  * /proc/pagetypeinfo, a line "@@" and /proc/zoneinfo: the state the host
@@ -149,13 +150,39 @@ static int print_fingerprint(void)
 	return fwrite(fp_buf, 1, fp_len, stdout) != fp_len || fflush(stdout);
 }
 
+/*
+ * /proc/zoneinfo's "pages free" is the zone's global counter, which the
+ * per-CPU differences reach only when vmstat_update() folds them, about a
+ * second after a change: a restore read before or after that fold (the
+ * preload's allocations just before the snapshot leave some).  Writing
+ * /proc/sys/vm/stat_refresh folds them on every CPU at once (mm/vmstat.c
+ * vmstat_refresh(); it drains no per-CPU page list of a local zone).
+ */
+static void fold_vmstat(void)
+{
+	int fd = open("/proc/sys/vm/stat_refresh", O_WRONLY);
+
+	if (fd >= 0) {
+		if (write(fd, "1\n", 2) < 0) {
+			/* A counter below zero: the fold happened all the same. */
+		}
+		close(fd);
+	}
+}
+
+static int wait_quiet_folded(void)
+{
+	fold_vmstat();
+	return wait_quiet(FP_QUIET_MS, FP_QUIET_SAMPLES);
+}
+
 /* The state is read whole before the file is made: its pages come after. */
 static void save_start_state(void)
 {
 	FILE *f;
 	int fd;
 
-	wait_quiet(FP_QUIET_MS, FP_QUIET_SAMPLES);
+	wait_quiet_folded();
 	if (read_fingerprint())
 		fail("cannot read the start state in /proc");
 	fd = open(START_STATE_FILE, O_WRONLY | O_CREAT | O_TRUNC, 0600);
@@ -310,7 +337,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	if (!strcmp(argv[1], "--fingerprint")) {
-		wait_quiet(FP_QUIET_MS, FP_QUIET_SAMPLES);
+		wait_quiet_folded();
 		return print_fingerprint();
 	}
 	prime_stacks();
