@@ -10,8 +10,9 @@ runs the downfall case's guest script (buddylab.experiments.downfall
 .guest_script) once in each, as `qemu-test` does.  For that one command it
 prints QEMU's CPU seconds (every thread, /proc/PID/task/*/schedstat: the
 guest's work under TCG, whatever else the machine runs) and its wall
-seconds, median and range over N of each, and how many of the runs started
-from their snapshot's reference state.  The first restore of each is not
+seconds, median and range over N of each, how many of the runs started
+from their snapshot's reference state, and the wall seconds of the restore's
+last two steps (resume line to SSH server ready, SSH connection).  The first restore of each is not
 counted (it may save the snapshot).
 """
 
@@ -38,9 +39,17 @@ def qemu_cpu(pid: int) -> float:
     return total / 1e9
 
 
-def one(prepared: session.Prepared, extra_append: list[str]) -> tuple[float, float, bool]:
-    """QEMU CPU and wall seconds of the downfall command in a restored guest; from reference?"""
-    with session.boot(prepared, extra_append=extra_append) as g:
+# The steps of the restore before the command (session.Timings marks), timed too: the
+# preload leaves the kmem events on (tracing off) for everything after the restore.
+STEPS = ("resume line to sshd ready", "ssh connected")
+Run = tuple[float, float, bool, dict[str, float]]
+
+
+def one(prepared: session.Prepared, extra_append: list[str]) -> Run:
+    """QEMU CPU and wall seconds of the downfall command in a restored guest; from reference?
+    The wall seconds of STEPS."""
+    timings = session.Timings()
+    with session.boot(prepared, extra_append=extra_append, timings=timings) as g:
         assert g.qemu.proc is not None
         pid = g.qemu.proc.pid
         cpu, wall = qemu_cpu(pid), time.monotonic()
@@ -48,7 +57,10 @@ def one(prepared: session.Prepared, extra_append: list[str]) -> tuple[float, flo
         cpu, wall = qemu_cpu(pid) - cpu, time.monotonic() - wall
         assert g.start.how == "restored", g.start.describe()
         assert downfall.analyse(out).passed or downfall.analyse(out).disturbed
-        return cpu, wall, bool(g.start.from_reference)
+        marks = timings.marks
+        steps = {name: at - before for (_, before), (name, at) in zip(marks, marks[1:])
+                 if name in STEPS}
+        return cpu, wall, bool(g.start.from_reference), steps
 
 
 def main() -> None:
@@ -59,7 +71,7 @@ def main() -> None:
     kinds = {"module loaded before the snapshot": [preload.FLAG], "plain guest": []}
     for extra in kinds.values():
         one(prepared, extra)                # saves the snapshot if there is none
-    seen: dict[str, list[tuple[float, float, bool]]] = {k: [] for k in kinds}
+    seen: dict[str, list[Run]] = {k: [] for k in kinds}
     for _ in range(args.runs):
         for name, extra in kinds.items():
             seen[name].append(one(prepared, extra))
@@ -70,6 +82,10 @@ def main() -> None:
         print(f"  {name:<34} QEMU CPU {statistics.median(cpu):.3f} s ({min(cpu):.3f}-{max(cpu):.3f})"
               f", wall {statistics.median(wall):.3f} s ({min(wall):.3f}-{max(wall):.3f}); "
               f"{sum(r[2] for r in runs)} of {len(runs)} from the reference state")
+        for step in STEPS:
+            secs = [r[3][step] for r in runs]
+            print(f"    before it, {step}: {statistics.median(secs):.3f} s "
+                  f"({min(secs):.3f}-{max(secs):.3f})")
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
