@@ -40,6 +40,7 @@ def result_json(result: Accuracy, request: AccuracyRequest, meta: RunMetadata) -
             "proactive_compaction": request.proactive_compaction,
             "coverage": result.coverage, "end_dumps_compared": result.end_dumps,
             "end_dumps_not_predictable": result.end_dumps_skipped,
+            "end_dumps_not_predictable_by_cause": result.end_dumps_skipped_by_cause,
             "end_dump_differences": result.end_dump_differences,
             "models": {f"{result.series} page for page": tally(result.page),
                        "5.10 counts only": tally(result.counts),
@@ -104,6 +105,8 @@ def format_table(result: Accuracy, seed: int, min_share: float = 1.0,
                   f"{result.end_dumps - len(result.end_dump_differences)} of {result.end_dumps} "
                   f"identical; {result.end_dumps_skipped} not compared (compaction or reclaim ran "
                   "or the model stopped in the chunk)."]
+        lines += [f"  not compared: {cause}: {n}"
+                  for cause, n in sorted(result.end_dumps_skipped_by_cause.items())]
         for diffs in result.end_dump_differences[:5]:
             lines += [f"  {d}" for d in diffs[:3]]
     page = result.page
