@@ -72,7 +72,8 @@ def measure(session: Session, request: AccuracyRequest,
                         request.chunk)
     result = Accuracy(series=support.series if support is not None else "")
     for start in range(0, len(commands), request.chunk):
-        chunk = run_chunk(session, commands[start:start + request.chunk], request.traced)
+        chunk = run_chunk(session, commands[start:start + request.chunk], request.traced,
+                          quiet=request.workload == "pressure")
         if keep is not None:
             save_chunk(keep / f"{start // request.chunk:04d}", chunk)
         evaluate(chunk, result, zoneinfo)

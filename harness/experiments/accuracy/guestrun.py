@@ -42,13 +42,17 @@ def enable_tracing(session: Session, buffer_kb: int = 8192) -> None:
     session.run(protocol.tracing_setup(events, buffer_kb)).check()
 
 
-def run_chunk(session: Session, commands: list[str], traced: bool = False) -> Chunk:
-    """Run `commands` in one shell after an exact dump, and read everything back."""
+def run_chunk(session: Session, commands: list[str], traced: bool = False,
+              quiet: bool = False) -> Chunk:
+    """Run `commands` in one shell after an exact dump, and read everything back.
+
+    `quiet`: see commands_body().
+    """
     session.run(f"cat > {CHUNK_FILE}", stdin=("\n".join(commands) + "\n").encode()).check()
     tracing = protocol.TRACING
     # Traced: a second exact dump (fd 8, then the pageblocks, fd 9) right after
     # the last command; the trace holds what happened in between.
-    body = protocol.write_commands(CHUNK_FILE)
+    body = commands_body(CHUNK_FILE, quiet)
     if traced:
         body += "; exec 8< freelists 9< pageblocks"
     script = protocol.exact_dump_script(
@@ -62,6 +66,23 @@ def run_chunk(session: Session, commands: list[str], traced: bool = False) -> Ch
                *((f"cat {tracing}/trace", "cat <&8", "cat <&9") if traced else ())))
     out = session.run(script, timeout=600).check().stdout
     return parse_chunk(protocol.split_output(out, 8 if traced else 5), commands)
+
+
+def commands_body(path: str, quiet: bool) -> str:
+    """Shell text writing each line of guest file `path` to the module's control (fd 7).
+
+    `quiet`: the shell's error messages while the commands run go to
+    /dev/null, so that nothing crosses the SSH connection until they are done.
+    Under pressure many writes fail (ENOMEM; the module's log records each
+    operation's ret, and a command without its record is a RecordError), and
+    each message went out as SSH data: the pipe page it is written to (a
+    GFP_HIGHUSER request, which may wake kswapd), the guest's send, and the
+    host's answer, whose receive refill (virtio-net, in softirq:
+    skb_page_frag_refill()) asks for an order-3 GFP_ATOMIC page fragment
+    near the watermarks and wakes kcompactd, which compacts untraced.
+    """
+    body = protocol.write_commands(path)
+    return f"{{ {body}; }} 2>/dev/null" if quiet else body
 
 
 # The parts of a chunk's output, in order (the last three traced runs only),
