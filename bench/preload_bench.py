@@ -22,21 +22,10 @@ import argparse
 import os
 import statistics
 import time
-from pathlib import Path
 
 from buddylab.experiments import downfall
 from buddylab.guest import preload, session
-
-
-def qemu_cpu(pid: int) -> float:
-    """CPU seconds of every thread of process `pid` so far."""
-    total = 0
-    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
-        try:
-            total += int(stat.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass                    # a thread that ended meanwhile
-    return total / 1e9
+from ssh_handshake import qemu_cpu   # bench/ is the script's directory
 
 
 # The steps of the restore before the command (session.Timings marks), timed too: the
