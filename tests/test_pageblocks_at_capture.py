@@ -13,6 +13,7 @@ from pathlib import Path
 from buddylab.experiments.accuracy import Accuracy, evaluate
 from buddylab.experiments.accuracy.guestrun import load_chunk
 from buddylab.models import kernel_state
+from buddylab.records.kmemtrace import TraceEvent
 
 STEAL = Path(__file__).parent / "fixtures" / "accuracy-chunks" / "5.10-2cpu-dump-buffer-steal"
 
@@ -54,3 +55,28 @@ def test_with_the_types_as_read_the_freed_block_is_filed_movable_and_the_chunk_m
     assert second.seq == 27 and second.what == first.what
     assert second.cause.startswith("the model's state is still off since op 26's miss")
     assert result.page.exact < 100
+
+
+def test_a_pageblock_the_end_pageblocks_read_stole_after_the_capture_is_not_compared():
+    """The end's `pageblocks` are read after the end dump's capture: a change of ownership
+    traced after that capture is not the dump's, and its pageblock is left out."""
+    chunk = load_chunk(STEAL)
+    assert chunk.events is not None and chunk.end_dump is not None and chunk.end_pageblocks
+    end = kernel_state.capture_index(chunk.events, chunk.end_dump.gen)
+    assert end >= 0
+    pb = next(p for p in chunk.end_pageblocks if p.zone == "DMA32" and p.mt == "Movable")
+    steal = TraceEvent(0, chunk.events[end].timestamp, "sh", 1, "mm_page_alloc_extfrag",
+                       {"pfn": pb.pfn, "alloc_order": 3, "fallback_order": 3,
+                        "pageblock_order": 9, "alloc_migratetype": 0,
+                        "fallback_migratetype": 1, "fragmenting": 1, "change_ownership": 1})
+    read_after = [dataclasses.replace(p, mt="Unmovable") if p.pfn == pb.pfn else p
+                  for p in chunk.end_pageblocks]
+    traced = Accuracy()
+    evaluate(dataclasses.replace(chunk, end_pageblocks=read_after,
+                                 events=[*chunk.events[:end + 1], steal,
+                                         *chunk.events[end + 1:]]), traced)
+    assert traced.end_dumps == 1 and not traced.end_dump_differences
+    untraced = Accuracy()
+    evaluate(dataclasses.replace(chunk, end_pageblocks=read_after), untraced)
+    assert untraced.end_dump_differences == [
+        [f"DMA32 pageblock {pb.pfn}: model Movable, kernel Unmovable"]]
