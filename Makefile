@@ -8,7 +8,6 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 KERNEL ?=
 export BUDDYLAB_KERNEL := $(KERNEL)
-STAMP := $(VENV)/.installed
 
 .PHONY: qemu-test test bench experiments mutants host-deps lava-deps venv clean
 
@@ -45,12 +44,10 @@ host-deps:
 lava-deps:
 	@bash images/install-host-deps.sh images/lava-packages.txt
 
-venv: host-deps $(STAMP)
-
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install -q --disable-pip-version-check -e '.[test]'
-	touch $@
+# The venv reads its packages from one environment in the cache, made once per
+# dependency list (images/make_venv.py says why); checking it costs a few ms.
+venv: host-deps
+	@$(PYTHON) images/make_venv.py $(VENV)
 
 clean:
 	rm -rf $(VENV) results build

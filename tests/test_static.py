@@ -32,7 +32,7 @@ def test_mypy_is_clean():
 
 
 def test_ruff_is_clean():
-    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "harness", "tests", "bench"],
+    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "harness", "tests", "bench", "images"],
                           cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
