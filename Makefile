@@ -9,7 +9,7 @@ VPY := $(VENV)/bin/python
 KERNEL ?=
 export BUDDYLAB_KERNEL := $(KERNEL)
 
-.PHONY: qemu-test test bench experiments mutants host-deps lava-deps venv clean
+.PHONY: qemu-test test test-slow bench experiments mutants host-deps lava-deps venv clean
 
 qemu-test: venv
 	$(VENV)/bin/buddylab qemu-test
@@ -17,8 +17,14 @@ qemu-test: venv
 experiments: venv
 	$(VENV)/bin/buddylab experiment all
 
+# `make test`: the host-only tests and the guest tests marked quick (an experiment
+# restored and one booted fresh, the panic, hang and bad-kernel cases);
+# `make test-slow`: every other guest test.  CI (.ci/run) runs both.
 test: venv
-	$(VPY) -m pytest -q -ra
+	$(VPY) -m pytest -q -ra -m "not qemu or quick"
+
+test-slow: venv
+	$(VPY) -m pytest -q -ra -m "qemu and not quick"
 
 bench: venv
 	$(VPY) bench/model_bench.py

@@ -12,6 +12,7 @@ from buddylab.report.model import Status
 pytestmark = pytest.mark.qemu
 
 
+@pytest.mark.quick
 def test_downfall_case_on_the_real_kernel(prepared):
     """From scratch: a fresh boot, which neither restores nor saves a snapshot (the
     CLI's qemu-test restores one: tests/test_snapshot.py)."""

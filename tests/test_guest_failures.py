@@ -46,6 +46,7 @@ def _spinning_kernel(real: Path, dest: Path) -> Path:
     return dest
 
 
+@pytest.mark.quick
 def test_guest_that_never_answers_ends_by_its_deadline(prepared, tmp_path: Path):
     fake = _spinning_kernel(prepared.vmlinuz, tmp_path / "vmlinuz-spin")
     proc = _buddylab("run", "true", "--vmlinuz", str(fake), "--boot-timeout", "4")
@@ -55,6 +56,7 @@ def test_guest_that_never_answers_ends_by_its_deadline(prepared, tmp_path: Path)
     assert _qemu_processes_using(fake) == []
 
 
+@pytest.mark.quick
 def test_garbage_kernel_is_refused(prepared, tmp_path: Path):
     """Random bytes have no boot header: refused before QEMU starts, a set-up error."""
     fake = tmp_path / "vmlinuz-random"
@@ -65,12 +67,14 @@ def test_garbage_kernel_is_refused(prepared, tmp_path: Path):
     assert _qemu_processes_using(fake) == []
 
 
+@pytest.mark.quick
 def test_missing_kernel_image_is_a_setup_error(prepared, tmp_path: Path):
     proc = _buddylab("run", "true", "--vmlinuz", str(tmp_path / "absent"))
     assert proc.returncode == errors.EXIT_SETUP
     assert "no such file" in proc.stderr
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("how", [["--fresh-boot"], []], ids=["fresh-boot", "restored"])
 def test_panic_is_caught_from_the_serial_log(prepared, how: list[str]):
     proc = _buddylab("run", "echo c > /proc/sysrq-trigger", *how)
@@ -79,6 +83,7 @@ def test_panic_is_caught_from_the_serial_log(prepared, how: list[str]):
     assert "sysrq triggered crash" in proc.stderr  # the serial log's tail is quoted
 
 
+@pytest.mark.quick
 def test_command_status_is_passed_through(prepared):
     proc = _buddylab("run", "cat /proc/buddyinfo; exit 7")
     assert proc.returncode == 7

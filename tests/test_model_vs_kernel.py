@@ -29,6 +29,7 @@ def test_generated_operations_are_predicted_page_for_page(prepared, cpus: int):
     assert result.textbook.share < result.page.share
 
 
+@pytest.mark.quick
 def test_trace_replay_predicts_the_final_dump(prepared):
     with boot(prepared) as session:
         cap = trace_replay.capture(session)

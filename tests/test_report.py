@@ -181,6 +181,7 @@ def test_output_into_a_missing_directory_is_a_usage_error(buddylab_main, tmp_pat
     assert proc.returncode == errors.EXIT_USAGE and "no such directory" in proc.stderr
 
 
+@pytest.mark.quick
 @pytest.mark.qemu
 def test_qemu_test_ktap_on_stdout_has_every_check(tmp_path: Path):
     proc = buddylab(tmp_path, "qemu-test", "--ktap", "--junit", str(tmp_path / "junit.xml"))
