@@ -9,7 +9,8 @@ installed once per (interpreter, dependency list) into the cache, under
 `pyenv/KEY/`, and a checkout's venv is made without pip (0.1 s) and reads them
 from there through a `.pth` file; only buddylab itself is installed into it,
 editable, with the cached environment's pip (`pip --python`, no build isolation:
-setuptools comes from the cached environment too).
+setuptools comes from the cached environment too).  The environment's commands
+(pytest, mypy, mutmut, ruff, ...) are put in the venv's bin/ as well.
 
 KEY is a digest of the interpreter (its version and real path) and of the
 requirements read from pyproject.toml (`[project] dependencies`, every extra,
@@ -102,6 +103,27 @@ def shared_env(reqs: list[str], key: str, store: Path) -> Path:
     return env
 
 
+def link_scripts(venv: Path, env: Path) -> None:
+    """The shared environment's commands (pytest, mypy, mutmut, ruff, ...) in venv/bin.
+
+    A Python command is copied with venv's interpreter in its first line, so that it sees
+    buddylab as `.venv/bin/python` does; any other executable (ruff) is linked."""
+    shared_python = f"#!{env / 'bin' / 'python'}"
+    for script in sorted((env / "bin").iterdir()):
+        name = script.name
+        if (name.startswith(("python", "pip", "activate", "Activate")) or not script.is_file()
+                or not os.access(script, os.X_OK) or (venv / "bin" / name).exists()):
+            continue
+        with open(script, "rb") as f:
+            first = f.readline()
+        dest = venv / "bin" / name
+        if first.rstrip().decode(errors="replace") == shared_python:
+            dest.write_bytes(f"#!{venv / 'bin' / 'python'}\n".encode() + script.read_bytes()[len(first):])
+            dest.chmod(0o755)
+        elif not first.startswith(b"#!"):
+            dest.symlink_to(script)
+
+
 def checkout_venv(venv: Path, env: Path, stamp: str) -> None:
     """venv without pip, reading env's packages, with buddylab installed editable."""
     if venv.exists():
@@ -114,6 +136,7 @@ def checkout_venv(venv: Path, env: Path, stamp: str) -> None:
     run([str(env / "bin" / "python"), "-m", "pip", "--python", str(venv / "bin" / "python"),
          "install", "-q", "--disable-pip-version-check", "--no-deps", "--no-build-isolation",
          "-e", str(REPO)], f"installing buddylab into {venv}")
+    link_scripts(venv, env)
     (venv / STAMP).write_text(stamp + "\n")
 
 

@@ -55,3 +55,9 @@ def test_a_second_venv_reads_the_shared_packages(tmp_path: Path):
                          cwd=tmp_path)
     assert cli.returncode == 0 and "qemu-test" in cli.stdout
     assert (venv / make_venv.STAMP).read_text() == "test\n"
+    # The environment's commands run with this venv's interpreter: mutmut and pytest import
+    # buddylab's tests.
+    for command in ("pytest", "mutmut", "ruff"):
+        assert subprocess.run([venv / "bin" / command, "--version"], capture_output=True,
+                              cwd=REPO).returncode == 0, command
+    assert (venv / "bin" / "pytest").read_text().startswith(f"#!{venv}/bin/python\n")
