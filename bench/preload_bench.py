@@ -47,7 +47,7 @@ def one(prepared: session.Prepared, extra_append: list[str]) -> Run:
         assert g.start.how == "restored", g.start.describe()
         assert downfall.analyse(out).passed or downfall.analyse(out).disturbed
         marks = timings.marks
-        steps = {name: at - before for (_, before), (name, at) in zip(marks, marks[1:])
+        steps = {name: at - before for (_, before, *_), (name, at, *_) in zip(marks, marks[1:])
                  if name in STEPS}
         return cpu, wall, bool(g.start.from_reference), steps
 

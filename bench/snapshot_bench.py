@@ -61,35 +61,52 @@ def qemu_test(results: Path, *extra: str, python: str = sys.executable
                  f"{proc.stdout}\n{proc.stderr}")
     newest = max(results.glob("qemu-test-*/result.json"), key=lambda p: p.stat().st_mtime)
     result = json.loads(newest.read_text())
-    result["bench_steps"] = steps(result, start, end) if "timeline" in result else {}
     # CPU seconds of the run and its children (QEMU, zstd): the work, whatever the load.
-    result["bench_cpu"] = ((after.ru_utime - before.ru_utime)
-                           + (after.ru_stime - before.ru_stime))
+    result["bench_cpu"] = cpu = ((after.ru_utime - before.ru_utime)
+                                 + (after.ru_stime - before.ru_stime))
+    result["bench_steps"] = steps(result, start, end, cpu) if "timeline" in result else {}
     return end - start, result
 
 
-def steps(result: dict[str, object], started: float, ended: float) -> dict[str, float]:
-    """Seconds per step of one run, in order, from its marks and the process's start and end."""
+Step = tuple[float, float, float]        # wall, harness CPU, CPU of its children (QEMU, zstd)
+
+
+def steps(result: dict[str, object], started: float, ended: float, cpu: float
+          ) -> dict[str, Step]:
+    """Seconds per step of one run, in order, from its marks and the process's start and end:
+    wall, the harness's CPU and its children's (`cpu`: the whole run's, with its children)."""
     marks = result.get("timeline")
     timings = result["timings"]
     assert isinstance(marks, list) and marks and isinstance(timings, dict), "no steps recorded"
     prepare = sum(float(timings.get(s, 0.0)) for s in PREPARE_STAGES)
-    out = {"python start, imports, arguments": marks[0][1] - started - prepare,
-           "kernel, module, image checks": prepare}
-    last = marks[0][1]
-    for name, at in marks[1:]:
-        out[name] = out.get(name, 0.0) + at - last
-        last = at
-    out["report, result files, exit"] = ended - last
+    _, first, first_cpu, first_children = marks[0]
+    # The harness's CPU before its first mark is split between the two first steps
+    # in the ratio of their wall times.
+    share = prepare / max(first - started, 1e-9)
+    out: dict[str, Step] = {
+        "python start, imports, arguments": (first - started - prepare, first_cpu * (1 - share),
+                                             first_children),
+        "kernel, module, image checks": (prepare, first_cpu * share, 0.0)}
+    last = marks[0]
+    for mark in marks[1:]:
+        name = mark[0]
+        step = (mark[1] - last[1], mark[2] - last[2], mark[3] - last[3])
+        before = out.get(name, (0.0, 0.0, 0.0))
+        out[name] = (before[0] + step[0], before[1] + step[1], before[2] + step[2])
+        last = mark
+    out["report, result files, exit"] = (ended - last[1], max(0.0, cpu - last[2] - last[3]), 0.0)
     return out
 
 
-def print_steps(runs: list[dict[str, float]]) -> None:
+def print_steps(runs: list[dict[str, Step]]) -> None:
     names = list(dict.fromkeys(name for run in runs for name in run))
+    print(f"    {'step':<52} {'wall, median (min-max)':<24} CPU: harness, QEMU and zstd")
     for name in names:
         values = [run[name] for run in runs if name in run]
-        print(f"    {name:<52} {statistics.median(values):5.2f} s  "
-              f"({min(values):.2f}-{max(values):.2f})")
+        wall = [v[0] for v in values]
+        print(f"    {name:<52} {statistics.median(wall):5.2f} s ({min(wall):.2f}-{max(wall):.2f})"
+              f"     {statistics.median(v[1] for v in values):5.2f} s"
+              f"  {statistics.median(v[2] for v in values):5.2f} s")
 
 
 def timed(argv: list[str], **kw: object) -> float:
@@ -147,8 +164,8 @@ def main() -> None:
         fresh: list[float] = []
         boot_restored: list[float] = []
         boot_fresh: list[float] = []
-        steps_restored: list[dict[str, float]] = []
-        steps_fresh: list[dict[str, float]] = []
+        steps_restored: list[dict[str, Step]] = []
+        steps_fresh: list[dict[str, Step]] = []
         cpu_restored: list[float] = []
         cpu_fresh: list[float] = []
         same = 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,16 +35,37 @@ if TYPE_CHECKING:   # paramiko is imported while QEMU loads the snapshot (snapsh
     from buddylab.guest.ssh import ClientKey, CommandResult, GuestShell
 
 
+def children_cpu() -> float:
+    """CPU seconds of this process's children so far (QEMU, zstd): those that ended
+    and, every thread, those that run (/proc/PID/task/*/schedstat)."""
+    ended = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = ended.ru_utime + ended.ru_stime
+    for children in Path("/proc/self/task").glob("*/children"):
+        try:
+            pids = children.read_text().split()
+        except OSError:
+            continue
+        for pid in pids:
+            for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+                try:
+                    total += int(stat.read_text().split()[0]) / 1e9
+                except (OSError, ValueError, IndexError):
+                    pass      # a thread or child that just ended
+    return total
+
+
 @dataclass
 class Timings:
     stages: dict[str, float] = field(default_factory=dict)
-    # Finer steps of a real boot or restore, in order: (what just ended, time.monotonic()).
+    # Finer steps of a real boot or restore, in order: (what just ended,
+    # time.monotonic(), this process's CPU seconds, its children's: children_cpu()).
     # CLOCK_MONOTONIC is one clock for every process, so a benchmark that
-    # started the process can place them (bench/snapshot_bench.py).
-    marks: list[tuple[str, float]] = field(default_factory=list)
+    # started the process can place them (bench/snapshot_bench.py); the CPU
+    # seconds say what each step cost whatever else the machine runs.
+    marks: list[tuple[str, float, float, float]] = field(default_factory=list)
 
     def mark(self, name: str) -> None:
-        self.marks.append((name, time.monotonic()))
+        self.marks.append((name, time.monotonic(), time.process_time(), children_cpu()))
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -151,6 +173,7 @@ class Session:
         except BuddylabError:
             self.qemu.check_crash()
             raise
+        self.timings.mark("guest command (an SSH channel)")
         self.qemu.check_crash()
         if first:
             split = snapshot.split_start_state(result.stdout)
@@ -211,7 +234,7 @@ def boot(prepared: Prepared, memory_mib: int = 512, cpus: int = 1,
             if session is not None:
                 session.abandon_start()
             if qemu is not None:
-                timings.mark("the caller's guest commands and models")
+                timings.mark("the caller's own work (models) after its commands")
                 with timings.stage("power-off"):
                     _power_off(qemu, shell)
                 timings.mark("power-off")
