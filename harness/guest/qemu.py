@@ -90,6 +90,24 @@ def _die_with_parent() -> None:
     libc.prctl(1, signal.SIGKILL, 0, 0, 0)
 
 
+def wait_process(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Wait until `proc` ends, at most `timeout` seconds; whether it ended.
+
+    Woken by the end itself (a pidfd turns readable): Popen.wait(timeout)
+    polls, with sleeps that grow to 50 ms."""
+    if proc.poll() is not None:
+        return True
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except OSError:            # ended and reaped meanwhile
+        return proc.poll() is not None
+    try:
+        select.select([pidfd], [], [], max(0.0, timeout))
+    finally:
+        os.close(pidfd)
+    return proc.poll() is not None
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -181,21 +199,29 @@ class Qemu:
         self.qmp: QEMUMonitorProtocol | None = None
         self._stderr_path = workdir / "qemu.stderr"
 
-    def start(self, qmp_timeout: float = 10.0, incoming: bool = False,
+    def start(self, qmp_timeout: float = 10.0, incoming_fd: int | None = None,
               meanwhile: Callable[[], None] = lambda: None) -> None:
-        """Start QEMU; with `incoming`, it waits for QMP migrate-incoming (a restore).
+        """Start QEMU; with `incoming_fd`, it loads a migration stream from that
+        descriptor (a restore) as it starts, the guest paused until QMP `cont`.
 
         QMP runs on a socket pair made before QEMU starts (QEMU sends its
-        greeting as soon as it is up), so QEMU's start, the import of the QMP
-        library and `meanwhile` (the caller's work) overlap."""
+        greeting as soon as it is up), so QEMU's start, the load of the
+        stream, the import of the QMP library and `meanwhile` (the caller's
+        work) overlap."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         stderr = self._stderr_path.open("wb")
-        argv = self.config.argv(theirs.fileno()) + (["-incoming", "defer"] if incoming else [])
+        argv = self.config.argv(theirs.fileno())
+        fds = [theirs.fileno()]
+        if incoming_fd is not None:
+            # The MIGRATION events are on from the start: the load may end before
+            # QMP is connected (snapshot.restore_state asks query-migrate first).
+            argv += ["-incoming", f"fd:{incoming_fd}", "-global", "migration.x-events=on"]
+            fds.append(incoming_fd)
         try:
             # stdin is the guest console's input (the resume line, images/init.sh).
             self.proc = subprocess.Popen(
                 argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
-                pass_fds=[theirs.fileno()], preexec_fn=_die_with_parent,
+                pass_fds=fds, preexec_fn=_die_with_parent,
             )
         except BaseException:
             ours.close()
@@ -278,11 +304,7 @@ class Qemu:
 
     def wait_exit(self, timeout: float) -> bool:
         assert self.proc is not None
-        try:
-            self.proc.wait(timeout)
-            return True
-        except subprocess.TimeoutExpired:
-            return False
+        return wait_process(self.proc, timeout)
 
     def stop(self, grace: float = 3.0) -> None:
         """End QEMU: wait `grace` for a power-off already asked for, then quit, then kill."""

@@ -9,8 +9,8 @@ point: /init has mounted everything and set up the network, the module is
 counters to stand still, then for a resume line on the console.  There the
 guest is paused and saved with QMP `migrate` to an `fd:` pipe read by zstd
 (QEMU 7.2 has no `file:` URI), and that QEMU ends.  Every run, the first
-included, then starts QEMU with `-incoming defer` and loads the snapshot with
-`migrate-incoming` from a pipe fed by `zstd -d`; zstd's frame checksum and
+included, then starts QEMU loading the snapshot as it starts (`-incoming
+fd:N`) from a pipe fed by `zstd -d`; zstd's frame checksum and
 the recorded size catch a truncated or corrupt file, QEMU refuses a stream
 it cannot load.  A snapshot that cannot be restored is thrown away with one
 line saying why, and the run boots fresh and saves it anew.
@@ -49,7 +49,8 @@ from typing import TYPE_CHECKING, Any, Callable
 from buddylab.cachefs import file_sha256
 from buddylab.errors import BuddylabError, GuestTimeout, SetupError
 from buddylab.guest.image import HostKey
-from buddylab.guest.qemu import QEMU, WAIT_MARKER, Qemu, QemuConfig, _die_with_parent
+from buddylab.guest.qemu import (QEMU, WAIT_MARKER, Qemu, QemuConfig, _die_with_parent,
+                                 wait_process)
 from buddylab.paths import cache_dir
 
 if TYPE_CHECKING:   # paramiko is imported while QEMU loads the snapshot (start_guest)
@@ -294,9 +295,19 @@ def _zstd() -> str:
     return path
 
 
-def _wait_migration(qemu: Qemu, deadline: float) -> None:
-    """Wait for QMP's MIGRATION event `completed`; SnapshotUnusable on failure or deadline."""
+def _wait_migration(qemu: Qemu, deadline: float, loading: bool = False) -> None:
+    """Wait for QMP's MIGRATION event `completed`; SnapshotUnusable on failure or deadline.
+
+    `loading`: an incoming migration that started with QEMU, whose events
+    before QMP was connected are lost: its state is asked first."""
     assert qemu.qmp is not None and qemu.proc is not None
+    if loading:
+        reply = qemu.qmp.cmd("query-migrate")
+        status = reply.get("status") if isinstance(reply, dict) else None
+        if status == "completed":
+            return
+        if status in ("failed", "cancelled"):
+            raise SnapshotUnusable(f"migration {status}: {_last_line(qemu.stderr_text())}")
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
@@ -448,18 +459,17 @@ def _run_jobs(jobs: Jobs, n: int = 1 << 30) -> None:
 
 def restore_state(qemu: Qemu, snap: Snapshot, timeout: float, mark: Mark = _no_mark,
                   meanwhile: Jobs | None = None) -> None:
-    """Start `qemu` waiting for a migration and load `snap` into it; the guest runs after.
+    """Start `qemu` loading `snap` as it starts; the guest runs after.
 
-    `meanwhile` is the host's own work of the run (imports, the client key),
-    done while QEMU starts (the first job) and while it loads (the rest):
-    the 2-core machine runs both at once."""
+    QEMU reads the stream from a pipe fed by `zstd -d` from its first moment
+    (`-incoming fd:N`), so its start and the load overlap the host's own work
+    of the run, `meanwhile` (imports, the client key): the 2-core machine
+    runs both at once."""
     jobs = meanwhile if meanwhile is not None else []
     zstd = _zstd()
     deadline = time.monotonic() + timeout
-    qemu.start(incoming=True, meanwhile=lambda: _run_jobs(jobs, 1))
-    mark("qemu started (QMP up)")
-    assert qemu.qmp is not None
     read_end, write_end = os.pipe()
+    dec: subprocess.Popen[bytes] | None = None
     try:
         with snap.state.open("rb") as src:
             dec = subprocess.Popen([zstd, "-q", "-d", "-c"], stdin=src, stdout=write_end,
@@ -467,34 +477,35 @@ def restore_state(qemu: Qemu, snap: Snapshot, timeout: float, mark: Mark = _no_m
         os.close(write_end)
         write_end = -1
         try:
-            _migration_events(qemu)
-            _send_pipe_end(qemu, read_end, "bl-restore")
-            os.close(read_end)
-            read_end = -1
-            qemu.qmp.cmd("migrate-incoming", uri="fd:bl-restore")
-            _run_jobs(jobs)
-            mark("meanwhile: the caller's imports")
-            _wait_migration(qemu, deadline)
-            mark("migration loaded")
-            # zstd checks its frame checksum at the end: a corrupt file is
-            # refused here even if QEMU happened to load every section.
-            try:
-                rc = dec.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                raise SnapshotUnusable("zstd did not finish") from None
-            if rc != 0:
-                err = dec.stderr.read().decode(errors="replace") if dec.stderr else ""
-                raise SnapshotUnusable(f"zstd: {_last_line(err)}")
-        finally:
+            qemu.start(incoming_fd=read_end, meanwhile=lambda: _run_jobs(jobs))
+        except SetupError as e:
+            # A stream QEMU refuses at once ends QEMU before QMP is up.
+            if qemu.proc is not None and qemu.proc.poll() is not None:
+                raise SnapshotUnusable(f"QEMU exited: {_last_line(qemu.stderr_text())}") from e
+            raise
+        os.close(read_end)
+        read_end = -1
+        mark("qemu started (QMP up), the caller's imports meanwhile")
+        _wait_migration(qemu, deadline, loading=True)
+        mark("migration loaded")
+        # zstd checks its frame checksum at the end: a corrupt file is
+        # refused here even if QEMU happened to load every section.
+        if not wait_process(dec, max(0.1, deadline - time.monotonic())):
+            raise SnapshotUnusable("zstd did not finish")
+        if dec.returncode != 0:
+            err = dec.stderr.read().decode(errors="replace") if dec.stderr else ""
+            raise SnapshotUnusable(f"zstd: {_last_line(err)}")
+    finally:
+        if dec is not None:
             if dec.poll() is None:
                 dec.kill()
                 dec.wait()
             if dec.stderr is not None:
                 dec.stderr.close()
-    finally:
         for fd in (read_end, write_end):
             if fd >= 0:
                 os.close(fd)
+    assert qemu.qmp is not None
     # The source was paused when saved, so the loaded guest is paused too.
     if qemu.status() != "running":
         qemu.qmp.cmd("cont")
