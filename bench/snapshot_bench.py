@@ -75,9 +75,11 @@ def steps(result: dict[str, object], started: float, ended: float, cpu: float
           ) -> dict[str, Step]:
     """Seconds per step of one run, in order, from its marks and the process's start and end:
     wall, the harness's CPU and its children's (`cpu`: the whole run's, with its children)."""
-    marks = result.get("timeline")
+    timeline = result.get("timeline")
     timings = result["timings"]
-    assert isinstance(marks, list) and marks and isinstance(timings, dict), "no steps recorded"
+    assert isinstance(timeline, list) and timeline and isinstance(timings, dict), "no steps recorded"
+    # A --baseline buddylab's marks may have no CPU seconds (before they had them): 0.
+    marks = [(*m, 0.0, 0.0)[:4] for m in timeline]
     prepare = sum(float(timings.get(s, 0.0)) for s in PREPARE_STAGES)
     _, first, first_cpu, first_children = marks[0]
     # The harness's CPU before its first mark is split between the two first steps

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import logging
 import os
 import shutil
 import select
@@ -31,6 +32,10 @@ if TYPE_CHECKING:   # QEMU's QMP library (asyncio) is imported while QEMU starts
     from qemu.qmp.legacy import QEMUMonitorProtocol
 
 QEMU = "qemu-system-x86_64"
+# QEMU's QMP library logs a failed negotiation (a QEMU that ended at once, e.g.
+# on a snapshot it refuses) as an error, which Python would print on stderr with
+# no handler set; the harness says what happened in its own line.
+logging.getLogger("qemu.qmp").addHandler(logging.NullHandler())
 READY_MARKER = "BUDDYLAB-SSHD-READY"
 # Printed by the guest's bl-resume at its quiet point, before it reads the
 # host's resume line from the console (images/guest-tools/bl-resume.c).

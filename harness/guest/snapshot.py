@@ -302,7 +302,13 @@ def _wait_migration(qemu: Qemu, deadline: float, loading: bool = False) -> None:
     before QMP was connected are lost: its state is asked first."""
     assert qemu.qmp is not None and qemu.proc is not None
     if loading:
-        reply = qemu.qmp.cmd("query-migrate")
+        try:
+            reply = qemu.qmp.cmd("query-migrate")
+        except Exception as e:
+            # QEMU refused the stream and ended while QMP was asked.
+            if wait_process(qemu.proc, 2.0):
+                raise SnapshotUnusable(f"QEMU exited: {_last_line(qemu.stderr_text())}") from e
+            raise SnapshotUnusable(f"QMP failed during the load: {e}") from e
         status = reply.get("status") if isinstance(reply, dict) else None
         if status == "completed":
             return
@@ -479,10 +485,9 @@ def restore_state(qemu: Qemu, snap: Snapshot, timeout: float, mark: Mark = _no_m
         try:
             qemu.start(incoming_fd=read_end, meanwhile=lambda: _run_jobs(jobs))
         except SetupError as e:
-            # A stream QEMU refuses at once ends QEMU before QMP is up.
-            if qemu.proc is not None and qemu.proc.poll() is not None:
-                raise SnapshotUnusable(f"QEMU exited: {_last_line(qemu.stderr_text())}") from e
-            raise
+            # A stream QEMU refuses at once ends QEMU before QMP is up: its last words say why.
+            why = _last_line(qemu.stderr_text()) if qemu.stderr_text() else str(e)
+            raise SnapshotUnusable(f"QEMU did not come up: {why}") from e
         os.close(read_end)
         read_end = -1
         mark("qemu started (QMP up), the caller's imports meanwhile")
