@@ -31,6 +31,7 @@ bench: venv
 	$(VPY) bench/run_bench.py
 	$(VPY) bench/snapshot_bench.py
 	$(VPY) bench/preload_bench.py
+	$(VPY) bench/restore_parts.py
 	$(VPY) bench/chapter8_bench.py
 
 # Mutation testing of the models, parsers and scoring, one group of modules at
