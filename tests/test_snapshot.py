@@ -14,6 +14,7 @@ import pytest
 
 from buddylab import protocol
 from buddylab.guest import preload, snapshot
+from buddylab.guest.qemu import wait_process
 from buddylab.guest.session import boot
 from buddylab.paths import cache_dir
 
@@ -110,6 +111,18 @@ def test_store_keeps_its_bounds_least_recently_used_first(tmp_path, monkeypatch)
         _fake_snapshot(store, f"k{n}", 10)
     snapshot.evict(keep="k6")
     assert len(list(store.iterdir())) == 2 and (store / "k6").is_dir()
+
+
+def test_wait_process_says_whether_the_process_ended():
+    ended = subprocess.Popen(["sh", "-c", "exit 3"])
+    assert wait_process(ended, 30.0) and ended.returncode == 3
+    running = subprocess.Popen(["sleep", "30"])
+    try:
+        assert not wait_process(running, 0.05) and running.returncode is None
+    finally:
+        running.kill()
+    assert wait_process(running, 30.0) and running.returncode == -9
+    assert wait_process(running, 0.0)          # reaped already: still ended
 
 
 # --- with the real guest ----------------------------------------------------------
