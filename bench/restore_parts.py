@@ -31,6 +31,9 @@ from buddylab.guest import preload, session
 from ssh_handshake import qemu_cpu   # bench/ is the script's directory
 
 
+BYTES = ": bytes of output"
+
+
 def parts(script: str) -> list[tuple[str, str]]:
     """The downfall script cut at its parts' first words, each part a command of its own."""
     setup = script.index("{ dmesg -c")
@@ -58,8 +61,9 @@ def one(prepared: session.Prepared) -> dict[str, float]:
 
         def cpu_of(name: str, command: str) -> None:
             before = qemu_cpu(pid)
-            g.run(command, timeout=120).check()
+            reply = g.run(command, timeout=120).check().stdout
             out[name] = qemu_cpu(pid) - before
+            out[name + BYTES] = len(reply.encode())
 
         cpu_of("first command (true, start state read before it)", "true")
         assert g.start.how == "restored", g.start.describe()
@@ -83,8 +87,13 @@ def main() -> None:
     print(f"QEMU's CPU seconds in a restored qemu-test guest (median of {args.runs}; min-max), "
           f"{time.monotonic() - start:.0f} s:")
     for name in runs[0]:
+        if name.endswith(BYTES):
+            continue
         values = [r[name] for r in runs]
-        print(f"  {name:<58} {statistics.median(values):.3f} s ({min(values):.3f}-{max(values):.3f})")
+        sizes = [r[name + BYTES] for r in runs if name + BYTES in r]
+        size = f"  output {statistics.median(sizes) / 1000:.0f} KB" if sizes else ""
+        print(f"  {name:<58} {statistics.median(values):.3f} s ({min(values):.3f}-{max(values):.3f})"
+              f"{size}")
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
