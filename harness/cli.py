@@ -218,7 +218,7 @@ def qemu_test(args: argparse.Namespace) -> int:
             print(f"buddylab: kernel {prepared.kernel.release}, accelerator {prepared.accel} "
                   f"({prepared.accel_why}), module build {prepared.module.parent.name}", flush=True)
             out.run_dir = run_dir = new_run_dir("qemu-test")
-            # The experiment's modules are imported while QEMU loads the snapshot; the
+            # The experiment's modules are imported while the guest resumes; the
             # guest has the module loaded and the steps' tracing set up (guest.preload).
             with _boot(args.guest, prepared, opts, run_dir, timings, _import_downfall,
                        extra_append=[PRELOAD_FLAG]) as session:

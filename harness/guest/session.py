@@ -201,8 +201,8 @@ def boot(prepared: Prepared, memory_mib: int = 512, cpus: int = 1,
 
     The guest is restored from a snapshot of an earlier boot of the same
     guest when there is one (buddylab.guest.snapshot), unless `fresh_boot`.
-    `meanwhile` is the caller's own work (imports) that can run while QEMU
-    loads the snapshot.
+    `meanwhile` is the caller's own work (imports) that can run while the
+    guest handles its resume line (reseed, quiet point, start state).
     """
     timings = timings or Timings()
     timings.mark("until the boot (python, arguments, kernel, module, image)")

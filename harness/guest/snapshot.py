@@ -456,11 +456,10 @@ def _no_mark(_: str) -> None:
 Jobs = list[Callable[[], None]]
 
 
-def _run_jobs(jobs: Jobs, n: int = 1 << 30) -> None:
-    """Run (and take off the list) the first `n` jobs."""
-    while jobs and n > 0:
+def _run_jobs(jobs: Jobs) -> None:
+    """Run the jobs, each taken off the list first (so each runs once)."""
+    while jobs:
         jobs.pop(0)()
-        n -= 1
 
 
 def restore_state(qemu: Qemu, snap: Snapshot, timeout: float, mark: Mark = _no_mark,
@@ -469,8 +468,8 @@ def restore_state(qemu: Qemu, snap: Snapshot, timeout: float, mark: Mark = _no_m
 
     QEMU reads the stream from a pipe fed by `zstd -d` from its first moment
     (`-incoming fd:N`), so its start and the load overlap the host's own work
-    of the run, `meanwhile` (imports, the client key): the 2-core machine
-    runs both at once."""
+    of the run, `meanwhile` (the client key, with paramiko's import): the
+    2-core machine runs both at once."""
     jobs = meanwhile if meanwhile is not None else []
     zstd = _zstd()
     deadline = time.monotonic() + timeout
@@ -490,7 +489,7 @@ def restore_state(qemu: Qemu, snap: Snapshot, timeout: float, mark: Mark = _no_m
             raise SnapshotUnusable(f"QEMU did not come up: {why}") from e
         os.close(read_end)
         read_end = -1
-        mark("qemu started (QMP up), the caller's imports meanwhile")
+        mark("qemu started (QMP up), the client key meanwhile")
         _wait_migration(qemu, deadline, loading=True)
         mark("migration loaded")
         # zstd checks its frame checksum at the end: a corrupt file is
@@ -595,10 +594,16 @@ ClientKeys = Callable[[], "ClientKey"]
 
 
 def _resume(qemu: Qemu, host_key: HostKey, client_key: ClientKeys,
-            timeout: float, mark: Mark = _no_mark) -> GuestShell:
+            timeout: float, mark: Mark = _no_mark, later: Jobs | None = None) -> GuestShell:
+    """The resume line written, the SSH server waited for, the shell connected.
+
+    `later` (the caller's own work) runs while the guest handles the resume
+    line: its reseed, quiet point and start state are the guest's work alone,
+    and the harness would only wait."""
     from buddylab.guest.ssh import GuestShell
 
     qemu.console_write(resume_line(client_key()))
+    _run_jobs(later if later is not None else [])
     qemu.wait_ready(timeout)
     mark("resume line to sshd ready")
     status = qemu.status()
@@ -610,10 +615,11 @@ def _resume(qemu: Qemu, host_key: HostKey, client_key: ClientKeys,
 
 
 def _booted(qemu: Qemu, host_key: HostKey, client_key: ClientKeys, deadline: float,
-            why: str, mark: Mark = _no_mark) -> Started:
+            why: str, mark: Mark = _no_mark, later: Jobs | None = None) -> Started:
     """Resume a guest that waits at its quiet point; QEMU is stopped if that fails."""
     try:
-        shell = _resume(qemu, host_key, client_key, max(1.0, deadline - time.monotonic()), mark)
+        shell = _resume(qemu, host_key, client_key, max(1.0, deadline - time.monotonic()), mark,
+                        later)
     except BaseException:
         qemu.stop(grace=0.0)
         raise
@@ -646,18 +652,19 @@ def start_guest(config: QemuConfig, workdir: Path, host_key: HostKey, client_key
     saved that does not restore is dropped and the run boots.  `fresh_boot`
     neither restores nor saves.  `mark` is told each step that ends
     (Timings.mark); `client_key` gives this run's client key (made once);
-    `meanwhile` is the host's work that can run while QEMU loads a snapshot
-    (run once, before the guest is resumed).  The start state is read with
-    the session's first command (Starting.finish).
+    `meanwhile` is the host's work that can run while the guest handles its
+    resume line (run once, before the SSH connection).  The start state is
+    read with the session's first command (Starting.finish).
     """
     def make_key() -> None:
         client_key()            # imports paramiko (buddylab.guest.ssh) too
-    jobs: Jobs = [make_key, meanwhile]
+    # While QEMU loads a snapshot: the client key, which the resume line needs.
+    loading: Jobs = [make_key]
+    later: Jobs = [meanwhile]
     if fresh_boot:
         qemu = _boot_to_quiet_point(config, workdir, ready_timeout, mark)
-        _run_jobs(jobs)
         return _booted(qemu, host_key, client_key, time.monotonic() + ready_timeout,
-                       "--fresh-boot", mark)
+                       "--fresh-boot", mark, later)
     key, desc = snapshot_key(config)
     mark("snapshot key")
     why = ""
@@ -673,8 +680,8 @@ def start_guest(config: QemuConfig, workdir: Path, host_key: HostKey, client_key
                 mark("snapshot saved")
             except (SnapshotUnusable, OSError) as e:
                 _say(f"snapshot not saved: {e}")
-                _run_jobs(jobs)
-                return _booted(source, host_key, client_key, deadline, f"snapshot not saved: {e}")
+                return _booted(source, host_key, client_key, deadline, f"snapshot not saved: {e}",
+                               later=later)
             except BaseException:
                 source.stop(grace=0.0)
                 raise
@@ -682,8 +689,9 @@ def start_guest(config: QemuConfig, workdir: Path, host_key: HostKey, client_key
             snap = Snapshot(key, pending.directory, pending.meta)
         qemu = Qemu(config, workdir)
         try:
-            restore_state(qemu, snap, min(ready_timeout, RESTORE_TIMEOUT), mark, jobs)
-            shell = _resume(qemu, host_key, client_key, min(ready_timeout, RESTORE_TIMEOUT), mark)
+            restore_state(qemu, snap, min(ready_timeout, RESTORE_TIMEOUT), mark, loading)
+            shell = _resume(qemu, host_key, client_key, min(ready_timeout, RESTORE_TIMEOUT), mark,
+                            later)
         except (SnapshotUnusable, BuddylabError, OSError) as e:
             qemu.stop(grace=0.0)
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -691,9 +699,8 @@ def start_guest(config: QemuConfig, workdir: Path, host_key: HostKey, client_key
                 pending.abandon()
                 _say(f"snapshot not saved: it does not restore ({reason}); booting fresh")
                 qemu = _boot_to_quiet_point(config, workdir, ready_timeout)
-                _run_jobs(jobs)
                 return _booted(qemu, host_key, client_key, time.monotonic() + ready_timeout,
-                               f"snapshot not saved: it does not restore ({reason})")
+                               f"snapshot not saved: it does not restore ({reason})", later=later)
             discard(snap.directory, reason)
             why = f"snapshot thrown away: {reason}; saved anew"
             continue
@@ -707,5 +714,5 @@ def start_guest(config: QemuConfig, workdir: Path, host_key: HostKey, client_key
         return Started(qemu, shell, Starting("restored", why, snap, pending))
     # Only if other runs keep saving snapshots of this key that do not restore.
     qemu = _boot_to_quiet_point(config, workdir, ready_timeout)
-    _run_jobs(jobs)
-    return _booted(qemu, host_key, client_key, time.monotonic() + ready_timeout, why)
+    return _booted(qemu, host_key, client_key, time.monotonic() + ready_timeout, why,
+                   later=later)
