@@ -173,7 +173,8 @@ def main() -> None:
         same = 0
         differing: dict[str, int] = {}
         states: dict[str, int] = {}
-        for _ in range(args.runs):
+        def run_restored() -> None:
+            nonlocal same
             wall, res = qemu_test(results)
             start = res["start"]
             assert isinstance(start, dict) and start["how"] == "restored", start
@@ -186,15 +187,23 @@ def main() -> None:
             boot_restored.append(float(res["timings"]["boot to ssh"]))  # type: ignore[index]
             steps_restored.append(res["bench_steps"])  # type: ignore[arg-type]
             cpu_restored.append(float(res["bench_cpu"]))  # type: ignore[arg-type]
+
+        def run_baseline() -> None:
+            if args.baseline:
+                wall, res = qemu_test(results, python=args.baseline)
+                baseline.append(wall)
+                cpu_baseline.append(float(res["bench_cpu"]))  # type: ignore[arg-type]
+
+        for i in range(args.runs):
+            # The restored runs of this buddylab and of the baseline take turns
+            # at following the fresh boot, which may leave the machine otherwise.
+            for run in ((run_restored, run_baseline) if i % 2 == 0 else (run_baseline, run_restored)):
+                run()
             wall, res = qemu_test(results, "--fresh-boot")
             fresh.append(wall)
             boot_fresh.append(float(res["timings"]["boot to ssh"]))  # type: ignore[index]
             steps_fresh.append(res["bench_steps"])  # type: ignore[arg-type]
             cpu_fresh.append(float(res["bench_cpu"]))  # type: ignore[arg-type]
-            if args.baseline:
-                wall, res = qemu_test(results, python=args.baseline)
-                baseline.append(wall)
-                cpu_baseline.append(float(res["bench_cpu"]))  # type: ignore[arg-type]
     print(f"buddylab qemu-test, warm cache, whole process (median of {args.runs}; min-max):")
     for name, walls, boots, cpus in (("restored", restored, boot_restored, cpu_restored),
                                      ("--fresh-boot", fresh, boot_fresh, cpu_fresh)):
