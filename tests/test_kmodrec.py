@@ -528,6 +528,44 @@ def test_fixture_lines_with_one_token_damaged_are_rejected():
                         parse("".join(lines[:i] + [damaged + "\n"]))
 
 
+def test_a_line_read_by_its_shape_is_read_as_alone():
+    """After a line, each later line with its record name and keys is read by one match
+    (kmod._Shape): every line of the real fixtures reads as the line-by-line path reads
+    it alone, and each value of each shape's first line, damaged in turn and read after
+    it, gives the same fields or the same error as alone."""
+    def read_alone(line: str, lineno: int) -> object:
+        try:
+            return k._parse_line(name, line, lineno)
+        except RecordError as e:
+            return str(e)
+
+    def read_after(before: list[str], line: str) -> object:
+        try:
+            return list(k._lines(name, "".join(before) + line + "\n"))[-1]
+        except RecordError as e:
+            return str(e)
+
+    for guest in GUESTS:
+        for name in ("log", "allocs", "freelists", "pageblocks", "zones"):
+            text = fixture(guest, name)
+            for line in k._lines(name, text):
+                assert line == read_alone(line.text, line.lineno)
+            lines = text.splitlines(keepends=True)
+            shapes: set[tuple[str, ...]] = set()
+            for i, line in enumerate(text.splitlines()):
+                tokens = line.split(" ")
+                shape = (tokens[0], *(t.split("=")[0] for t in tokens[1:]))
+                if shape in shapes:
+                    continue
+                shapes.add(shape)
+                for j in range(1, len(tokens)):
+                    key = tokens[j].split("=")[0]
+                    for bad in ("", "x", "0", "01", "1", "-1", "-0", "10", "11", "1,2",
+                                "Movable", "DMA32", "alloc", "before"):
+                        damaged = " ".join(tokens[:j] + [f"{key}={bad}"] + tokens[j + 1:])
+                        assert read_after(lines[:i + 1], damaged) == read_alone(damaged, i + 2)
+
+
 FREELISTS_DMA_MOVABLE = "block nid=0 zone=DMA order=9 mt=Movable pos=0 pfn=512\n"
 
 

@@ -192,21 +192,42 @@ def _gfp(v: str) -> tuple[str, bool]:
     return base, bool(sep)
 
 
+_NAMES = {k: _name(v) for k, v in VALUE_NAMES.items() if k != "gfp"}
+_PAGEBLOCK_MT = _name(PAGEBLOCK_MTS)
+
 _CONVERTERS: dict[str, Callable[[str], object]] = {
     "seq": _positive, "id": _positive, "gen": _positive,
     "ret": _int, "order": _order,
     "free": _uints(MAX_ORDER), "lists": _uint_list, "orders": _uint_list,
     "gfp": _gfp, "vmstat_diff": _signed,
-    **{k: _name(v) for k, v in VALUE_NAMES.items() if k != "gfp"},
+    **_NAMES,
 }
 
 
-_PAGEBLOCK_CONVERTERS = {**_CONVERTERS, "mt": _name(PAGEBLOCK_MTS)}
+_PAGEBLOCK_CONVERTERS = {**_CONVERTERS, "mt": _PAGEBLOCK_MT}
 
 
 def _converters(record: str) -> dict[str, Callable[[str], object]]:
     """Each key's converter for this record (a key not named is an unsigned decimal)."""
     return _PAGEBLOCK_CONVERTERS if record == "pageblock" else _CONVERTERS
+
+
+def _alternatives(words: tuple[str, ...]) -> str:
+    return "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+
+
+# The values a converter accepts, as a regular expression, for the converters whose
+# value is the text itself (a name) or int() of it: a line whose values all match
+# is converted without calling them (see _Shape).
+_EXACT: dict[Callable[[str], object], tuple[str, bool]] = {    # -> (pattern, int() it)
+    _uint: ("0|[1-9][0-9]*", True),
+    _positive: ("[1-9][0-9]*", True),
+    _order: (_alternatives(tuple(map(str, range(MAX_ORDER)))), True),
+    _int: (_INT.pattern, True),
+    _signed: ("0|-?[1-9][0-9]*", True),
+    _PAGEBLOCK_MT: (_alternatives(PAGEBLOCK_MTS), False),
+    **{conv: (_alternatives(VALUE_NAMES[k]), False) for k, conv in _NAMES.items()},
+}
 
 
 # Lines
@@ -233,6 +254,49 @@ def _split(text: str, lineno: int) -> tuple[str, list[tuple[str, str]]]:
     return tokens[0], pairs
 
 
+class _Shape:
+    """A record name and its list of keys (and, for an op line, its verb) that a line
+    of the text had, as one regular expression over a whole line: a later line of
+    the same shape is split, checked and converted by one match.
+
+    The expression accepts a subset of what the line-by-line path (_split,
+    _check_keys, the converters) accepts, and gives the same fields: each value's
+    pattern is the converter's own set (_EXACT) or, for the others, any value
+    _split takes, converted by the converter itself.  A line it does not match
+    takes the line-by-line path, which raises the error or adds its shape.
+    """
+
+    def __init__(self, name: str, keys: tuple[str, ...],
+                 converters: tuple[Callable[[str], object], ...], verb: str | None) -> None:
+        self.name = name
+        self.keys = keys
+        parts = [re.escape(name)]
+        self.ints: list[int] = []           # groups that are int() of their text
+        self.converted: list[tuple[int, Callable[[str], object]]] = []   # and by a converter
+        for i, (key, conv) in enumerate(zip(keys, converters)):
+            if key == "verb" and verb is not None:
+                pattern, to_int = re.escape(verb), False
+            elif conv in _EXACT:
+                pattern, to_int = _EXACT[conv]
+            else:
+                pattern, to_int = "[^ =]+", False
+                self.converted.append((i, conv))
+            if to_int:
+                self.ints.append(i)
+            parts.append(f"{re.escape(key)}=({pattern})")
+        self.match = re.compile(" ".join(parts)).fullmatch
+
+    def fields(self, values: list, seen: _Seen) -> dict[str, object]:
+        for i in self.ints:
+            values[i] = int(values[i])
+        for i, conv in self.converted:
+            value = seen.values.get((conv, values[i]), _NOT_SEEN)
+            if value is _NOT_SEEN:
+                value = seen.values[(conv, values[i])] = conv(values[i])
+            values[i] = value
+        return dict(zip(self.keys, values))
+
+
 @dataclass
 class _Seen:
     """What one text's lines repeat, found once a text (see _lines())."""
@@ -241,6 +305,7 @@ class _Seen:
         field(default_factory=dict)          # a checked list of keys -> its converters
     values: dict[tuple[Callable[[str], object], str], object] = \
         field(default_factory=dict)          # (converter, value) -> the value converted
+    shapes: dict[str, list[_Shape]] = field(default_factory=dict)     # record name -> its shapes
 
 
 _NOT_SEEN = object()
@@ -254,6 +319,7 @@ def _parse_line(file: str, text: str, lineno: int, seen: _Seen | None = None) ->
     seen = _Seen() if seen is None else seen
     try:
         spec = RECORD_KEYS[(file, name)]
+        verb = None
         if name == "op":
             verb = dict(pairs).get("verb", "")
             if verb not in OP_KEYS:
@@ -265,6 +331,7 @@ def _parse_line(file: str, text: str, lineno: int, seen: _Seen | None = None) ->
             convert = _converters(name)
             converters = tuple(convert.get(k, _uint) for k in keys)
             seen.converters[(name, spec, keys)] = converters
+            seen.shapes.setdefault(name, []).append(_Shape(name, keys, converters, verb))
         fields: dict[str, object] = {}
         for (k, v), conv in zip(pairs, converters):
             value = seen.values.get((conv, v), _NOT_SEEN)
@@ -276,18 +343,33 @@ def _parse_line(file: str, text: str, lineno: int, seen: _Seen | None = None) ->
     return Line(lineno, text, name, fields)
 
 
+# Any byte outside printable ASCII, or a line break that is not "\n"
+_NOT_PRINTABLE = re.compile(r"[^\x20-\x7e\n]")
+
+
 def _lines(file: str, text: str) -> Iterator[Line]:
     if text and not text.endswith("\n"):
         raise RecordError(f"{file}: text does not end with a newline")
     # A dump's or a log's lines share a few lists of keys, and most of their values
     # (a zone's name, a per-CPU list's counts) another line had: each is checked and
-    # converted once a text.  The converters are pure; a value that does not convert
-    # raises on every line that has it.
+    # converted once a text, and a line of a shape seen before is read by one match
+    # (_Shape).  The converters are pure; a value that does not convert raises on
+    # every line that has it.
     seen = _Seen()
+    check_each = _NOT_PRINTABLE.search(text) is not None     # else every line is printable
     for lineno, raw in enumerate(text.split("\n")[:-1], 1):
-        if not raw.isascii() or not raw.isprintable():
+        if check_each and (not raw.isascii() or not raw.isprintable()):
             raise RecordError("byte outside printable ASCII", lineno, raw)
-        yield _parse_line(file, raw, lineno, seen)
+        line = None
+        for shape in seen.shapes.get(raw.partition(" ")[0], ()):
+            m = shape.match(raw)
+            if m is not None:
+                try:
+                    line = Line(lineno, raw, shape.name, shape.fields(list(m.groups()), seen))
+                except RecordError:
+                    pass            # a value that does not convert: _parse_line names the line
+                break
+        yield line if line is not None else _parse_line(file, raw, lineno, seen)
 
 
 # allocs
