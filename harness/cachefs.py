@@ -173,7 +173,7 @@ def run_tool(cmd: Sequence[str], what: str, timeout: float, cwd: Path | None = N
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         _kill_group(proc)
-        raise SetupError(f"{what} did not finish within {timeout:.0f} s and was stopped "
+        raise SetupError(f"{what} did not finish within {timeout:g} s and was stopped "
                          f"({' '.join(cmd[:2])} ...)") from None
     except BaseException:
         _kill_group(proc)

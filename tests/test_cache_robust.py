@@ -250,9 +250,11 @@ def test_image_is_refused_before_writing_when_space_is_short(kernel, module_ko, 
 
 
 def test_a_tool_past_its_deadline_is_stopped_with_its_children():
+    # The deadline is short (the test waits it out); what counts is that both sleeps end:
+    # communicate() returns only once every holder of the output pipes has exited.
     start = time.monotonic()
-    with pytest.raises(SetupError, match="did not finish within 1 s"):
-        cachefs.run_tool(["sh", "-c", "sleep 30 & sleep 30"], "a test tool", 1.0)
+    with pytest.raises(SetupError, match=r"did not finish within 0\.2 s"):
+        cachefs.run_tool(["sh", "-c", "sleep 30 & sleep 30"], "a test tool", 0.2)
     assert time.monotonic() - start < 10
 
 
