@@ -20,11 +20,14 @@ experiments: venv
 # `make test`: the host-only tests and the guest tests marked quick (an experiment
 # restored and one booted fresh, the panic, hang and bad-kernel cases);
 # `make test-slow`: every other guest test.  CI (.ci/run) runs both.
+# Bytecode is kept (in __pycache__/, ignored by git) even where the environment
+# says PYTHONDONTWRITEBYTECODE: without it every run compiles the package and
+# rewrites the tests' asserts again (pytest's header says so when it applies).
 test: venv
-	$(VPY) -m pytest -q -ra -m "not qemu or quick"
+	PYTHONDONTWRITEBYTECODE= $(VPY) -m pytest -q -ra -m "not qemu or quick"
 
 test-slow: venv
-	$(VPY) -m pytest -q -ra -m "qemu and not quick"
+	PYTHONDONTWRITEBYTECODE= $(VPY) -m pytest -q -ra -m "qemu and not quick"
 
 bench: venv
 	$(VPY) bench/model_bench.py

@@ -58,6 +58,29 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.qemu)
 
 
+# The selection that `-n auto` (pyproject.toml) spreads over workers.
+HOST_ONLY = "not qemu"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """A worker per CPU for the host-only tests (`-m "not qemu"`), whose figures
+    bench/host_tests.py prints; 0 (this process, in file order) for any other
+    selection: the guest tests boot QEMU guests that share the cache and the CPUs,
+    one at a time, as they always ran.  An explicit `-n N` overrides this."""
+    if " ".join(config.option.markexpr.split()) != HOST_ONLY:
+        return 0
+    return len(os.sched_getaffinity(0))
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    """Said on every run where it applies, as its cost is paid on every run."""
+    if not sys.dont_write_bytecode:
+        return None
+    return ("bytecode not written (PYTHONDONTWRITEBYTECODE): each run and each worker compiles "
+            "again what has none in __pycache__/ (a fresh tree: 2 s of CPU); `make test` writes it")
+
+
 @functools.cache
 def _recipe_under_test() -> KernelPins:
     return load_kernel_pins(os.environ.get("BUDDYLAB_KERNEL") or DEFAULT_KERNEL)
