@@ -539,9 +539,9 @@ def test_a_line_read_by_its_shape_is_read_as_alone():
         except RecordError as e:
             return str(e)
 
-    def read_after(before: list[str], line: str) -> object:
-        try:
-            return list(k._lines(name, "".join(before) + line + "\n"))[-1]
+    def read_after(before: str, line: str) -> object:
+        try:     # _lines() reads each line on its own (the parse_* functions check the order)
+            return list(k._lines(name, f"{before}\n{line}\n"))[-1]
         except RecordError as e:
             return str(e)
 
@@ -550,9 +550,8 @@ def test_a_line_read_by_its_shape_is_read_as_alone():
             text = fixture(guest, name)
             for line in k._lines(name, text):
                 assert line == read_alone(line.text, line.lineno)
-            lines = text.splitlines(keepends=True)
             shapes: set[tuple[str, ...]] = set()
-            for i, line in enumerate(text.splitlines()):
+            for line in text.splitlines():
                 tokens = line.split(" ")
                 shape = (tokens[0], *(t.split("=")[0] for t in tokens[1:]))
                 if shape in shapes:
@@ -560,10 +559,9 @@ def test_a_line_read_by_its_shape_is_read_as_alone():
                 shapes.add(shape)
                 for j in range(1, len(tokens)):
                     key = tokens[j].split("=")[0]
-                    for bad in ("", "x", "0", "01", "1", "-1", "-0", "10", "11", "1,2",
-                                "Movable", "DMA32", "alloc", "before"):
+                    for bad in ("", "x", "0", "01", "-1", "-0", "11", "1,2", "Movable", "alloc"):
                         damaged = " ".join(tokens[:j] + [f"{key}={bad}"] + tokens[j + 1:])
-                        assert read_after(lines[:i + 1], damaged) == read_alone(damaged, i + 2)
+                        assert read_after(line, damaged) == read_alone(damaged, 2)
 
 
 FREELISTS_DMA_MOVABLE = "block nid=0 zone=DMA order=9 mt=Movable pos=0 pfn=512\n"
