@@ -36,6 +36,7 @@ _REQUIRED = {
 # pages without a per-page kmem event, so the model cannot follow them; their
 # presence is kept (name, CPU, time; no fields) so that a replay can name it.
 UNSEEN_GROUPS = {"mm_compaction_": "compaction", "mm_vmscan_": "reclaim"}
+_UNSEEN_PREFIXES = tuple(UNSEEN_GROUPS)
 # Events of those groups that move no page: a thread woken or going to sleep,
 # and compaction's own checks and bookkeeping before it runs (5.10's
 # compaction isolates and reorders free pages only inside compact_zone(),
@@ -96,22 +97,23 @@ def parse_trace(text: str) -> list[TraceEvent]:
     Compaction and reclaim events (UNSEEN_GROUPS) are kept by name only.
     """
     events = []
+    match = _LINE.match
     for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip() or line.lstrip().startswith("#"):
+        if line.lstrip()[:1] in ("", "#"):          # blank, or a comment
             continue
-        m = _LINE.match(line)
+        m = match(line)
         if m is None:
             raise TraceParseError(lineno, line, "not a trace line")
-        name = m["event"]
-        if name.startswith(tuple(UNSEEN_GROUPS)):
-            events.append(TraceEvent(int(m["cpu"]), float(m["ts"]), m["task"].strip(),
-                                     int(m["pid"]), name, {}, "", m["flags"] or ""))
+        task, pid, cpu, flags, ts, name, rest = m.groups()
+        if name.startswith(_UNSEEN_PREFIXES):
+            events.append(TraceEvent(int(cpu), float(ts), task.strip(), int(pid), name, {}, "",
+                                     flags or ""))
             continue
         if name not in _REQUIRED:
             continue
         fields: dict[str, int] = {}
         gfp = ""
-        for word in m["rest"].split():
+        for word in rest.split():
             key, sep, value = word.partition("=")
             if not sep:
                 raise TraceParseError(lineno, line, f"field without '=': {word!r}")
@@ -130,6 +132,6 @@ def parse_trace(text: str) -> list[TraceEvent]:
             raise TraceParseError(lineno, line, f"{name} lacks {', '.join(missing)}")
         if name == "mm_page_free_batched":
             fields.setdefault("order", 0)
-        events.append(TraceEvent(int(m["cpu"]), float(m["ts"]), m["task"].strip(),
-                                 int(m["pid"]), name, fields, gfp, m["flags"] or ""))
+        events.append(TraceEvent(int(cpu), float(ts), task.strip(), int(pid), name, fields, gfp,
+                                 flags or ""))
     return events
