@@ -58,27 +58,44 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.qemu)
 
 
-# The selection that `-n auto` (pyproject.toml) spreads over workers.
+# The selection that `-n auto` (pyproject.toml) may spread over workers.
 HOST_ONLY = "not qemu"
+_WORKERS_WHY = pytest.StashKey[str]()
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """A worker per CPU for the host-only tests (`-m "not qemu"`), whose figures
-    bench/host_tests.py prints; 0 (this process, in file order) for any other
-    selection: the guest tests boot QEMU guests that share the cache and the CPUs,
-    one at a time, as they always ran.  An explicit `-n N` overrides this."""
+    """For the host-only tests (`-m "not qemu"`), a worker per CPU while the CPUs are
+    not all busy; else 0: this process, in file order.
+
+    Workers pay a start-up and a collection each and compute the shared parses once
+    each: on the shared 2-core machine at load 9-10 two took 30-31 s of CPU against
+    23 s in one process, for no shorter wall time (README, Tests).  Any other
+    selection runs in one process, as the guest tests always ran: they boot QEMU
+    guests that share the cache and the CPUs, one at a time.  An explicit `-n N`
+    overrides this."""
+    cpus = len(os.sched_getaffinity(0))
+    load = os.getloadavg()[0]
     if " ".join(config.option.markexpr.split()) != HOST_ONLY:
-        return 0
-    return len(os.sched_getaffinity(0))
+        workers, why = 0, "one process: not the host-only selection"
+    elif load >= cpus:
+        workers, why = 0, f"one process: load {load:.1f} on {cpus} CPUs"
+    else:
+        workers, why = cpus, f"{cpus} workers: load {load:.1f} on {cpus} CPUs"
+    config.stash[_WORKERS_WHY] = why
+    return workers
 
 
-def pytest_report_header(config: pytest.Config) -> str | None:
+def pytest_report_header(config: pytest.Config) -> list[str]:
     """Said on every run where it applies, as its cost is paid on every run."""
-    if not sys.dont_write_bytecode:
-        return None
-    return ("bytecode not written (PYTHONDONTWRITEBYTECODE): each run and each worker compiles "
-            "again what has none in __pycache__/ (a fresh tree: 2 s of CPU); `make test` writes it")
+    lines = []
+    if _WORKERS_WHY in config.stash:
+        lines.append(f"-n auto: {config.stash[_WORKERS_WHY]}")
+    if sys.dont_write_bytecode:
+        lines.append("bytecode not written (PYTHONDONTWRITEBYTECODE): each run and each worker "
+                     "compiles again what has none in __pycache__/ (a fresh tree: 2 s of CPU); "
+                     "`make test` writes it")
+    return lines
 
 
 @functools.cache
