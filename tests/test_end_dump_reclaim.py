@@ -15,12 +15,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from buddylab.experiments.accuracy import Accuracy, scoring
 from buddylab.experiments.accuracy.guestrun import Chunk, load_chunk
 from buddylab.experiments.accuracy.placement import after_last_op
 from buddylab.models import kernel_state, operations
 
 CHUNK = Path(__file__).parent / "fixtures" / "accuracy-chunks" / "5.10-2cpu-end-dump-reclaim"
+
+
+@pytest.fixture(scope="module")
+def chunk() -> Chunk:
+    """The chunk, read once for this file's tests: they read it and change nothing
+    (zones_from_dump() and _compare_end_dump() build their own state from it)."""
+    return load_chunk(CHUNK)
 
 
 def _tail(chunk: Chunk):
@@ -30,8 +39,8 @@ def _tail(chunk: Chunk):
     return tail
 
 
-def test_the_end_dumps_buffer_took_the_slow_path_before_the_capture():
-    tail = _tail(load_chunk(CHUNK))
+def test_the_end_dumps_buffer_took_the_slow_path_before_the_capture(chunk: Chunk):
+    tail = _tail(chunk)
     served = [e for e in tail if e.name == "mm_page_alloc" and e["order"] == 7]
     assert [(e.task, e["pfn"]) for e in served] == [("sh", 1920)]
     assert "__GFP_RETRY_MAYFAIL" in served[0].gfp
@@ -43,9 +52,8 @@ def test_the_end_dumps_buffer_took_the_slow_path_before_the_capture():
         "compaction and reclaim ran between the last operation and the end dump's capture")
 
 
-def test_dmas_highatomic_pageblocks_turned_unmovable_with_no_event():
+def test_dmas_highatomic_pageblocks_turned_unmovable_with_no_event(chunk: Chunk):
     """Only unreserve_highatomic_pageblock() gives a HighAtomic pageblock another type."""
-    chunk = load_chunk(CHUNK)
     assert chunk.end_pageblocks is not None and chunk.events is not None
     start = {pb.pfn: pb.mt for pb in chunk.pageblocks if pb.zone == "DMA"}
     end = {pb.pfn: pb.mt for pb in chunk.end_pageblocks if pb.zone == "DMA"}
@@ -57,8 +65,7 @@ def test_dmas_highatomic_pageblocks_turned_unmovable_with_no_event():
     assert kernel == {(0, "Unmovable")}
 
 
-def test_the_end_dump_is_counted_apart_by_cause_and_not_compared():
-    chunk = load_chunk(CHUNK)
+def test_the_end_dump_is_counted_apart_by_cause_and_not_compared(chunk: Chunk):
     zones = kernel_state.zones_from_dump(chunk.dump, chunk.pageblocks, chunk.zones,
                                          kernel_state.pcp_limits(chunk.log.ops[1].before.pcp))
     result = Accuracy()
@@ -69,8 +76,7 @@ def test_the_end_dump_is_counted_apart_by_cause_and_not_compared():
     assert result.passed()
 
 
-def test_a_tail_of_kmem_events_alone_is_compared():
-    chunk = load_chunk(CHUNK)
+def test_a_tail_of_kmem_events_alone_is_compared(chunk: Chunk):
     assert chunk.events is not None
     kmem_only = [e for e in _tail(chunk) if scoring.unseen_cause(e.name) is None]
     assert scoring.end_dump_unseen(kmem_only) is None
