@@ -69,8 +69,8 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     not all busy; else 0: this process, in file order.
 
     Workers pay a start-up and a collection each and compute the shared parses once
-    each: on the shared 2-core machine at load 9-10 two took 30-31 s of CPU against
-    23 s in one process, for no shorter wall time (README, Tests).  Any other
+    each: on the loaded 2-core machine two cost a quarter more CPU than one process,
+    for no shorter wall time (README, Tests).  Any other
     selection runs in one process, as the guest tests always ran: they boot QEMU
     guests that share the cache and the CPUs, one at a time.  An explicit `-n N`
     overrides this."""
