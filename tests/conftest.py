@@ -65,12 +65,12 @@ _WORKERS_WHY = pytest.StashKey[str]()
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """For the host-only tests (`-m "not qemu"`), a worker per CPU while the CPUs are
-    not all busy; else 0: this process, in file order.
+    """For the host-only tests (`-m "not qemu"`), a worker per CPU while the 1-minute
+    load leaves more than one CPU idle; else 0: this process, in file order.
 
     Workers pay a start-up and a collection each and compute the shared parses once
-    each: on the loaded 2-core machine two cost a quarter more CPU than one process,
-    for no shorter wall time (README, Tests).  Any other
+    each: on the 2-core machine at a load of 2 and more, two took more CPU than one
+    process for no shorter wall time (README, Tests).  Any other
     selection runs in one process, as the guest tests always ran: they boot QEMU
     guests that share the cache and the CPUs, one at a time.  An explicit `-n N`
     overrides this."""
@@ -78,7 +78,7 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     load = os.getloadavg()[0]
     if " ".join(config.option.markexpr.split()) != HOST_ONLY:
         workers, why = 0, "one process: not the host-only selection"
-    elif load >= cpus:
+    elif load >= cpus - 1:
         workers, why = 0, f"one process: load {load:.1f} on {cpus} CPUs"
     else:
         workers, why = cpus, f"{cpus} workers: load {load:.1f} on {cpus} CPUs"
