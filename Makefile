@@ -9,7 +9,7 @@ VPY := $(VENV)/bin/python
 KERNEL ?=
 export BUDDYLAB_KERNEL := $(KERNEL)
 
-.PHONY: qemu-test test test-slow bench experiments mutants host-deps lava-deps venv clean
+.PHONY: qemu-test test test-host test-quick test-slow bench experiments mutants host-deps lava-deps venv clean
 
 qemu-test: venv
 	$(VENV)/bin/buddylab qemu-test
@@ -17,14 +17,22 @@ qemu-test: venv
 experiments: venv
 	$(VENV)/bin/buddylab experiment all
 
-# `make test`: the host-only tests and the guest tests marked quick (an experiment
-# restored and one booted fresh, the panic, hang and bad-kernel cases);
-# `make test-slow`: every other guest test.  CI (.ci/run) runs both.
+# `make test`: the host-only tests and, beside them, the guest tests marked quick
+# (an experiment restored and one booted fresh, the panic, hang and bad-kernel
+# cases): two pytest processes at once, one mostly Python, the other mostly a
+# QEMU guest, each with its output kept together; `make test-slow`: every
+# other guest test.  CI (.ci/run) runs both.
 # Bytecode is kept (in __pycache__/, ignored by git) even where the environment
 # says PYTHONDONTWRITEBYTECODE: without it every run compiles the package and
 # rewrites the tests' asserts again (pytest's header says so when it applies).
 test: venv
-	PYTHONDONTWRITEBYTECODE= $(VPY) -m pytest -q -ra -m "not qemu or quick"
+	@$(MAKE) --no-print-directory -j2 --output-sync=target test-host test-quick
+
+test-host: venv
+	PYTHONDONTWRITEBYTECODE= $(VPY) -m pytest -q -ra -n 0 -m "not qemu"
+
+test-quick: venv
+	PYTHONDONTWRITEBYTECODE= $(VPY) -m pytest -q -ra -m quick
 
 test-slow: venv
 	PYTHONDONTWRITEBYTECODE= $(VPY) -m pytest -q -ra -m "qemu and not quick"

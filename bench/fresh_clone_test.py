@@ -40,8 +40,10 @@ def timed(cmd: list[str], cwd: Path) -> tuple[float, float, str]:
         sys.exit(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n"
                  f"{proc.stdout[-3000:]}{proc.stderr[-2000:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    last = (proc.stdout.strip().splitlines() or [""])[-1]
-    return wall, cpu, last
+    # pytest's summary lines: `make test` runs two sessions
+    summaries = [line.strip("= ") for line in proc.stdout.splitlines()
+                 if " passed" in line or " failed" in line]
+    return wall, cpu, "; ".join(summaries)
 
 
 def one_run() -> tuple[float, float]:
