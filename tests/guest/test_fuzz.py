@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from buddylab import protocol
 from buddylab.guest.session import Session, boot
 from buddylab.records import kmod
-from guestlib import (EFAULT, EINVAL, ENOENT, kernel_log_problems, mem_median)
+from guestlib import (EFAULT, EINVAL, ENOENT, count_kernel_page_tables, kernel_log_problems,
+                      mem_median)
 
 D = protocol.DEBUGFS
 # What a command that parses may return besides its length: its logged errors.
@@ -351,6 +352,7 @@ def test_fuzzing_two_writers_leaves_the_kernel_clean(prepared, bl_write):
     assert sum(map(len, writers)) >= 10_000
     with boot(prepared, cpus=2) as g:
         tool = install_bl_write(g, bl_write)
+        count_kernel_page_tables(g)
         shells = [g.open_shell(), g.open_shell()]
         try:
             check_results(warmup, fuzz_round(g, shells, tool, warmup).results)
@@ -373,6 +375,7 @@ def test_fuzzing_two_writers_leaves_the_kernel_clean(prepared, bl_write):
           f"{n_reads} rounds of reading every file; free total "
           f"{[m.free for m in base_readings]} -> {[m.free for m in final_readings]} "
           f"({final.free - baseline.free:+d}); free + accounted {baseline.kept} -> {final.kept} "
-          f"({final.kept - baseline.kept:+d})")
+          f"({final.kept - baseline.kept:+d}, of which the kernel's own page tables "
+          f"{final.kernel_pte - baseline.kernel_pte:+d})")
     assert abs(final.free - baseline.free) <= FUZZ_TOLERANCE, (base_readings, final_readings)
     assert abs(final.kept - baseline.kept) <= FUZZ_KEPT_TOLERANCE, (base_readings, final_readings)
