@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from buddylab import protocol
+from buddylab.errors import GuestCommandError
 from buddylab.guest.session import Session
 from buddylab.records import kmod
 from buddylab.records.kmemtrace import KMEM_EVENTS, TraceEvent, parse_trace
@@ -64,7 +65,13 @@ def run_chunk(session: Session, commands: list[str], traced: bool = False,
         after_body=f"echo 0 > {tracing}/tracing_on; " if traced else "",
         reads=("cat log", "cat /tmp/allocs",
                *((f"cat {tracing}/trace", "cat <&8", "cat <&9") if traced else ())))
-    out = session.run(script, timeout=600).check().stdout
+    ran = session.run(script, timeout=600)
+    if ran.rc != 0 and any(f in ran.stderr for f in ("freelists", "pageblocks")):
+        # open(2) of a dump failed: its image buffer is allocated without
+        # reclaim and the watermarks refused it (kmod/README.md, "Errors").
+        raise GuestCommandError("the chunk's exact dump could not be taken: "
+                                + ran.stderr.strip().splitlines()[-1])
+    out = ran.check().stdout
     return parse_chunk(protocol.split_output(out, 8 if traced else 5), commands)
 
 

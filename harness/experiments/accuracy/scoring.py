@@ -417,15 +417,15 @@ def _compare_end_dump(chunk: Chunk, replayer: operations.OperationReplayer, resu
 def end_dump_unseen(tail: list[TraceEvent]) -> str | None:
     """Why the end dump cannot be predicted from the events after the last operation, if so.
 
-    Under pressure the end dump's own image buffer (the module's kvzalloc(),
-    GFP_KERNEL | __GFP_RETRY_MAYFAIL, order 7 for a fragmented pressure chunk)
-    can miss the low watermark and take 5.10's slow path before the capture:
-    direct reclaim, then __alloc_pages_direct_reclaim()'s
-    unreserve_highatomic_pageblock(), which gives a HighAtomic pageblock and
-    its free blocks to the request's type with no event of its own, and
-    direct compaction, which isolates free pages untraced.  Its reclaim and
-    compaction events say so (seed 311's 2-CPU chunk 2: DMA's HighAtomic
-    blocks found on Unmovable lists).
+    Reclaim after the last operation can run
+    __alloc_pages_direct_reclaim()'s unreserve_highatomic_pageblock(), which
+    gives a HighAtomic pageblock and its free blocks to the request's type
+    with no event of its own, and compaction isolates free pages untraced.
+    The module's image buffer was once such a request (a kvzalloc() of order
+    7 for a fragmented pressure chunk, GFP_KERNEL | __GFP_RETRY_MAYFAIL:
+    seed 311's 2-CPU chunk 2, DMA's HighAtomic blocks found on Unmovable
+    lists); it is now order-0 pages without reclaim (kmod/README.md), but
+    another task's request, or kswapd, can still do the same.
     """
     causes = sorted({c for e in tail if (c := unseen_cause(e.name)) is not None})
     if not causes:
