@@ -46,6 +46,28 @@ def measure(session: Session, request: AccuracyRequest,
     """
     if support is not None and not support.modelled:
         raise SetupError(f"{support.release}: {support.not_modelled}")
+    zoneinfo = set_up_guest(session, request, keep)
+    commands = generate(request.seed, request.ops, request.workload, request.memory_mib,
+                        request.chunk)
+    result = Accuracy(series=support.series if support is not None else "")
+    for start in range(0, len(commands), request.chunk):
+        chunk = run_chunk(session, commands[start:start + request.chunk], request.traced,
+                          quiet=request.workload == "pressure")
+        if keep is not None:
+            save_chunk(keep / f"{start // request.chunk:04d}", chunk)
+        evaluate(chunk, result, zoneinfo)
+    session.run(f"echo free_all > {protocol.DEBUGFS}/control "
+                f"&& rmmod {protocol.MODULE_NAME}").check()
+    return result
+
+
+def set_up_guest(session: Session, request: AccuracyRequest, keep: Path | None = None,
+                 ) -> list[procfs.ZoneInfo] | None:
+    """The guest as `request` runs in it: sysctls, the module loaded, tracing on.
+
+    Returns the zones' watermarks (boosting off), else None; `keep` gets the
+    request and /proc/zoneinfo.
+    """
     if not request.boost:
         session.run("echo 0 > /proc/sys/vm/watermark_boost_factor").check()
     if not request.proactive_compaction:
@@ -68,18 +90,7 @@ def measure(session: Session, request: AccuracyRequest,
         # 250 operations overflow the default buffer, which then loses the
         # chunk's start (scoring names such a chunk unpredictable).
         enable_tracing(session, 49152 if request.workload == "pressure" else 8192)
-    commands = generate(request.seed, request.ops, request.workload, request.memory_mib,
-                        request.chunk)
-    result = Accuracy(series=support.series if support is not None else "")
-    for start in range(0, len(commands), request.chunk):
-        chunk = run_chunk(session, commands[start:start + request.chunk], request.traced,
-                          quiet=request.workload == "pressure")
-        if keep is not None:
-            save_chunk(keep / f"{start // request.chunk:04d}", chunk)
-        evaluate(chunk, result, zoneinfo)
-    session.run(f"echo free_all > {protocol.DEBUGFS}/control "
-                f"&& rmmod {protocol.MODULE_NAME}").check()
-    return result
+    return zoneinfo
 
 
 def _scoring_digest() -> str:
