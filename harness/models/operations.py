@@ -10,9 +10,11 @@ before/after snapshots.
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from buddylab.errors import RecordError
 from buddylab.models import pagemodel
@@ -74,6 +76,14 @@ class ModelAllocation:
     order: int
     pages: int
     leak_order: int | None = None     # set by `leak`: pages 0 .. 2^k - 1 went back
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ModelAllocation:
+        """The same block in the copied zone (see pagemodel.Zone.__deepcopy__)."""
+        zone = memo.get(id(self.zone))
+        new = ModelAllocation(zone if zone is not None else copy.deepcopy(self.zone, memo),
+                              self.api, self.pfn, self.order, self.pages, self.leak_order)
+        memo[id(self)] = new
+        return new
 
 
 @dataclass

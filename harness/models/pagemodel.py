@@ -18,9 +18,10 @@ What it cannot know is passed in or reported, never guessed:
 
 from __future__ import annotations
 
+import copy
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from buddylab.errors import ModelStopped
 from buddylab.allocator import (FALLBACKS, HIGHATOMIC, ISOLATE, MAX_ORDER, MIGRATETYPES, MOVABLE,
@@ -116,6 +117,12 @@ class FreeList:
             yield pfn
             pfn = self._next[pfn]
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> FreeList:
+        new = memo[id(self)] = FreeList()
+        new._next, new._prev = dict(self._next), dict(self._prev)
+        new.head, new.tail, new.length = self.head, self.tail, self.length
+        return new
+
 
 # A per-CPU list's key: 5.10's lists are named by migratetype, 6.1's by
 # their index (pagemodel61.order_to_pindex()).
@@ -149,6 +156,11 @@ class Pcp:
         """The order of the blocks on list `key` (5.10: 0)."""
         return 0
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> Pcp:
+        new = memo[id(self)] = copy.copy(self)   # high, batch (6.1: free_factor): numbers
+        new.lists = {k: deque(q) for k, q in self.lists.items()}   # of (pfn, type) tuples
+        return new
+
     def pages(self) -> Iterator[int]:
         """Every page on the lists, each block's pages in turn."""
         for key, lst in self.lists.items():
@@ -157,7 +169,7 @@ class Pcp:
                 yield from range(pfn, pfn + n)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Event:
     """What the kernel would have traced: for replays and for reports."""
 
@@ -203,6 +215,24 @@ class Zone:
         self.vm_diff: dict[int, int] = {}
         self.stat_threshold: dict[int, int] = {}
         self.vm_cpu = 0
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Zone:
+        """A zone whose lists and counters are its own.
+
+        The placement of other CPUs' events tries each position on a copy of
+        the whole model (experiments/accuracy/placement.py): copy.deepcopy's
+        walk over every free block's links and tuples took most of a
+        pressure chunk's scoring.  The containers below hold numbers, strings
+        and tuples of them, or objects copied by their own __deepcopy__, so
+        each is copied by its type; any other attribute goes through
+        copy.deepcopy.
+        """
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        for name, value in self.__dict__.items():
+            copier = _ZONE_COPIERS.get(name)
+            new.__dict__[name] = copier(value, memo) if copier else copy.deepcopy(value, memo)
+        return new
 
     def count(self, path: str, n: int = 1) -> None:
         self.coverage[path] += n
@@ -638,6 +668,20 @@ class Zone:
         pcp = self.pcp[cpu]
         while pcp.count:
             self.free_pcppages_bulk(cpu, pcp.count)
+
+
+def _copy_values(d: dict[Any, Any], memo: dict[int, Any]) -> dict[Any, Any]:
+    return {k: v.__deepcopy__(memo) for k, v in d.items()}
+
+
+# Zone.__deepcopy__'s copier of each attribute that needs no generic walk:
+# dicts and lists of numbers, strings, tuples of them or immutable Events,
+# and the dicts of FreeList and Pcp, which copy themselves.
+_ZONE_COPIERS: dict[str, Callable[[Any, dict[int, Any]], Any]] = {
+    "lists": _copy_values, "pcp": _copy_values,
+    **{name: lambda v, _: v.copy() for name in (
+        "free", "pageblocks", "events", "coverage", "vm_diff", "stat_threshold")},
+}
 
 
 @dataclass
