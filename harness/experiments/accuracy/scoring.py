@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, fields
 
 from buddylab.allocator import GFP_TYPES, MAX_ORDER, RECLAIM_GFPS
 from buddylab.errors import RecordError
-from buddylab.experiments.accuracy.guestrun import Chunk
+from buddylab.experiments.accuracy.guestrun import Chunk, without_cyclic_gc
 from buddylab.experiments.accuracy.placement import (OpWindow, Placement, after_last_op,
                                                      not_the_op, op_windows, replay_traced)
 from buddylab.experiments.accuracy.workload import command_args
@@ -242,6 +242,12 @@ def evaluate(chunk: Chunk, result: Accuracy, zoneinfo: list[procfs.ZoneInfo] | N
     guard, the zone fallback and the allocator's failures; without, it has
     only the free lists.
     """
+    with without_cyclic_gc():
+        _evaluate(chunk, result, zoneinfo)
+
+
+def _evaluate(chunk: Chunk, result: Accuracy, zoneinfo: list[procfs.ZoneInfo] | None,
+              ) -> None:
     ops = [op for op in chunk.log.ops if op.verb != "clear_log"]
     if len(ops) != len(chunk.commands):
         raise RecordError(f"{len(chunk.commands)} commands but {len(ops)} op records "
