@@ -3,6 +3,7 @@
 records and the trace out, the host's parsing and scoring.
 
     .venv/bin/python bench/chunk_time.py [--workload pressure] [--ops 250] [--seed S] [--cpus N]
+    .venv/bin/python bench/chunk_time.py --kept DIR [--runs N]
 
 Boots a guest as `buddylab accuracy --trace` does (accuracy.set_up_guest), runs
 the first chunk of the generated commands (guestrun.run_chunk) and prints, for
@@ -19,6 +20,12 @@ that chunk:
 - the host: parse_chunk() of the parts, evaluate() (scoring), each wall and
   CPU seconds of this process.
 
+With `--kept DIR` (a run's `chunks/` of `accuracy --keep-chunks`) no guest is
+booted: each kept chunk is read (load_chunk(): gunzip and parse) and scored
+(evaluate()) N times, and the wall and CPU seconds of each are printed, with
+the page model's result (writing nothing; `accuracy --from` keeps scores).
+With PYTHONPATH naming another checkout's package it times that code.
+
 Load average before and after, since the machine is shared.
 """
 
@@ -28,13 +35,16 @@ import argparse
 import os
 import time
 
+from pathlib import Path
+
+import buddylab
 from buddylab import protocol
-from buddylab.experiments.accuracy import AccuracyRequest, set_up_guest
-from buddylab.experiments.accuracy.guestrun import PART_NAMES, parse_chunk, run_chunk
+from buddylab.experiments.accuracy.guestrun import PART_NAMES, load_chunk, parse_chunk, run_chunk
 from buddylab.experiments.accuracy.scoring import Accuracy, evaluate
 from buddylab.experiments.accuracy.workload import generate
 from buddylab.guest import session
 from buddylab.models import kernel_state
+from buddylab.records import procfs
 from ssh_handshake import qemu_cpu   # bench/ is the script's directory
 
 
@@ -45,13 +55,38 @@ def timed(f, *args):  # type: ignore[no-untyped-def]
     return out, time.monotonic() - wall, time.process_time() - cpu
 
 
+def kept(directory: Path, runs: int) -> None:
+    """Time reading and scoring each chunk kept in `directory`."""
+    zoneinfo_path = directory / "zoneinfo.txt"
+    text = zoneinfo_path.read_text() if zoneinfo_path.is_file() else ""
+    zoneinfo = procfs.parse_zoneinfo(text) if text else None
+    print(f"code: {Path(buddylab.__file__).parent}; load average {os.getloadavg()}")
+    for chunk_dir in sorted(d for d in directory.iterdir() if d.is_dir() and d.name.isdigit()):
+        for _ in range(runs):
+            chunk, load_wall, load_cpu = timed(load_chunk, chunk_dir)
+            result = Accuracy(series="")
+            _, score_wall, score_cpu = timed(evaluate, chunk, result, zoneinfo)
+            print(f"{chunk_dir}: read {load_wall:6.1f} s wall {load_cpu:6.1f} s CPU; scored "
+                  f"{score_wall:6.1f} s wall {score_cpu:6.1f} s CPU; page model "
+                  f"{result.page.exact}/{result.page.attempted}, {result.concurrent} placed, "
+                  f"end dumps {result.end_dumps} compared {result.end_dumps_skipped} skipped "
+                  f"{len(result.end_dump_differences)} differing")
+    print(f"load average after: {os.getloadavg()}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workload", default="pressure")
     ap.add_argument("--ops", type=int, default=250)
     ap.add_argument("--seed", type=int, default=601)
     ap.add_argument("--cpus", type=int, default=1)
+    ap.add_argument("--kept", type=Path)
+    ap.add_argument("--runs", type=int, default=1)
     args = ap.parse_args()
+    if args.kept is not None:
+        kept(args.kept, args.runs)
+        return
+    from buddylab.experiments.accuracy import AccuracyRequest, set_up_guest   # not on main
     pressure = args.workload == "pressure"
     request = AccuracyRequest(seed=args.seed, ops=args.ops, chunk=args.ops, traced=True,
                               workload=args.workload, boost=not pressure,
@@ -68,10 +103,10 @@ def main() -> None:
         chunk, run_wall, _ = timed(run_chunk, g, commands, True, pressure)
         run_qemu = qemu_cpu(pid) - q0
         t = protocol.TRACING
-        guest = g.run(f"cat /proc/uptime && cat {t}/trace > /dev/null && cat /proc/uptime"
-                      ).check().stdout.split()
+        guest = g.run(f"cat /proc/uptime && cat {t}/trace > /dev/null && cat /proc/uptime",
+                      timeout=600).check().stdout.split()
         q0 = qemu_cpu(pid)
-        again, read_wall, _ = timed(lambda: g.run(f"cat {t}/trace").check().stdout)
+        again, read_wall, _ = timed(lambda: g.run(f"cat {t}/trace", timeout=600).check().stdout)
         read_qemu = qemu_cpu(pid) - q0
     parts, parse_wall, parse_cpu = timed(parse_chunk, list(chunk.raw), commands)
     result = Accuracy(series="")
