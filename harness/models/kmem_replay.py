@@ -17,6 +17,9 @@ pcp_allowed_order()):
   tells the model whether the pageblock changed type.
 * `mm_page_alloc` at a per-CPU order: the head of the CPU's list of that
   order and type (6.1's rmqueue_pcplist() first halves pcp->free_factor).
+  At order > 0 with ALLOC_HARDER (`__GFP_ATOMIC`), from a zone that the fast
+  path's low watermark refused (the watermarks known): the slow path served
+  it, and reserve_highatomic_pageblock() ran (5.10).
 * `mm_page_free` at a per-CPU order: the head of the CPU's list, filed
   under the pageblock's type, unless a `mm_page_free_batched` for the same
   page follows (free_unref_page_list() files it there); at another order
@@ -57,7 +60,9 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
+from buddylab.allocator import ZONE_ORDER
 from buddylab.models import pagemodel
+from buddylab.models.operations import watermark_ok
 from buddylab.models.pagemodel import MIGRATETYPES, MOVABLE, PCP_TYPES, Zone
 from buddylab.records.kmemtrace import TraceEvent
 
@@ -91,6 +96,9 @@ class KmemTraceReplayer:
         self.zones = sorted(zones, key=lambda z: z.start_pfn)
         self.report = ReplayReport()
         self._pending_steal: dict[int, TraceEvent] = {}   # cpu -> extfrag event
+        # cpu -> (pfn, whether its zone was below its low watermark for the
+        # order) of the last take of a block off the buddy lists.
+        self._below_low: dict[int, tuple[int, bool]] = {}
 
     def zone_of(self, pfn: int) -> Zone | None:
         for z in self.zones:
@@ -139,6 +147,10 @@ class KmemTraceReplayer:
 
     def _mm_page_alloc_zone_locked(self, zone: Zone, ev: TraceEvent) -> None:
         pfn, order, mt = ev["pfn"], ev["order"], _migratetype(ev["migratetype"])
+        if order and zone.watermarks is not None:
+            self._below_low[ev.cpu] = (pfn, not watermark_ok(
+                zone, order, zone.watermarks[1], ZONE_ORDER.index("Normal"), False, False,
+                zone.free_counter()))
         steal = self._pending_steal.pop(ev.cpu, None)
         if steal is not None:
             stolen = steal["pfn"]
@@ -162,6 +174,14 @@ class KmemTraceReplayer:
 
     def _mm_page_alloc(self, zone: Zone, ev: TraceEvent) -> None:
         order = ev["order"]
+        below_low = self._below_low.pop(ev.cpu, None) == (ev["pfn"], True)
+        if below_low and _allocates_harder(ev.gfp):
+            # get_page_from_freelist() of the slow path (the fast path's low
+            # watermark refused the zone, and the block came from it all the
+            # same): with ALLOC_HARDER an order > 0 block reserves its
+            # pageblock for HighAtomic before mm_page_alloc fires
+            # (reserve_highatomic_pageblock(), no event of its own).
+            zone._reserve_highatomic_pageblock(ev["pfn"])
         if not zone.pcp_order(order):
             return  # the block left the buddy lists at its zone_locked event
         pfn, mt = ev["pfn"], _migratetype(ev["migratetype"])
@@ -355,6 +375,12 @@ def _reorderings(order: list[TraceEvent], take: int, limit: int,
                                         f"{order[k].name} pfn {order[k]['pfn']}"
                                         f" ({order[k].timestamp:.6f})"))
     return found[:limit]
+
+
+def _allocates_harder(gfp: str) -> bool:
+    """gfp_to_alloc_flags() of 5.10 gives ALLOC_HARDER: __GFP_ATOMIC without __GFP_NOMEMALLOC."""
+    flags = set(gfp.split("|"))
+    return bool(flags & {"GFP_ATOMIC", "__GFP_ATOMIC"}) and "__GFP_NOMEMALLOC" not in flags
 
 
 def _batched_frees(events: list[TraceEvent]) -> set[int]:
