@@ -16,18 +16,15 @@ import argparse
 import os
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from host_tests import _load, ranges          # bench/, the script's own directory
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _load() -> str:
-    return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def timed(cmd: list[str], cwd: Path) -> tuple[float, float, str]:
@@ -67,10 +64,7 @@ def main() -> int:
     ap.add_argument("runs", nargs="?", type=int, default=3)
     args = ap.parse_args()
     print(f"fresh clone of {REPO}: make venv, make test; {args.runs} runs, {os.cpu_count()} CPUs")
-    runs = [one_run() for _ in range(args.runs)]
-    walls, cpus = [w for w, _ in runs], [c for _, c in runs]
-    print(f"both: wall {min(walls):.2f}-{max(walls):.2f} s (median {statistics.median(walls):.2f}), "
-          f"cpu {min(cpus):.2f}-{max(cpus):.2f} s (median {statistics.median(cpus):.2f})")
+    print(f"both: {ranges([one_run() for _ in range(args.runs)])}")
     return 0
 
 

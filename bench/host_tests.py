@@ -58,11 +58,15 @@ def main() -> int:
     print(f'pytest -m "not qemu", {args.runs} runs '
           f'(PYTHONDONTWRITEBYTECODE={os.environ.get("PYTHONDONTWRITEBYTECODE", "")!r}, '
           f"{os.cpu_count()} CPUs):")
-    runs = [one_run(args.workers) for _ in range(args.runs)]
-    walls, cpus = [w for w, _ in runs], [c for _, c in runs]
-    print(f"wall {min(walls):.2f}-{max(walls):.2f} s (median {statistics.median(walls):.2f}), "
-          f"cpu {min(cpus):.2f}-{max(cpus):.2f} s (median {statistics.median(cpus):.2f})")
+    print(ranges([one_run(args.workers) for _ in range(args.runs)]))
     return 0
+
+
+def ranges(runs: list[tuple[float, float]]) -> str:
+    """Runs' (wall, cpu) seconds as ranges and medians."""
+    walls, cpus = [w for w, _ in runs], [c for _, c in runs]
+    return (f"wall {min(walls):.2f}-{max(walls):.2f} s (median {statistics.median(walls):.2f}), "
+            f"cpu {min(cpus):.2f}-{max(cpus):.2f} s (median {statistics.median(cpus):.2f})")
 
 
 if __name__ == "__main__":
