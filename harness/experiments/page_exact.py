@@ -13,6 +13,8 @@ exact dump after each step, and each step is predicted page for page.
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
+
 from buddylab.allocator import get_order
 from buddylab.experiments import steps
 from buddylab.experiments.base import Context, Result, table
@@ -35,9 +37,12 @@ def measured_pages(op: kmod.OpRecord) -> int:
     return op.before.free_pages() - op.after.free_pages()
 
 
-def contiguous_run(dump: kmod.FreeListDump, zone: str, pfn: int, limit: int) -> int:
-    """Pages from `pfn` on that are on no free list nor per-CPU list (at most `limit`)."""
+def contiguous_run(dump: kmod.FreeListDump, zone: str, pfn: int, limit: int,
+                   taken_by_capture: AbstractSet[int] = frozenset()) -> int:
+    """Pages from `pfn` on that are on no free list nor per-CPU list (at most `limit`),
+    the pages the dump's own capture took (steps.taken_by_captures) counted free."""
     free: set[int] = {pfn for p in dump.pcp_pages if p.zone == zone for pfn in p.pages}
+    free |= taken_by_capture
     for b in dump.blocks:
         if b.zone == zone and b.pfn < pfn + limit and b.pfn + (1 << b.order) > pfn:
             free.update(range(b.pfn, b.pfn + (1 << b.order)))
@@ -55,6 +60,7 @@ def run(ctx: Context) -> Result:
     rows, apis = [], []
     totals = {"alloc_pages_exact": [0, 0], "alloc_pages": [0, 0]}   # measured, predicted
     all_ok = True
+    taken = steps.taken_by_captures(sr)
     for i, check in enumerate(checks[:6]):
         op = check.op
         if op is None or op.ret != 0 or op.pfn is None or op.zone is None:
@@ -63,7 +69,8 @@ def run(ctx: Context) -> Result:
         api = op.api or "?"
         measured = measured_pages(op)
         predicted = -(-SIZE // PAGE) if api == "alloc_pages_exact" else 1 << ORDER
-        run_len = contiguous_run(sr.dumps[i + 1], op.zone, op.pfn, 1 << ORDER)
+        run_len = contiguous_run(sr.dumps[i + 1], op.zone, op.pfn, 1 << ORDER,
+                                 taken.get(sr.dumps[i + 1].gen, set()))
         totals[api][0] += measured
         totals[api][1] += predicted
         apis.append({"api": api, "pfn": op.pfn, "pfn_predicted": check.outcome.pfn_predicted

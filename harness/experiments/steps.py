@@ -205,6 +205,36 @@ def foreign(outside: list[TraceEvent], during: list[TraceEvent],
     return not_mine + (during if op is None else not_the_op(during, op, op_pid))
 
 
+def taken_by_captures(run: StepRun) -> dict[int, set[int]]:
+    """For each dump after the first, by gen: the pages the script's own tasks took
+    between the last operation before it and its capture, and still held there.
+
+    The `cat` that reads a dump opens it first, and the module fills the image into
+    order-0 pages it allocates then (kmod/README.md); those come from the top of the
+    CPU's per-CPU list, where the operation may just have freed pages (the tail of an
+    alloc_pages_exact()).  So a page the dump shows taken may have been free at the
+    operation's end: these are those pages.
+    """
+    taken: dict[int, set[int]] = {}
+    held: set[int] = set()
+    for seg in _segments(run.events, run.dumps[0].gen):
+        if seg.kind == "op":
+            held = set()
+        elif seg.kind == "events":
+            for ev in seg.events:
+                if ev.in_interrupt or ev.task not in SCRIPT_TASKS:
+                    continue
+                pages = range(ev["pfn"], ev["pfn"] + (1 << ev["order"])) if "pfn" in ev.fields else ()
+                if ev.name == "mm_page_alloc":
+                    held.update(pages)
+                elif ev.name in ("mm_page_free", "mm_page_free_batched"):
+                    held.difference_update(pages)
+        elif seg.kind == "dump":
+            taken[seg.gen] = set(held)
+            held = set()
+    return taken
+
+
 # The series whose per-CPU lists the kmem trace replay (models/kmem_replay.py) follows,
 # each checked against its kernel's dumps in qemu-test runs (README.md, "The report").
 TRACED_SERIES = ("5.10", "6.1")
