@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import random
 
-import pytest
-
 from buddylab import protocol
 from buddylab.guest.session import Session, boot
 from buddylab.models import kernel_state, operations
@@ -50,7 +48,6 @@ def run_in_one_shell(g: Session, first: list[str], second: list[str]) -> list[st
     return protocol.split_output(g.run(script, timeout=120).check().stdout, 7)
 
 
-@pytest.mark.quick
 def test_every_entry_point_takes_exactly_the_predicted_block(prepared):
     """Each api x gfp (x zero=1) allocates, then frees; the records agree with `allocs`,
     each takes and gives back its pages from a pageblock of the gfp's migratetype.  On
