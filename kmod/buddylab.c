@@ -38,7 +38,6 @@
 #include <linux/string.h>
 #include <linux/uaccess.h>
 #include <linux/version.h>
-#include <linux/vmalloc.h>
 #include <linux/vmstat.h>
 #include <linux/workqueue.h>
 
@@ -75,24 +74,10 @@
 #define BL_DEFAULT_BOOST_FACTOR	15000
 
 /*
- * The module's own memory (zones, log, pool, tracking blocks):
+ * The module's own memory (zones, log, pool, tracking blocks, images):
  * failing with -ENOMEM is always better than waking the OOM killer.
  */
 #define BL_GFP_OWN	(GFP_KERNEL | __GFP_NOWARN | __GFP_RETRY_MAYFAIL)
-
-/*
- * The images of freelists and pageblocks: order-0 pages (vmalloc), none
- * of __GFP_RECLAIM.  An image is taken right after the commands it is to
- * show, often with memory near the watermarks and no free block of the
- * order a contiguous buffer needs (order 7 after a fragmenting chunk);
- * such a request would run the slow path before the capture (direct
- * reclaim, direct compaction, unreserve_highatomic_pageblock()) and
- * change the lists untraced.  Without __GFP_RECLAIM a page the watermarks
- * refuse fails the open with -ENOMEM instead.  kvmalloc() is no use here:
- * 5.10's kvmalloc_node() calls only kmalloc() for a mask that is not
- * GFP_KERNEL.
- */
-#define BL_GFP_IMAGE	((GFP_KERNEL & ~__GFP_RECLAIM) | __GFP_NOWARN | __GFP_ZERO)
 
 /*
  * The leak command breaks page refcounts on purpose (the book's mistake,
@@ -1751,7 +1736,7 @@ static struct bl_image *bl_image_new(size_t cap)
 {
 	struct bl_image *img;
 
-	img = __vmalloc(struct_size(img, ent, cap), BL_GFP_IMAGE);
+	img = kvzalloc(struct_size(img, ent, cap), BL_GFP_OWN);
 	if (img)
 		img->cap = cap;
 	return img;
@@ -1892,7 +1877,7 @@ static struct bl_image *bl_freelists_image(void)
 		ret = stop_machine(bl_capture, img, NULL);
 		if (!ret && !img->overflow)
 			return img;
-		vfree(img);
+		kvfree(img);
 		if (ret)
 			return ERR_PTR(ret);
 		cap *= 2;
@@ -2024,7 +2009,7 @@ static int bl_image_open(struct file *file, struct bl_image *(*take)(void))
 
 	ret = seq_open(file, &bl_image_sops);
 	if (ret) {
-		vfree(img);
+		kvfree(img);
 		return ret;
 	}
 	((struct seq_file *)file->private_data)->private = img;
@@ -2043,7 +2028,7 @@ static int bl_pageblocks_open(struct inode *inode, struct file *file)
 
 static int bl_image_release(struct inode *inode, struct file *file)
 {
-	vfree(((struct seq_file *)file->private_data)->private);
+	kvfree(((struct seq_file *)file->private_data)->private);
 	return seq_release(inode, file);
 }
 

@@ -1,7 +1,7 @@
 """A chunk whose exact dump cannot be taken ends in one clear error, not a parse error.
 
-The module allocates a dump's image without reclaim (kmod/README.md,
-"Tracking memory"): when the watermarks refuse a page, open(2) of `freelists`
+The module allocates a dump's image with __GFP_RETRY_MAYFAIL (kmod/README.md,
+"Tracking memory"): when the allocator refuses it, open(2) of `freelists`
 or `pageblocks` fails with ENOMEM, and the guest shell's `exec N< freelists`
 ends the chunk's script.  Replayed here on the real 2-CPU chunk's transcript
 with that call's answer replaced by such a failure (busybox ash's message

@@ -210,7 +210,7 @@ def taken_by_captures(run: StepRun) -> dict[int, set[int]]:
     between the last operation before it and its capture, and still held there.
 
     The `cat` that reads a dump opens it first, and the module fills the image into
-    order-0 pages it allocates then (kmod/README.md); those come from the top of the
+    pages it allocates then (kmod/README.md); order-0 ones come from the top of the
     CPU's per-CPU list, where the operation may just have freed pages (the tail of an
     alloc_pages_exact()).  So a page the dump shows taken may have been free at the
     operation's end: these are those pages.

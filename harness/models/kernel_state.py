@@ -77,8 +77,8 @@ def pageblocks_with_steals(pageblocks: list[kmod.Pageblock], events: Iterable[Tr
     """`pageblocks` as read, with the changes of ownership in `events` (after the read) applied.
 
     The capture scripts read `pageblocks` and then open `freelists`, whose
-    image buffer (Unmovable: order-0 pages now, one block of order 3 or 4
-    in captures of older modules) is allocated before its capture: when no
+    image buffer (Unmovable: one block of order 3 or 4, order-0 pages in
+    captures of a module that took them from vmalloc) is allocated before its capture: when no
     Unmovable page is free, that allocation (a per-CPU refill's) steals a
     block and changes its pageblocks' type after they were read, while the
     dump already shows the moved pages.  `events` are those between the read and the capture.

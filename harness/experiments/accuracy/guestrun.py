@@ -70,8 +70,8 @@ def run_chunk(session: Session, commands: list[str], traced: bool = False,
                *((f"cat {tracing}/trace", "cat <&8", "cat <&9") if traced else ())))
     ran = session.run(script, timeout=600)
     if ran.rc != 0 and any(f in ran.stderr for f in ("freelists", "pageblocks")):
-        # open(2) of a dump failed: its image buffer is allocated without
-        # reclaim and the watermarks refused it (kmod/README.md, "Errors").
+        # open(2) of a dump failed: the allocator refused its image buffer
+        # (-ENOMEM: kmod/README.md, "Errors").
         raise GuestCommandError("the chunk's exact dump could not be taken: "
                                 + ran.stderr.strip().splitlines()[-1])
     out = ran.check().stdout

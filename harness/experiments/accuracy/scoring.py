@@ -427,11 +427,11 @@ def end_dump_unseen(tail: list[TraceEvent]) -> str | None:
     __alloc_pages_direct_reclaim()'s unreserve_highatomic_pageblock(), which
     gives a HighAtomic pageblock and its free blocks to the request's type
     with no event of its own, and compaction isolates free pages untraced.
-    The module's image buffer was once such a request (a kvzalloc() of order
+    The module's image buffer can be such a request (a kvzalloc() of order
     7 for a fragmented pressure chunk, GFP_KERNEL | __GFP_RETRY_MAYFAIL:
     seed 311's 2-CPU chunk 2, DMA's HighAtomic blocks found on Unmovable
-    lists); it is now order-0 pages without reclaim (kmod/README.md), but
-    another task's request, or kswapd, can still do the same.
+    lists; order-0 pages without reclaim were tried and taken back, README.md),
+    and so can another task's request, or kswapd.
     """
     causes = sorted({c for e in tail if (c := unseen_cause(e.name)) is not None})
     if not causes:
