@@ -12,10 +12,13 @@ import os
 from importlib import resources
 from pathlib import Path
 
-from buddylab.errors import SetupError
+# The standard library only at the top: images/make_venv.py loads this file by its path,
+# before there is a venv with buddylab in it, for cache_dir().
 
 
 def _data_dir(package: str) -> Path:
+    from buddylab.errors import SetupError
+
     try:
         root = resources.files(package)
     except ModuleNotFoundError as e:

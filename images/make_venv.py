@@ -23,14 +23,15 @@ pyproject.toml it was made for (`.venv/buddylab-env`) and is made again when eit
 changes or the environment it reads from is gone (a moved or cleared cache).
 
 Standard library only: it runs before there is a venv.  The cache directory is the
-one harness/paths.py `cache_dir()` names ($BUDDYLAB_CACHE, else XDG); a host test
-holds the two rules equal.
+one harness/paths.py `cache_dir()` names ($BUDDYLAB_CACHE, else XDG), read from that
+file.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -49,11 +50,12 @@ PIP_DEADLINE_S = 1800
 
 
 def cache_dir() -> Path:
-    explicit = os.environ.get("BUDDYLAB_CACHE")
-    if explicit:
-        return Path(explicit)
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "buddylab"
+    """harness/paths.py's cache_dir(), loaded by its path (buddylab is not importable yet)."""
+    spec = importlib.util.spec_from_file_location("_buddylab_paths", REPO / "harness" / "paths.py")
+    assert spec and spec.loader
+    paths = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(paths)
+    return Path(paths.cache_dir())
 
 
 def requirements(pyproject: Path) -> list[str]:
