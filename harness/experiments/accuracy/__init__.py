@@ -21,8 +21,8 @@ from typing import Any
 
 from buddylab import protocol
 from buddylab.errors import BuddylabError, RecordError, SetupError
-from buddylab.experiments.accuracy.guestrun import (enable_tracing, load_chunk, run_chunk,
-                                                    save_chunk)
+from buddylab.experiments.accuracy.guestrun import (Chunk, enable_tracing, load_chunk,
+                                                    run_chunk, save_chunk)
 from buddylab.experiments.accuracy.report import AccuracyRequest, format_table, result_json, suite
 from buddylab.experiments.accuracy.scoring import Accuracy, Divergence, Tally, evaluate
 from buddylab.experiments.accuracy.workload import WORKLOADS, generate
@@ -111,23 +111,34 @@ def _accuracy_from_json(data: dict[str, Any]) -> Accuracy:
     return result
 
 
-def _score_kept(directory: Path, zoneinfo_text: str | None, digest: str,
-                ) -> Accuracy | BuddylabError:
-    """One kept chunk's scores (in a worker process: an error comes back as a plain one).
+def _chunk_cpus(chunk: Chunk) -> int:
+    """The guest's CPU count: its per-CPU lists in the chunk's first record."""
+    return len({p.cpu for op in chunk.log.ops[:1] for p in op.before.pcp})
 
-    The scores are kept beside the chunk under the scoring code's digest
-    (`.score-DIGEST.json`): a later `--from` with the same code reads them.
+
+def _score_kept(directory: Path, zoneinfo_text: str | None, digest: str,
+                ) -> tuple[Accuracy, int] | BuddylabError:
+    """One kept chunk's scores and the guest's CPU count (in a worker process: an error
+    comes back as a plain one).
+
+    Both are kept beside the chunk under the scoring code's digest
+    (`.score-DIGEST.json`): a later `--from` with the same code reads them
+    and parses nothing else of the chunk.
     """
     kept = directory / f".score-{digest}.json"
     try:
         if kept.is_file():
-            return _accuracy_from_json(json.loads(kept.read_text()))
+            data = json.loads(kept.read_text())
+            cpus = data.pop("cpus")
+            return _accuracy_from_json(data), int(cpus)
     except (ValueError, TypeError, KeyError):
         pass   # scored again below
     try:
         result = Accuracy(series="")
         zoneinfo = procfs.parse_zoneinfo(zoneinfo_text) if zoneinfo_text is not None else None
-        evaluate(load_chunk(directory), result, zoneinfo)
+        chunk = load_chunk(directory)
+        evaluate(chunk, result, zoneinfo)
+        cpus = _chunk_cpus(chunk)
     except RecordError as e:
         return RecordError(f"{directory.name}: {e}")
     except (ValueError, TypeError, EOFError, gzip.BadGzipFile, zlib.error) as e:
@@ -136,9 +147,9 @@ def _score_kept(directory: Path, zoneinfo_text: str | None, digest: str,
         return SetupError(f"{directory}: cannot read the kept chunk: {e.strerror}: {e.filename}")
     with contextlib.suppress(OSError):   # a read-only capture is scored every time
         tmp = kept.with_name(f"{kept.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(asdict(result)))
+        tmp.write_text(json.dumps({**asdict(result), "cpus": cpus}))
         tmp.rename(kept)
-    return result
+    return result, cpus
 
 
 def rescore(kept: Path, jobs: int = 1) -> tuple[AccuracyRequest, Accuracy, int]:
@@ -172,10 +183,10 @@ def rescore(kept: Path, jobs: int = 1) -> tuple[AccuracyRequest, Accuracy, int]:
     else:
         scores = [_score_kept(d, zoneinfo_text, digest) for d in chunks]
     result = Accuracy(series="")
+    cpus = []
     for score in scores:
         if isinstance(score, BuddylabError):
             raise score
-        result.merge(score)
-    first = load_chunk(chunks[0])
-    cpus = len({p.cpu for op in first.log.ops[:1] for p in op.before.pcp})
-    return request, result, cpus
+        result.merge(score[0])
+        cpus.append(score[1])
+    return request, result, cpus[0]
