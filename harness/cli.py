@@ -616,13 +616,17 @@ COMMANDS = (
 
 
 def parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The command line; with `only`, the other commands are listed but their arguments not
-    declared (declaring some imports the guest's code or every experiment)."""
+    """The command line.  With `only`: the command of that name alone, else (another word)
+    every command listed but none's arguments declared (declaring some imports the
+    guest's code or every experiment; each subparser costs its own gettext lookups)."""
     p = argparse.ArgumentParser(prog="buddylab", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    for c in COMMANDS:
+    named = [c for c in COMMANDS if c.name == only]
+    # A usage line lists every command, also where only one is declared.
+    sub = p.add_subparsers(dest="command", required=True, metavar="{" + ",".join(
+        c.name for c in COMMANDS) + "}" if named else None)
+    for c in named or COMMANDS:
         sp = sub.add_parser(c.name, help=c.help)
-        if only is None or c.name == only:
+        if only is None or named:
             c.add_arguments(sp)
             if c.boots_guest:
                 add_guest_options(sp)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from buddylab import errors
+from buddylab import cli, errors
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -29,6 +29,16 @@ def test_memory_out_of_range_is_a_usage_error(buddylab_main, tmp_path: Path):
     assert proc.returncode == errors.EXIT_USAGE
     assert "--memory must be between" in proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_a_commands_usage_error_lists_every_command(buddylab_main, tmp_path: Path):
+    """main() declares the named command alone; its usage line still lists them all."""
+    proc = in_process(buddylab_main, tmp_path, "accuracy", "--no-such-option")
+    assert proc.returncode == errors.EXIT_USAGE
+    usage = proc.stderr[:proc.stderr.index("buddylab: error:")]
+    assert usage.startswith("usage: buddylab ")
+    assert "{" + ",".join(c.name for c in cli.COMMANDS) + "}" in "".join(usage.split())
+    assert "unrecognized arguments: --no-such-option" in proc.stderr
 
 
 def test_unknown_kernel_recipe_names_the_known_ones(buddylab_main, tmp_path: Path):
