@@ -8,18 +8,25 @@ order-10 block between the `pageblocks` read and the capture
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 from buddylab.experiments.accuracy import Accuracy, evaluate
-from buddylab.experiments.accuracy.guestrun import load_chunk
+from buddylab.experiments.accuracy.guestrun import Chunk, load_chunk
 from buddylab.models import kernel_state
 from buddylab.records.kmemtrace import TraceEvent
 
 STEAL = Path(__file__).parent / "fixtures" / "accuracy-chunks" / "5.10-2cpu-dump-buffer-steal"
 
 
+@functools.cache
+def steal_chunk() -> Chunk:
+    """The chunk, read once a module (each test takes its changes with dataclasses.replace)."""
+    return load_chunk(STEAL)
+
+
 def test_the_steal_before_the_capture_changes_both_pageblocks_of_the_block():
-    chunk = load_chunk(STEAL)
+    chunk = steal_chunk()
     assert chunk.events is not None
     before = kernel_state.events_before_capture(chunk.events, chunk.dump.gen)
     assert [e["pfn"] for e in before if e.name == "mm_page_alloc_extfrag"] == [13312]
@@ -33,14 +40,14 @@ def test_the_steal_before_the_capture_changes_both_pageblocks_of_the_block():
 
 def test_the_chunk_is_predicted_from_the_types_at_the_capture():
     result = Accuracy()
-    evaluate(load_chunk(STEAL), result)
+    evaluate(steal_chunk(), result)
     assert (result.page.ops, result.page.attempted, result.page.exact) == (300, 300, 300), \
         result.divergences[:2]
     assert result.end_dumps == 1 and not result.end_dump_differences
 
 
 def test_with_the_types_as_read_the_freed_block_is_filed_movable_and_the_chunk_misses():
-    chunk = load_chunk(STEAL)
+    chunk = steal_chunk()
     assert chunk.events is not None
     as_read = dataclasses.replace(chunk, events=[
         e for e in chunk.events if e.name != "mm_page_alloc_extfrag" or e["pfn"] != 13312])
@@ -60,7 +67,7 @@ def test_with_the_types_as_read_the_freed_block_is_filed_movable_and_the_chunk_m
 def test_a_pageblock_the_end_pageblocks_read_stole_after_the_capture_is_not_compared():
     """The end's `pageblocks` are read after the end dump's capture: a change of ownership
     traced after that capture is not the dump's, and its pageblock is left out."""
-    chunk = load_chunk(STEAL)
+    chunk = steal_chunk()
     assert chunk.events is not None and chunk.end_dump is not None and chunk.end_pageblocks
     end = kernel_state.capture_index(chunk.events, chunk.end_dump.gen)
     assert end >= 0
