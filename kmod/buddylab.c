@@ -12,6 +12,7 @@
 
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
+#include <linux/bitops.h>
 #include <linux/completion.h>
 #include <linux/cpu.h>
 #include <linux/cpumask.h>
@@ -38,6 +39,7 @@
 #include <linux/string.h>
 #include <linux/uaccess.h>
 #include <linux/version.h>
+#include <linux/vmalloc.h>
 #include <linux/vmstat.h>
 #include <linux/workqueue.h>
 
@@ -91,6 +93,14 @@ MODULE_PARM_DESC(allow_leak, "accept the leak command, which breaks page refcoun
 static bool noreclaim_min;
 module_param(noreclaim_min, bool, 0400);
 MODULE_PARM_DESC(noreclaim_min, "let NORECLAIM requests take a zone down to one per-CPU batch above its min watermark (for a guest that runs nothing else)");
+
+/*
+ * The images of freelists and pageblocks from buffers taken at load instead
+ * of at each open: see bl_reserve_init().
+ */
+static bool dump_reserve;
+module_param(dump_reserve, bool, 0400);
+MODULE_PARM_DESC(dump_reserve, "take the freelists and pageblocks images in buffers allocated at load (one entry per managed page: about 0.6% of memory), so a dump under memory pressure allocates nothing");
 
 /*
  * The per-CPU lists.  5.10: one list of order-0 pages per migratetype below
@@ -495,6 +505,10 @@ static struct bl_state {
 	struct workqueue_struct *wq;
 	struct dentry *dir;
 	int boost_factor;		/* see bl_max_boost() */
+	/* dump_reserve=1: an image buffer per image kind, and their capacities */
+	struct bl_image *reserve[2];
+	size_t reserve_cap[2];
+	unsigned long reserve_busy;	/* bit BL_RES_*: that buffer is in use */
 } bl = {
 	.lock = __MUTEX_INITIALIZER(bl.lock),
 	.allocs = RB_ROOT,
@@ -1732,14 +1746,42 @@ struct bl_image {
 	struct bl_dent ent[];
 };
 
-static struct bl_image *bl_image_new(size_t cap)
-{
-	struct bl_image *img;
+/* The two kinds of image, and their reserved buffers' bits in bl.reserve_busy. */
+enum bl_reserve { BL_RES_FREELISTS, BL_RES_PAGEBLOCKS };
 
+/*
+ * An image of at least @cap entries: the reserved buffer of @kind when
+ * there is one, free and large enough (its whole capacity then), else a new
+ * buffer.  A new one is kvzalloc()ed: at the end of a run under memory
+ * pressure its contiguous kmalloc() part (order 7 and more for a fragmented
+ * memory's freelists) can take the allocator's slow path, which reclaims
+ * and compacts just before the capture; the reserved buffer allocates
+ * nothing.
+ */
+static struct bl_image *bl_image_new(size_t cap, enum bl_reserve kind)
+{
+	struct bl_image *img = bl.reserve[kind];
+
+	if (img && cap <= bl.reserve_cap[kind] &&
+	    !test_and_set_bit_lock(kind, &bl.reserve_busy)) {
+		memset(img, 0, sizeof(*img));
+		img->cap = bl.reserve_cap[kind];
+		return img;
+	}
 	img = kvzalloc(struct_size(img, ent, cap), BL_GFP_OWN);
 	if (img)
 		img->cap = cap;
 	return img;
+}
+
+static void bl_image_free(struct bl_image *img)
+{
+	if (img == bl.reserve[BL_RES_FREELISTS])
+		clear_bit_unlock(BL_RES_FREELISTS, &bl.reserve_busy);
+	else if (img == bl.reserve[BL_RES_PAGEBLOCKS])
+		clear_bit_unlock(BL_RES_PAGEBLOCKS, &bl.reserve_busy);
+	else
+		kvfree(img);
 }
 
 static struct bl_dent *bl_image_add(struct bl_image *img, struct zone *zone,
@@ -1864,7 +1906,7 @@ static struct bl_image *bl_freelists_image(void)
 
 	for (try = 0; try < BL_DUMP_TRIES; try++) {
 		cap += cap / 4 + 1024;
-		img = bl_image_new(cap);
+		img = bl_image_new(cap, BL_RES_FREELISTS);
 		if (!img)
 			return ERR_PTR(-ENOMEM);
 		img->header = true;
@@ -1877,7 +1919,7 @@ static struct bl_image *bl_freelists_image(void)
 		ret = stop_machine(bl_capture, img, NULL);
 		if (!ret && !img->overflow)
 			return img;
-		kvfree(img);
+		bl_image_free(img);
 		if (ret)
 			return ERR_PTR(ret);
 		cap *= 2;
@@ -1910,15 +1952,23 @@ static void bl_capture_pageblocks(struct bl_image *img, struct zone *zone)
 	spin_unlock_irqrestore(&zone->lock, flags);
 }
 
-static struct bl_image *bl_pageblocks_image(void)
+/* Pageblocks of the zones, each zone's partial ones at both ends included. */
+static size_t bl_pageblocks_cap(void)
 {
-	struct bl_image *img;
 	size_t cap = 0;
 	unsigned int i;
 
 	for (i = 0; i < bl.nr_zones; i++)
 		cap += bl.zones[i]->spanned_pages / pageblock_nr_pages + 2;
-	img = bl_image_new(cap);
+	return cap;
+}
+
+static struct bl_image *bl_pageblocks_image(void)
+{
+	struct bl_image *img;
+	unsigned int i;
+
+	img = bl_image_new(bl_pageblocks_cap(), BL_RES_PAGEBLOCKS);
 	if (!img)
 		return ERR_PTR(-ENOMEM);
 	for (i = 0; i < bl.nr_zones; i++)
@@ -2009,7 +2059,7 @@ static int bl_image_open(struct file *file, struct bl_image *(*take)(void))
 
 	ret = seq_open(file, &bl_image_sops);
 	if (ret) {
-		kvfree(img);
+		bl_image_free(img);
 		return ret;
 	}
 	((struct seq_file *)file->private_data)->private = img;
@@ -2028,7 +2078,7 @@ static int bl_pageblocks_open(struct inode *inode, struct file *file)
 
 static int bl_image_release(struct inode *inode, struct file *file)
 {
-	kvfree(((struct seq_file *)file->private_data)->private);
+	bl_image_free(((struct seq_file *)file->private_data)->private);
 	return seq_release(inode, file);
 }
 
@@ -2222,6 +2272,43 @@ static int bl_debugfs_init(void)
 	return 0;
 }
 
+/*
+ * dump_reserve=1: the image buffers, vmalloc()ed here at load, while memory
+ * is plentiful (order-0 pages, no contiguous block needed).  The freelists
+ * one holds an entry per managed page of the zones and a quarter more, the
+ * largest first request bl_freelists_image() can make: free blocks plus
+ * per-CPU pages never outnumber the pages (24 bytes each against 4 KiB: 0.7%
+ * of memory).  Opens while a buffer is in use (two readers) get their own.
+ */
+static int bl_reserve_init(void)
+{
+	unsigned long managed = 0;
+	unsigned int i;
+
+	if (!dump_reserve)
+		return 0;
+	for (i = 0; i < bl.nr_zones; i++)
+		managed += zone_managed_pages(bl.zones[i]);
+	bl.reserve_cap[BL_RES_FREELISTS] = managed + managed / 4 + 1024;
+	bl.reserve_cap[BL_RES_PAGEBLOCKS] = bl_pageblocks_cap();
+	for (i = 0; i < ARRAY_SIZE(bl.reserve); i++) {
+		bl.reserve[i] = __vmalloc(struct_size(bl.reserve[i], ent,
+						      bl.reserve_cap[i]),
+					  BL_GFP_OWN | __GFP_ZERO);
+		if (!bl.reserve[i])
+			return -ENOMEM;
+	}
+	return 0;
+}
+
+static void bl_reserve_free(void)
+{
+	unsigned int i;
+
+	for (i = 0; i < ARRAY_SIZE(bl.reserve); i++)
+		vfree(bl.reserve[i]);
+}
+
 static void bl_release_all(void)
 {
 	struct rb_node *n;
@@ -2250,10 +2337,13 @@ static int __init bl_init(void)
 	ret = bl_pool_init();
 	if (ret)
 		goto err_log;
+	ret = bl_reserve_init();
+	if (ret)
+		goto err_reserve;
 	bl.wq = alloc_workqueue(KBUILD_MODNAME, WQ_CPU_INTENSIVE, 1);
 	if (!bl.wq) {
 		ret = -ENOMEM;
-		goto err_pool;
+		goto err_reserve;
 	}
 	ret = bl_debugfs_init();
 	if (ret)
@@ -2262,7 +2352,8 @@ static int __init bl_init(void)
 
 err_wq:
 	destroy_workqueue(bl.wq);
-err_pool:
+err_reserve:
+	bl_reserve_free();
 	kvfree(bl.pool);
 err_log:
 	bl_log_free();
@@ -2275,6 +2366,7 @@ static void __exit bl_exit(void)
 	debugfs_remove_recursive(bl.dir);
 	destroy_workqueue(bl.wq);
 	bl_release_all();
+	bl_reserve_free();
 	kvfree(bl.pool);
 	bl_log_free();
 	kfree(bl.zones);

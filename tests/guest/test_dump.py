@@ -8,10 +8,14 @@ from collections import Counter
 from buddylab import protocol
 from buddylab.allocator import PCP_TYPES
 from buddylab.guest.session import boot
+from buddylab.models import kernel_state
 from buddylab.records import kmod, procfs
+from buddylab.records.kmemtrace import UNSEEN_GROUPS, parse_trace
+from guestlib import kernel_log_problems
 
 DUMP_SAMPLES = 10
 MOVED_BOUND = 31            # one per-CPU batch
+D = protocol.DEBUGFS
 
 
 def moved_pages(dump: kmod.FreeListDump, pti: procfs.PageTypeInfo) -> tuple[int, int]:
@@ -112,3 +116,66 @@ def test_dump_equals_the_modules_snapshot_every_per_cpu_list_included(prepared):
     counts = dump.counts()
     for z in snap.zones:
         assert list(counts.get((z.nid, z.zone, z.mt), [0] * 11)) == list(z.free), z
+
+
+# struct bl_dent of kmod/buddylab.c: one entry of a freelists image, in bytes.
+IMAGE_ENTRY_BYTES = 24
+
+
+def image_pages(dump: kmod.FreeListDump) -> int:
+    """The pages of the image buffer an open without the reserve would take:
+    bl_freelists_image()'s first capacity, the blocks and per-CPU pages with a quarter
+    and 1,024 more."""
+    entries = len(dump.blocks) + len(dump.pcp_pages)
+    return -(-(entries + entries // 4 + 1024) * IMAGE_ENTRY_BYTES // 4096)
+
+
+def test_a_dump_of_fragmented_memory_from_the_reserve_neither_reclaims_nor_compacts(prepared):
+    """With dump_reserve=1 the `freelists` image comes from the buffer taken at load: a
+    dump of fragmented memory allocates no image, and runs no reclaim and no compaction
+    before its capture.
+
+    Memory is fragmented as a pressure chunk leaves it: a NORECLAIM fill at order 0 down
+    to the module's guard, then every other block freed, so that tens of thousands of
+    order-0 blocks are free and no block of the order a contiguous image buffer would
+    need is.  The dump's open(2) runs under the kmem, compaction and reclaim
+    tracepoints.  Without the reserve, the module's kvzalloc() (GFP_KERNEL |
+    __GFP_RETRY_MAYFAIL) took 5.10's slow path here: kswapd woken, direct compaction
+    and direct reclaim by the opening shell, before the capture."""
+    tracing = protocol.TRACING
+    events = [*(f"kmem/{e}" for e in protocol.KMEM_EVENTS), "compaction", "vmscan",
+              *protocol.TRACE_EVENTS]
+    with boot(prepared) as g:
+        g.run("echo 0 > /proc/sys/vm/watermark_boost_factor && "
+              f"insmod {g.module_path} noreclaim_min=1 dump_reserve=1").check()
+        g.run(f"cd {D} && echo 'fill api=alloc_pages gfp=NORECLAIM order=0' > control; "
+              "echo 'free_ids first=1 last=1048576 step=2' > control").check()
+        g.run(protocol.tracing_setup(events, 16384)).check()
+        out = g.run(f"cd {D} && echo $$ && echo 1 > {tracing}/tracing_on && exec 5< freelists "
+                    f"&& echo 0 > {tracing}/tracing_on && echo {protocol.SEPARATOR} "
+                    f"&& cat {tracing}/trace && echo {protocol.SEPARATOR} && cat <&5 "
+                    # a second reader while the reserve is in use: a buffer of its own
+                    f"&& echo {protocol.SEPARATOR} && cat freelists").check().stdout
+        g.run(f"echo free_all > {D}/control && rmmod buddylab").check()
+        dmesg = g.run("dmesg").check().stdout
+    pid_t, trace_t, dump_t, second_t = protocol.split_output(out, 4)
+    shell = int(pid_t)
+    dump = kmod.parse_freelists(dump_t)
+    trace = parse_trace(trace_t)
+    capture = kernel_state.capture_index(trace, dump.gen)
+    assert capture >= 0, "the trace lacks the dump's capture"
+    own = [e for e in trace[:capture] if e.pid == shell]
+    largest = max(b.order for b in dump.blocks)
+    pages = image_pages(dump)
+    needed = (pages - 1).bit_length()   # the order of one contiguous buffer
+    taken = [(e["order"], e.gfp) for e in own if e.name == "mm_page_alloc"]
+    print(f"\n{len(dump.blocks)} free blocks, the largest of order {largest}; an image taken "
+          f"at open: {pages} pages, order {needed} if contiguous; the shell's allocations "
+          f"before the capture: {taken}")
+    # The memory was fragmented: a contiguous buffer would have needed the slow path.
+    assert largest < needed, (largest, needed)
+    # The image was not allocated at open (the open's own struct file may take a page).
+    assert len(taken) < pages // 4, taken
+    assert [e.name for e in own if e.name.startswith(tuple(UNSEEN_GROUPS))] == []
+    assert kmod.parse_freelists(second_t).gen == dump.gen + 1
+    assert not kernel_log_problems(dmesg), dmesg
