@@ -47,8 +47,9 @@ def measure(session: Session, request: AccuracyRequest,
     if support is not None and not support.modelled:
         raise SetupError(f"{support.release}: {support.not_modelled}")
     zoneinfo = set_up_guest(session, request, keep)
+    free = free_pages(session) if request.workload == "pressure" else None
     commands = generate(request.seed, request.ops, request.workload, request.memory_mib,
-                        request.chunk)
+                        request.chunk, free)
     result = Accuracy(series=support.series if support is not None else "")
     for start in range(0, len(commands), request.chunk):
         chunk = run_chunk(session, commands[start:start + request.chunk], request.traced,
@@ -59,6 +60,19 @@ def measure(session: Session, request: AccuracyRequest,
     session.run(f"echo free_all > {protocol.DEBUGFS}/control "
                 f"&& rmmod {protocol.MODULE_NAME}").check()
     return result
+
+
+# free_pages() rounds down to this many pages (8 MiB): guests set up alike get the
+# same figure, and with it the same commands for a seed.
+FREE_PAGES_GRAIN = 2048
+
+
+def free_pages(session: Session) -> int:
+    """The guest's free pages (MemFree), rounded down to FREE_PAGES_GRAIN."""
+    out = session.run("grep '^MemFree:' /proc/meminfo").check().stdout.split()
+    if len(out) != 3 or not out[1].isdigit() or out[2] != "kB":
+        raise RecordError(f"/proc/meminfo: not a MemFree line: {' '.join(out)!r}")
+    return int(out[1]) // 4 // FREE_PAGES_GRAIN * FREE_PAGES_GRAIN
 
 
 def set_up_guest(session: Session, request: AccuracyRequest, keep: Path | None = None,
@@ -84,7 +98,12 @@ def set_up_guest(session: Session, request: AccuracyRequest, keep: Path | None =
     # The model applies the watermarks (and the module's guard) only with boosting off; the
     # module's guard then lets NORECLAIM masks reach the allocator's slow path, as the
     # model's guard_allows() expects (kmod/README.md, "The watermark guard").
-    session.run(protocol.insmod("" if request.boost else "noreclaim_min=1")).check()
+    # Under pressure the dump images come from buffers taken at load (dump_reserve=1,
+    # kmod/README.md): one taken at the end dump's open could reclaim and compact
+    # between the chunk's last operation and the capture.
+    params = [*(["noreclaim_min=1"] if not request.boost else []),
+              *(["dump_reserve=1"] if request.workload == "pressure" else [])]
+    session.run(protocol.insmod(" ".join(params))).check()
     if request.traced:
         # A pressure chunk's batches trace some 1,300 events per operation:
         # 250 operations overflow the default buffer, which then loses the

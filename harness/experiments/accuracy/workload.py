@@ -39,14 +39,14 @@ WORKLOADS = ("default", "pressure")
 
 
 def generate(seed: int, count: int, workload: str = "default", memory_mib: int = 512,
-             chunk: int = 250) -> list[str]:
+             chunk: int = 250, free_pages: int | None = None) -> list[str]:
     """`count` module commands of the named workload, the same for the same seed.
 
     `chunk`: the commands run in chunks of this many (the pressure workload
-    ends each with frees).
+    ends each with frees, down to `free_pages` less a headroom).
     """
     if workload == "pressure":
-        return generate_pressure(seed, count, memory_mib, chunk)
+        return generate_pressure(seed, count, memory_mib, chunk, free_pages)
     if workload != "default":
         raise ValueError(f"unknown workload {workload!r}")
     return generate_default(seed, count)
@@ -56,18 +56,18 @@ def generate_default(seed: int, count: int) -> list[str]:
     """`count` module commands, the same for the same seed."""
     rng = random.Random(seed)
     commands: list[str] = []
-    live: dict[int, int] = {}   # expected id -> pages
+    live: dict[int, int] = {}   # expected id -> pages, in id order (ids only grow)
     next_id = 1
     live_pages = 0
     while len(commands) < count:
         roll = rng.random()
         if live and (roll < 0.40 or live_pages > MAX_LIVE_PAGES):
-            victim = rng.choice(sorted(live))
+            victim = rng.choice(list(live))
             live_pages -= live.pop(victim)
             commands.append(f"free id={victim}")
             continue
         if live and roll < 0.43:
-            ids = sorted(live)
+            ids = list(live)
             first, last = ids[0], ids[-1]
             step = rng.choice((1, 2, 3))
             for i in range(first, last + 1, step):
@@ -105,23 +105,34 @@ def generate_default(seed: int, count: int) -> list[str]:
 MAX_LIVE_BLOCKS = 48_000
 
 
-# Live pages at each chunk's end at most: the budget less this (32 MiB), for
-# the shell, the reads of the records and the dump images.
+# Live pages at each chunk's end at most: the pages free when the run started
+# less this (32 MiB), for the shell, the reads of the records and the trace.
 CHUNK_END_HEADROOM = 8192
 
 
-def generate_pressure(seed: int, count: int, memory_mib: int, chunk: int = 250) -> list[str]:
-    """`count` commands that keep memory near the watermarks, the same for the same seed."""
+def generate_pressure(seed: int, count: int, memory_mib: int, chunk: int = 250,
+                      free_pages: int | None = None) -> list[str]:
+    """`count` commands that keep memory near the watermarks, the same for the same seed
+    and `free_pages` (the guest's free pages once the run is set up; else the budget's).
+
+    The requests are made against a budget of 90 % of memory, more than is free, so that
+    the module's guard refuses some and the allocator's slow path runs; the live pages
+    counted here are what was asked for, at least what the guest holds.  Each chunk
+    ends with frees down to `free_pages` less CHUNK_END_HEADROOM: a chunk that ended
+    against the budget instead left as little as 3,000 free pages on a 2-CPU guest
+    (48 MiB of trace buffer a CPU), and reading a later one back woke the OOM killer.
+    """
     rng = random.Random(seed)
     budget = memory_mib * 256 * 9 // 10     # pages: more than the guard lets through
+    end_live = min(budget, free_pages if free_pages is not None else budget) - CHUNK_END_HEADROOM
     commands: list[str] = []
-    live: dict[int, int] = {}   # expected id -> pages
+    live: dict[int, int] = {}   # expected id -> pages, in id order (ids only grow)
     next_id = 1
     live_pages = 0
 
     def free_window() -> None:
         nonlocal live_pages
-        ids = sorted(live)
+        ids = list(live)
         lo = rng.randrange(len(ids))
         hi = min(len(ids) - 1, lo + rng.randint(16, 4000))
         step = rng.choice((2, 3, 2, 1))
@@ -134,10 +145,10 @@ def generate_pressure(seed: int, count: int, memory_mib: int, chunk: int = 250) 
         if len(commands) % chunk == chunk - 1 and live:
             # The chunk's last command frees, oldest first, until the live
             # pages leave room for reading the records back.
-            ids = sorted(live)
+            ids = list(live)
             last = ids[0]
             for i in ids:
-                if live_pages <= budget - CHUNK_END_HEADROOM and i != ids[0]:
+                if live_pages <= end_live and i != ids[0]:
                     break
                 live_pages -= live.pop(i)
                 last = i
@@ -149,7 +160,7 @@ def generate_pressure(seed: int, count: int, memory_mib: int, chunk: int = 250) 
             free_window()
             continue
         if live and (full or roll < 0.22):
-            victim = rng.choice(sorted(live))
+            victim = rng.choice(list(live))
             live_pages -= live.pop(victim)
             commands.append(f"free id={victim}")
             continue
