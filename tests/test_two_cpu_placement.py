@@ -109,3 +109,12 @@ def test_the_traces_plan_puts_another_cpus_event_before_the_block_it_precedes():
         placement.AFTER_STEPS: [other]}
     # no window given: after its steps as well
     assert placement._trace_plan(free, [], [other]) == {placement.AFTER_STEPS: [other]}
+
+
+def test_the_search_tries_the_nearest_positions_first():
+    """One position off the trace's order first (a free's event fires before its block
+    lands), after the steps and after the snapshot early; the far ones last."""
+    after = [placement.AFTER_STEPS, placement.AFTER_SNAPSHOT]
+    assert placement.search_order(5, 10) == [5, *after, 4, 6, 3, 7, 2, 8, 1, 9, 0]
+    assert placement.search_order(0, 3) == [0, *after, 1, 2]
+    assert placement.search_order(9, 10)[:5] == [9, *after, 8, 7]

@@ -84,9 +84,22 @@ def not_the_op(events: list[TraceEvent], op: kmod.OpRecord, pid: int | None = No
             or (pid is not None and e.pid != pid)]
 
 
-# Positions tried per operation for other CPUs' events (one more than its blocks, and after
-# its after-snapshot); an operation with more blocks tries the first this many.
-PLACEMENT_LIMIT = 4096
+# Positions tried per operation for other CPUs' events, nearest the trace's own first.
+# Each is a copy of the whole model and a replay of the operation: a pressure
+# chunk's batch of 17,000 frees took 2 s a position, and trying up to 4,096
+# positions in block order held one chunk's scoring for over an hour.
+PLACEMENT_LIMIT = 48
+
+
+def search_order(start: int, steps: int) -> list[int]:
+    """The positions to try after the trace's own, nearest `start` first: `start`, then
+    after its steps and after its after-snapshot, then start-1, start+1, start-2, ...
+    (a free's event fires before its block reaches the lists, so a block of another
+    CPU's, or of an interrupt's, often lands one position off the trace's order)."""
+    near: list[int] = [start]
+    for d in range(1, max(start, steps - start) + 1):
+        near += [k for k in (start - d, start + d) if 0 <= k < steps]
+    return [*near[:1], AFTER_STEPS, AFTER_SNAPSHOT, *near[1:]]
 
 
 @dataclass
@@ -174,9 +187,9 @@ def replay_traced(replayer: operations.OperationReplayer, op: kmod.OpRecord, com
     reaches the lists, and a vCPU can be held up in between.  The first
     placement tried is the trace's own order (each event before the first of
     the operation's blocks that the trace shows after it); then all of them,
-    in trace order, at each later position (before each later block, after
-    its steps, after its after-snapshot, i.e. before the next operation), then
-    at each earlier one.  The first placement whose result matches the
+    in trace order, at the positions of search_order(), nearest first (before
+    a block, after its steps, after its after-snapshot, i.e. before the next
+    operation), at most PLACEMENT_LIMIT.  The first placement whose result matches the
     kernel's after-*counts* (every list and per-CPU list; never the
     operation's PFN) is carried on, so the PFN the model hands out is still
     its prediction.
@@ -207,7 +220,7 @@ def replay_traced(replayer: operations.OperationReplayer, op: kmod.OpRecord, com
     if not first.after:
         return replayer, first, Placement(_where(plan, steps, bool(late)), 1, bool(late))
     start = min(min(plan), steps)
-    positions = [*range(start, steps), AFTER_STEPS, AFTER_SNAPSHOT, *range(start - 1, -1, -1)]
+    positions = search_order(start, steps)
     tried = 1
     for k in positions:
         if len(plan) == 1 and k in plan:
