@@ -1722,10 +1722,10 @@ DEFINE_SEQ_ATTRIBUTE(bl_log);
 
 /* A captured image, served by seq_file; position 0 is the header. */
 
-enum bl_kind { BL_BLOCK, BL_PCPAGE, BL_PAGEBLOCK };
+enum bl_kind { BL_BLOCK, BL_PCPAGE, BL_PAGEBLOCK, BL_HIGHATOMIC };
 
 struct bl_dent {
-	unsigned long pfn;
+	unsigned long pfn;	/* BL_HIGHATOMIC: the zone's reserve, in pages */
 	u32 pos;
 	u32 cpu;
 	u16 nid;
@@ -1871,6 +1871,15 @@ static int bl_capture(void *arg)
 	struct bl_image *img = arg;
 	unsigned int i;
 
+	/*
+	 * The HighAtomic reserve's counter, which the watermark checks take off
+	 * the free pages: it can exceed the HighAtomic pageblocks (5.10 changes a
+	 * pageblock's type without taking it off when a free block of a higher
+	 * order spans it and is stolen whole), so the pageblock types do not tell it.
+	 */
+	for (i = 0; i < bl.nr_zones; i++)
+		bl_image_add(img, bl.zones[i], BL_HIGHATOMIC, 0,
+			     bl.zones[i]->nr_reserved_highatomic);
 	for (i = 0; i < bl.nr_zones; i++)
 		bl_capture_zone(img, bl.zones[i]);
 	for (i = 0; i < bl.nr_zones; i++)
@@ -2005,6 +2014,10 @@ static void bl_image_show_ent(struct seq_file *m, const struct bl_dent *d)
 		seq_printf(m, "block nid=%u zone=%s order=%u mt=%s pos=%u pfn=%lu\n",
 			   d->nid, zone, d->order, bl_mt_names[d->type],
 			   d->pos, d->pfn);
+		break;
+	case BL_HIGHATOMIC:
+		seq_printf(m, "highatomic nid=%u zone=%s reserved=%lu\n", d->nid,
+			   zone, d->pfn);
 		break;
 	case BL_PCPAGE:
 		seq_printf(m, "pcpage nid=%u zone=%s cpu=%u", d->nid, zone,

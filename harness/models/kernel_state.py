@@ -122,9 +122,12 @@ def zones_from_dump(dump: kmod.FreeListDump, pageblocks: list[kmod.Pageblock],
                           f"lacks (zones: {', '.join(n for _, n in sorted(zones))})")
     for pb in pageblocks:
         zones[(pb.nid, pb.zone)].set_pageblock_type(pb.pfn, pb.mt)
-    for z in zones.values():
-        z.nr_reserved_highatomic = pagemodel.PAGEBLOCK_PAGES * sum(
-            1 for mt in z.pageblocks.values() if mt == HIGHATOMIC)
+    for key, z in zones.items():
+        # The kernel's counter where the dump has it: it can exceed the HighAtomic
+        # pageblocks (kmod/README.md, `freelists`).
+        z.nr_reserved_highatomic = dump.reserved_highatomic.get(
+            key, pagemodel.PAGEBLOCK_PAGES * sum(
+                1 for mt in z.pageblocks.values() if mt == HIGHATOMIC))
     for block in sorted(dump.blocks, key=lambda b: (b.nid, b.zone, b.order, b.mt, b.pos)):
         zones[(block.nid, block.zone)].add_free(block.pfn, block.order, block.mt, tail=True)
     for (nid, name, cpu), limit in limits.items():
@@ -230,6 +233,11 @@ def compare_dump(zones: dict[ZoneKey, Zone], dump: kmod.FreeListDump,
         if z.pageblocks.get(pb.pfn) != pb.mt:
             diffs.append(f"{z.name} pageblock {pb.pfn}: model {z.pageblocks.get(pb.pfn)}, "
                          f"kernel {pb.mt}")
+    for key, reserved in dump.reserved_highatomic.items():
+        z = zones[key]  # every zone of the dump's is a model zone (zones_from_dump())
+        if z.nr_reserved_highatomic != reserved:
+            diffs.append(f"{z.name} HighAtomic reserve: model {z.nr_reserved_highatomic} pages, "
+                         f"kernel {reserved}")
     return diffs[:limit]
 
 

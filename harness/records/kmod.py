@@ -31,6 +31,7 @@ RECORD_KEYS: dict[tuple[str, str], str] = {
     ("log", "pcp"): ("seq when nid zone cpu count high batch lists [orders free_factor] "
                      "[vmstat_diff stat_threshold]"),
     ("freelists", "dump"): "gen zones blocks pcp_pages",
+    ("freelists", "highatomic"): "nid zone reserved",
     ("freelists", "block"): "nid zone order mt pos pfn",
     ("freelists", "pcpage"): "nid zone cpu [order] list pos pfn",
     ("pageblocks", "pageblock"): "nid zone pfn mt",
@@ -656,6 +657,9 @@ class FreeListDump:
     zones: int
     blocks: list[FreeBlock]
     pcp_pages: list[PcpPage]
+    # (nid, zone) -> zone->nr_reserved_highatomic at the capture, for every zone;
+    # empty in a dump of a module that did not print it.
+    reserved_highatomic: dict[tuple[int, str], int] = field(default_factory=dict)
 
     def counts(self) -> dict[tuple[int, str, str], list[int]]:
         """(nid, zone, mt) -> free blocks per order, as /proc/pagetypeinfo shows them."""
@@ -702,10 +706,18 @@ def parse_freelists(text: str) -> FreeListDump:
     pranks: dict[tuple[int, str], int] = {}
     prev: tuple = ()
     key: tuple[int, ...]
+    reserved: dict[tuple[int, str], int] = {}
     for line in lines[1:]:
         f = line.fields
         if line.name == "dump":
             raise RecordError("a second dump header", line.lineno, line.text)
+        if line.name == "highatomic":
+            key = (f["nid"], f["zone"])  # type: ignore[assignment]
+            if blocks or pcp or key in reserved:
+                raise RecordError("highatomic line after a block or pcpage line, or twice",
+                                  line.lineno, line.text)
+            reserved[key] = f["reserved"]  # type: ignore[index,assignment]
+            continue
         if line.name == "block":
             if pcp:
                 raise RecordError("block line after pcpage lines", line.lineno, line.text)
@@ -726,8 +738,11 @@ def parse_freelists(text: str) -> FreeListDump:
                           f"found {len(blocks)} and {len(pcp)}")
     if len(ranks) > head["zones"] or len(pranks) > head["zones"]:  # type: ignore[operator]
         raise RecordError(f"more zones than the header's zones={head['zones']}")
+    if reserved and len(reserved) != head["zones"]:
+        raise RecordError(f"{len(reserved)} highatomic lines for the header's "
+                          f"zones={head['zones']}")
     return FreeListDump(gen=head["gen"], zones=head["zones"],  # type: ignore[arg-type]
-                        blocks=blocks, pcp_pages=pcp)
+                        blocks=blocks, pcp_pages=pcp, reserved_highatomic=reserved)
 
 
 # pageblocks, zones
