@@ -86,7 +86,7 @@ def main() -> None:
     if args.kept is not None:
         kept(args.kept, args.runs)
         return
-    from buddylab.experiments.accuracy import AccuracyRequest, free_pages, set_up_guest
+    from buddylab.experiments.accuracy import AccuracyRequest, set_up_guest   # not on main
     pressure = args.workload == "pressure"
     request = AccuracyRequest(seed=args.seed, ops=args.ops, chunk=args.ops, traced=True,
                               workload=args.workload, boost=not pressure,
@@ -98,7 +98,7 @@ def main() -> None:
         pid = g.qemu.proc.pid
         zoneinfo = set_up_guest(g, request)
         commands = generate(request.seed, request.ops, request.workload, request.memory_mib,
-                            request.chunk, free_pages(g) if pressure else None)
+                            request.chunk)
         q0 = qemu_cpu(pid)
         chunk, run_wall, _ = timed(run_chunk, g, commands, True, pressure)
         run_qemu = qemu_cpu(pid) - q0

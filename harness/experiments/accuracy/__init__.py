@@ -47,9 +47,8 @@ def measure(session: Session, request: AccuracyRequest,
     if support is not None and not support.modelled:
         raise SetupError(f"{support.release}: {support.not_modelled}")
     zoneinfo = set_up_guest(session, request, keep)
-    free = free_pages(session) if request.workload == "pressure" else None
     commands = generate(request.seed, request.ops, request.workload, request.memory_mib,
-                        request.chunk, free)
+                        request.chunk)
     result = Accuracy(series=support.series if support is not None else "")
     for start in range(0, len(commands), request.chunk):
         chunk = run_chunk(session, commands[start:start + request.chunk], request.traced,
@@ -60,19 +59,6 @@ def measure(session: Session, request: AccuracyRequest,
     session.run(f"echo free_all > {protocol.DEBUGFS}/control "
                 f"&& rmmod {protocol.MODULE_NAME}").check()
     return result
-
-
-# free_pages() rounds down to this many pages (8 MiB): guests set up alike get the
-# same figure, and with it the same commands for a seed.
-FREE_PAGES_GRAIN = 2048
-
-
-def free_pages(session: Session) -> int:
-    """The guest's free pages (MemFree), rounded down to FREE_PAGES_GRAIN."""
-    out = session.run("grep '^MemFree:' /proc/meminfo").check().stdout.split()
-    if len(out) != 3 or not out[1].isdigit() or out[2] != "kB":
-        raise RecordError(f"/proc/meminfo: not a MemFree line: {' '.join(out)!r}")
-    return int(out[1]) // 4 // FREE_PAGES_GRAIN * FREE_PAGES_GRAIN
 
 
 def set_up_guest(session: Session, request: AccuracyRequest, keep: Path | None = None,

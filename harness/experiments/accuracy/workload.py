@@ -39,14 +39,14 @@ WORKLOADS = ("default", "pressure")
 
 
 def generate(seed: int, count: int, workload: str = "default", memory_mib: int = 512,
-             chunk: int = 250, free_pages: int | None = None) -> list[str]:
+             chunk: int = 250) -> list[str]:
     """`count` module commands of the named workload, the same for the same seed.
 
     `chunk`: the commands run in chunks of this many (the pressure workload
-    ends each with frees, down to `free_pages` less a headroom).
+    ends each with frees).
     """
     if workload == "pressure":
-        return generate_pressure(seed, count, memory_mib, chunk, free_pages)
+        return generate_pressure(seed, count, memory_mib, chunk)
     if workload != "default":
         raise ValueError(f"unknown workload {workload!r}")
     return generate_default(seed, count)
@@ -105,26 +105,16 @@ def generate_default(seed: int, count: int) -> list[str]:
 MAX_LIVE_BLOCKS = 48_000
 
 
-# Live pages at each chunk's end at most: the pages free when the run started
-# less this (32 MiB), for the shell, the reads of the records and the trace.
-CHUNK_END_HEADROOM = 8192
+def generate_pressure(seed: int, count: int, memory_mib: int, chunk: int = 250) -> list[str]:
+    """`count` commands that keep memory near the watermarks, the same for the same seed.
 
-
-def generate_pressure(seed: int, count: int, memory_mib: int, chunk: int = 250,
-                      free_pages: int | None = None) -> list[str]:
-    """`count` commands that keep memory near the watermarks, the same for the same seed
-    and `free_pages` (the guest's free pages once the run is set up; else the budget's).
-
-    The requests are made against a budget of 90 % of memory, more than is free, so that
-    the module's guard refuses some and the allocator's slow path runs; the live pages
-    counted here are what was asked for, at least what the guest holds.  Each chunk
-    ends with frees down to `free_pages` less CHUNK_END_HEADROOM: a chunk that ended
-    against the budget instead left as little as 3,000 free pages on a 2-CPU guest
-    (48 MiB of trace buffer a CPU), and reading a later one back woke the OOM killer.
+    The requests are made against a budget of 90 % of memory, more than is free, so
+    that the module's guard refuses some and the allocator's slow path runs.  Each
+    chunk ends by freeing every block the module holds (see below), and the next one
+    fills memory again from there.
     """
     rng = random.Random(seed)
     budget = memory_mib * 256 * 9 // 10     # pages: more than the guard lets through
-    end_live = min(budget, free_pages if free_pages is not None else budget) - CHUNK_END_HEADROOM
     commands: list[str] = []
     live: dict[int, int] = {}   # expected id -> pages, in id order (ids only grow)
     next_id = 1
@@ -143,21 +133,15 @@ def generate_pressure(seed: int, count: int, memory_mib: int, chunk: int = 250,
 
     while len(commands) < count:
         if len(commands) % chunk == chunk - 1 and live:
-            # The chunk's last command frees, oldest first, until the live
-            # pages leave room for reading the records back.
-            ids = list(live)
-            last = ids[0]
-            for i in ids:
-                if live_pages <= end_live and i != ids[0]:
-                    break
-                live_pages -= live.pop(i)
-                last = i
-            # From id 1: only a block the module got takes an id, so after a refusal
-            # the guest's ids lag behind the ones counted here, and its oldest blocks
-            # can have ids below ids[0] (a chunk that ended from ids[0] left them held:
-            # 2,128 free pages at one chunk's end, and the next read-back woke the OOM
-            # killer).  free_ids visits only the blocks held.
-            commands.append(f"free_ids first=1 last={last}")
+            # The chunk's last command frees every block, from id 1: only a block
+            # the module got takes an id, so after a refusal the guest's ids lag
+            # behind the ones counted here, and freeing the oldest ones counted
+            # (from the first live id here, down to a headroom) left the guest's
+            # oldest blocks held: chunks ended with 2,128 free pages, and a later
+            # chunk's read-back woke the OOM killer (1 and 2 CPUs).
+            commands.append(f"free_ids first=1 last={next_id - 1}")
+            live.clear()
+            live_pages = 0
             continue
         roll = rng.random()
         full = live_pages > budget or len(live) > MAX_LIVE_BLOCKS
