@@ -3,6 +3,9 @@
 Fixture sets (tests/fixtures/proc/<file>-<tag>.txt):
   5.10-512m-1cpu, 5.10-4096m-2cpu   Debian 5.10 guest under QEMU, files read
                                     one after another (not atomically)
+  5.10-128m-2cpu                    the same, a 128 MiB guest just booted (2026-12-02,
+                                    `buddylab run --memory 128 --cpus 2 --fresh-boot
+                                    'cat /proc/buddyinfo; ...'`)
   6.18-host                         this host, read one after another
   6.18-host-b2b                     this host, all three read back to back in one
                                     process; buddyinfo was identical before and
@@ -24,14 +27,15 @@ from buddylab.records.procfs import (
 )
 
 PROC = Path(__file__).parent / "fixtures" / "proc"
-TAGS = ["5.10-512m-1cpu", "5.10-4096m-2cpu", "6.18-host", "6.18-host-b2b"]
+TAGS = ["5.10-512m-1cpu", "5.10-4096m-2cpu", "5.10-128m-2cpu", "6.18-host", "6.18-host-b2b"]
 ZONES = {
     "5.10-512m-1cpu": ["DMA", "DMA32"],
     "5.10-4096m-2cpu": ["DMA", "DMA32", "Normal"],
+    "5.10-128m-2cpu": ["DMA", "DMA32"],
     "6.18-host": ["DMA", "DMA32", "Normal"],
     "6.18-host-b2b": ["DMA", "DMA32", "Normal"],
 }
-CPUS = {"5.10-512m-1cpu": 1, "5.10-4096m-2cpu": 2, "6.18-host": 2, "6.18-host-b2b": 2}
+CPUS = {"5.10-512m-1cpu": 1, "5.10-4096m-2cpu": 2, "5.10-128m-2cpu": 2, "6.18-host": 2, "6.18-host-b2b": 2}
 MIGRATETYPES = ("Unmovable", "Movable", "Reclaimable", "HighAtomic", "Isolate")
 
 

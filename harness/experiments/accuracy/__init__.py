@@ -31,7 +31,7 @@ from buddylab.models.versions import ModelSupport
 from buddylab.records import procfs
 
 __all__ = ["Accuracy", "AccuracyRequest", "WORKLOADS", "format_table", "measure", "rescore",
-           "result_json", "suite"]
+           "result_json", "suite", "trace_buffer_kb"]
 
 
 def measure(session: Session, request: AccuracyRequest,
@@ -91,11 +91,25 @@ def set_up_guest(session: Session, request: AccuracyRequest, keep: Path | None =
               *(["dump_reserve=1"] if request.workload == "pressure" else [])]
     session.run(protocol.insmod(" ".join(params))).check()
     if request.traced:
-        # A pressure chunk's batches trace some 1,300 events per operation:
-        # 250 operations overflow the default buffer, which then loses the
-        # chunk's start (scoring names such a chunk unpredictable).
-        enable_tracing(session, 49152 if request.workload == "pressure" else 8192)
+        enable_tracing(session, trace_buffer_kb(request.workload, request.memory_mib))
     return zoneinfo
+
+
+def trace_buffer_kb(workload: str, memory_mib: int) -> int:
+    """The trace buffer per CPU for a run of `workload` in a guest of `memory_mib`.
+
+    A pressure chunk's batches trace some 1,300 events per operation: 250
+    operations overflow the default 8 MiB buffer, which then loses the
+    chunk's start (scoring names such a chunk unpredictable), so pressure
+    runs take 48 MiB per CPU.  The buffer is allocated whole when it is set,
+    and in a guest below 512 MiB 48 MiB is most of its free memory (a
+    128 MiB guest has about 70 MiB free after boot; with 48 MiB of buffer
+    dropbear was OOM-killed in the first pressure chunk): there it is 3/32 of the guest's
+    memory, 12 MiB per CPU at 128 MiB.
+    """
+    if workload != "pressure":
+        return 8192
+    return min(49152, memory_mib * 1024 * 3 // 32)
 
 
 def _scoring_digest() -> str:
