@@ -384,6 +384,10 @@ def _evaluate(chunk: Chunk, result: Accuracy, zoneinfo: list[procfs.ZoneInfo] | 
             result.cover(path, n)
         if z.name == "DMA":
             result.cover("DMA-zone allocations", z.coverage["allocations"])
+        elif (z.nid, "Normal") in replayer.zones:
+            # A guest above 4 GiB: how many blocks Normal served and how many
+            # fell back to DMA32 (the zonelist Normal -> DMA32 -> DMA).
+            result.cover(f"{z.name}-zone allocations", z.coverage["allocations"])
 
 
 def _compare_end_dump(chunk: Chunk, replayer: operations.OperationReplayer, result: Accuracy,
