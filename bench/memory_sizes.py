@@ -2,16 +2,17 @@
 """Run `accuracy` and `trace-replay` at each guest memory size and say how each ended.
 
     .venv/bin/python bench/memory_sizes.py [--sizes 128,256,1024,2048,6144] [--cpus 1]
-        [--workloads default,pressure] [--seed 7] [--ops 200] [--chunk 100]
+        [--workloads default,pressure] [--seeds 7,8] [--ops 200] [--chunk 100] [--results DIR]
 
 For each memory size it runs, as real processes of the checkout's venv,
 `buddylab accuracy --workload W --ops N --chunk C --trace --seed S --memory M
 --fresh-boot` for each workload and `buddylab trace-replay --memory M
 --fresh-boot`, and prints one row per run: the size, the workload, the CPUs,
-the seed, the exit code, the wall time, whether stderr holds a Python
-traceback, and the page model's figures from the run's result.json
-(accuracy: attempted, exact, named unpredictable; trace-replay: blocks
-right of the kernel's, mispredicted takes).  Every run boots fresh (a
+the seed, the exit code, the wall time and CPU time (the process and its
+QEMU), whether stderr holds a Python traceback, and the page model's figures
+from the run's result.json (accuracy: attempted, exact, named unpredictable,
+end dumps, and the paths that say whether memory was pressed and in which
+zone; trace-replay: blocks right of the kernel's, mispredicted takes).  Every run boots fresh (a
 snapshot of a 6 GiB guest is as large as its memory).
 
 Exit 1 if any run ended in a traceback or with an exit code that README's
@@ -34,6 +35,13 @@ from pathlib import Path
 DOCUMENTED_EXITS = {0, 1, 2, 3, 4, 5, 6, 9}
 TRACEBACK = "Traceback (most recent call last)"
 BUDDYLAB = Path(sys.executable).with_name("buddylab")
+# The paths of the run's coverage that say whether memory was pressed, and in which zone.
+COVERAGE = (("blocks served by the slow path only (model)", "slow path"),
+            ("blocks the allocator failed (model)", "failed"),
+            ("fallback steals", "steals"),
+            ("DMA-zone allocations", "DMA"),
+            ("DMA32-zone allocations", "DMA32"),
+            ("Normal-zone allocations", "Normal"))
 
 
 @dataclass
@@ -68,25 +76,31 @@ def page_model_figures(result: dict[str, object]) -> str:
         return "no page model"
     unpredictable = result.get("unpredictable") or {}
     named = sum(unpredictable.values()) if isinstance(unpredictable, dict) else 0
+    coverage = result.get("coverage") or {}
+    paths = ", ".join(f"{short} {coverage[key]}" for key, short in COVERAGE
+                      if isinstance(coverage, dict) and key in coverage)
     return (f"attempted {page['attempted']}, exact {page['exact']}, named unpredictable {named}, "
             f"end dumps {result.get('end_dumps_compared')} compared "
-            f"{len(result.get('end_dump_differences') or [])} differing")
+            f"{len(result.get('end_dump_differences') or [])} differing; {paths}")
 
 
-def run(argv: list[str], memory: int, command: str, cpus: int, seed: int | str) -> Run:
-    with tempfile.TemporaryDirectory(prefix="memsizes-") as results:
-        env = dict(os.environ, BUDDYLAB_RESULTS=results)
-        before = os.times()
-        start = time.monotonic()
-        proc = subprocess.run([str(BUDDYLAB), *argv], env=env, capture_output=True, text=True)
-        wall = time.monotonic() - start
-        after = os.times()
-        found = sorted(Path(results).glob("*/result.json"))
-        try:
-            model = page_model_figures(json.loads(found[-1].read_text())) if found \
-                else "no result.json"
-        except (ValueError, KeyError, TypeError) as e:
-            model = f"result.json unreadable: {e}"
+def run(argv: list[str], memory: int, command: str, cpus: int, seed: int | str,
+        keep: Path) -> Run:
+    keep.mkdir(parents=True, exist_ok=True)
+    results = Path(tempfile.mkdtemp(prefix=f"{memory}m-{command.replace(' ', '-')}-", dir=keep))
+    env = dict(os.environ, BUDDYLAB_RESULTS=str(results))
+    before = os.times()
+    start = time.monotonic()
+    proc = subprocess.run([str(BUDDYLAB), *argv], env=env, capture_output=True, text=True)
+    wall = time.monotonic() - start
+    after = os.times()
+    (results / "stderr.txt").write_text(proc.stderr)
+    found = sorted(results.glob("*/result.json"))
+    try:
+        model = page_model_figures(json.loads(found[-1].read_text())) if found \
+            else "no result.json"
+    except (ValueError, KeyError, TypeError) as e:
+        model = f"result.json unreadable: {e}"
     cpu = (after.children_user - before.children_user) + (after.children_system
                                                           - before.children_system)
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
@@ -100,28 +114,34 @@ def main() -> int:
                     help="guest memory sizes in MiB, comma-separated")
     ap.add_argument("--workloads", default="default,pressure")
     ap.add_argument("--cpus", type=int, default=1)
-    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--seeds", default="7", help="comma-separated; each size runs every seed")
     ap.add_argument("--ops", type=int, default=200)
     ap.add_argument("--chunk", type=int, default=100)
     ap.add_argument("--no-replay", action="store_true", help="leave trace-replay out")
+    ap.add_argument("--results", type=Path, default=None,
+                    help="keep each run's results (and its stderr) here "
+                         "(default: a new directory under $TMPDIR)")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    keep = args.results or Path(tempfile.mkdtemp(prefix="memory-sizes-"))
     workloads = args.workloads.split(",")
     print(f"# load at start {Path('/proc/loadavg').read_text().split()[:3]}, "
-          f"ops {args.ops}, chunk {args.chunk}", flush=True)
+          f"ops {args.ops}, chunk {args.chunk}; results in {keep}", flush=True)
     print("| MiB | run | CPUs | seed | exit | wall s | CPU s | traceback | page model |")
     print("|---|---|---|---|---|---|---|---|---|", flush=True)
     runs = []
+    seeds = [int(s) for s in args.seeds.split(",")]
     for memory in sizes:
         guest = ["--memory", str(memory), "--cpus", str(args.cpus), "--fresh-boot"]
-        plans: list[tuple[list[str], str, int | str]] = [
-            (["accuracy", "--workload", w, "--ops", str(args.ops), "--chunk", str(args.chunk),
-              "--trace", "--seed", str(args.seed), *guest], f"accuracy {w}", args.seed)
-            for w in workloads]
-        if not args.no_replay:
-            plans.append((["trace-replay", *guest], "trace-replay", "-"))
+        plans: list[tuple[list[str], str, int | str]] = []
+        for seed in seeds:
+            plans += [(["accuracy", "--workload", w, "--ops", str(args.ops), "--chunk",
+                        str(args.chunk), "--trace", "--seed", str(seed), *guest],
+                       f"accuracy {w}", seed) for w in workloads]
+            if not args.no_replay:   # no seed: one run beside each seed's
+                plans.append((["trace-replay", *guest], "trace-replay", "-"))
         for argv, command, seed in plans:
-            r = run(argv, memory, command, args.cpus, seed)
+            r = run(argv, memory, command, args.cpus, seed, keep)
             runs.append(r)
             print(f"| {r.memory} | {r.command} | {r.cpus} | {r.seed} | {r.exit_code} | "
                   f"{r.wall:.0f} | {r.cpu:.0f} | {'YES' if r.traceback else 'no'} | {r.model} |",
