@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 from pathlib import Path
 
@@ -22,8 +23,10 @@ def read(name: str) -> str:
         return f.read()
 
 
+@functools.cache
 def parts() -> tuple[kmod.FreeListDump, list[kmod.Pageblock], list[kmod.ZoneSpan],
                      kernel_state.PcpLimits]:
+    """The capture, parsed once a module (the tests change copies, never these)."""
     log = kmod.parse_log(read("log"))
     return (kmod.parse_freelists(read("freelists")), kmod.parse_pageblocks(read("pageblocks")),
             kmod.parse_zones(read("zones")), kernel_state.pcp_limits(log.ops[0].before.pcp))
