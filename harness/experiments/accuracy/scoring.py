@@ -431,11 +431,12 @@ def end_dump_unseen(tail: list[TraceEvent]) -> str | None:
     __alloc_pages_direct_reclaim()'s unreserve_highatomic_pageblock(), which
     gives a HighAtomic pageblock and its free blocks to the request's type
     with no event of its own, and compaction isolates free pages untraced.
-    The module's image buffer can be such a request (a kvzalloc() of order
-    7 for a fragmented pressure chunk, GFP_KERNEL | __GFP_RETRY_MAYFAIL:
-    seed 311's 2-CPU chunk 2, DMA's HighAtomic blocks found on Unmovable
-    lists; order-0 pages without reclaim were tried and taken back, README.md),
-    and so can another task's request, or kswapd.
+    The module's image buffer, taken at the dump's open, can be such a
+    request (a kvzalloc() of order 7 for a fragmented pressure chunk,
+    GFP_KERNEL | __GFP_RETRY_MAYFAIL: seed 311's 2-CPU chunk 2, DMA's
+    HighAtomic blocks found on Unmovable lists); pressure runs load the
+    module with dump_reserve=1, whose buffers are taken at load.  Another
+    task's request, or kswapd, can be one too.
     """
     causes = sorted({c for e in tail if (c := unseen_cause(e.name)) is not None})
     if not causes:
