@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 import io
 import os
 import signal
@@ -37,8 +38,25 @@ settings.register_profile("deep", max_examples=1000, deadline=None)
 settings.load_profile(os.environ.get("BUDDYLAB_HYPOTHESIS", "default"))
 
 
+# The tests parse many captures into many small objects and keep some (module fixtures,
+# caches): with Python's default thresholds its cyclic collector ran 2,500-3,100 times in
+# the host-only tests, most of it walking objects that live until the end.  It runs rarer
+# here, and what collection made is frozen (gc.freeze(): never traversed again).
+# `bench/host_tests.py --gc both` measures the two; BUDDYLAB_TEST_GC=python keeps Python's.
+GC_THRESHOLD = (10_000, 10, 10)
+GC_TUNED = os.environ.get("BUDDYLAB_TEST_GC", "") != "python"
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "kernel(series): needs a kernel of this version series, e.g. '5.10'")
+    if GC_TUNED:
+        gc.set_threshold(*GC_THRESHOLD)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if GC_TUNED:
+        gc.collect()
+        gc.freeze()
 
 
 # Host-only tests (`pytest -m "not qemu"`) need the checkout, the venv and the host's tools,
