@@ -26,7 +26,7 @@ from buddylab.cli import Guest
 from buddylab.guest import session as real
 from buddylab.guest.image import GuestImage, HostKey
 from buddylab.guest.snapshot import StartState
-from buddylab.guest.ssh import CommandResult
+from buddylab.guest.command import CommandResult
 from buddylab.kernel.provision import Kernel
 
 FORMAT = 1

@@ -29,7 +29,7 @@ import pytest
 from buddylab import cli, errors, protocol
 from buddylab.experiments.registry import EXPERIMENTS
 from buddylab.guest.snapshot import StartState
-from buddylab.guest.ssh import CommandResult
+from buddylab.guest.command import CommandResult
 from buddylab.kernel.recipe import DEFAULT_KERNEL
 from golden import RUNS, SAVED_CAPTURE, SESSIONS
 from guest_double import Call, Transcript, replay_guest

@@ -32,7 +32,8 @@ from buddylab.guest.snapshot import StartState, Starting, start_guest
 from buddylab.guest.workdir import private_workdir
 
 if TYPE_CHECKING:   # paramiko is imported while QEMU loads the snapshot (snapshot.start_guest)
-    from buddylab.guest.ssh import ClientKey, CommandResult, GuestShell
+    from buddylab.guest.command import CommandResult
+    from buddylab.guest.ssh import ClientKey, GuestShell
 
 
 def children_cpu() -> float:

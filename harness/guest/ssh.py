@@ -18,22 +18,9 @@ if "invoke" not in sys.modules:
     sys.modules["invoke"] = None  # type: ignore[assignment]
 import paramiko  # noqa: E402
 
-from buddylab.errors import GuestCommandError, GuestConnectionLost, GuestTimeout, SetupError
+from buddylab.errors import GuestConnectionLost, GuestTimeout, SetupError
+from buddylab.guest.command import CommandResult as CommandResult
 from buddylab.guest.image import HostKey
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    command: str
-    rc: int
-    stdout: str
-    stderr: str
-
-    def check(self) -> "CommandResult":
-        if self.rc != 0:
-            raise GuestCommandError(
-                f"guest command failed (exit {self.rc}): {self.command}\n{self.stderr.strip()}")
-        return self
 
 
 @dataclass(frozen=True)
