@@ -41,9 +41,9 @@ def test_trace_replay_predicts_the_final_dump(prepared):
 
 def test_a_short_pressure_run_is_predicted_with_the_watermarks(prepared):
     """Memory near the watermarks, NORECLAIM masks, boosting and proactive compaction off:
-    the run ends in a table (never a traceback), every operation is attempted, refused by
-    the module's guard or named unpredictable (kswapd may still run, woken by another
-    task's allocation below the low watermark).  Wherever an
+    the run ends in a table (never a traceback), every operation is attempted (those the
+    module's guard refused whole too) or named unpredictable (kswapd may still run, woken
+    by another task's allocation below the low watermark).  Wherever an
     operation starts from the kernel's state, the model predicts its own steps (watermark
     decisions, zone fallback, slow path, how many blocks): no miss is in an operation's
     replay.  Misses that start with another task's events remain (README, "Under
@@ -58,6 +58,9 @@ def test_a_short_pressure_run_is_predicted_with_the_watermarks(prepared):
     assert result.page.ops == 250
     assert (result.page.attempted + result.guard_refused + sum(result.unpredictable.values())
             == 250), table
+    # With the watermarks the model decides the module's guard too: a command it refused
+    # whole is scored (tests/test_guard_scored.py), none is left out.
+    assert result.guard_refused == 0, table
     assert result.stopped_early > 0, table
     assert result.coverage["fallback steals"] > 0, table
     assert result.coverage["zones refused by the watermark check (model)"] > 0, table

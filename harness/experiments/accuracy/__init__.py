@@ -124,7 +124,7 @@ def _scoring_digest() -> str:
 
 def _accuracy_from_json(data: dict[str, Any]) -> Accuracy:
     result = Accuracy(**data)
-    for name in ("page", "counts", "textbook", "searched"):
+    for name in ("page", "counts", "textbook", "searched", "guard_scored"):
         setattr(result, name, Tally(**data[name]))
     result.divergences = [Divergence(**d) for d in data["divergences"]]
     return result

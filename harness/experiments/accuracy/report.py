@@ -35,6 +35,7 @@ def result_json(result: Accuracy, request: AccuracyRequest, meta: RunMetadata) -
             "chunk": request.chunk, "traced": request.traced,
             "min_share": request.min_share, "passed": result.passed(request.min_share),
             "unpredictable": result.unpredictable, "guard_refused": result.guard_refused,
+            "guard_refusals_scored": tally(result.guard_scored),
             "stopped_early": result.stopped_early, "workload": request.workload,
             "watermark_boost": request.boost,
             "proactive_compaction": request.proactive_compaction,
@@ -74,6 +75,11 @@ def format_table(result: Accuracy, seed: int, min_share: float = 1.0,
     if result.guard_refused:
         lines.append(f"{result.guard_refused} alloc commands were refused by the module's "
                      "watermark guard before the allocator ran: not scored for the page model.")
+    if result.guard_scored.ops:
+        g = result.guard_scored
+        lines.append(f"{g.ops} alloc commands were refused whole by the module's watermark "
+                     f"guard; the page model, which applies the watermarks here, attempts "
+                     f"{g.attempted} of them (scored above) and predicted {g.exact}.")
     if result.stopped_early:
         lines.append(f"{result.stopped_early} alloc commands stopped early (ret -12): how many "
                      "blocks each got is the page model's prediction (with the watermarks "
@@ -143,6 +149,9 @@ def suite(result: Accuracy, request: AccuracyRequest, properties: dict[str, str]
                Measurement("textbook model exact of all", round(100 * result.textbook.share, 2), "%"),
                Measurement("operations named unpredictable", sum(result.unpredictable.values())),
                Measurement("refused by the module's guard", result.guard_refused),
+               Measurement("refused by the module's guard, scored", result.guard_scored.attempted),
+               Measurement("refused by the module's guard, scored, exact",
+                           result.guard_scored.exact),
                Measurement("operations with concurrent events", result.concurrent),
                Measurement("positions tried for their events", result.positions_tried),
                Measurement("placed by search", result.searched.attempted),

@@ -98,9 +98,14 @@ class Accuracy:
     # Operations the page model does not attempt, by cause (e.g. "partial
     # steal: ownership unknowable"); they are not counted as predicted.
     unpredictable: dict[str, int] = field(default_factory=dict)
-    # `alloc` commands the module's own watermark guard refused before the
-    # allocator was called (n=0 stop=watermark): nothing to predict.
+    # `alloc` commands the module's own watermark guard refused whole before the
+    # allocator was called (n=0 stop=watermark), where the page model does not
+    # apply the watermarks (boosting on): not scored.
     guard_refused: int = 0
+    # The same refusals where the page model applies the watermarks and the
+    # guard (boosting off, 5.10): scored in `page` like any other operation,
+    # and tallied here apart.
+    guard_scored: Tally = field(default_factory=Tally)
     # alloc commands that stopped early (ret -12, not refused whole by the
     # guard): how many blocks they got the page model predicts.
     stopped_early: int = 0
@@ -260,6 +265,9 @@ def _evaluate(chunk: Chunk, result: Accuracy, zoneinfo: list[procfs.ZoneInfo] | 
     if chunk.events is not None and series != "5.10":
         raise RecordError("traced runs replay the kmem events on 5.10's per-CPU lists only "
                           "(models/kmem_replay.py); run without --trace")
+    # With the watermarks (boosting off, 5.10) the model predicts the module's guard too
+    # (OperationReplayer.guard_allows()): a command it refused whole is scored.
+    guard_modelled = zoneinfo is not None and series == "5.10"
     pageblocks = chunk.pageblocks
     if chunk.events is not None:   # the types at the dump's capture, not at their read
         pageblocks = kernel_state.pageblocks_with_steals(
@@ -324,8 +332,9 @@ def _evaluate(chunk: Chunk, result: Accuracy, zoneinfo: list[procfs.ZoneInfo] | 
                     f"the model stopped ({type(e).__name__}: {e}); the rest of the chunk "
                     "counts as missed"))
         guard = op.verb == "alloc" and op.n == 0 and op.stop == "watermark"
+        unscored_guard = guard and not guard_modelled
         unpredictable = unseen is not None or (outcome is not None and outcome.unknowable is not None)
-        if guard:
+        if unscored_guard:
             result.guard_refused += 1
         elif unseen is not None:
             cause = f"not predictable: {unseen.split(' (')[0]}"
@@ -339,13 +348,15 @@ def _evaluate(chunk: Chunk, result: Accuracy, zoneinfo: list[procfs.ZoneInfo] | 
         if op.verb in ("alloc", "fill") and op.ret != 0 and not guard:
             result.stopped_early += 1
         page_ok = outcome is not None and outcome.exact and not outcome.before
-        result.page.add(not (guard or unpredictable), page_ok)
+        result.page.add(not (unscored_guard or unpredictable), page_ok)
+        if guard and guard_modelled:
+            result.guard_scored.add(not unpredictable, page_ok)
         if placement is not None and placement.searched:
-            result.searched.add(not (guard or unpredictable), page_ok)
+            result.searched.add(not (unscored_guard or unpredictable), page_ok)
         result.counts.add(_counts_attempts(op), _counts_exact(op))
         result.textbook.add(_textbook_attempts(op),
                             stopped is None and _textbook_exact(op, free_before, freed))
-        if outcome is not None and not page_ok and not guard and unseen is None:
+        if outcome is not None and not page_ok and not unscored_guard and unseen is None:
             result.divergences.append(
                 _divergence(op, command, outcome, window.before + concurrent, concurrent,
                             f"{series} page for page", carried))
