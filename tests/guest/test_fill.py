@@ -3,7 +3,6 @@ blocks run out, free_all gives everything back, and the guest keeps answering.""
 
 from __future__ import annotations
 
-import re
 import time
 
 from buddylab import protocol
@@ -19,12 +18,10 @@ FILL_BACK_TOLERANCE = 32
 RESERVE_MARK = "#highatomic"
 
 
-def highatomic_reserved(dump_head: str, zone: str) -> int:
-    """nr_reserved_highatomic of `zone` (node 0) from the first lines of the freelists
-    dump: its header, then one highatomic line per zone."""
-    found = re.search(rf"^highatomic nid=0 zone={zone} reserved=(\d+)$", dump_head, re.M)
-    assert found, dump_head
-    return int(found[1])
+def highatomic_reserved(dump: str, zone: str) -> int:
+    """nr_reserved_highatomic of `zone` (node 0) from a freelists dump (its highatomic
+    lines), read where memory is free, so the dump is short."""
+    return kmod.parse_freelists(dump).reserved_highatomic[(0, zone)]
 
 
 def test_fill_until_failure_then_free_all(prepared):
@@ -56,19 +53,19 @@ def test_fill_until_failure_then_free_all(prepared):
             for order in (0, 10):
                 fill = f"fill api=alloc_pages gfp={gfp} order={order}"
                 start = time.monotonic()
-                # The dump's first lines hold each zone's HighAtomic reserve, which the
+                # The dump's highatomic lines give each zone's HighAtomic reserve, which the
                 # guard keeps free.  An atomic high-order request that meets low memory
                 # (the network's own skbs, say) may reserve a pageblock while the fill
                 # runs or just after it: the reserve is read just before and just after.
-                out = g.run(f"cd {D} && echo clear_log > control; head -n 4 freelists; "
+                out = g.run(f"cd {D} && echo clear_log > control; cat freelists; "
                             f"echo '{RESERVE_MARK}'; echo '{fill}' > control; echo $?; "
                             "echo free_all > control; echo $?; cat log; "
-                            f"echo '{RESERVE_MARK}'; head -n 4 freelists").stdout
+                            f"echo '{RESERVE_MARK}'; cat freelists").stdout
                 seconds = time.monotonic() - start
-                head_before, out, head_after = out.split(RESERVE_MARK + "\n")
+                dump_before, out, dump_after = out.split(RESERVE_MARK + "\n")
                 rcs, log_t = out.split("\n", 2)[:2], out.split("\n", 2)[2]
-                reserved = (highatomic_reserved(head_before, "DMA32"),
-                            highatomic_reserved(head_after, "DMA32"))
+                reserved = (highatomic_reserved(dump_before, "DMA32"),
+                            highatomic_reserved(dump_after, "DMA32"))
                 # The guest answers at once, and the module still works.
                 start = time.monotonic()
                 alive = g.run(f"echo alloc api=alloc_page gfp=GFP_KERNEL > {D}/control && "
@@ -157,18 +154,18 @@ def test_guard_leaves_room_for_the_highest_watermark_boost(prepared):
         factor, min_free_kbytes, scale_factor = map(int, sysctl)
         zones = [z for z in procfs.parse_zoneinfo(g.run("cat /proc/zoneinfo").stdout) if z.populated]
         out = g.run(f"dmesg -c > /dev/null; insmod {g.module_path} && cd {D} && "
-                    f"head -n 4 freelists && echo '{RESERVE_MARK}' && exec 7> control && "
+                    f"cat freelists && echo '{RESERVE_MARK}' && exec 7> control && "
                     "echo 'fill api=alloc_pages gfp=NORECLAIM order=0' >&7; echo free_all >&7; "
-                    f"exec 7>&-; cat log; echo '{RESERVE_MARK}'; head -n 4 freelists"
+                    f"exec 7>&-; cat log; echo '{RESERVE_MARK}'; cat freelists"
                     ).check().stdout
-        head_before, out, head_after = out.split(RESERVE_MARK + "\n")
+        dump_before, out, dump_after = out.split(RESERVE_MARK + "\n")
         dmesg = g.run("rmmod buddylab && dmesg").check().stdout
     assert not kernel_log_problems(dmesg), dmesg
     assert factor > 0, "the guest boots with watermark boosting on"
     op = next(o for o in kmod.parse_log(out).ops if o.verb == "fill")
     high = unboosted_high(zones, "DMA32", min_free_kbytes, scale_factor)
     line = high + max(PAGEBLOCK_PAGES, high * factor // 10000)
-    reserved = (highatomic_reserved(head_before, "DMA32"), highatomic_reserved(head_after, "DMA32"))
+    reserved = (highatomic_reserved(dump_before, "DMA32"), highatomic_reserved(dump_after, "DMA32"))
     batch = op.after.pcp_of(0, "DMA32", op.cpu).batch
     left = sum(z.pages for z in op.after.zones if z.zone == "DMA32")
     print(f"\nNORECLAIM fill, boost factor {factor}: n={op.n}, DMA32 left {left}; "
