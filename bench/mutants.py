@@ -36,24 +36,35 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build" / "mutmut"
 
-# group -> (files mutated, relative to harness/; host test files run on them)
+# group -> (files mutated, relative to harness/; host test files run on them):
+# every host test file that imports one of the group's modules or reaches it
+# through the experiment that uses it (mutmut runs, of these, only the tests
+# that reach the mutated function).
+_CHUNK_TESTS = ("test_accuracy_kept.py", "test_guard_scored.py", "test_pageblocks_at_capture.py",
+                "test_end_dump_reclaim.py", "test_dump_open_fails.py", "test_golden.py")
 GROUPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "kmod": (("records/kmod.py",), ("test_kmodrec.py", "test_chapter8.py")),
     "procfs": (("records/procfs.py",), ("test_procfs.py", "test_watermarks.py")),
     "traces": (("records/kmemtrace.py", "models/kmem_replay.py", "models/synthetic_trace.py"),
-               ("test_replay.py", "test_zone_edge.py")),
+               ("test_replay.py", "test_zone_edge.py", "test_highatomic_traced.py",
+                "test_unseen_events.py", "test_downfall61.py")),
     "slab": (("records/kasan.py", "records/slabinfo.py"),
              ("test_slab_oob.py", "test_chapter8.py")),
     "pagemodel": (("models/pagemodel.py",),
-                  ("test_buddy.py", "test_zone_edge.py", "test_watermarks.py")),
-    "pagemodel61": (("models/pagemodel61.py",), ("test_model61.py",)),
+                  ("test_buddy.py", "test_zone_edge.py", "test_watermarks.py",
+                   "test_highatomic_traced.py", "test_model_copy.py", "test_versions.py")),
+    "pagemodel61": (("models/pagemodel61.py",), ("test_model61.py", "test_downfall61.py")),
     "counts": (("models/counts.py", "models/textbook.py", "allocator.py"), ("test_model.py",)),
-    "kernel_state": (("models/kernel_state.py",), ("test_kernel_state.py", "test_zone_edge.py")),
+    "kernel_state": (("models/kernel_state.py",),
+                     ("test_kernel_state.py", "test_zone_edge.py", "test_model_copy.py",
+                      "test_pageblocks_at_capture.py", "test_end_dump_reclaim.py")),
     "scoring": (("models/operations.py", "models/versions.py",
                  "experiments/accuracy/scoring.py"),
                 ("test_experiments_saved.py", "test_versions.py", "test_model61.py",
-                 "test_watermarks.py")),
-    "placement": (("experiments/accuracy/placement.py",), ("test_two_cpu_placement.py",)),
+                 "test_watermarks.py", "test_model_copy.py", "test_highatomic_traced.py",
+                 *_CHUNK_TESTS)),
+    "placement": (("experiments/accuracy/placement.py",),
+                  ("test_two_cpu_placement.py", "test_model_copy.py", *_CHUNK_TESTS)),
 }
 
 # Renders a PNG for a minute from parsers test_kmodrec.py covers.
