@@ -62,7 +62,7 @@ GROUPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                  "experiments/accuracy/scoring.py"),
                 ("test_experiments_saved.py", "test_versions.py", "test_model61.py",
                  "test_watermarks.py", "test_model_copy.py", "test_highatomic_traced.py",
-                 *_CHUNK_TESTS)),
+                 "test_leak_model.py", *_CHUNK_TESTS)),
     "placement": (("experiments/accuracy/placement.py",),
                   ("test_two_cpu_placement.py", "test_model_copy.py", *_CHUNK_TESTS)),
 }

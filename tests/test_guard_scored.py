@@ -48,6 +48,13 @@ def test_with_the_watermarks_each_refusal_is_scored_and_predicted(chunk: Chunk):
     assert result.guard_refused == 0
     assert (result.page.ops, result.page.attempted, result.page.exact) == (250, 250, 250)
     assert not result.divergences
+    # Every command the guard stopped (80 refused whole, 2 after some blocks): the model's
+    # guard stopped as many, as the report's coverage says beside the module's count.
+    stopped = sum(op.stop == "watermark" for op in chunk.log.ops)
+    assert stopped == 82
+    assert result.coverage["blocks the module's guard refused (model)"] == stopped
+    assert result.coverage["module guard refusals"] == stopped
+    assert result.stopped_early == 2
 
 
 def first_commands(chunk: Chunk, n: int) -> Chunk:

@@ -26,6 +26,10 @@ def test_5_10_and_6_1_are_modelled_6_12_says_what_is_not():
     s = support_for("6.12.48+deb13-cloud-amd64")
     assert not s.modelled and s.series not in ZONE_MODELS
     assert "no model of Linux 6.12" in s.not_modelled
+    # What the report and result.json show of each: the release as given, its series.
+    assert (six.release, six.series, six.modelled, six.not_modelled) == (
+        "6.1.0-57-cloud-amd64", "6.1", True, "")
+    assert (s.release, s.series, s.modelled) == ("6.12.48+deb13-cloud-amd64", "6.12", False)
 
 
 def test_side_by_side_table_has_no_share_for_an_unmodelled_kernel():
@@ -54,7 +58,7 @@ def test_a_5_10_kernel_configured_otherwise_is_not_modelled():
     assert support_for("5.10.262", MODEL_LAYOUT).modelled
     with_cma = Layout(("Unmovable", "Movable", "Reclaimable", "HighAtomic", "CMA", "Isolate"), 11, 9)
     s = support_for("5.10.262", with_cma)
-    assert not s.modelled
+    assert (s.release, s.series, s.modelled) == ("5.10.262", "5.10", False)
     assert "migratetypes Unmovable, Movable, Reclaimable, HighAtomic, CMA, Isolate" in s.not_modelled
 
 

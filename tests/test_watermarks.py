@@ -142,3 +142,17 @@ def test_a_partial_steal_from_a_pageblock_the_module_fills_is_decided():
     r._hold(held, -1)
     with pytest.raises(Unknowable):
         r._ownership(z, 0, MOVABLE, 250)
+
+
+def test_a_partial_steal_takes_the_traces_answer_for_its_own_pageblock():
+    """The trace's mm_page_alloc_extfrag answers come in order: the first one whose pfn is in
+    the stolen pageblock decides, and it and the answers before it are used up."""
+    z = Zone("DMA32", 0, PAGEBLOCK_PAGES * 4)
+    z.set_pageblock_type(PAGEBLOCK_PAGES, UNMOVABLE)
+    r = OperationReplayer({(0, "DMA32"): z})
+    r.steal_answers = [(3 * PAGEBLOCK_PAGES + 5, True), (PAGEBLOCK_PAGES + 7, False),
+                       (PAGEBLOCK_PAGES + 9, True)]
+    assert r._ownership(z, PAGEBLOCK_PAGES, MOVABLE, 8) is False
+    assert r.steal_answers == [(PAGEBLOCK_PAGES + 9, True)]
+    assert r._ownership(z, PAGEBLOCK_PAGES, MOVABLE, 8) is True
+    assert r.steal_answers == []
