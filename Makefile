@@ -21,7 +21,9 @@ experiments: venv
 # (an experiment restored and one booted fresh, the panic, hang and bad-kernel
 # cases): two pytest processes at once, one mostly Python, the other mostly a
 # QEMU guest, each with its output kept together; `make test-slow`: every
-# other guest test.  CI (.ci/run) runs both.
+# other guest test, with Debian's lava-dispatcher installed first (`make
+# lava-deps`, about 20 s once) so that its LAVA tests run, not skip.  CI
+# (.ci/run) runs both.
 # Bytecode is kept (in __pycache__/, ignored by git) even where the environment
 # says PYTHONDONTWRITEBYTECODE: without it every run compiles the package and
 # rewrites the tests' asserts again (pytest's header says so when it applies).
@@ -34,7 +36,7 @@ test-host: venv
 test-quick: venv
 	PYTHONDONTWRITEBYTECODE= $(VPY) -m pytest -q -ra -m quick
 
-test-slow: venv
+test-slow: venv lava-deps
 	PYTHONDONTWRITEBYTECODE= $(VPY) -m pytest -q -ra -m "qemu and not quick"
 
 bench: venv
