@@ -87,3 +87,35 @@ def test_a_pageblock_the_end_pageblocks_read_stole_after_the_capture_is_not_comp
     evaluate(dataclasses.replace(chunk, end_pageblocks=read_after), untraced)
     assert untraced.end_dump_differences == [
         [f"DMA32 pageblock {pb.pfn}: model Movable, kernel Unmovable"]]
+
+
+def test_a_miss_the_traced_events_do_not_explain_names_them_and_counts_them_apart():
+    """Two allocations no task made, planted in the chunk's trace: one before op 10 and one
+    during it (another CPU's kworker), each of a page of an order-10 block free at both dumps.
+    The model applies them and no longer matches the kernel: op 10 is a miss that names both
+    events and counts those before the operation apart from those during it; the operations
+    after it are named as carrying op 10's miss."""
+    chunk = steal_chunk()
+    assert chunk.events is not None
+    events = chunk.events
+    before, after = (next(i for i, e in enumerate(events) if e.name == "buddylab_snapshot"
+                          and e["seq"] == 10 and e["after"] == a) for a in (0, 1))
+
+    def planted(pfn: int, at: int) -> TraceEvent:
+        return TraceEvent(1, events[at].timestamp, "kworker/1:2", 999, "mm_page_alloc",
+                          {"pfn": pfn, "order": 0, "migratetype": 1}, "GFP_KERNEL", "....")
+
+    result = Accuracy()
+    evaluate(dataclasses.replace(chunk, events=[
+        *events[:before], planted(49152, before), *events[before:after], planted(53248, after),
+        *events[after:]]), result)
+    first = result.divergences[0]
+    assert (first.seq, first.command, first.model) == (
+        10, "alloc api=get_zeroed_page gfp=GFP_ATOMIC count=4", "5.10 page for page")
+    assert first.what == ["mm_page_alloc pfn=49152 order=0 cpu=1 task=kworker/1:2",
+                          "mm_page_alloc pfn=53248 order=0 cpu=1 task=kworker/1:2"]
+    assert first.cause.startswith("the trace shows 1 other kernel events since the previous "
+                                  "operation and 1 during this one (on op cpu 0)")
+    assert result.divergences[1].seq == 11
+    assert result.divergences[1].cause.startswith("the model's state is still off since op 10's")
+    assert result.page.exact < result.page.attempted == 300
