@@ -19,7 +19,7 @@ if "invoke" not in sys.modules:
 import paramiko  # noqa: E402
 
 from buddylab.errors import GuestConnectionLost, GuestTimeout, SetupError
-from buddylab.guest.command import CommandResult as CommandResult
+from buddylab.guest.command import CommandResult
 from buddylab.guest.image import HostKey
 
 

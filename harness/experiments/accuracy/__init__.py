@@ -202,10 +202,10 @@ def rescore(kept: Path, jobs: int = 1) -> tuple[AccuracyRequest, Accuracy, int]:
     else:
         scores = [_score_kept(d, zoneinfo_text, digest) for d in chunks]
     result = Accuracy(series="")
-    kept_scores = []
+    cpus = []
     for score in scores:
         if isinstance(score, BuddylabError):
             raise score
         result.merge(score[0])
-        kept_scores.append(score)
-    return request, result, kept_scores[0][1]    # every chunk of a run has its CPUs
+        cpus.append(score[1])
+    return request, result, cpus[0]    # every chunk of a run has its CPUs
